@@ -1,0 +1,25 @@
+# `make demo` and `make test` do all the set-up they need on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[server,test]'
+	touch $@
+
+.PHONY: demo test lint bench
+demo: $(VENV)/.installed
+	$(PY) examples/demo.py
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check kvpio_mapping tests benchmarks examples
+	$(PY) -m mypy
+
+test: lint
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/client_bench.py
+	$(PY) benchmarks/server_bench.py
+	$(PY) benchmarks/storage_bench.py

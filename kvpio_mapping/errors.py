@@ -1,0 +1,61 @@
+"""One exception hierarchy for the client.
+
+Each class also subclasses the builtin it resembles, so callers may catch
+either: an invalid path is a ``ValueError``, a wrong API key a
+``PermissionError``, a server that cannot be reached a ``ConnectionError``.
+``KeyError`` is raised only for "no such key", never for a network problem.
+"""
+
+from __future__ import annotations
+
+
+class KvpioError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class InvalidPathError(KvpioError, ValueError):
+    """A key path is malformed (empty, an empty segment, too deep, ...); nothing was sent."""
+
+
+class AuthenticationError(KvpioError, PermissionError):
+    """The server does not know the API key (it answered 404 on the account)."""
+
+
+class RequestError(KvpioError, ValueError):
+    """The server refused the request as invalid (a 4xx answer) and changed nothing."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"{self.message} (HTTP {self.status})"
+
+
+class PayloadTooLargeError(RequestError):
+    """The body was over the server's size limit (413)."""
+
+
+class PreconditionFailedError(RequestError):
+    """A conditional request's precondition did not hold (412)."""
+
+
+class TemplateRenderError(RequestError):
+    """A template failed to render or hit one of the server's render limits."""
+
+
+class TransportError(KvpioError, ConnectionError):
+    """No usable answer came back: the connection failed, timed out or the server failed."""
+
+
+class KvpioTimeoutError(TransportError, TimeoutError):
+    """The server did not answer within the configured timeout."""
+
+
+class ServerError(TransportError):
+    """The server answered 5xx, after the retries that were safe to make."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status

@@ -1,0 +1,1 @@
+"""The reference kvp.io v1 server (needs the ``server`` extra)."""

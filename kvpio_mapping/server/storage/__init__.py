@@ -1,0 +1,17 @@
+"""Storage backends behind one interface; :func:`open_storage` picks one by URL."""
+
+from __future__ import annotations
+
+from .base import Account, AccountExistsError, Storage
+from .memory import MemoryStorage
+
+__all__ = ["Account", "AccountExistsError", "MemoryStorage", "Storage", "open_storage"]
+
+
+def open_storage(location: str) -> Storage:
+    """Open ``memory:`` or a SQLite database file (a path or ``sqlite:///path``)."""
+    if location == "memory:":
+        return MemoryStorage()
+    from .sqlite import SQLiteStorage
+
+    return SQLiteStorage(location.removeprefix("sqlite://"))

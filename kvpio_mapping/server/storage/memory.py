@@ -1,0 +1,146 @@
+"""An in-memory storage: the reference behaviour, for tests and throwaway servers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ... import paths, values
+from ...paths import MISSING, Path
+from .base import Account, AccountExistsError, Storage, hash_key, new_key, same_digest
+
+
+@dataclass
+class _Account:
+    id: str
+    email: str
+    key_digest: str
+    reads: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
+    templates: dict[str, str] = field(default_factory=dict)
+
+
+class MemoryStorage(Storage):
+    """Everything in one process's memory, behind one lock; gone when the process ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._accounts: dict[str, _Account] = {}
+
+    def create_account(self, id: str, email: str, api_key: str | None = None) -> str:
+        key = api_key if api_key is not None else new_key()
+        digest = hash_key(key)
+        with self._lock:
+            if id in self._accounts or self._find(digest) is not None:
+                raise AccountExistsError(f"account {id!r} or its API key exists already")
+            self._accounts[id] = _Account(id, email, digest)
+        return key
+
+    def ensure_account(self, api_key: str, id: str = "default", email: str = "") -> str:
+        with self._lock:
+            found = self._find(hash_key(api_key))
+            if found is not None:
+                return found.id
+            if id in self._accounts:
+                raise AccountExistsError(f"account {id!r} exists with another API key")
+            self._accounts[id] = _Account(id, email, hash_key(api_key))
+            return id
+
+    def _find(self, digest: str) -> _Account | None:
+        for account in self._accounts.values():
+            if same_digest(account.key_digest, digest):
+                return account
+        return None
+
+    def authenticate(self, api_key: str) -> str | None:
+        with self._lock:
+            found = self._find(hash_key(api_key))
+            return found.id if found is not None else None
+
+    def _public(self, account: _Account) -> Account:
+        size = len(values.encode(account.data))
+        return Account(account.id, account.email, account.reads, size)
+
+    def account(self, id: str) -> Account | None:
+        with self._lock:
+            found = self._accounts.get(id)
+            return self._public(found) if found is not None else None
+
+    def list_accounts(self) -> list[Account]:
+        with self._lock:
+            return [self._public(self._accounts[id]) for id in sorted(self._accounts)]
+
+    def delete_account(self, id: str) -> bool:
+        with self._lock:
+            return self._accounts.pop(id, None) is not None
+
+    def add_reads(self, counts: Mapping[str, int]) -> None:
+        with self._lock:
+            for id, count in counts.items():
+                if id in self._accounts:
+                    self._accounts[id].reads += count
+
+    def get(self, account: str, path: Path) -> str | None:
+        with self._lock:
+            found = paths.get_in(self._accounts[account].data, path)
+            return None if found is MISSING else values.encode(found).decode()
+
+    def get_all(self, account: str) -> str:
+        with self._lock:
+            return values.encode(self._accounts[account].data).decode()
+
+    def keys(self, account: str, path: Path = ()) -> list[str]:
+        with self._lock:
+            found = paths.get_in(self._accounts[account].data, path)
+            if type(found) is dict:
+                return list(found)
+            if type(found) is list:
+                return [str(position) for position in range(1, len(found) + 1)]
+            return []
+
+    def set(self, account: str, path: Path, value: Any, *, only_if_missing: bool = False) -> bool:
+        with self._lock:
+            data = self._accounts[account].data
+            if only_if_missing and paths.get_in(data, path) is not MISSING:
+                return False
+            paths.set_in(data, path, values.copy(value))
+            return True
+
+    def set_many(self, account: str, items: Sequence[tuple[Path, Any]]) -> None:
+        with self._lock:
+            state = self._accounts[account]
+            data = values.copy(state.data)
+            for path, value in items:
+                paths.set_in(data, path, values.copy(value))
+            state.data = data
+
+    def delete(self, account: str, path: Path, *, return_value: bool = False) -> str | None:
+        with self._lock:
+            data = self._accounts[account].data
+            found = paths.get_in(data, path)
+            paths.delete_in(data, path)
+            if return_value and found is not MISSING:
+                return values.encode(found).decode()
+            return None
+
+    def clear(self, account: str) -> None:
+        with self._lock:
+            self._accounts[account].data = {}
+
+    def get_template(self, account: str, name: str) -> str | None:
+        with self._lock:
+            return self._accounts[account].templates.get(name)
+
+    def set_template(self, account: str, name: str, source: str) -> None:
+        with self._lock:
+            self._accounts[account].templates[name] = source
+
+    def delete_template(self, account: str, name: str) -> bool:
+        with self._lock:
+            return self._accounts[account].templates.pop(name, None) is not None
+
+    def list_templates(self, account: str) -> list[str]:
+        with self._lock:
+            return list(self._accounts[account].templates)
