@@ -1,5 +1,8 @@
 """kvpio-mapping: a remote kvp.io v1 bucket that behaves like a local dict."""
 
+from .bucket import KVBucket
+from .cache import CacheInfo
+from .connection import Connection, connect
 from .errors import (
     AuthenticationError,
     InvalidPathError,
@@ -12,12 +15,16 @@ from .errors import (
     TemplateRenderError,
     TransportError,
 )
+from .templates import TemplateStore
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AuthenticationError",
+    "CacheInfo",
+    "Connection",
     "InvalidPathError",
+    "KVBucket",
     "KvpioError",
     "KvpioTimeoutError",
     "PayloadTooLargeError",
@@ -25,5 +32,7 @@ __all__ = [
     "RequestError",
     "ServerError",
     "TemplateRenderError",
+    "TemplateStore",
     "TransportError",
+    "connect",
 ]

@@ -142,7 +142,7 @@ def set_in(root: dict[str, Any], segments: Path, value: Any) -> None:
 
 
 def _list_slot(items: list[Any], segments: Path, depth: int) -> int:
-    """The 0-based index segment ``depth`` names in ``items`` for a write (may be one past the end)."""
+    """The 0-based index that segment ``depth`` names for a write (may be one past the end)."""
     segment = segments[depth]
     index = position(segment, len(items) + 1)
     if index is None:

@@ -107,7 +107,7 @@ class Transport:
             "stream": False,
         }
         token = base64.b64encode(f"{self.api_key}:".encode()).decode()
-        headers = CaseInsensitiveDict(self.session.headers)
+        headers: CaseInsensitiveDict[str | bytes] = CaseInsensitiveDict(self.session.headers)
         headers["User-Agent"] = USER_AGENT
         headers["Authorization"] = f"Basic {token}"
         headers["Accept"] = "application/json, text/plain"
@@ -158,7 +158,7 @@ class Transport:
         prepared = requests.PreparedRequest()
         prepared.method = method
         prepared.url = self.base + target
-        prepared.headers = self._headers.copy()
+        prepared.headers = self._headers.copy()  # type: ignore[assignment]
         if headers:
             prepared.headers.update(headers)
         if body is not None:
@@ -227,7 +227,7 @@ def _error_message(response: requests.Response) -> str:
     except ValueError:
         return response.text[:200] or response.reason or "no message"
     if isinstance(payload, dict) and isinstance(payload.get("error"), str):
-        return payload["error"]
+        return str(payload["error"])
     return response.text[:200]
 
 

@@ -1,0 +1,415 @@
+"""``KVBucket``: a remote kvp.io bucket that behaves as a ``dict``.
+
+Reads return the caller's own copy (as ``shelve`` does, mutating a value you
+read changes nothing until you assign it back); :meth:`KVBucket.view` gives a
+live mapping over nested data instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import (
+    Callable,
+    ItemsView,
+    Iterator,
+    KeysView,
+    Mapping,
+    MutableMapping,
+    ValuesView,
+)
+from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
+
+from . import paths, values
+from .cache import NOT_CACHED, CacheInfo, PathCache
+from .errors import PreconditionFailedError
+from .paths import MISSING
+from .transport import DEFAULT_TIMEOUT, Timeout, Transport, raise_for_status
+
+if TYPE_CHECKING:
+    from requests import Response
+
+DEFAULT_TTL: Final = 5.0
+DEFAULT_MAXSIZE: Final = 1024
+
+_T = TypeVar("_T")
+_NO_DEFAULT: Final[Any] = object()
+
+WriteListener = Callable[[str | None], None]
+
+
+def _decode_value(response: Response) -> Any:
+    """The value a read answered, or MISSING for the empty answer of a missing path."""
+    raise_for_status(response)
+    content = response.content
+    return values.decode(content) if content else MISSING
+
+
+class KVBucket(MutableMapping[str, Any]):
+    """A mapping of ``str`` slash paths to JSON values, stored in a kvp.io v1 bucket.
+
+    ``url`` defaults to ``$KVPIO_URL``, else ``http://127.0.0.1:8000``;
+    ``api_key`` to ``$KVPIO_APIKEY``, else the first line of ``~/.kvpio``.
+    Reads are cached for ``ttl`` seconds (``ttl=0`` turns the cache off), at
+    most ``maxsize`` paths. Tuples are stored as JSON arrays and read back as
+    lists; every read returns a fresh copy.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        ttl: float = DEFAULT_TTL,
+        maxsize: int = DEFAULT_MAXSIZE,
+        timeout: Timeout = DEFAULT_TIMEOUT,
+        transport: Transport | None = None,
+    ) -> None:
+        self._transport = transport or Transport(url, api_key, timeout=timeout)
+        self._cache = PathCache(ttl, maxsize)
+        self._root: tuple[str, ...] = ()
+        self._prefix = ""
+        self._listeners: list[WriteListener] = []
+
+    # configuration, pickling, views
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "transport": self._transport,
+            "ttl": self._cache.ttl,
+            "maxsize": self._cache.maxsize,
+            "root": self._root,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(  # type: ignore[misc]
+            transport=state["transport"], ttl=state["ttl"], maxsize=state["maxsize"]
+        )
+        self._set_root(state["root"])
+
+    def _set_root(self, root: tuple[str, ...]) -> None:
+        self._root = root
+        self._prefix = paths.join(root) + "/" if root else ""
+
+    def view(self, path: str) -> KVBucket:
+        """A live mapping over the object at ``path``: ``view('cfg')['x'] = 1`` writes ``cfg/x``.
+
+        The view shares this bucket's connection and cache. Its keys are the
+        object's keys (a list's positions ``'1'``..``'n'``); it is empty while
+        nothing, or a scalar, is at ``path``.
+        """
+        segments = self._root + paths.parse(path)
+        paths.check(segments)
+        view = object.__new__(KVBucket)
+        view._transport = self._transport
+        view._cache = self._cache
+        view._listeners = self._listeners
+        view._set_root(segments)
+        return view
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return self._transport.url
+
+    @property
+    def path(self) -> str:
+        """The path this mapping is rooted at (``''`` for the whole bucket)."""
+        return paths.join(self._root)
+
+    def __repr__(self) -> str:
+        root = f", path={self.path!r}" if self._root else ""
+        return f"{type(self).__name__}(url={self.url!r}{root})"
+
+    # paths
+
+    def _full(self, key: object) -> str:
+        """The validated full path of ``key`` below this mapping's root."""
+        segments = paths.parse(key)
+        if self._root:
+            segments = self._root + segments
+            paths.check(segments)
+        return paths.join(segments)
+
+    def _target(self, full: str) -> str:
+        return "bucket/" + paths.url_quote(tuple(full.split("/")))
+
+    def _wrote(self, full: str | None) -> None:
+        """Tell listeners (template caches sharing the connection) what changed."""
+        for listener in self._listeners:
+            listener(full)
+
+    # reads
+
+    def _read(self, full: str) -> Any:
+        """The shared (uncopied) value at ``full``, or MISSING: cache first, else one GET."""
+        cache = self._cache
+        if cache.enabled:
+            found = cache.lookup(full)
+            if found is not NOT_CACHED:
+                return found
+        generation = cache.generation
+        value = _decode_value(self._transport.request("GET", self._target(full)))
+        cache.store(full, value, generation)
+        return value
+
+    def __getitem__(self, key: str) -> Any:
+        cache = self._cache
+        if cache.enabled and type(key) is str and not self._root:
+            # Only valid paths are ever stored, so an exact hit needs no parsing.
+            with cache.lock:
+                found = cache._entries.get(key, NOT_CACHED)
+                if found is not NOT_CACHED:
+                    cache.hits += 1
+            if found is not NOT_CACHED:
+                if found is MISSING:
+                    raise KeyError(key)
+                return values.copy(found)
+        found = self._read(self._full(key))
+        if found is MISSING:
+            raise KeyError(key)
+        return values.copy(found)
+
+    def __contains__(self, key: object) -> bool:
+        return self._read(self._full(key)) is not MISSING
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``self[key]`` if ``key`` is present, else ``default``."""
+        found = self._read(self._full(key))
+        return default if found is MISSING else values.copy(found)
+
+    def _keys(self) -> list[str]:
+        """Child keys of this mapping's root, in one request."""
+        target = "bucket/"
+        if self._root:
+            target = self._target(paths.join(self._root)) + "?keys=true"
+        response = self._transport.request("GET", target)
+        raise_for_status(response)
+        keys: list[str] = response.json()
+        return keys
+
+    def _snapshot(self) -> dict[str, Any]:
+        """This mapping's whole content in one request, warming the cache with it."""
+        cache = self._cache
+        generation = cache.generation
+        if self._root:
+            root = paths.join(self._root)
+            found = _decode_value(self._transport.request("GET", self._target(root)))
+            cache.store(root, found, generation)
+            if type(found) is list:
+                return {str(n): item for n, item in enumerate(found, 1)}
+            return found if type(found) is dict else {}
+        response = self._transport.request("GET", "bucket/?values=true")
+        snapshot: dict[str, Any] = _decode_value(response)
+        cache.store_many(iter(snapshot.items()), generation)
+        return snapshot
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    def __reversed__(self) -> Iterator[str]:
+        return reversed(self._keys())
+
+    def keys(self) -> KeysView[str]:
+        """A live view of the keys. Iterating it fetches the whole content once.
+
+        That one request also fills the cache, so ``dict(bucket)`` (which
+        iterates ``keys()`` and then looks each key up) costs one request.
+        """
+        return _KeysView(self)
+
+    def items(self) -> ItemsView[str, Any]:
+        """A live view of ``(key, value)`` pairs; iterating it costs one request."""
+        return _ItemsView(self)
+
+    def values(self) -> ValuesView[Any]:
+        """A live view of the values; iterating it costs one request."""
+        return _ValuesView(self)
+
+    def copy(self) -> dict[str, Any]:
+        """The whole content as a plain ``dict``, in one request."""
+        return values.copy(self._snapshot())  # type: ignore[no-any-return]
+
+    # writes
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        full = self._full(key)
+        body = values.encode(value)
+        with self._cache.writing(full):
+            raise_for_status(self._transport.request("POST", self._target(full), body=body))
+        self._wrote(full)
+
+    def _pop(self, full: str) -> Any:
+        """Remove ``full`` atomically on the server and return what was there, or MISSING."""
+        with self._cache.writing(full):
+            response = self._transport.request(
+                "DELETE", self._target(full) + "?pop=true", idempotent=False
+            )
+            found = _decode_value(response)
+        self._wrote(full)
+        return found
+
+    def __delitem__(self, key: str) -> None:
+        if self._pop(self._full(key)) is MISSING:
+            raise KeyError(key)
+
+    @overload
+    def pop(self, key: str) -> Any: ...
+    @overload
+    def pop(self, key: str, default: _T) -> Any | _T: ...
+
+    def pop(self, key: str, default: Any = _NO_DEFAULT) -> Any:
+        """Remove ``key`` and return its value, atomically; ``default`` or KeyError if absent."""
+        found = self._pop(self._full(key))
+        if found is MISSING:
+            if default is _NO_DEFAULT:
+                raise KeyError(key)
+            return default
+        return found
+
+    def popitem(self) -> tuple[str, Any]:
+        """Remove and return the last-inserted ``(key, value)`` pair; KeyError if empty."""
+        for key in reversed(self._keys()):
+            found = self._pop(self._full(key))
+            if found is not MISSING:
+                return key, found
+        raise KeyError("popitem(): bucket is empty")
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """``self[key]`` if present; else store ``default`` (only if still absent) and return it."""
+        full = self._full(key)
+        found = self._read(full)
+        if found is not MISSING:
+            return values.copy(found)
+        body = values.encode(default)
+        try:
+            with self._cache.writing(full):
+                response = self._transport.request(
+                    "POST", self._target(full), body=body, headers={"If-None-Match": "*"}
+                )
+                raise_for_status(response)
+        except PreconditionFailedError:
+            found = self._read(full)
+            return default if found is MISSING else values.copy(found)
+        self._wrote(full)
+        return default
+
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        """Set many keys in one atomic request; nothing is sent if any key or value is invalid."""
+        pairs: list[tuple[str, Any]] = []
+        if isinstance(other, Mapping):
+            pairs.extend((key, other[key]) for key in other)
+        elif hasattr(other, "keys"):
+            pairs.extend((key, other[key]) for key in other.keys())  # noqa: SIM118
+        else:
+            for index, pair in enumerate(other):
+                try:
+                    items = list(pair)
+                except TypeError:
+                    raise TypeError(
+                        f"cannot convert update sequence element #{index} to a sequence"
+                    ) from None
+                if len(items) != 2:
+                    raise ValueError(
+                        f"update sequence element #{index} has length {len(items)}; 2 is required"
+                    )
+                pairs.append((items[0], items[1]))
+        pairs.extend(kwargs.items())
+        if not pairs:
+            return
+        batch = [[self._full(key), value] for key, value in pairs]
+        body = values.encode(batch)
+        with self._cache.writing(paths.join(self._root) or None):
+            raise_for_status(self._transport.request("POST", "bucket/", body=body))
+        self._wrote(None)
+
+    def clear(self) -> None:
+        """Remove every key, in one request (a view's object becomes ``{}``)."""
+        if self._root:
+            root = paths.join(self._root)
+            with self._cache.writing(root):
+                response = self._transport.request("POST", self._target(root), body=b"{}")
+                raise_for_status(response)
+            self._wrote(root)
+            return
+        with self._cache.writing(None):
+            raise_for_status(self._transport.request("DELETE", "bucket/?all=true"))
+        self._wrote(None)
+
+    def __ior__(self, other: Any) -> KVBucket:
+        self.update(other)
+        return self
+
+    def __or__(self, other: Any) -> dict[str, Any]:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        merged = self.copy()
+        merged.update(other)
+        return merged
+
+    def __ror__(self, other: Any) -> dict[str, Any]:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        merged = dict(other)
+        merged.update(self.copy())
+        return merged
+
+    # cache control
+
+    def invalidate(self, path: str | None = None) -> None:
+        """Drop cached reads of ``path`` (its ancestors and what is below it), or all."""
+        if path is not None:
+            self._cache.invalidate(self._full(path))
+        else:
+            self._cache.invalidate(paths.join(self._root) or None)
+
+    def cache_info(self) -> CacheInfo:
+        """Hits, misses, maximum and current size of the read cache."""
+        return self._cache.info()
+
+    def close(self) -> None:
+        """Close the pooled connections (they reopen if the bucket is used again)."""
+        self._transport.close()
+
+    def __enter__(self) -> KVBucket:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+class _KeysView(KeysView[str]):
+    _mapping: KVBucket
+
+    def __iter__(self) -> Iterator[str]:
+        bucket = self._mapping
+        if bucket._cache.enabled:
+            return iter(bucket._snapshot())
+        return iter(bucket._keys())
+
+    def __reversed__(self) -> Iterator[str]:
+        return reversed(self._mapping._keys())
+
+
+class _ItemsView(ItemsView[str, Any]):
+    _mapping: KVBucket
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        return iter(values.copy(self._mapping._snapshot()).items())
+
+    def __contains__(self, item: object) -> bool:
+        if not isinstance(item, tuple) or len(item) != 2:
+            return False
+        key, value = item
+        if not isinstance(key, str):
+            return False
+        found = self._mapping._read(self._mapping._full(key))
+        return found is not MISSING and bool(found == value)
+
+
+class _ValuesView(ValuesView[Any]):
+    _mapping: KVBucket
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(values.copy(self._mapping._snapshot()).values())

@@ -1,0 +1,145 @@
+"""A path-aware TTL read cache, never wrong about what this client wrote.
+
+Entries are keyed by canonical path strings (``"a/b/c"``). A lookup of
+``a/b/c`` is also answered from a cached ``a/b`` or ``a``. A write or delete
+at ``p`` drops ``p``, every ancestor of ``p`` and everything below ``p``, and
+bumps a generation counter so that a read which started before the write
+cannot store what it fetched afterwards.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Final, NamedTuple
+
+from cachetools import TLRUCache
+
+from . import paths
+from .paths import MISSING
+
+
+class _Absent:
+    """The type of :data:`NOT_CACHED`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOT_CACHED"
+
+
+NOT_CACHED: Final = _Absent()
+"""What :meth:`PathCache.lookup` returns when the cache cannot answer."""
+
+
+class CacheInfo(NamedTuple):
+    """Cache statistics, as ``functools.lru_cache`` reports them."""
+
+    hits: int
+    misses: int
+    maxsize: int
+    currsize: int
+
+
+class PathCache:
+    """Values (or :data:`~kvpio_mapping.paths.MISSING`) by path, each for a limited time.
+
+    ``ttl`` seconds for values, ``missing_ttl`` (at most ``ttl``) for paths
+    known to be missing; ``ttl=0`` or ``maxsize=0`` turns the cache off.
+    ``timer`` is the clock, injectable so expiry is tested without sleeping.
+    Thread-safe. Stored values are shared: callers copy what they hand out.
+    """
+
+    def __init__(
+        self,
+        ttl: float,
+        maxsize: int,
+        *,
+        missing_ttl: float = 1.0,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl
+        self.maxsize = maxsize
+        self.missing_ttl = min(missing_ttl, ttl)
+        self.enabled = ttl > 0 and maxsize > 0
+        self.lock = threading.RLock()
+        self.generation = 0
+        self.hits = 0
+        self.misses = 0
+        self._entries: TLRUCache[str, Any] = TLRUCache(
+            max(maxsize, 1), self._expiry, timer=timer
+        )
+
+    def _expiry(self, _path: str, value: Any, now: float) -> float:
+        return now + (self.missing_ttl if value is MISSING else self.ttl)
+
+    def lookup(self, path: str) -> Any:
+        """The cached value at ``path`` (possibly MISSING), or :data:`NOT_CACHED`.
+
+        ``path`` must already be valid: ancestors are searched by splitting it.
+        """
+        with self.lock:
+            entries = self._entries
+            found = entries.get(path, NOT_CACHED)
+            if found is not NOT_CACHED:
+                self.hits += 1
+                return found
+            ancestor = path
+            while "/" in ancestor:
+                ancestor, _ = ancestor.rsplit("/", 1)
+                found = entries.get(ancestor, NOT_CACHED)
+                if found is not NOT_CACHED:
+                    self.hits += 1
+                    rest = tuple(path[len(ancestor) + 1 :].split("/"))
+                    return paths.get_in(found, rest)
+            self.misses += 1
+            return NOT_CACHED
+
+    def store(self, path: str, value: Any, generation: int) -> None:
+        """Cache ``value`` at ``path`` if no write happened since ``generation`` was read."""
+        if not self.enabled:
+            return
+        with self.lock:
+            if generation == self.generation:
+                self._entries[path] = value
+
+    def store_many(self, items: Iterator[tuple[str, Any]], generation: int) -> None:
+        """:meth:`store` for each pair, under one lock."""
+        if not self.enabled:
+            return
+        with self.lock:
+            if generation == self.generation:
+                for path, value in items:
+                    self._entries[path] = value
+
+    def invalidate(self, path: str | None = None) -> None:
+        """Forget ``path``, its ancestors and everything below it; everything if None."""
+        with self.lock:
+            self.generation += 1
+            entries = self._entries
+            if path is None:
+                entries.clear()
+                return
+            entries.pop(path, None)
+            ancestor = path
+            while "/" in ancestor:
+                ancestor = ancestor.rsplit("/", 1)[0]
+                entries.pop(ancestor, None)
+            prefix = path + "/"
+            for below in [key for key in entries if key.startswith(prefix)]:
+                entries.pop(below, None)
+
+    @contextmanager
+    def writing(self, path: str | None) -> Iterator[None]:
+        """Invalidate around a write, whatever its outcome (it may have reached the server)."""
+        try:
+            yield
+        finally:
+            self.invalidate(path)
+
+    def info(self) -> CacheInfo:
+        """Hits, misses, maximum and current size."""
+        with self.lock:
+            return CacheInfo(self.hits, self.misses, self.maxsize, len(self._entries))

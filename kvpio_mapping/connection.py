@@ -1,0 +1,63 @@
+"""One connection to a server: a bucket and a template store sharing a session."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .bucket import DEFAULT_MAXSIZE, DEFAULT_TTL, KVBucket
+from .templates import TemplateStore
+from .transport import DEFAULT_TIMEOUT, Timeout, Transport, raise_for_status
+
+
+class Connection:
+    """``.bucket`` and ``.templates`` over one pooled session, keeping each other's caches right.
+
+    A write through ``.bucket`` drops the cached renderings that used the
+    top-level key it wrote.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        ttl: float = DEFAULT_TTL,
+        maxsize: int = DEFAULT_MAXSIZE,
+        timeout: Timeout = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.transport = Transport(url, api_key, timeout=timeout)
+        self.bucket = KVBucket(transport=self.transport, ttl=ttl, maxsize=maxsize)
+        self.templates = TemplateStore(self.transport, ttl=ttl, maxsize=maxsize)
+        self.bucket._listeners.append(self.templates.bucket_changed)
+
+    def account(self) -> dict[str, Any]:
+        """The account's ``id``, ``email``, ``reads`` and ``size``."""
+        response = self.transport.request("GET", "account/")
+        raise_for_status(response)
+        info: dict[str, Any] = response.json()
+        return info
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.transport.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Connection(url={self.transport.url!r})"
+
+
+def connect(
+    url: str | None = None,
+    api_key: str | None = None,
+    *,
+    ttl: float = DEFAULT_TTL,
+    maxsize: int = DEFAULT_MAXSIZE,
+    timeout: Timeout = DEFAULT_TIMEOUT,
+) -> Connection:
+    """Open a :class:`Connection`; ``url`` and ``api_key`` default as for :class:`KVBucket`."""
+    return Connection(url, api_key, ttl=ttl, maxsize=maxsize, timeout=timeout)

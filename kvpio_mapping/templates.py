@@ -1,0 +1,159 @@
+"""``TemplateStore``: the bucket's Jinja2 templates as a mapping of name to rendered text."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import Any, Final
+from urllib.parse import unquote
+
+from cachetools import TTLCache
+
+from . import paths, values
+from .cache import CacheInfo
+from .transport import Transport, raise_for_status
+
+MISSING_HEADER: Final = "Kvpio-Missing"
+NAMES_HEADER: Final = "Kvpio-Names"
+
+
+class TemplateStore(MutableMapping[str, str]):
+    """Templates by name: ``store['page']`` is the page rendered with the bucket's data.
+
+    ``store['page'] = 'Hello {{ user.name }}'`` stores a source;
+    :meth:`render` renders with overrides, :meth:`source` reads the source.
+    Rendered text is cached for ``ttl`` seconds; a write through a
+    :class:`KVBucket` of the same connection to a key the template uses, or
+    to the template itself, drops the cached text at once.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        ttl: float = 5.0,
+        maxsize: int = 256,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._transport = transport
+        self._enabled = ttl > 0 and maxsize > 0
+        self._lock = threading.Lock()
+        self._renders: TTLCache[str, tuple[str, frozenset[str]]] = TTLCache(
+            max(maxsize, 1), ttl, timer=timer
+        )
+        self._generation = 0
+        self._hits = 0
+        self._misses = 0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={self._transport.url!r})"
+
+    def _target(self, name: object) -> str:
+        return "templates/" + paths.url_quote(paths.parse(name))
+
+    def _get(self, name: str, query: str, body: bytes | None = None) -> tuple[str, frozenset[str]]:
+        """GET a template; KeyError if there is none."""
+        response = self._transport.request("GET", self._target(name) + query, body=body)
+        raise_for_status(response)
+        if response.headers.get(MISSING_HEADER) == "true":
+            raise KeyError(name)
+        header = response.headers.get(NAMES_HEADER, "")
+        names = frozenset(unquote(item) for item in header.split(",") if item)
+        return response.content.decode("utf-8"), names
+
+    def __getitem__(self, name: str) -> str:
+        if self._enabled:
+            with self._lock:
+                cached = self._renders.get(name)
+                if cached is not None:
+                    self._hits += 1
+                    return cached[0]
+                self._misses += 1
+                generation = self._generation
+        text, names = self._get(name, "?raw=False")
+        if self._enabled:
+            with self._lock:
+                if generation == self._generation:
+                    self._renders[name] = (text, names)
+        return text
+
+    def render(self, name: str, data: dict[str, Any] | None = None) -> str:
+        """Render ``name`` with ``data`` supplying or overriding top-level names (not cached)."""
+        if data is None:
+            return self[name]
+        if not isinstance(data, dict):
+            raise TypeError(f"data must be a dict, not {type(data).__name__}")
+        return self._get(name, "?raw=False", values.encode(data))[0]
+
+    def source(self, name: str) -> str:
+        """The template's stored source, unrendered."""
+        return self._get(name, "?raw=True")[0]
+
+    def __setitem__(self, name: str, source: str) -> None:
+        if not isinstance(source, str):
+            raise TypeError(f"a template source must be str, not {type(source).__name__}")
+        target = self._target(name)
+        try:
+            response = self._transport.request("POST", target, body=values.encode(source))
+            raise_for_status(response)
+        finally:
+            self._forget(name)
+
+    def __delitem__(self, name: str) -> None:
+        target = self._target(name)
+        try:
+            response = self._transport.request("DELETE", target + "?pop=true", idempotent=False)
+            raise_for_status(response)
+        finally:
+            self._forget(name)
+        if response.headers.get(MISSING_HEADER) == "true":
+            raise KeyError(name)
+
+    def _names(self) -> list[str]:
+        response = self._transport.request("GET", "templates/")
+        raise_for_status(response)
+        names: list[str] = response.json()
+        return names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self._get(name, "?raw=True")  # type: ignore[arg-type]
+        except KeyError:
+            return False
+        return True
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            self._generation += 1
+            self._renders.pop(name, None)
+
+    def bucket_changed(self, path: str | None) -> None:
+        """Drop renderings that used the top-level key written at ``path`` (all if None)."""
+        with self._lock:
+            self._generation += 1
+            if path is None:
+                self._renders.clear()
+                return
+            top = path.split("/", 1)[0]
+            for name in [n for n, (_, used) in self._renders.items() if top in used]:
+                self._renders.pop(name, None)
+
+    def invalidate(self, name: str | None = None) -> None:
+        """Drop the cached rendering of ``name``, or all of them."""
+        if name is None:
+            self.bucket_changed(None)
+        else:
+            self._forget(name)
+
+    def cache_info(self) -> CacheInfo:
+        """Hits, misses, maximum and current size of the rendered-text cache."""
+        with self._lock:
+            size = len(self._renders)
+            return CacheInfo(self._hits, self._misses, int(self._renders.maxsize), size)
