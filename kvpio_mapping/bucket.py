@@ -7,6 +7,7 @@ live mapping over nested data instead.
 
 from __future__ import annotations
 
+import time
 from collections.abc import (
     Callable,
     ItemsView,
@@ -49,7 +50,9 @@ class KVBucket(MutableMapping[str, Any]):
     ``url`` defaults to ``$KVPIO_URL``, else ``http://127.0.0.1:8000``;
     ``api_key`` to ``$KVPIO_APIKEY``, else the first line of ``~/.kvpio``.
     Reads are cached for ``ttl`` seconds (``ttl=0`` turns the cache off), at
-    most ``maxsize`` paths. Tuples are stored as JSON arrays and read back as
+    most ``maxsize`` paths (paths known missing for at most a second);
+    ``timer`` is the cache's clock. ``transport`` shares another connection's
+    session. Tuples are stored as JSON arrays and read back as
     lists; every read returns a fresh copy.
     """
 
@@ -62,9 +65,10 @@ class KVBucket(MutableMapping[str, Any]):
         maxsize: int = DEFAULT_MAXSIZE,
         timeout: Timeout = DEFAULT_TIMEOUT,
         transport: Transport | None = None,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self._transport = transport or Transport(url, api_key, timeout=timeout)
-        self._cache = PathCache(ttl, maxsize)
+        self._cache = PathCache(ttl, maxsize, timer=timer)
         self._root: tuple[str, ...] = ()
         self._prefix = ""
         self._listeners: list[WriteListener] = []
