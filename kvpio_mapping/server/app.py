@@ -1,0 +1,523 @@
+"""The HTTP layer of ``kvpio serve``: routing, auth, limits; the protocol is docs/protocol.md.
+
+Resources are thin: they turn a request into calls on the
+:class:`~kvpio_mapping.server.storage.Storage` interface. Paths are parsed
+from the raw request path (split on ``/`` first, then percent-decoded), so an
+encoded ``%2F`` can never become a separator. Reads run on the event loop;
+writes, which may wait on the database's write lock, run in one thread per
+worker so they never block it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from typing import Any, Final, TypeVar
+from urllib.parse import quote, unquote_to_bytes
+
+import falcon
+import falcon.asgi
+
+from .. import paths, values
+from ..errors import InvalidPathError
+from .render import Renderer, RenderError, RenderLimits, SourceTooLargeError, referenced_names
+from .storage import Storage
+
+log = logging.getLogger("kvpio.server")
+
+DEFAULT_MAX_BODY: Final = 16 * 1024 * 1024
+AUTH_CACHE_SECONDS: Final = 1.0
+FLUSH_SECONDS: Final = 0.5
+
+JSON_TYPE: Final = "application/json"
+TEXT_TYPE: Final = "text/plain; charset=utf-8"
+_TRUE: Final = frozenset({"True", "true", "1"})
+_FALSE: Final = frozenset({"False", "false", "0"})
+
+T = TypeVar("T")
+
+
+class ClientError(Exception):
+    """A 4xx answer with a JSON ``{"error": message}`` body."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+
+
+def _segments(raw: bytes) -> paths.Path:
+    """Split a raw path remainder on ``/``, then percent-decode each segment as UTF-8."""
+    out = []
+    for part in raw.split(b"/"):
+        if b"%" in part:
+            part = unquote_to_bytes(part)
+        try:
+            out.append(part.decode())
+        except UnicodeDecodeError:
+            raise ClientError(400, "a path segment is not valid UTF-8") from None
+    segments = tuple(out)
+    paths.check(segments)
+    return segments
+
+
+def _flag(req: falcon.asgi.Request, name: str) -> bool:
+    """A boolean query parameter (``True/False/true/false/1/0``); absent is False."""
+    text = req.get_param(name)
+    if text is None or text in _FALSE:
+        return False
+    if text in _TRUE:
+        return True
+    raise ClientError(400, f"{name} must be one of True, False, true, false, 1, 0, not {text!r}")
+
+
+def _tag_matches(header: str, tag: str) -> bool:
+    for candidate in header.split(","):
+        candidate = candidate.strip()
+        if candidate in ("*", tag) or candidate.removeprefix("W/") == tag:
+            return True
+    return False
+
+
+def _send(req: falcon.asgi.Request, resp: falcon.asgi.Response, body: bytes, ctype: str) -> bool:
+    """Answer 200 with ``body`` and its ETag, or 304 if the client has it already.
+
+    Returns whether the body is served (a 200 to a GET), which is what counts as a read.
+    """
+    tag = _etag(body)
+    resp.set_header("ETag", tag)
+    match = req.get_header("If-None-Match")
+    if match is not None and _tag_matches(match, tag):
+        resp.status = 304
+        return False
+    resp.content_type = ctype
+    resp.data = body
+    return req.method == "GET"
+
+
+def _missing(resp: falcon.asgi.Response, ctype: str = JSON_TYPE) -> None:
+    resp.set_header("Kvpio-Missing", "true")
+    resp.content_type = ctype
+    resp.data = b""
+
+
+def _empty(resp: falcon.asgi.Response) -> None:
+    resp.content_type = JSON_TYPE
+    resp.data = b""
+
+
+class Server:
+    """Per-worker state: storage, the write thread, the auth cache, read counts, the renderer."""
+
+    def __init__(self, storage: Storage, max_body: int, limits: RenderLimits) -> None:
+        self.storage = storage
+        self.max_body = max_body
+        self.limits = limits
+        self.renderer: Renderer | None = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvpio-write")
+        self._auth: dict[str, tuple[str, float]] = {}
+        self._pending: Counter[str] = Counter()
+        self._inflight: list[Counter[str]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def write(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a storage write in the worker's write thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, lambda: func(*args, **kwargs))
+
+    def authenticate(self, req: falcon.asgi.Request) -> str:
+        """The account id named by the Basic auth user name; 404 for anything else."""
+        header = req.get_header("Authorization")
+        if header is None:
+            raise ClientError(404, "unknown API key")
+        now = time.monotonic()
+        cached = self._auth.get(header)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            raise ClientError(404, "unknown API key")
+        try:
+            user = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")[0]
+        except (binascii.Error, UnicodeDecodeError):
+            raise ClientError(404, "unknown API key") from None
+        account = self.storage.authenticate(user) if user else None
+        if account is None:
+            raise ClientError(404, "unknown API key")
+        if len(self._auth) > 10_000:
+            self._auth.clear()
+        self._auth[header] = (account, now + AUTH_CACHE_SECONDS)
+        return account
+
+    def count_read(self, account: str) -> None:
+        self._pending[account] += 1
+
+    def unflushed(self, account: str) -> int:
+        """Reads counted here but not yet in storage."""
+        return self._pending[account] + sum(batch[account] for batch in self._inflight)
+
+    async def flush(self) -> None:
+        """Write the counted reads to storage."""
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, Counter()
+        self._inflight.append(batch)
+        try:
+            await self.write(self.storage.add_reads, batch)
+        finally:
+            self._inflight.remove(batch)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("could not store read counts")
+
+    async def startup(self) -> None:
+        self.renderer = Renderer(self.limits)
+        self._flusher = asyncio.create_task(self._flush_forever())
+
+    async def shutdown(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        await self.flush()
+        if self.renderer is not None:
+            self.renderer.close()
+        self._writer.shutdown(wait=True)
+        self.storage.close()
+
+    async def read_body(self, req: falcon.asgi.Request) -> bytes:
+        """The request body, refusing (413) one over ``max_body`` before or while reading it."""
+        length = req.content_length
+        if length is not None:
+            if length > self.max_body:
+                raise ClientError(413, f"body is over the limit of {self.max_body} bytes")
+            return await req.stream.read()
+        chunks = []
+        total = 0
+        async for chunk in req.stream:
+            total += len(chunk)
+            if total > self.max_body:
+                raise ClientError(413, f"body is over the limit of {self.max_body} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def read_value(self, req: falcon.asgi.Request) -> Any:
+        body = await self.read_body(req)
+        if not body:
+            raise ClientError(400, "a request body with a JSON value is required")
+        try:
+            return values.decode(body)
+        except ValueError as exc:
+            raise ClientError(400, f"invalid JSON: {exc}") from None
+
+
+class _Middleware:
+    """Lifespan (start and stop the worker's state) and auth before any responder."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        await self.server.startup()
+
+    async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        await self.server.shutdown()
+
+    async def process_resource(
+        self,
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response,
+        resource: Any,
+        params: dict[str, Any],
+    ) -> None:
+        params.clear()
+        if resource is not None and resource.prefix is not None:
+            req.context.account = self.server.authenticate(req)
+
+
+class _Resource:
+    """Common parts: the server state and the raw path after ``prefix``."""
+
+    prefix: bytes | None = None
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.storage = server.storage
+
+    def path(self, req: falcon.asgi.Request) -> paths.Path:
+        """The segments after the resource's prefix, ``()`` for the listing URL."""
+        raw: bytes = req.scope.get("raw_path") or req.scope["path"].encode()
+        prefix = self.prefix or b""
+        if raw.startswith(prefix) and raw[len(prefix) : len(prefix) + 1] in (b"", b"/"):
+            rest = raw[len(prefix) + 1 :]
+        else:
+            parts = raw.split(b"/", 3)
+            if [unquote_to_bytes(part) for part in parts[:3]] != prefix.split(b"/"):
+                raise ClientError(400, "the endpoint in the URL must not be percent-encoded")
+            rest = parts[3] if len(parts) == 4 else b""
+        return _segments(rest) if rest else ()
+
+
+class AccountResource(_Resource):
+    prefix = b"/v1/account"
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        account_id: str = req.context.account
+        server = self.server
+        account = await server.write(self.storage.account, account_id)
+        if account is None:
+            raise ClientError(404, "unknown API key")
+        reads = account.reads + server.unflushed(account_id)
+        body = {"id": account.id, "email": account.email, "reads": reads, "size": account.size}
+        resp.content_type = JSON_TYPE
+        resp.data = values.encode(body)
+
+    on_head = on_get
+
+
+class BucketResource(_Resource):
+    prefix = b"/v1/bucket"
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        account: str = req.context.account
+        path = self.path(req)
+        if req.query_string:
+            if _flag(req, "keys"):
+                _send(req, resp, values.encode(self.storage.keys(account, path)), JSON_TYPE)
+                return
+            if not path and _flag(req, "values"):
+                if _send(req, resp, self.storage.get_all(account).encode(), JSON_TYPE):
+                    self.server.count_read(account)
+                return
+        if not path:
+            _send(req, resp, values.encode(self.storage.keys(account)), JSON_TYPE)
+            return
+        found = self.storage.get(account, path)
+        if found is None:
+            _missing(resp)
+            return
+        if _send(req, resp, found.encode(), JSON_TYPE):
+            self.server.count_read(account)
+
+    on_head = on_get
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        account: str = req.context.account
+        path = self.path(req)
+        value = await self.server.read_value(req)
+        if not path:
+            if type(value) is not dict:
+                raise ClientError(400, "a write to the bucket root needs a JSON object of paths")
+            items = [(paths.parse(key), item) for key, item in value.items()]
+            await self.server.write(self.storage.set_many, account, items)
+        elif req.get_header("If-None-Match") == "*":
+            stored = await self.server.write(
+                self.storage.set, account, path, value, only_if_missing=True
+            )
+            if not stored:
+                raise ClientError(412, f"a value exists at {paths.join(path)!r}")
+        else:
+            await self.server.write(self.storage.set, account, path, value)
+        _empty(resp)
+
+    async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        account: str = req.context.account
+        path = self.path(req)
+        if not path:
+            if not _flag(req, "all"):
+                raise ClientError(400, "deleting the whole bucket needs ?all=true")
+            await self.server.write(self.storage.clear, account)
+        elif _flag(req, "pop"):
+            removed = await self.server.write(self.storage.delete, account, path, return_value=True)
+            if removed is None:
+                _missing(resp)
+            else:
+                resp.content_type = JSON_TYPE
+                resp.data = removed.encode()
+            return
+        else:
+            await self.server.write(self.storage.delete, account, path)
+        _empty(resp)
+
+
+class TemplatesResource(_Resource):
+    prefix = b"/v1/templates"
+
+    def name(self, req: falcon.asgi.Request) -> str:
+        return paths.join(self.path(req))
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        account: str = req.context.account
+        name = self.name(req)
+        if not name:
+            _send(req, resp, values.encode(self.storage.list_templates(account)), JSON_TYPE)
+            return
+        raw = _flag(req, "raw") if req.query_string else False
+        overrides = await self._overrides(req)
+        source = self.storage.get_template(account, name)
+        if source is None:
+            _missing(resp, TEXT_TYPE)
+            return
+        if raw:
+            if _send(req, resp, source.encode(), TEXT_TYPE):
+                self.server.count_read(account)
+            return
+        try:
+            names = referenced_names(source, self.server.limits)
+        except RenderError as exc:
+            raise ClientError(422, str(exc)) from None
+        context: dict[str, Any] = {}
+        for variable in sorted(names):
+            try:
+                found = self.storage.get(account, paths.parse(variable))
+            except InvalidPathError:
+                continue
+            if found is not None:
+                context[variable] = values.decode(found)
+        context.update(overrides)
+        renderer = self.server.renderer
+        assert renderer is not None, "the renderer starts with the app"
+        try:
+            text = await renderer.render(source, context)
+        except RenderError as exc:
+            raise ClientError(422, str(exc)) from None
+        resp.set_header("Kvpio-Names", ",".join(quote(n, safe="") for n in sorted(names)))
+        if _send(req, resp, text.encode(), TEXT_TYPE):
+            self.server.count_read(account)
+
+    on_head = on_get
+
+    async def _overrides(self, req: falcon.asgi.Request) -> dict[str, Any]:
+        """The GET body's JSON object of top-level names, or ``{}`` without a body."""
+        body = await self.server.read_body(req)
+        if not body:
+            return {}
+        try:
+            data = values.decode(body)
+        except ValueError as exc:
+            raise ClientError(400, f"invalid JSON: {exc}") from None
+        if type(data) is not dict:
+            raise ClientError(400, "the data for a template must be a JSON object")
+        return data
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        account: str = req.context.account
+        name = self.name(req)
+        if not name:
+            raise falcon.HTTPMethodNotAllowed(["GET", "HEAD"])
+        source = await self.server.read_value(req)
+        if type(source) is not str:
+            raise ClientError(400, "a template must be a JSON string")
+        try:
+            referenced_names(source, self.server.limits)
+        except SourceTooLargeError as exc:
+            raise ClientError(413, str(exc)) from None
+        except RenderError as exc:
+            raise ClientError(422, str(exc)) from None
+        await self.server.write(self.storage.set_template, account, name, source)
+        _empty(resp)
+
+    async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        account: str = req.context.account
+        name = self.name(req)
+        if not name:
+            raise falcon.HTTPMethodNotAllowed(["GET", "HEAD"])
+        await self.server.write(self.storage.delete_template, account, name)
+        _empty(resp)
+
+
+class OpenAPIResource:
+    """The OpenAPI document of the protocol, no auth."""
+
+    prefix = None
+
+    def __init__(self) -> None:
+        self.body = resources.files(__package__).joinpath("openapi.json").read_bytes()
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        _send(req, resp, self.body, JSON_TYPE)
+
+    on_head = on_get
+
+
+async def _client_error(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: ClientError, params: Any
+) -> None:
+    resp.status = exc.status
+    resp.content_type = JSON_TYPE
+    resp.data = json.dumps({"error": exc.message}, ensure_ascii=False).encode()
+    if exc.status == 413:
+        resp.set_header("Connection", "close")
+
+
+def _handler(status: int, prefix: str = "") -> Callable[..., Awaitable[None]]:
+    async def handle(
+        req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any
+    ) -> None:
+        await _client_error(req, resp, ClientError(status, prefix + str(exc)), params)
+
+    return handle
+
+
+async def _unexpected(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any
+) -> None:
+    if isinstance(exc, falcon.HTTPError):
+        raise exc
+    log.exception("unexpected error on %s %s", req.method, req.path)
+    await _client_error(req, resp, ClientError(500, "internal server error"), params)
+
+
+def _serialize_http_error(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: falcon.HTTPError
+) -> None:
+    resp.content_type = JSON_TYPE
+    resp.data = json.dumps({"error": exc.description or exc.title}).encode()
+
+
+def create_app(
+    storage: Storage, *, max_body: int = DEFAULT_MAX_BODY, limits: RenderLimits | None = None
+) -> falcon.asgi.App:
+    """The ASGI app serving ``storage``; one per worker process."""
+    server = Server(storage, max_body, limits if limits is not None else RenderLimits())
+    app = falcon.asgi.App(middleware=[_Middleware(server)], cors_enable=False)
+    app.req_options.strip_url_path_trailing_slash = False
+    app.req_options.auto_parse_qs_csv = False
+    app.resp_options.default_media_type = JSON_TYPE
+
+    account = AccountResource(server)
+    bucket = BucketResource(server)
+    templates = TemplatesResource(server)
+    app.add_route("/v1/account", account)
+    app.add_route("/v1/account/", account)
+    app.add_route("/v1/bucket", bucket)
+    app.add_route("/v1/bucket/", bucket)
+    app.add_route("/v1/bucket/{path:path}", bucket)
+    app.add_route("/v1/templates", templates)
+    app.add_route("/v1/templates/", templates)
+    app.add_route("/v1/templates/{path:path}", templates)
+    app.add_route("/openapi.json", OpenAPIResource())
+
+    app.add_error_handler(Exception, _unexpected)
+    app.add_error_handler(ClientError, _client_error)
+    app.add_error_handler(InvalidPathError, _handler(400))
+    app.add_error_handler(ValueError, _handler(400))
+    app.add_error_handler(RecursionError, _handler(400, "input nests too deeply: "))
+    app.set_error_serializer(_serialize_http_error)
+    return app

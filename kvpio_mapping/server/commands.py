@@ -1,0 +1,118 @@
+"""The ``serve`` and ``accounts`` subcommands, for the ``kvpio`` CLI and ``python -m``.
+
+Importing this module is cheap: the server's dependencies load only when a
+command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+_DB_HELP = (
+    "database file (default: $KVPIO_DB, else "
+    "${XDG_DATA_HOME:-~/.local/share}/kvpio/kvpio.sqlite3); 'memory:' keeps nothing"
+)
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register ``serve`` and ``accounts`` on an ``argparse`` subparsers object."""
+    serve = subparsers.add_parser(
+        "serve",
+        help="run the kvp.io v1 server",
+        description="Run the kvp.io v1 server. Prints 'kvpio serving on URL' once it answers.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="port, 0 picks a free one")
+    serve.add_argument("--db", help=_DB_HELP)
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("KVPIO_APIKEY"),
+        help="make sure an account with this API key exists (default: $KVPIO_APIKEY)",
+    )
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (%(default)s)")
+    serve.add_argument(
+        "--max-body", type=int, default=None, help="largest request body in bytes (16 MiB)"
+    )
+    serve.add_argument(
+        "--render-timeout", type=float, default=None, help="template render wall time (2 s)"
+    )
+    serve.set_defaults(func=_serve)
+
+    accounts = subparsers.add_parser("accounts", help="manage the server's accounts")
+    actions = accounts.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="create an account and print its API key")
+    create.add_argument("--id", required=True, help="account name")
+    create.add_argument("--email", required=True, help="contact address")
+    create.add_argument("--api-key", help="use this key instead of a random one")
+    create.add_argument("--db", help=_DB_HELP)
+    create.set_defaults(func=_create)
+    listing = actions.add_parser("list", help="list accounts: id, email, reads, size")
+    listing.add_argument("--db", help=_DB_HELP)
+    listing.set_defaults(func=_list)
+    delete = actions.add_parser("delete", help="delete an account with all its data")
+    delete.add_argument("name", help="account name")
+    delete.add_argument("--db", help=_DB_HELP)
+    delete.set_defaults(func=_delete)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    return serve(
+        host=args.host,
+        port=args.port,
+        db=args.db,
+        api_key=args.api_key,
+        workers=args.workers,
+        max_body=args.max_body,
+        render_timeout=args.render_timeout,
+    )
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from .serve import default_db, prepare_db
+    from .storage import open_storage
+
+    location = args.db or default_db()
+    prepare_db(location)
+    return open_storage(location)
+
+
+def _create(args: argparse.Namespace) -> int:
+    from .storage import AccountExistsError
+
+    storage = _open(args)
+    try:
+        key = storage.create_account(args.id, args.email, args.api_key)
+    except AccountExistsError as exc:
+        sys.stderr.write(f"kvpio accounts create: {exc}\n")
+        return 1
+    finally:
+        storage.close()
+    print(key)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    storage = _open(args)
+    try:
+        for account in storage.list_accounts():
+            print(f"{account.id}\t{account.email}\t{account.reads}\t{account.size}")
+    finally:
+        storage.close()
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    storage = _open(args)
+    try:
+        existed = storage.delete_account(args.name)
+    finally:
+        storage.close()
+    if not existed:
+        sys.stderr.write(f"kvpio accounts delete: no account {args.name!r}\n")
+        return 1
+    return 0

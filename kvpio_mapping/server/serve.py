@@ -1,0 +1,153 @@
+"""Run the server: bind the socket, start uvicorn workers, announce the URL.
+
+Workers are separate (spawned) processes; each builds its app with
+:func:`app_from_env` from environment variables the parent sets, so the
+configuration needs no pickling and every worker opens its own storage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import falcon.asgi
+
+DB_ENV: Final = "KVPIO_SERVE_DB"
+API_KEY_ENV: Final = "KVPIO_SERVE_API_KEY"
+MAX_BODY_ENV: Final = "KVPIO_SERVE_MAX_BODY"
+RENDER_TIMEOUT_ENV: Final = "KVPIO_SERVE_RENDER_TIMEOUT"
+
+
+def default_db() -> str:
+    """``$KVPIO_DB``, else ``${XDG_DATA_HOME:-~/.local/share}/kvpio/kvpio.sqlite3``."""
+    if os.environ.get("KVPIO_DB"):
+        return os.environ["KVPIO_DB"]
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(data_home, "kvpio", "kvpio.sqlite3")
+
+
+def prepare_db(location: str) -> None:
+    """Create the directory of a database file if it is missing."""
+    if location != "memory:":
+        Path(location.removeprefix("sqlite://")).expanduser().parent.mkdir(
+            parents=True, exist_ok=True
+        )
+
+
+def app_from_env() -> falcon.asgi.App:
+    """The app of one worker, configured by the variables :func:`serve` sets."""
+    from .app import DEFAULT_MAX_BODY, create_app
+    from .render import RenderLimits
+    from .storage import open_storage
+
+    location = os.environ.get(DB_ENV) or default_db()
+    storage = open_storage(location)
+    api_key = os.environ.get(API_KEY_ENV)
+    if api_key and location == "memory:":
+        storage.ensure_account(api_key)
+    limits = RenderLimits()
+    if os.environ.get(RENDER_TIMEOUT_ENV):
+        limits = dataclasses.replace(limits, timeout=float(os.environ[RENDER_TIMEOUT_ENV]))
+    max_body = int(os.environ.get(MAX_BODY_ENV) or DEFAULT_MAX_BODY)
+    return create_app(storage, max_body=max_body, limits=limits)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _announce(host: str, port: int, url: str) -> None:
+    """Print the URL line once the server answers a request."""
+    probe = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    while True:
+        connection = http.client.HTTPConnection(probe, port, timeout=2)
+        try:
+            connection.request("GET", "/openapi.json")
+            if connection.getresponse().status == 200:
+                break
+        except OSError:
+            time.sleep(0.05)
+        finally:
+            connection.close()
+    sys.stdout.write(f"kvpio serving on {url}\n")
+    sys.stdout.flush()
+
+
+def serve(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    db: str | None = None,
+    api_key: str | None = None,
+    workers: int = 1,
+    max_body: int | None = None,
+    render_timeout: float | None = None,
+) -> int:
+    """Serve until SIGTERM or SIGINT (requests in flight finish); the exit code."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from .storage import open_storage
+
+    location = db or default_db()
+    if location == "memory:" and workers > 1:
+        sys.stderr.write("kvpio serve: a memory: database cannot be shared by workers\n")
+        return 2
+    prepare_db(location)
+    if api_key and location != "memory:":
+        storage = open_storage(location)
+        try:
+            storage.ensure_account(api_key)
+        finally:
+            storage.close()
+    os.environ[DB_ENV] = location
+    for name, setting in (
+        (API_KEY_ENV, api_key),
+        (MAX_BODY_ENV, max_body),
+        (RENDER_TIMEOUT_ENV, render_timeout),
+    ):
+        if setting is None or setting == "":
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = str(setting)
+
+    sock = _bind(host, port)
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        "kvpio_mapping.server.serve:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+    )
+    threading.Thread(target=_announce, args=(host, port, _url(host, port)), daemon=True).start()
+    if workers > 1:
+        Multiprocess(config, sockets=[sock]).run()
+        return 0
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    return 0 if server.started else 3
