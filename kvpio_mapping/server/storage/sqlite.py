@@ -1,0 +1,735 @@
+"""A SQLite storage: one database file, shared by threads and processes.
+
+Layout. Each account's bucket is a tree stored in the ``nodes`` table, one
+row per stored node, keyed by ``(account, path)`` where ``path`` is the UTF-8
+segments joined by NUL (segments never hold NUL), so the rows below a node
+are one contiguous range: ``path > P||0x00 AND path < P||0x01``. A row is
+either
+
+- a *blob* (``kind`` 0): the compact JSON text of the whole subtree, used
+  for every scalar and for every container whose JSON is at most
+  :data:`BLOB_THRESHOLD` bytes; or
+- a *split container* (``kind`` 1 object, 2 array): no body, one row per
+  child. Used for the upper levels of large values.
+
+So touching one leaf reads the node's ancestors (one ``path IN (...)``
+query), rewrites at most one bounded blob, and adjusts the stored ``size``
+of the ancestors: the cost does not grow with the document. Reading a
+container concatenates its rows' JSON text, never parsing it.
+
+``pos`` orders siblings: insertion order for object keys (an overwrite keeps
+its place, a new key goes last), the 0-based index for array items, whose
+path segment is their 1-based position. ``size`` is the UTF-8 length of the
+node's compact JSON, kept up to date for split containers so that account
+sizes and merge decisions need no scan. A split container that shrinks to
+half the threshold is merged back into a blob.
+
+Every write is one ``BEGIN IMMEDIATE`` transaction, committed before the
+call returns; with WAL and ``synchronous=NORMAL`` an acknowledged write
+survives the process being killed. Each thread uses its own connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from json.encoder import encode_basestring
+from typing import Any, Final, NamedTuple
+
+from ... import paths, values
+from ...errors import InvalidPathError
+from ...paths import MISSING, Path
+from .base import Account, AccountExistsError, Storage, hash_key, new_key, same_digest
+
+BLOB_THRESHOLD: Final = 4096
+"""Largest compact JSON (bytes) kept as one blob row; larger containers are split."""
+
+BLOB: Final = 0
+OBJECT: Final = 1
+ARRAY: Final = 2
+
+BUSY_TIMEOUT_MS: Final = 10_000
+
+# The configuration of values.encode; values reach the storage already checked,
+# so subtrees are encoded without checking them again at every level.
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS accounts (
+    id TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    key_digest TEXT NOT NULL UNIQUE,
+    reads INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    account TEXT NOT NULL,
+    path BLOB NOT NULL,
+    parent BLOB NOT NULL,
+    pos INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    body TEXT,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (account, path)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS nodes_children ON nodes (account, parent, pos);
+CREATE TABLE IF NOT EXISTS templates (
+    account TEXT NOT NULL,
+    name TEXT NOT NULL,
+    pos INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    PRIMARY KEY (account, name)
+) WITHOUT ROWID;
+"""
+
+_SELECT_NODE: Final = "SELECT path, kind, body, pos, size FROM nodes WHERE account = ? AND path IN "
+_SUBTREE: Final = (
+    "SELECT path, parent, pos, kind, body, size FROM nodes"
+    " WHERE account = ? AND path > ? AND path < ?"
+)
+_INSERT: Final = (
+    "INSERT OR REPLACE INTO nodes (account, path, parent, pos, kind, body, size)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class _Node(NamedTuple):
+    """One stored row, as the ancestor lookup returns it."""
+
+    path: bytes
+    kind: int
+    body: str | None
+    pos: int
+    size: int
+
+
+_NewRow = tuple[bytes, bytes, int, int, str | None, int]
+"""(path, parent, pos, kind, body, size) of a row to insert."""
+
+
+def _key(segments: Sequence[str]) -> bytes:
+    return "\x00".join(segments).encode()
+
+
+def _child(parent: bytes, segment: str) -> bytes:
+    return parent + b"\x00" + segment.encode() if parent else segment.encode()
+
+
+def _parent_of(path: bytes) -> bytes:
+    cut = path.rfind(b"\x00")
+    return path[:cut] if cut >= 0 else b""
+
+
+def _segment_of(path: bytes) -> str:
+    return path[path.rfind(b"\x00") + 1 :].decode()
+
+
+def _key_size(segment: str) -> int:
+    """Bytes of ``"segment":`` in compact JSON."""
+    return len(encode_basestring(segment).encode()) + 1
+
+
+def _addressable(value: dict[str, Any]) -> bool:
+    """Whether every key can be a row path segment (non-empty, no NUL): else keep a blob."""
+    return all(key and "\x00" not in key for key in value)
+
+
+def _nest(segments: Sequence[str], value: Any) -> Any:
+    """``value`` wrapped in one object per segment (the parents a write creates)."""
+    for segment in reversed(segments):
+        value = {segment: value}
+    return value
+
+
+class SQLiteStorage(Storage):
+    """Accounts, values and templates in one SQLite file (WAL mode).
+
+    ``blob_threshold`` is the largest compact JSON, in bytes, stored as one
+    row; it exists for tuning and tests, the default suits documents from a
+    few bytes to tens of megabytes.
+    """
+
+    def __init__(self, path: str, *, blob_threshold: int = BLOB_THRESHOLD) -> None:
+        self._path = os.fspath(path)
+        self._threshold = blob_threshold
+        self._merge_below = blob_threshold // 2
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        directory = os.path.dirname(os.path.abspath(self._path))
+        os.makedirs(directory, exist_ok=True)
+        with self._write() as conn:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+
+    # connections and transactions
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self._path,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front so concurrent writers queue on the lock."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction, so the statements of a read see one snapshot."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    # accounts
+
+    def create_account(self, id: str, email: str, api_key: str | None = None) -> str:
+        key = api_key if api_key is not None else new_key()
+        digest = hash_key(key)
+        with self._write() as conn:
+            taken = conn.execute(
+                "SELECT 1 FROM accounts WHERE id = ? OR key_digest = ?", (id, digest)
+            ).fetchone()
+            if taken is not None:
+                raise AccountExistsError(f"account {id!r} or its API key exists already")
+            conn.execute(
+                "INSERT INTO accounts (id, email, key_digest) VALUES (?, ?, ?)", (id, email, digest)
+            )
+        return key
+
+    def ensure_account(self, api_key: str, id: str = "default", email: str = "") -> str:
+        digest = hash_key(api_key)
+        with self._write() as conn:
+            found = self._find(conn, digest)
+            if found is not None:
+                return found
+            if conn.execute("SELECT 1 FROM accounts WHERE id = ?", (id,)).fetchone():
+                raise AccountExistsError(f"account {id!r} exists with another API key")
+            conn.execute(
+                "INSERT INTO accounts (id, email, key_digest) VALUES (?, ?, ?)", (id, email, digest)
+            )
+            return id
+
+    @staticmethod
+    def _find(conn: sqlite3.Connection, digest: str) -> str | None:
+        row = conn.execute(
+            "SELECT id, key_digest FROM accounts WHERE key_digest = ?", (digest,)
+        ).fetchone()
+        if row is not None and same_digest(row[1], digest):
+            return str(row[0])
+        return None
+
+    def authenticate(self, api_key: str) -> str | None:
+        with self._read() as conn:
+            return self._find(conn, hash_key(api_key))
+
+    def _public(self, conn: sqlite3.Connection, id: str, email: str, reads: int) -> Account:
+        return Account(id, email, reads, self._bucket_size(conn, id))
+
+    @staticmethod
+    def _bucket_size(conn: sqlite3.Connection, account: str) -> int:
+        """Bytes of the bucket as one compact JSON object, from the top-level rows' sizes."""
+        rows = conn.execute(
+            "SELECT path, size FROM nodes WHERE account = ? AND parent = x''", (account,)
+        ).fetchall()
+        entries: int = sum(_key_size(path.decode()) + size for path, size in rows)
+        return 2 + entries + max(len(rows) - 1, 0)
+
+    def account(self, id: str) -> Account | None:
+        with self._read() as conn:
+            row = conn.execute("SELECT email, reads FROM accounts WHERE id = ?", (id,)).fetchone()
+            return None if row is None else self._public(conn, id, row[0], row[1])
+
+    def list_accounts(self) -> list[Account]:
+        with self._read() as conn:
+            rows = conn.execute("SELECT id, email, reads FROM accounts ORDER BY id").fetchall()
+            return [self._public(conn, id, email, reads) for id, email, reads in rows]
+
+    def delete_account(self, id: str) -> bool:
+        with self._write() as conn:
+            gone = conn.execute("DELETE FROM accounts WHERE id = ?", (id,)).rowcount
+            conn.execute("DELETE FROM nodes WHERE account = ?", (id,))
+            conn.execute("DELETE FROM templates WHERE account = ?", (id,))
+            return gone > 0
+
+    def add_reads(self, counts: Mapping[str, int]) -> None:
+        if not counts:
+            return
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE accounts SET reads = reads + ? WHERE id = ?",
+                [(count, id) for id, count in counts.items()],
+            )
+
+    # the tree: lookup, rendering, planning rows
+
+    @staticmethod
+    def _locate(
+        conn: sqlite3.Connection, account: str, path: Path
+    ) -> tuple[list[_Node], list[str]]:
+        """The stored rows from the top down to ``path`` or its deepest stored ancestor.
+
+        Also returns the segments with positions below split arrays in their
+        canonical form (``"03"`` names the row ``"3"``). Stops at a blob: what
+        lies below it is inside its body.
+        """
+        segments = list(path)
+        chain: list[_Node] = []
+        start = 0
+        while True:
+            wanted = [_key(segments[:depth]) for depth in range(start + 1, len(segments) + 1)]
+            marks = ",".join("?" * len(wanted))
+            found = {
+                row[0]: _Node(*row)
+                for row in conn.execute(f"{_SELECT_NODE}({marks})", [account, *wanted])
+            }
+            for depth in range(start + 1, len(segments) + 1):
+                node = found.get(wanted[depth - start - 1])
+                if node is None:
+                    return chain, segments
+                chain.append(node)
+                if node.kind == BLOB:
+                    return chain, segments
+                if node.kind == ARRAY and depth < len(segments):
+                    segment = segments[depth]
+                    if segment.isascii() and segment.isdigit() and segment != str(int(segment)):
+                        segments[depth] = str(int(segment))
+                        start = depth
+                        break
+            else:
+                return chain, segments
+
+    @staticmethod
+    def _subtree(conn: sqlite3.Connection, account: str, path: bytes) -> list[Any]:
+        """Every row strictly below ``path`` (the whole bucket for the root ``b""``)."""
+        if not path:
+            return conn.execute(
+                "SELECT path, parent, pos, kind, body, size FROM nodes WHERE account = ?",
+                (account,),
+            ).fetchall()
+        return conn.execute(_SUBTREE, (account, path + b"\x00", path + b"\x01")).fetchall()
+
+    @staticmethod
+    def _render(rows: list[Any], path: bytes, kind: int) -> str:
+        """The JSON text of the split container at ``path`` from its subtree's rows.
+
+        Children's bodies are JSON already: the text is concatenated, not parsed.
+        """
+        groups: dict[bytes, list[tuple[int, bytes, int, str | None]]] = {}
+        for row_path, parent, pos, row_kind, body, _size in rows:
+            groups.setdefault(parent, []).append((pos, row_path, row_kind, body))
+
+        def render(at: bytes, at_kind: int) -> str:
+            children = groups.get(at)
+            if not children:
+                return "{}" if at_kind == OBJECT else "[]"
+            children.sort()
+            if at_kind == ARRAY:
+                return (
+                    "["
+                    + ",".join(
+                        body if body is not None else render(child, kind)
+                        for _pos, child, kind, body in children
+                    )
+                    + "]"
+                )
+            cut = len(at) + 1 if at else 0
+            return (
+                "{"
+                + ",".join(
+                    encode_basestring(child[cut:].decode())
+                    + ":"
+                    + (body if body is not None else render(child, kind))
+                    for _pos, child, kind, body in children
+                )
+                + "}"
+            )
+
+        return render(path, kind)
+
+    def _text(self, conn: sqlite3.Connection, account: str, node: _Node) -> str:
+        """The JSON text of a stored node."""
+        if node.kind == BLOB:
+            return node.body or ""
+        return self._render(self._subtree(conn, account, node.path), node.path, node.kind)
+
+    def _plan(
+        self,
+        rows: list[_NewRow],
+        path: bytes,
+        parent: bytes,
+        pos: int,
+        value: Any,
+        depth: int,
+    ) -> int:
+        """Append the rows that store ``value`` at ``path`` to ``rows``; return its size.
+
+        Small values become one blob; a container too large for one is split,
+        its children planned in turn. Containers at the deepest addressable
+        level stay blobs (nothing below them can be written by path).
+        """
+        kind = type(value)
+        if (kind is list or (kind is dict and _addressable(value))) and depth < paths.MAX_DEPTH:
+            # Each item takes at least two bytes: a long container need not be encoded to know.
+            if 2 * len(value) + 1 <= self._threshold:
+                text = _encode(value)
+                size = len(text.encode())
+                if size <= self._threshold:
+                    rows.append((path, parent, pos, BLOB, text, size))
+                    return size
+            slot = len(rows)
+            rows.append((path, parent, pos, BLOB, None, 0))
+            size = 2 + max(len(value) - 1, 0)
+            if kind is dict:
+                for index, (key, item) in enumerate(value.items()):
+                    size += _key_size(key)
+                    size += self._plan(
+                        rows, path + b"\x00" + key.encode(), path, index, item, depth + 1
+                    )
+                rows[slot] = (path, parent, pos, OBJECT, None, size)
+            else:
+                for index, item in enumerate(value):
+                    child = path + b"\x00" + str(index + 1).encode()
+                    size += self._plan(rows, child, path, index, item, depth + 1)
+                rows[slot] = (path, parent, pos, ARRAY, None, size)
+            return size
+        text = _encode(value)
+        size = len(text.encode())
+        rows.append((path, parent, pos, BLOB, text, size))
+        return size
+
+    def _store(
+        self,
+        conn: sqlite3.Connection,
+        account: str,
+        path: bytes,
+        pos: int,
+        value: Any,
+        depth: int,
+        replaces: _Node | None,
+    ) -> int:
+        """Store ``value`` at ``path`` (replacing the node there, if any); return its size."""
+        if replaces is not None and replaces.kind != BLOB:
+            self._delete_below(conn, account, path)
+        rows: list[_NewRow] = []
+        size = self._plan(rows, path, _parent_of(path), pos, value, depth)
+        conn.executemany(_INSERT, [(account, *row) for row in rows])
+        return size
+
+    @staticmethod
+    def _delete_below(conn: sqlite3.Connection, account: str, path: bytes) -> None:
+        conn.execute(
+            "DELETE FROM nodes WHERE account = ? AND path > ? AND path < ?",
+            (account, path + b"\x00", path + b"\x01"),
+        )
+
+    def _adjust(
+        self, conn: sqlite3.Connection, account: str, ancestors: list[_Node], delta: int
+    ) -> None:
+        """Add ``delta`` to the size of split ancestors; merge the highest that got small."""
+        if not ancestors or delta == 0:
+            return
+        marks = ",".join("?" * len(ancestors))
+        conn.execute(
+            f"UPDATE nodes SET size = size + ? WHERE account = ? AND path IN ({marks})",
+            [delta, account, *(node.path for node in ancestors)],
+        )
+        if delta > 0:
+            return
+        for node in ancestors:
+            if node.size + delta <= self._merge_below:
+                text = self._text(conn, account, node)
+                self._delete_below(conn, account, node.path)
+                conn.execute(
+                    "UPDATE nodes SET kind = ?, body = ?, size = ? WHERE account = ? AND path = ?",
+                    (BLOB, text, len(text.encode()), account, node.path),
+                )
+                return
+
+    @staticmethod
+    def _inside(path: Path, depth: int, body: str) -> tuple[dict[str, Any], Any]:
+        """A bucket-shaped wrapper holding a blob's decoded value at ``path[:depth]``.
+
+        Applying :mod:`paths` functions to the wrapper with the full path gives
+        the same results and error messages as applying them to the bucket.
+        """
+        root: dict[str, Any] = {}
+        holder = root
+        for segment in path[: depth - 1]:
+            holder[segment] = {}
+            holder = holder[segment]
+        holder[path[depth - 1]] = json.loads(body)
+        return root, holder
+
+    # bucket values
+
+    def get(self, account: str, path: Path) -> str | None:
+        if not path:
+            return self.get_all(account)
+        with self._read() as conn:
+            chain, segments = self._locate(conn, account, path)
+            if not chain:
+                return None
+            node = chain[-1]
+            if len(chain) == len(segments):
+                return self._text(conn, account, node)
+            if node.kind != BLOB or not node.body or node.body[0] not in "[{":
+                return None
+            found = paths.get_in(json.loads(node.body), path[len(chain) :])
+            return None if found is MISSING else values.encode(found).decode()
+
+    def get_all(self, account: str) -> str:
+        with self._read() as conn:
+            return self._render(self._subtree(conn, account, b""), b"", OBJECT)
+
+    def keys(self, account: str, path: Path = ()) -> list[str]:
+        with self._read() as conn:
+            if not path:
+                return self._children(conn, account, b"")
+            chain, segments = self._locate(conn, account, path)
+            if not chain:
+                return []
+            node = chain[-1]
+            if node.kind == BLOB:
+                assert node.body is not None
+                found = paths.get_in(json.loads(node.body), path[len(chain) :])
+                if type(found) is dict:
+                    return list(found)
+                if type(found) is list:
+                    return [str(position) for position in range(1, len(found) + 1)]
+                return []
+            if len(chain) < len(segments):
+                return []
+            if node.kind == ARRAY:
+                return [
+                    str(position) for position in range(1, self._length(conn, account, node) + 1)
+                ]
+            return self._children(conn, account, node.path)
+
+    @staticmethod
+    def _children(conn: sqlite3.Connection, account: str, path: bytes) -> list[str]:
+        rows = conn.execute(
+            "SELECT path FROM nodes WHERE account = ? AND parent = ? ORDER BY pos",
+            (account, path),
+        ).fetchall()
+        cut = len(path) + 1 if path else 0
+        return [row[0][cut:].decode() for row in rows]
+
+    @staticmethod
+    def _length(conn: sqlite3.Connection, account: str, node: _Node) -> int:
+        """Items in a split array (positions run 0..n-1 without gaps)."""
+        last = conn.execute(
+            "SELECT max(pos) FROM nodes WHERE account = ? AND parent = ?", (account, node.path)
+        ).fetchone()[0]
+        return 0 if last is None else int(last) + 1
+
+    def set(self, account: str, path: Path, value: Any, *, only_if_missing: bool = False) -> bool:
+        with self._write() as conn:
+            return self._set(conn, account, path, value, only_if_missing)
+
+    def set_many(self, account: str, items: Sequence[tuple[Path, Any]]) -> None:
+        with self._write() as conn:
+            for path, value in items:
+                self._set(conn, account, path, value, False)
+
+    def _set(
+        self, conn: sqlite3.Connection, account: str, path: Path, value: Any, only_if_missing: bool
+    ) -> bool:
+        if not path:
+            return not only_if_missing
+        chain, segments = self._locate(conn, account, path)
+        depth = len(chain)
+        if depth == len(segments):
+            # The node itself is stored: replace it, keeping its place.
+            node = chain[-1]
+            if only_if_missing:
+                return False
+            size = self._store(conn, account, node.path, node.pos, value, depth, node)
+            self._adjust(conn, account, chain[:-1], size - node.size)
+            return True
+        if chain and chain[-1].kind == BLOB:
+            # Below a blob: edit its (bounded) decoded value and store it again.
+            node = chain[-1]
+            assert node.body is not None
+            root, holder = self._inside(path, depth, node.body)
+            if only_if_missing and paths.get_in(root, path) is not MISSING:
+                return False
+            paths.set_in(root, path, value)
+            size = self._store(
+                conn, account, node.path, node.pos, holder[path[depth - 1]], depth, node
+            )
+            self._adjust(conn, account, chain[:-1], size - node.size)
+            return True
+        # A new child of a split container (or of the bucket itself).
+        container = chain[-1] if chain else None
+        where = container.path if container is not None else b""
+        segment = segments[depth]
+        if container is not None and container.kind == ARRAY:
+            length = self._length(conn, account, container)
+            if paths.position(segment, length + 1) != length:
+                shown = paths.join(path[:depth])
+                raise InvalidPathError(
+                    f"{path[depth]!r} is not a position in the list at {shown!r}"
+                    f" (positions run from 1 to {length + 1})"
+                )
+            pos, segment, entry = length, str(length + 1), 0
+        else:
+            last = conn.execute(
+                "SELECT max(pos) FROM nodes WHERE account = ? AND parent = ?", (account, where)
+            ).fetchone()[0]
+            pos = 0 if last is None else int(last) + 1
+            entry = _key_size(segment)
+        child = _nest(segments[depth + 1 :], value)
+        size = self._store(conn, account, _child(where, segment), pos, child, depth + 1, None)
+        if container is not None:
+            entry += size + (1 if container.size > 2 else 0)
+            self._adjust(conn, account, chain, entry)
+        return True
+
+    def delete(self, account: str, path: Path, *, return_value: bool = False) -> str | None:
+        if not path:
+            raise InvalidPathError("a key path must not be empty")
+        with self._write() as conn:
+            chain, segments = self._locate(conn, account, path)
+            depth = len(chain)
+            if not chain:
+                return None
+            node = chain[-1]
+            if depth == len(segments):
+                text = self._text(conn, account, node) if return_value else None
+                self._remove(conn, account, chain)
+                return text
+            if node.kind != BLOB:
+                return None
+            assert node.body is not None
+            root, holder = self._inside(path, depth, node.body)
+            found = paths.get_in(root, path)
+            if found is MISSING:
+                return None
+            text = values.encode(found).decode() if return_value else None
+            paths.delete_in(root, path)
+            size = self._store(
+                conn, account, node.path, node.pos, holder[path[depth - 1]], depth, node
+            )
+            self._adjust(conn, account, chain[:-1], size - node.size)
+            return text
+
+    def _remove(self, conn: sqlite3.Connection, account: str, chain: list[_Node]) -> None:
+        """Delete the stored node ``chain[-1]`` and its subtree from its split parent.
+
+        Removing an item that is not the last of a split array renumbers the
+        items after it, rewriting their rows (and the rows below them): the
+        cost grows with the rows of that array, not with the whole document.
+        """
+        node = chain[-1]
+        self._delete_below(conn, account, node.path)
+        conn.execute("DELETE FROM nodes WHERE account = ? AND path = ?", (account, node.path))
+        if len(chain) == 1:
+            return
+        parent = chain[-2]
+        if parent.kind == ARRAY:
+            entry = node.size
+            self._shift_items(conn, account, parent.path, node.pos)
+        else:
+            entry = node.size + _key_size(_segment_of(node.path))
+        if parent.size > 2 + entry:
+            entry += 1  # the comma that separated it from a sibling
+        self._adjust(conn, account, chain[:-1], -entry)
+
+    def _shift_items(
+        self, conn: sqlite3.Connection, account: str, array: bytes, removed: int
+    ) -> None:
+        """Move the items after index ``removed`` of a split array up by one."""
+        base = len(array) + 1
+        moved: list[tuple[Any, ...]] = []
+        old_paths: list[tuple[str, bytes]] = []
+        for path, parent, pos, kind, body, size in self._subtree(conn, account, array):
+            end = path.find(b"\x00", base)
+            segment = path[base:] if end < 0 else path[base:end]
+            number = int(segment)
+            if number <= removed + 1:
+                continue
+            new_prefix = array + b"\x00" + str(number - 1).encode()
+            old_len = base + len(segment)
+            new_path = new_prefix + path[old_len:]
+            if parent == array:
+                new_parent, new_pos = parent, pos - 1
+            else:
+                new_parent, new_pos = new_prefix + parent[old_len:], pos
+            old_paths.append((account, path))
+            moved.append((account, new_path, new_parent, new_pos, kind, body, size))
+        conn.executemany("DELETE FROM nodes WHERE account = ? AND path = ?", old_paths)
+        conn.executemany(_INSERT, moved)
+
+    def clear(self, account: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM nodes WHERE account = ?", (account,))
+
+    # templates
+
+    def get_template(self, account: str, name: str) -> str | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT source FROM templates WHERE account = ? AND name = ?", (account, name)
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+    def set_template(self, account: str, name: str, source: str) -> None:
+        with self._write() as conn:
+            updated = conn.execute(
+                "UPDATE templates SET source = ? WHERE account = ? AND name = ?",
+                (source, account, name),
+            ).rowcount
+            if not updated:
+                conn.execute(
+                    "INSERT INTO templates (account, name, pos, source) VALUES (?, ?,"
+                    " (SELECT coalesce(max(pos), -1) + 1 FROM templates WHERE account = ?), ?)",
+                    (account, name, account, source),
+                )
+
+    def delete_template(self, account: str, name: str) -> bool:
+        with self._write() as conn:
+            gone = conn.execute(
+                "DELETE FROM templates WHERE account = ? AND name = ?", (account, name)
+            ).rowcount
+            return gone > 0
+
+    def list_templates(self, account: str) -> list[str]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT name FROM templates WHERE account = ? ORDER BY pos", (account,)
+            ).fetchall()
+            return [str(row[0]) for row in rows]
