@@ -1,0 +1,7 @@
+"""``python -m kvpio_mapping``: the ``kvpio`` command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,567 @@
+"""The ``kvpio`` command line: the 2016 commands, bucket export/import, and the server's.
+
+Every command talks to the server through :class:`~kvpio_mapping.transport.Transport`
+and needs the raw answers (a missing value is a 200 with an empty body), so
+it does not go through the mapping classes. Results go to stdout, errors to
+stderr as one line ``kvpio: <reason>``, and the exit status says what failed
+(see :data:`EPILOG`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final, TextIO
+
+import requests
+
+from . import __version__, paths, values
+from .errors import (
+    AuthenticationError,
+    InvalidPathError,
+    KvpioError,
+    KvpioTimeoutError,
+    RequestError,
+    ServerError,
+    TransportError,
+)
+from .server.commands import add_commands
+from .transport import DEFAULT_URL, Transport, raise_for_status
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_AUTH: Final = 3
+EXIT_UNREACHABLE: Final = 4
+EXIT_INTERRUPTED: Final = 130
+
+DEFAULT_BATCH_SIZE: Final = 500
+
+EPILOG: Final = f"""\
+examples:
+  export KVPIO_APIKEY=<your api key>
+  kvpio bucket set foo '{{"bar": {{"baz": 123}}}}'
+  kvpio bucket get foo/bar/baz                  # 123
+  kvpio template set greet 'baz is {{{{ foo.bar.baz }}}}'
+  kvpio template get greet                      # baz is 123
+  kvpio account
+
+server and API key:
+  --url, else $KVPIO_URL, else {DEFAULT_URL}
+  --api-key, else $KVPIO_APIKEY, else the first line of ~/.kvpio
+
+exit status:
+  {EXIT_OK}    success
+  {EXIT_FAILED}    the command failed: no such key or template, input the server
+       refused (its message is shown), a local file or JSON that is not valid
+  {EXIT_USAGE}    the command line is wrong
+  {EXIT_AUTH}    no API key was given, or the server does not know it
+  {EXIT_UNREACHABLE}    the server cannot be reached, did not answer in time, or failed (5xx)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+"""
+
+
+class CommandError(Exception):
+    """A failure to report as ``kvpio: <message>`` with exit status ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+# ---------------------------------------------------------------- output
+
+
+def format_json(value: Any, pretty: bool) -> str:
+    """A value as JSON text: indented for a person, one line for a pipe."""
+    if pretty:
+        return json.dumps(value, indent=2, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def print_json(value: Any) -> None:
+    """Print a value to stdout, pretty when stdout is a terminal."""
+    sys.stdout.write(format_json(value, _is_terminal(sys.stdout)) + "\n")
+
+
+def print_text(text: str) -> None:
+    """Print text as it is, ending it with a newline if it has none."""
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+class Progress:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+
+    WIDTH: Final = 30
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total = total
+        self.stream = stream
+        self.enabled = _is_terminal(stream) and total > 0
+
+    def update(self, done: int, batch: int, batches: int) -> None:
+        """Redraw the bar for ``done`` of ``total`` keys."""
+        if not self.enabled:
+            return
+        filled = self.WIDTH * done // self.total
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        self.stream.write(
+            f"\rimporting [{bar}] {done}/{self.total} keys, batch {batch}/{batches}"
+        )
+        self.stream.flush()
+
+    def finish(self) -> None:
+        """End the bar's line so later messages start on their own."""
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# ---------------------------------------------------------------- talking to the server
+
+
+def _transport(args: argparse.Namespace) -> Transport:
+    """The transport for ``--url``/``--api-key`` (or their environment fallbacks)."""
+    try:
+        return Transport(args.url, args.api_key)
+    except AuthenticationError:
+        raise CommandError(
+            "no API key: pass --api-key, set KVPIO_APIKEY or put it on the first line of ~/.kvpio",
+            EXIT_AUTH,
+        ) from None
+
+
+def _call(
+    transport: Transport,
+    method: str,
+    target: str,
+    body: bytes | None = None,
+) -> requests.Response:
+    """Send one request and return its 2xx answer; any failure becomes a :class:`CommandError`."""
+    try:
+        response = transport.request(method, target, body=body, idempotent=True)
+        raise_for_status(response)
+    except KvpioError as exc:
+        raise _command_error(exc, transport.url) from None
+    return response
+
+
+def _command_error(exc: KvpioError, url: str) -> CommandError:
+    """The one-line message and exit status for an error of this package."""
+    if isinstance(exc, AuthenticationError):
+        return CommandError("the server does not know this API key", EXIT_AUTH)
+    if isinstance(exc, KvpioTimeoutError):
+        return CommandError(f"the server at {url} did not answer in time", EXIT_UNREACHABLE)
+    if isinstance(exc, ServerError):
+        return CommandError(str(exc), EXIT_UNREACHABLE)
+    if isinstance(exc, TransportError):
+        return CommandError(f"cannot reach the server at {url}", EXIT_UNREACHABLE)
+    if isinstance(exc, RequestError):
+        return CommandError(exc.message)
+    return CommandError(str(exc))
+
+
+def _quoted(key: str) -> str:
+    """``key`` as a URL path, every segment percent-encoded; invalid paths fail here."""
+    try:
+        return paths.url_quote(paths.parse(key))
+    except InvalidPathError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _decode(response: requests.Response) -> Any:
+    try:
+        return values.decode(response.content)
+    except ValueError as exc:
+        raise CommandError(f"the server sent a value that is not JSON: {exc}") from None
+
+
+def _parse_json(text: str, what: str) -> Any:
+    try:
+        return values.decode(text)
+    except ValueError as exc:
+        raise CommandError(f"{what} is not valid JSON: {exc}") from None
+
+
+def _read_json_file(name: str) -> Any:
+    """The JSON value in file ``name`` (``-`` for stdin)."""
+    try:
+        if name == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(name, "rb") as handle:
+                data = handle.read()
+    except OSError as exc:
+        raise CommandError(f"cannot read {name}: {exc.strerror or exc}") from None
+    try:
+        return values.decode(data)
+    except ValueError as exc:
+        raise CommandError(f"{name} is not valid JSON: {exc}") from None
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_account(args: argparse.Namespace) -> int:
+    """Print the account's id, email, reads and size."""
+    response = _call(_transport(args), "GET", "account/")
+    print_json(_decode(response))
+    return EXIT_OK
+
+
+def cmd_bucket_list(args: argparse.Namespace) -> int:
+    """Print the bucket's top-level keys."""
+    print_json(_decode(_call(_transport(args), "GET", "bucket/")))
+    return EXIT_OK
+
+
+def cmd_bucket_get(args: argparse.Namespace) -> int:
+    """Print the value at KEY."""
+    target = "bucket/" + _quoted(args.key)
+    response = _call(_transport(args), "GET", target)
+    if not response.content:
+        raise CommandError(f"no such key: {args.key}")
+    print_json(_decode(response))
+    return EXIT_OK
+
+
+def cmd_bucket_set(args: argparse.Namespace) -> int:
+    """Store VALUE (JSON, else a string) or the JSON in --file at KEY."""
+    if args.file is not None and args.value is not None:
+        raise CommandError("give VALUE or --file, not both", EXIT_USAGE)
+    if args.file is not None:
+        value = _read_json_file(args.file)
+    elif args.value is not None:
+        try:
+            value = values.decode(args.value)
+        except ValueError:
+            value = args.value
+    else:
+        raise CommandError("give VALUE or --file", EXIT_USAGE)
+    target = "bucket/" + _quoted(args.key)
+    _call(_transport(args), "POST", target, values.encode(value))
+    return EXIT_OK
+
+
+def cmd_bucket_del(args: argparse.Namespace) -> int:
+    """Delete KEY and everything below it."""
+    _call(_transport(args), "DELETE", "bucket/" + _quoted(args.key))
+    return EXIT_OK
+
+
+def cmd_bucket_export(args: argparse.Namespace) -> int:
+    """Print (or write to --output) the whole bucket, or the value at PATH, as JSON."""
+    transport = _transport(args)
+    if args.path is None:
+        value = _decode(_call(transport, "GET", "bucket/?values=true"))
+    else:
+        response = _call(transport, "GET", "bucket/" + _quoted(args.path))
+        if not response.content:
+            raise CommandError(f"no such key: {args.path}")
+        value = _decode(response)
+    if args.output is None or args.output == "-":
+        print_json(value)
+        return EXIT_OK
+    try:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(format_json(value, pretty=False) + "\n")
+    except OSError as exc:
+        raise CommandError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    return EXIT_OK
+
+
+def _batches(items: list[tuple[str, Any]], size: int) -> Iterator[list[tuple[str, Any]]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def cmd_bucket_import(args: argparse.Namespace) -> int:
+    """Store every top-level entry of FILE's JSON object, under PATH if given, in batches."""
+    if args.batch_size < 1:
+        raise CommandError("--batch-size must be at least 1", EXIT_USAGE)
+    prefix: paths.Path = () if args.path is None else paths.parse(args.path)
+    data = _read_json_file(args.file)
+    if not isinstance(data, dict):
+        raise CommandError(f"{args.file} must hold a JSON object, not {type(data).__name__}")
+    items: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        segments = (*prefix, key)
+        try:
+            paths.check(segments)
+        except InvalidPathError as exc:
+            raise CommandError(f"cannot import key {key!r}: {exc}; nothing was written") from None
+        items.append((paths.join(segments), value))
+    transport = _transport(args)
+    batches = list(_batches(items, args.batch_size))
+    progress = Progress(len(items), sys.stderr)
+    written = 0
+    for number, batch in enumerate(batches, 1):
+        progress.update(written, number, len(batches))
+        try:
+            _call(transport, "POST", "bucket/", values.encode(dict(batch)))
+        except (CommandError, KeyboardInterrupt) as exc:
+            progress.finish()
+            reason = exc.message if isinstance(exc, CommandError) else "interrupted"
+            code = exc.code if isinstance(exc, CommandError) else EXIT_INTERRUPTED
+            raise CommandError(
+                f"import failed at batch {number} of {len(batches)}: {reason}; "
+                f"{written} of {len(items)} keys were written (batches 1-{number - 1}), "
+                f"none of batch {number} or later",
+                code,
+            ) from None
+        written += len(batch)
+    progress.update(written, len(batches), len(batches))
+    progress.finish()
+    noun = "key" if written == 1 else "keys"
+    sys.stderr.write(f"imported {written} {noun} in {len(batches)} batch(es)\n")
+    return EXIT_OK
+
+
+def cmd_template_list(args: argparse.Namespace) -> int:
+    """Print the names of the stored templates."""
+    print_json(_decode(_call(_transport(args), "GET", "templates/")))
+    return EXIT_OK
+
+
+def cmd_template_get(args: argparse.Namespace) -> int:
+    """Print template NAME rendered (with --data overriding bucket values) or --raw."""
+    body = None
+    if args.data is not None and not args.raw:
+        data = _parse_json(args.data, "--data")
+        if not isinstance(data, dict):
+            raise CommandError("--data must be a JSON object of names to values")
+        body = values.encode(data)
+    target = f"templates/{_quoted(args.name)}?raw={args.raw}"
+    response = _call(_transport(args), "GET", target, body)
+    if response.headers.get("Kvpio-Missing", "").lower() == "true":
+        raise CommandError(f"no such template: {args.name}")
+    print_text(response.text)
+    return EXIT_OK
+
+
+def cmd_template_set(args: argparse.Namespace) -> int:
+    """Store TEMPLATE under NAME."""
+    target = "templates/" + _quoted(args.name)
+    _call(_transport(args), "POST", target, values.encode(args.template))
+    return EXIT_OK
+
+
+def cmd_template_del(args: argparse.Namespace) -> int:
+    """Delete template NAME."""
+    _call(_transport(args), "DELETE", "templates/" + _quoted(args.name))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- the parser
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    """``--url`` and ``--api-key``, accepted before or after the command."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("server")
+    group.add_argument(
+        "--url",
+        default=argparse.SUPPRESS,
+        help=f"server URL (default: $KVPIO_URL, else {DEFAULT_URL})",
+    )
+    group.add_argument(
+        "--api-key",
+        default=argparse.SUPPRESS,
+        help="API key (default: $KVPIO_APIKEY, else the first line of ~/.kvpio)",
+    )
+    return parent
+
+
+def _add(
+    subparsers: Any,
+    name: str,
+    handler: Handler,
+    help: str,
+    example: str,
+    parents: Sequence[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog=f"example:\n{example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=list(parents),
+    )
+    parser.set_defaults(func=handler)
+    return parser
+
+
+def _group(subparsers: Any, name: str, help: str, example: str) -> Any:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog=f"examples:\n{example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(func=lambda args: _usage(parser))
+    return parser.add_subparsers(title="commands", metavar="COMMAND")
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``kvpio`` argument parser with every command registered."""
+    parser = argparse.ArgumentParser(
+        prog="kvpio",
+        description="Read and write a kvp.io v1 bucket and its templates; run the server.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"kvpio {__version__}")
+    parser.add_argument(
+        "--url", default=None, help=f"server URL (default: $KVPIO_URL, else {DEFAULT_URL})"
+    )
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="API key (default: $KVPIO_APIKEY, else the first line of ~/.kvpio)",
+    )
+    parser.set_defaults(func=lambda args: _usage(parser))
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    conn = [_connection_options()]
+
+    _add(commands, "account", cmd_account, "show the account's id, email, reads and size",
+         "  kvpio account", conn)
+
+    bucket = _group(
+        commands, "bucket", "read and write key/value pairs",
+        "  kvpio bucket set foo '{\"bar\": [1, 2]}'\n  kvpio bucket get foo/bar/2",
+    )
+    _add(bucket, "list", cmd_bucket_list, "list the bucket's top-level keys",
+         "  kvpio bucket list", conn)
+    get = _add(
+        bucket, "get", cmd_bucket_get, "print the value at KEY as JSON",
+        "  kvpio bucket get foo/bar/baz\n\n"
+        "KEY is a path: segments separated by '/'; on a list a segment is a\n"
+        "1-based position. A missing key is an error (exit 1).",
+        conn,
+    )
+    get.add_argument("key", metavar="KEY")
+    setp = _add(
+        bucket, "set", cmd_bucket_set, "store VALUE (or the JSON in --file) at KEY",
+        "  kvpio bucket set foo '{\"bar\": {\"baz\": 123}}'\n"
+        "  kvpio bucket set greeting hello        # not JSON: stored as a string\n"
+        "  kvpio bucket set config --file config.json\n\n"
+        "VALUE is parsed as JSON, and stored as a plain string when it is not JSON.",
+        conn,
+    )
+    setp.add_argument("key", metavar="KEY")
+    setp.add_argument("value", metavar="VALUE", nargs="?")
+    setp.add_argument("--file", metavar="F", help="read the value as JSON from F ('-': stdin)")
+    delp = _add(
+        bucket, "del", cmd_bucket_del, "delete KEY and everything below it",
+        "  kvpio bucket del foo/bar", conn,
+    )
+    delp.add_argument("key", metavar="KEY")
+    export = _add(
+        bucket, "export", cmd_bucket_export,
+        "print the whole bucket, or the value at PATH, as JSON",
+        "  kvpio bucket export --output backup.json\n"
+        "  kvpio bucket export users/alice > alice.json",
+        conn,
+    )
+    export.add_argument("path", metavar="PATH", nargs="?")
+    export.add_argument("--output", metavar="F", help="write to F instead of stdout")
+    imp = _add(
+        bucket, "import", cmd_bucket_import,
+        "store every top-level entry of a JSON object file (under PATH if given)",
+        "  kvpio bucket import backup.json\n"
+        "  kvpio bucket import alice.json users/alice\n\n"
+        "Entries are sent in batches of --batch-size keys; each batch is stored\n"
+        "all or nothing. Keys not in the file are left as they are. If a batch\n"
+        "fails, the message says how many keys were written before it.",
+        conn,
+    )
+    imp.add_argument("file", metavar="FILE", help="a file holding a JSON object ('-': stdin)")
+    imp.add_argument("path", metavar="PATH", nargs="?")
+    imp.add_argument(
+        "--batch-size", metavar="N", type=int, default=DEFAULT_BATCH_SIZE,
+        help=f"keys per request (default: {DEFAULT_BATCH_SIZE})",
+    )
+
+    template = _group(
+        commands, "template", "store and render Jinja2 templates",
+        "  kvpio template set hello 'Hello {{ name }}!'\n  kvpio template get hello",
+    )
+    _add(template, "list", cmd_template_list, "list the stored templates' names",
+         "  kvpio template list", conn)
+    tget = _add(
+        template, "get", cmd_template_get, "render template NAME (or print its source)",
+        "  kvpio template get hello --data '{\"name\": \"world\"}'\n"
+        "  kvpio template get hello --raw\n\n"
+        "Values for the template are retrieved from your bucket based on variable\n"
+        "names found in the template; --data overrides them for this render.",
+        conn,
+    )
+    tget.add_argument("name", metavar="NAME")
+    tget.add_argument("--data", metavar="JSON", help="a JSON object overriding bucket values")
+    tget.add_argument("--raw", action="store_true", help="print the template un-rendered")
+    tset = _add(
+        template, "set", cmd_template_set, "store TEMPLATE under NAME",
+        "  kvpio template set hello 'Hello {{ name }}!'", conn,
+    )
+    tset.add_argument("name", metavar="NAME")
+    tset.add_argument("template", metavar="TEMPLATE", help="Jinja2 template text")
+    tdel = _add(template, "del", cmd_template_del, "delete template NAME",
+                "  kvpio template del hello", conn)
+    tdel.add_argument("name", metavar="NAME")
+
+    _add_server_commands(commands)
+    return parser
+
+
+def _add_server_commands(commands: Any) -> None:
+    """Register ``serve`` and ``accounts`` (cheap: no server dependency loads here)."""
+    add_commands(commands)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"kvpio: {message}\n")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one ``kvpio`` command and return its exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    func: Handler = args.func
+    try:
+        return func(args)
+    except CommandError as exc:
+        return _fail(exc.message, exc.code)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        # the reader went away (kvpio ... | head): not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
