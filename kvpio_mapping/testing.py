@@ -1,0 +1,172 @@
+"""A pytest plugin that runs a real ``kvpio serve`` for tests, yours included.
+
+Installed with the package (entry point ``pytest11``), it provides:
+
+- ``kvpio_server`` (session scope): one server process on a free port with a
+  temporary SQLite database; ``.url``, ``.api_key`` and ``.db``.
+- ``kvpio_account`` (function scope): a fresh, empty account on that server;
+  ``.url`` and ``.api_key``. Each test gets its own isolated bucket.
+
+Example, testing your own code against a real server::
+
+    import kvpio_mapping
+
+    def test_my_cache_warmer(kvpio_account):
+        bucket = kvpio_mapping.connect(kvpio_account.api_key, url=kvpio_account.url)
+        warm(bucket)
+        assert bucket["status/ready"] is True
+
+For a server of your own (other options, or to stop it yourself) use
+:func:`run_server` as a context manager::
+
+    with run_server(workers=2, max_body=1024) as server:
+        ...
+
+The server needs the ``server`` extra (falcon, uvicorn, jinja2).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+_LINE_PREFIX = "kvpio serving on "
+
+
+@dataclass
+class RunningServer:
+    """A ``kvpio serve`` process: its URL, an API key it knows, its database file."""
+
+    url: str
+    api_key: str
+    db: str
+    process: subprocess.Popen[str] = field(repr=False)
+    stderr_path: str = field(repr=False, default="")
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stderr(self) -> str:
+        """What the server wrote to stderr so far."""
+        return Path(self.stderr_path).read_text(errors="replace") if self.stderr_path else ""
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM, then SIGKILL if it does not exit in ``timeout``; the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@dataclass(frozen=True)
+class TestAccount:
+    """An account on a running server: where and with which key to reach it."""
+
+    __test__ = False
+
+    url: str
+    api_key: str
+    id: str
+
+
+def _read_line(stream: IO[str], found: list[str], done: threading.Event) -> None:
+    for line in stream:
+        if line.startswith(_LINE_PREFIX):
+            found.append(line[len(_LINE_PREFIX) :].strip())
+            break
+    done.set()
+
+
+def start_server(
+    db: str | os.PathLike[str] | None = None,
+    *,
+    api_key: str | None = None,
+    workers: int = 1,
+    max_body: int | None = None,
+    render_timeout: float | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    timeout: float = START_TIMEOUT,
+) -> RunningServer:
+    """Start ``kvpio serve`` and return once it answers; stop it with ``.stop()``."""
+    directory = tempfile.mkdtemp(prefix="kvpio-")
+    location = str(db) if db is not None else os.path.join(directory, "kvpio.sqlite3")
+    key = api_key or secrets.token_urlsafe(16)
+    command = [sys.executable, "-m", "kvpio_mapping.server", "serve", "--host", host]
+    command += ["--port", str(port), "--db", location, "--api-key", key]
+    command += ["--workers", str(workers)]
+    if max_body is not None:
+        command += ["--max-body", str(max_body)]
+    if render_timeout is not None:
+        command += ["--render-timeout", str(render_timeout)]
+    stderr_path = os.path.join(directory, "stderr.log")
+    with open(stderr_path, "w") as stderr:
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True
+        )
+    found: list[str] = []
+    done = threading.Event()
+    assert process.stdout is not None
+    threading.Thread(target=_read_line, args=(process.stdout, found, done), daemon=True).start()
+    done.wait(timeout)
+    server = RunningServer(found[0] if found else "", key, location, process, stderr_path)
+    if not found:
+        server.stop()
+        raise RuntimeError(f"kvpio serve did not start within {timeout} s:\n{server.stderr()}")
+    return server
+
+
+@contextmanager
+def run_server(**options: Any) -> Iterator[RunningServer]:
+    """:func:`start_server` as a context manager that stops the server on exit."""
+    server = start_server(**options)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def new_account(server: RunningServer, email: str = "test@example.invalid") -> TestAccount:
+    """Create a fresh account directly in the server's database."""
+    from .server.storage import open_storage
+
+    storage = open_storage(server.db)
+    try:
+        id = uuid.uuid4().hex
+        key = storage.create_account(id, email)
+    finally:
+        storage.close()
+    return TestAccount(server.url, key, id)
+
+
+@pytest.fixture(scope="session")
+def kvpio_server() -> Iterator[RunningServer]:
+    """One ``kvpio serve`` process for the test session (temporary database)."""
+    with run_server() as server:
+        yield server
+
+
+@pytest.fixture
+def kvpio_account(kvpio_server: RunningServer) -> TestAccount:
+    """A fresh, empty account on the session's server."""
+    return new_account(kvpio_server)
