@@ -39,6 +39,7 @@ import functools
 import json
 import os
 import re
+import string
 import subprocess
 import sys
 import threading
@@ -173,6 +174,70 @@ def _check_printf(limits: RenderLimits, fmt: str) -> None:
 
 # str methods whose first argument is the length of the result.
 _PADDING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+_NUMBER = re.compile(r"\d+")
+
+
+def _check_format_string(limits: RenderLimits, fmt: str) -> None:
+    """Refuse ``str.format`` specs with nested fields or widths over max_repeat."""
+    for _, _, spec, _ in string.Formatter().parse(fmt):
+        if not spec:
+            continue
+        if "{" in spec:
+            raise _LimitExceeded("nested fields in a str.format spec are not allowed")
+        for number in _NUMBER.findall(spec):
+            if int(number) > limits.max_repeat:
+                raise _LimitExceeded(
+                    f"width {number} in str.format is larger than the limit of "
+                    f"{limits.max_repeat} (max_repeat)"
+                )
+
+
+def _check_count(limits: RenderLimits, what: str, count: Any) -> None:
+    """Refuse a filter argument that sets the size of its result above max_repeat."""
+    if _is_int(count) and count > limits.max_repeat:
+        raise _LimitExceeded(
+            f"{what} of {count} is larger than the limit of {limits.max_repeat} (max_repeat)"
+        )
+
+
+def _bounded_filters(env: _Sandbox) -> None:
+    """Wrap the built-in filters that can amplify their input (center, indent, ...)."""
+    limits = env.limits
+    center, indent, fmt = env.filters["center"], env.filters["indent"], env.filters["format"]
+    batch, slice_ = env.filters["batch"], env.filters["slice"]
+
+    def do_center(value: Any, width: int = 80) -> Any:
+        _check_count(limits, "center width", width)
+        return center(value, width)
+
+    def do_indent(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> Any:
+        if _is_int(width):
+            lines = str(value).count("\n") + 1
+            _check_count(limits, "indent width times lines", width * lines)
+        return indent(value, width, *args, **kwargs)
+
+    def do_format(value: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_printf(limits, str(value))
+        return fmt(value, *args, **kwargs)
+
+    def do_batch(value: Any, linecount: int, *args: Any, **kwargs: Any) -> Any:
+        _check_count(limits, "batch size", linecount)
+        return batch(value, linecount, *args, **kwargs)
+
+    def do_slice(value: Any, slices: int, *args: Any, **kwargs: Any) -> Any:
+        _check_count(limits, "slice count", slices)
+        return slice_(value, slices, *args, **kwargs)
+
+    env.filters.update(
+        center=do_center, indent=do_indent, format=do_format, batch=do_batch, slice=do_slice
+    )
+
+
+def _hide_callables(value: Any) -> Any:
+    """Render functions, methods and classes as empty text (their repr shows addresses)."""
+    if callable(value) and not isinstance(value, jinja2.Undefined):
+        return ""
+    return value
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
@@ -181,10 +246,13 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "%"})
 
     def __init__(self, limits: RenderLimits) -> None:
-        super().__init__(autoescape=False, undefined=ChainableUndefined, loader=None)
+        super().__init__(
+            autoescape=False, undefined=ChainableUndefined, loader=None, finalize=_hide_callables
+        )
         self.limits = limits
         self.globals.pop("lipsum", None)
         self.globals["range"] = self._bounded_range
+        _bounded_filters(self)
 
     def _bounded_range(self, *args: int) -> range:
         """``range`` with at most :attr:`RenderLimits.max_range` items."""
@@ -221,6 +289,21 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                         f"{self.limits.max_repeat} (max_repeat)"
                     )
         return super().call(context, obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """The sandbox's safe ``str.format``, refusing oversized or nested specs first."""
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        fmt = str(value.__self__)
+        limits = self.limits
+
+        @functools.wraps(wrapped)
+        def checked(*args: Any, **kwargs: Any) -> str:
+            _check_format_string(limits, fmt)
+            return wrapped(*args, **kwargs)
+
+        return checked
 
     def get_template(self, *args: Any, **kwargs: Any) -> jinja2.Template:
         """Templates cannot load other templates (include, import, extends)."""
@@ -646,8 +729,11 @@ class Renderer:
     async def _acquire(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Worker:
         """A free worker, starting one if the pool is not full, else wait in line."""
         self._reap()
-        if self._idle:
-            return self._idle.pop()
+        while self._idle:
+            worker = self._idle.pop()
+            if worker.proc.poll() is None:
+                return worker
+            self._discard(worker)  # died while idle: replaced, try the next one
         if len(self._workers) < self._size:
             return self._spawn()
         waiter: asyncio.Future[_Worker] = loop.create_future()
