@@ -1,0 +1,162 @@
+"""Accounts are isolated whatever the path tricks, and keys are stored hashed only."""
+
+from __future__ import annotations
+
+import base64
+import json
+import unicodedata
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import requests
+
+from kvpio_mapping.testing import RunningServer, new_account
+from tests.conftest import Api
+
+SECRET = b'"secret of A"'
+
+PATH_TRICKS = [
+    "secret",
+    "sec%72et",
+    "%73%65%63%72%65%74",
+    "%2573ecret",
+    "%252Fsecret",
+    "a/../secret",
+    "a/%2E%2E/secret",
+    "./secret",
+    "%2E/secret",
+    "a//secret",
+    "/secret",
+    "secret/",
+    "a%2Fsecret",
+    "a%252Fsecret",
+    quote(unicodedata.normalize("NFC", "café")),
+    quote(unicodedata.normalize("NFD", "café")),
+    quote("\u0455ecret"),  # Cyrillic dze
+    quote("\uff53\uff45\uff43\uff52\uff45\uff54"),  # fullwidth
+    "x" * 768,
+    "x" * 769,
+    "%00",
+    "secret%00",
+    "..%2F..%2Faccount",
+    "%2E%2E/%2E%2E/account",
+    "secret?keys=true",
+    "1",
+    "%20",
+]
+
+
+@pytest.fixture
+def pair(kvpio_server: RunningServer) -> tuple[Api, Api]:
+    a, b = new_account(kvpio_server), new_account(kvpio_server)
+    return Api(a.url, a.api_key), Api(b.url, b.api_key)
+
+
+def _assert_empty_bucket(api: Api) -> None:
+    assert api.get("/v1/bucket/").json() == []
+    assert api.get("/v1/bucket/?values=true").json() == {}
+    assert api.get("/v1/bucket/?keys=true").json() == []
+    assert api.get("/v1/templates/").json() == []
+    assert api.get("/v1/account/").json()["size"] == 2
+
+
+@pytest.mark.parametrize("trick", PATH_TRICKS)
+def test_path_tricks_never_cross_accounts(pair: tuple[Api, Api], trick: str) -> None:
+    a, b = pair
+    url = "/v1/bucket/" + trick
+    written, _, _ = a.raw("POST", url, SECRET)
+    a.raw("POST", "/v1/templates/" + trick, b'"template of A"')
+    assert written in (200, 400)
+
+    for method in ("GET", "HEAD", "DELETE"):
+        status, _, body = b.raw(method, url)
+        assert status in (200, 400)
+        assert b"secret of A" not in body
+    status, _, body = b.raw("GET", "/v1/templates/" + trick + "?raw=1")
+    assert b"template of A" not in body
+    status, _, body = b.raw("GET", url.partition("?")[0] + "?keys=true")
+    assert status == 400 or json.loads(body) == []
+    _assert_empty_bucket(b)
+
+    b.raw("POST", url, b'"from B"')
+    b.raw("POST", "/v1/templates/" + trick, b'"template of B"')
+    everything = a.get("/v1/bucket/?values=true").content
+    assert b"from B" not in everything
+    if written == 200:
+        assert SECRET[1:-1] in everything
+    templates = a.get("/v1/templates/").json()
+    for name in templates:
+        assert a.get("/v1/templates/" + quote(name, safe="") + "?raw=1").text == "template of A"
+
+
+def test_b_cannot_delete_or_clear_a(pair: tuple[Api, Api]) -> None:
+    a, b = pair
+    a.post("/v1/bucket/k", json=1)
+    b.delete("/v1/bucket/k")
+    b.delete("/v1/bucket/?all=true")
+    b.delete("/v1/templates/k")
+    assert a.get("/v1/bucket/k").content == b"1"
+
+
+def test_reads_of_one_account_do_not_count_for_another(pair: tuple[Api, Api]) -> None:
+    a, b = pair
+    a.post("/v1/bucket/k", json=1)
+    for _ in range(3):
+        a.get("/v1/bucket/k")
+    assert b.get("/v1/account/").json()["reads"] == 0
+    assert a.get("/v1/account/").json()["reads"] == 3
+
+
+def _basic(text: str) -> str:
+    return "Basic " + base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "Basic",
+        "Basic ",
+        "Basic !!!not-base64!!!",
+        "Bearer {key}",
+        "{key}",
+        _basic(""),
+        _basic(":"),
+        _basic(":{key}"),
+        "Basic " + base64.b64encode(b"\xff\xfe:").decode(),
+    ],
+)
+def test_malformed_or_missing_credentials_are_404(api: Api, header: str | None) -> None:
+    headers = {} if header is None else {"Authorization": header.format(key=api.api_key)}
+    response = requests.get(api.url + "/v1/bucket/", headers=headers)
+    assert response.status_code == 404
+    assert response.json() == {"error": "unknown API key"}
+
+
+@pytest.mark.parametrize("variant", ["{key}x", "x{key}", "{key} ", "{upper}", "{key}\t", "{half}"])
+def test_near_miss_keys_are_404(pair: tuple[Api, Api], variant: str) -> None:
+    a = pair[0]
+    key = a.api_key
+    wrong = variant.format(key=key, upper=key.upper(), half=key[: len(key) // 2])
+    if wrong == key:
+        pytest.skip("the variant equals the key")
+    response = requests.get(a.url + "/v1/account/", headers={"Authorization": _basic(wrong + ":")})
+    assert response.status_code == 404
+
+
+def test_password_is_ignored(api: Api) -> None:
+    response = requests.get(api.url + "/v1/bucket/", auth=(api.api_key, "anything"))
+    assert response.status_code == 200
+
+
+def test_keys_are_stored_hashed(kvpio_server: RunningServer, api: Api) -> None:
+    api.post("/v1/bucket/k", json=1)
+    stored = b"".join(
+        path.read_bytes()
+        for path in Path(kvpio_server.db).parent.iterdir()
+        if path.name.startswith(Path(kvpio_server.db).name)
+    )
+    assert api.api_key.encode() not in stored
+    assert kvpio_server.api_key.encode() not in stored
