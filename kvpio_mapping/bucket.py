@@ -32,6 +32,7 @@ DEFAULT_TTL: Final = 5.0
 DEFAULT_MAXSIZE: Final = 1024
 
 _T = TypeVar("_T")
+_IMMUTABLE: Final = frozenset({str, int, float, bool, type(None)})
 _NO_DEFAULT: Final[Any] = object()
 
 WriteListener = Callable[[str | None], None]
@@ -160,12 +161,16 @@ class KVBucket(MutableMapping[str, Any]):
         if cache.enabled and type(key) is str and not self._root:
             # Only valid paths are ever stored, so an exact hit needs no parsing.
             with cache.lock:
-                found = cache._entries.get(key, NOT_CACHED)
-                if found is not NOT_CACHED:
+                try:
+                    found = cache._entries[key]
                     cache.hits += 1
+                except KeyError:
+                    found = NOT_CACHED
             if found is not NOT_CACHED:
                 if found is MISSING:
                     raise KeyError(key)
+                if type(found) in _IMMUTABLE:
+                    return found
                 return values.copy(found)
         found = self._read(self._full(key))
         if found is MISSING:
@@ -322,8 +327,10 @@ class KVBucket(MutableMapping[str, Any]):
         pairs.extend(kwargs.items())
         if not pairs:
             return
-        batch = [[self._full(key), value] for key, value in pairs]
-        body = values.encode(batch)
+        batch = [(self._full(key), value) for key, value in pairs]
+        as_object = dict(batch)
+        # An object is the plainer body; a repeated path needs the ordered list of pairs.
+        body = values.encode(as_object if len(as_object) == len(batch) else batch)
         with self._cache.writing(paths.join(self._root) or None):
             raise_for_status(self._transport.request("POST", "bucket/", body=body))
         self._wrote(None)

@@ -82,20 +82,21 @@ class PathCache:
         """
         with self.lock:
             entries = self._entries
-            found = entries.get(path, NOT_CACHED)
-            if found is not NOT_CACHED:
-                self.hits += 1
-                return found
             ancestor = path
-            while "/" in ancestor:
-                ancestor, _ = ancestor.rsplit("/", 1)
-                found = entries.get(ancestor, NOT_CACHED)
-                if found is not NOT_CACHED:
-                    self.hits += 1
-                    rest = tuple(path[len(ancestor) + 1 :].split("/"))
-                    return paths.get_in(found, rest)
-            self.misses += 1
-            return NOT_CACHED
+            while True:
+                # Subscripting is twice as fast as TLRUCache.get, which checks twice.
+                try:
+                    found = entries[ancestor]
+                except KeyError:
+                    if "/" not in ancestor:
+                        self.misses += 1
+                        return NOT_CACHED
+                    ancestor = ancestor.rsplit("/", 1)[0]
+                    continue
+                self.hits += 1
+                if ancestor is path:
+                    return found
+                return paths.get_in(found, tuple(path[len(ancestor) + 1 :].split("/")))
 
     def store(self, path: str, value: Any, generation: int) -> None:
         """Cache ``value`` at ``path`` if no write happened since ``generation`` was read."""
