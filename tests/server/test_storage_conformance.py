@@ -1,0 +1,710 @@
+"""One conformance suite for every storage backend.
+
+Each test runs against :class:`MemoryStorage` (the reference behaviour) and
+:class:`SQLiteStorage`; the SQLite-only tests at the end cover what only a
+database file has (several connections, threads, processes, durability).
+Values are compared as the JSON text the storages return, which must be
+byte-identical across backends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path as FilePath
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kvpio_mapping import values
+from kvpio_mapping.errors import InvalidPathError
+from kvpio_mapping.paths import Path
+from kvpio_mapping.server.storage import AccountExistsError, MemoryStorage, Storage
+from kvpio_mapping.server.storage.sqlite import BLOB_THRESHOLD, SQLiteStorage
+
+ROOT = FilePath(__file__).resolve().parents[2]
+
+
+def p(key: str) -> Path:
+    return tuple(key.split("/"))
+
+
+def j(value: Any) -> str:
+    """The text a storage must return for ``value``."""
+    return values.encode(value).decode()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def storage(request: pytest.FixtureRequest, tmp_path: FilePath) -> Iterator[Storage]:
+    if request.param == "memory":
+        made: Storage = MemoryStorage()
+    else:
+        made = SQLiteStorage(str(tmp_path / "db.sqlite3"))
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def acct(storage: Storage) -> str:
+    storage.create_account("alice", "alice@example.com", "alice-key")
+    return "alice"
+
+
+def big_doc(target: int, seed: int = 0) -> dict[str, Any]:
+    """A realistic nested document of about ``target`` bytes of JSON."""
+    doc: dict[str, Any] = {"meta": {"version": 3, "owner": "ops"}, "users": {}}
+    users = doc["users"]
+    i = 0
+    size = 0
+    while size < target:
+        user = {
+            "name": f"User {seed}-{i}",
+            "email": f"user{i}@example.com",
+            "tags": ["alpha", "beta", f"t{i % 7}"],
+            "profile": {"bio": "lorem ipsum dolor sit amet " * (1 + i % 5), "age": i % 90},
+            "history": [{"at": i * 10 + k, "what": "login"} for k in range(3)],
+        }
+        users[f"u{i}"] = user
+        size += len(j(user)) + 8
+        i += 1
+    return doc
+
+
+# the protocol's test vectors
+
+
+def test_vector_string_reads_back(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("foo"), "bar")
+    assert storage.get(acct, p("foo")) == '"bar"'
+
+
+def test_vector_nested_object_reads_by_path(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("foo"), {"bar": {"baz": 123}})
+    assert storage.get(acct, p("foo/bar/baz")) == "123"
+
+
+def test_vector_list_reads_by_position_and_numeric_key(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("foo"), [1, {"10": "Ten", "20": [46], "2": "two"}, 3])
+    assert storage.get(acct, p("foo/1")) == "1"
+    assert storage.get(acct, p("foo/2/10")) == '"Ten"'
+    assert storage.get(acct, p("foo/2/20/1")) == "46"
+
+
+def test_vector_delete_makes_value_and_paths_below_missing(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("foo"), [1, {"10": "Ten", "20": [46], "2": "two"}, 3])
+    storage.delete(acct, p("foo"))
+    assert storage.get(acct, p("foo")) is None
+    assert storage.get(acct, p("foo/2/20/1")) is None
+
+
+# paths
+
+
+def test_list_positions_are_one_based(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("l"), ["a", "b", "c"])
+    assert storage.get(acct, p("l/1")) == '"a"'
+    assert storage.get(acct, p("l/3")) == '"c"'
+    assert storage.get(acct, p("l/0")) is None
+    assert storage.get(acct, p("l/4")) is None
+
+
+def test_list_position_with_leading_zero_names_the_same_item(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("l"), ["a", "b"])
+    assert storage.get(acct, p("l/02")) == '"b"'
+
+
+def test_numeric_looking_segment_on_object_is_a_key(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("o/1"), "one")
+    storage.set(acct, p("o/01"), "oh-one")
+    assert storage.get(acct, p("o")) == j({"1": "one", "01": "oh-one"})
+
+
+def test_write_below_missing_parent_creates_objects(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("a/b/c"), 1)
+    assert storage.get(acct, p("a")) == j({"b": {"c": 1}})
+
+
+def test_write_below_scalar_parent_replaces_it_with_object(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("a"), {"b": 5})
+    storage.set(acct, p("a/b/c"), 1)
+    assert storage.get(acct, p("a")) == j({"b": {"c": 1}})
+
+
+def test_write_below_scalar_list_item_replaces_it_with_object(
+    storage: Storage, acct: str
+) -> None:
+    storage.set(acct, p("l"), [1, 2])
+    storage.set(acct, p("l/2/x"), "y")
+    assert storage.get(acct, p("l")) == j([1, {"x": "y"}])
+
+
+def test_list_position_one_past_end_appends(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("l"), [1, 2])
+    storage.set(acct, p("l/3"), 3)
+    assert storage.get(acct, p("l")) == j([1, 2, 3])
+
+
+def test_list_append_below_creates_object_item(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("l"), [1])
+    storage.set(acct, p("l/2/k"), "v")
+    assert storage.get(acct, p("l")) == j([1, {"k": "v"}])
+
+
+def test_list_position_in_range_replaces(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("l"), [1, 2, 3])
+    storage.set(acct, p("l/2"), "two")
+    assert storage.get(acct, p("l")) == j([1, "two", 3])
+
+
+@pytest.mark.parametrize("segment", ["0", "5", "x", "-1", "1.0"])
+def test_bad_list_segment_raises_and_changes_nothing(
+    storage: Storage, acct: str, segment: str
+) -> None:
+    storage.set(acct, p("l"), [1, 2, 3])
+    with pytest.raises(InvalidPathError):
+        storage.set(acct, ("l", segment), "v")
+    with pytest.raises(InvalidPathError):
+        storage.set(acct, ("l", segment, "deeper"), "v")
+    assert storage.get(acct, p("l")) == j([1, 2, 3])
+
+
+def test_unicode_spaces_and_url_characters_in_segments(storage: Storage, acct: str) -> None:
+    weird = ("héllo wörld", "100%", "what?", "#hash", "日本語", "a b+c&d=e")
+    storage.set(acct, weird, {"ключ": "значение"})
+    assert storage.get(acct, weird) == j({"ключ": "значение"})
+    assert storage.keys(acct) == ["héllo wörld"]
+    assert storage.keys(acct, weird[:-1]) == ["a b+c&d=e"]
+
+
+def test_stored_keys_that_cannot_be_path_segments_round_trip(storage: Storage, acct: str) -> None:
+    value = {"": 1, "a/b": 2, "nul\x00here": 3, ".": 4, "pad": "x" * (2 * BLOB_THRESHOLD)}
+    storage.set(acct, p("odd"), value)
+    assert storage.get(acct, p("odd")) == j(value)
+    storage.set(acct, p("odd/pad"), "short")
+    value["pad"] = "short"
+    assert storage.get(acct, p("odd")) == j(value)
+
+
+def test_get_text_is_compact_json_identical_to_values_encode(storage: Storage, acct: str) -> None:
+    value = {"s": "é\"\\\n\u2028", "f": 1.5, "n": None, "b": [True, False], "e": {}, "l": []}
+    storage.set(acct, p("v"), value)
+    assert storage.get(acct, p("v")) == j(value)
+    assert storage.get_all(acct) == j({"v": value})
+
+
+# deletes
+
+
+def test_delete_removes_subtree(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("a"), {"b": {"c": 1, "d": 2}, "e": 3})
+    storage.delete(acct, p("a/b"))
+    assert storage.get(acct, p("a")) == j({"e": 3})
+    assert storage.get(acct, p("a/b/c")) is None
+
+
+def test_delete_list_item_moves_later_items_up(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("l"), ["a", "b", "c", "d"])
+    storage.delete(acct, p("l/2"))
+    assert storage.get(acct, p("l")) == j(["a", "c", "d"])
+    assert storage.get(acct, p("l/2")) == '"c"'
+    assert storage.keys(acct, p("l")) == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("missing", ["nope", "a/nope", "a/s/deeper", "a/l/9", "a/l/x", "a/l/0"])
+def test_delete_missing_is_a_no_op(storage: Storage, acct: str, missing: str) -> None:
+    storage.set(acct, p("a"), {"s": "str", "l": [1]})
+    assert storage.delete(acct, p(missing), return_value=True) is None
+    assert storage.get_all(acct) == j({"a": {"s": "str", "l": [1]}})
+
+
+def test_delete_return_value_gives_removed_text(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("a"), {"b": [1, {"c": "d"}]})
+    assert storage.delete(acct, p("a/b"), return_value=True) == j([1, {"c": "d"}])
+    assert storage.get(acct, p("a")) == "{}"
+
+
+def test_delete_without_return_value_returns_none(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("a"), 1)
+    assert storage.delete(acct, p("a")) is None
+    assert storage.get(acct, p("a")) is None
+
+
+# keys and order
+
+
+def test_keys_of_object_list_scalar_and_missing(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("o"), {"x": 1, "y": [5, 6, 7], "z": "s"})
+    assert storage.keys(acct, p("o")) == ["x", "y", "z"]
+    assert storage.keys(acct, p("o/y")) == ["1", "2", "3"]
+    assert storage.keys(acct, p("o/z")) == []
+    assert storage.keys(acct, p("o/missing")) == []
+    assert storage.keys(acct, p("nothing/here")) == []
+
+
+def test_keys_at_top_level_in_insertion_order(storage: Storage, acct: str) -> None:
+    for key in ("zeta", "alpha", "10", "2"):
+        storage.set(acct, (key,), key)
+    assert storage.keys(acct) == ["zeta", "alpha", "10", "2"]
+
+
+def test_overwrite_keeps_key_position(storage: Storage, acct: str) -> None:
+    for key in ("a", "b", "c"):
+        storage.set(acct, ("o", key), 1)
+        storage.set(acct, (key,), 1)
+    storage.set(acct, p("o/a"), {"big": "x" * BLOB_THRESHOLD})
+    storage.set(acct, p("a"), "again")
+    assert storage.keys(acct, p("o")) == ["a", "b", "c"]
+    assert storage.keys(acct) == ["o", "a", "b", "c"]
+
+
+def test_reinsert_after_delete_goes_last(storage: Storage, acct: str) -> None:
+    for key in ("a", "b", "c"):
+        storage.set(acct, ("o", key), 1)
+        storage.set(acct, (key,), 1)
+    storage.delete(acct, p("o/a"))
+    storage.set(acct, p("o/a"), 2)
+    storage.delete(acct, p("a"))
+    storage.set(acct, p("a"), 2)
+    assert storage.keys(acct, p("o")) == ["b", "c", "a"]
+    assert storage.keys(acct) == ["o", "b", "c", "a"]
+
+
+# conditional and batch writes
+
+
+def test_only_if_missing_stores_when_nothing_is_there(storage: Storage, acct: str) -> None:
+    assert storage.set(acct, p("a/b"), 1, only_if_missing=True) is True
+    assert storage.get(acct, p("a/b")) == "1"
+
+
+def test_only_if_missing_refuses_when_a_value_exists(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("a/b"), None)
+    assert storage.set(acct, p("a/b"), 2, only_if_missing=True) is False
+    assert storage.set(acct, p("a"), 2, only_if_missing=True) is False
+    assert storage.get(acct, p("a")) == j({"b": None})
+
+
+def test_set_many_applies_pairs_in_order(storage: Storage, acct: str) -> None:
+    storage.set_many(acct, [(p("a"), [1]), (p("a/2"), 2), (p("b/c"), 3), (p("a/1"), 0)])
+    assert storage.get_all(acct) == j({"a": [0, 2], "b": {"c": 3}})
+
+
+def test_set_many_stores_nothing_when_one_pair_is_invalid(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("l"), [1])
+    with pytest.raises(InvalidPathError):
+        storage.set_many(
+            acct, [(p("new"), "x" * (3 * BLOB_THRESHOLD)), (p("l/2"), 2), (p("l/9"), 9)]
+        )
+    assert storage.get_all(acct) == j({"l": [1]})
+
+
+def test_clear_removes_values_and_keeps_templates(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("a"), big_doc(3 * BLOB_THRESHOLD))
+    storage.set_template(acct, "t", "{{ a }}")
+    storage.clear(acct)
+    assert storage.get_all(acct) == "{}"
+    assert storage.keys(acct) == []
+    assert storage.get_template(acct, "t") == "{{ a }}"
+
+
+def test_empty_bucket_is_an_empty_object(storage: Storage, acct: str) -> None:
+    assert storage.get_all(acct) == "{}"
+    assert storage.get(acct, p("x")) is None
+
+
+# templates
+
+
+def test_templates_store_overwrite_delete_and_list_in_order(storage: Storage, acct: str) -> None:
+    storage.set_template(acct, "b", "B")
+    storage.set_template(acct, "a", "A")
+    storage.set_template(acct, "b", "B2")
+    assert storage.list_templates(acct) == ["b", "a"]
+    assert storage.get_template(acct, "b") == "B2"
+    assert storage.delete_template(acct, "b") is True
+    assert storage.delete_template(acct, "b") is False
+    assert storage.get_template(acct, "b") is None
+    assert storage.list_templates(acct) == ["a"]
+
+
+def test_template_names_are_separate_from_bucket_keys(storage: Storage, acct: str) -> None:
+    storage.set_template(acct, "foo", "src")
+    storage.set(acct, p("foo"), "value")
+    assert storage.get_template(acct, "foo") == "src"
+    assert storage.get(acct, p("foo")) == '"value"'
+
+
+# accounts
+
+
+def test_create_account_returns_given_key_that_authenticates(storage: Storage) -> None:
+    assert storage.create_account("bob", "b@example.com", "bob-key") == "bob-key"
+    assert storage.authenticate("bob-key") == "bob"
+
+
+def test_create_account_without_key_returns_a_fresh_working_key(storage: Storage) -> None:
+    key = storage.create_account("bob", "")
+    assert len(key) >= 20
+    assert storage.authenticate(key) == "bob"
+
+
+def test_create_account_with_taken_id_raises(storage: Storage) -> None:
+    storage.create_account("bob", "", "k1")
+    with pytest.raises(AccountExistsError):
+        storage.create_account("bob", "", "k2")
+    assert storage.authenticate("k2") is None
+
+
+def test_create_account_with_taken_key_raises(storage: Storage) -> None:
+    storage.create_account("bob", "", "k1")
+    with pytest.raises(AccountExistsError):
+        storage.create_account("carol", "", "k1")
+    assert storage.account("carol") is None
+
+
+def test_ensure_account_creates_once_then_finds_it(storage: Storage) -> None:
+    assert storage.ensure_account("k", "dev", "d@example.com") == "dev"
+    assert storage.ensure_account("k", "other") == "dev"
+    assert [a.id for a in storage.list_accounts()] == ["dev"]
+
+
+def test_ensure_account_with_id_taken_by_another_key_raises(storage: Storage) -> None:
+    storage.create_account("dev", "", "k1")
+    with pytest.raises(AccountExistsError):
+        storage.ensure_account("k2", "dev")
+
+
+def test_wrong_key_does_not_authenticate(storage: Storage, acct: str) -> None:
+    assert storage.authenticate("alice-key ") is None
+    assert storage.authenticate("") is None
+
+
+def test_account_facts_never_include_the_key(storage: Storage, acct: str) -> None:
+    account = storage.account(acct)
+    assert account is not None
+    assert (account.id, account.email, account.reads, account.size) == (
+        "alice",
+        "alice@example.com",
+        0,
+        2,
+    )
+    assert "alice-key" not in repr(account)
+    assert storage.account("nobody") is None
+
+
+def test_list_accounts_sorted_by_id(storage: Storage) -> None:
+    for id in ("carol", "alice", "bob"):
+        storage.create_account(id, "", f"{id}-key")
+    assert [a.id for a in storage.list_accounts()] == ["alice", "bob", "carol"]
+
+
+def test_delete_account_removes_it_with_values_and_templates(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("a"), big_doc(3 * BLOB_THRESHOLD))
+    storage.set_template(acct, "t", "x")
+    assert storage.delete_account(acct) is True
+    assert storage.delete_account(acct) is False
+    assert storage.authenticate("alice-key") is None
+    storage.create_account("alice", "", "new-key")
+    assert storage.get_all("alice") == "{}"
+    assert storage.list_templates("alice") == []
+
+
+def test_accounts_are_isolated(storage: Storage, acct: str) -> None:
+    storage.create_account("bob", "", "bob-key")
+    storage.set(acct, p("x/y"), big_doc(2 * BLOB_THRESHOLD, seed=1))
+    storage.set("bob", p("x/y"), "bob's")
+    storage.set_template("bob", "t", "bob")
+    assert storage.get("bob", p("x")) == j({"y": "bob's"})
+    assert storage.get(acct, p("x/y/meta/owner")) == '"ops"'
+    storage.delete("bob", p("x"))
+    assert storage.get(acct, p("x/y/meta/owner")) == '"ops"'
+    assert storage.list_templates(acct) == []
+
+
+def test_add_reads_counts_per_account_and_ignores_unknown(storage: Storage, acct: str) -> None:
+    storage.create_account("bob", "", "bob-key")
+    storage.add_reads({acct: 3, "bob": 1, "ghost": 5})
+    storage.add_reads({acct: 2})
+    storage.add_reads({})
+    reads = {a.id: a.reads for a in storage.list_accounts()}
+    assert reads == {"alice": 5, "bob": 1}
+
+
+def test_size_is_bytes_of_the_bucket_as_compact_json(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("ü"), {"ключ": ["é", 1.25, None]})
+    storage.set(acct, p("doc"), big_doc(5 * BLOB_THRESHOLD))
+    storage.set(acct, p("doc/users/u1/profile/bio"), "日本")
+    storage.delete(acct, p("doc/users/u2"))
+    account = storage.account(acct)
+    assert account is not None
+    assert account.size == len(storage.get_all(acct).encode())
+
+
+# large documents: the blob/split boundary in both directions
+
+
+def test_two_megabyte_document_round_trips_exactly(storage: Storage, acct: str) -> None:
+    doc = big_doc(2_000_000)
+    storage.set(acct, p("doc"), doc)
+    assert storage.get(acct, p("doc")) == j(doc)
+    assert storage.get_all(acct) == j({"doc": doc})
+    assert storage.keys(acct, p("doc/users"))[:3] == ["u0", "u1", "u2"]
+
+
+def test_nested_writes_and_deletes_deep_in_large_document(storage: Storage, acct: str) -> None:
+    doc = big_doc(300_000)
+    storage.set(acct, p("doc"), doc)
+    storage.set(acct, p("doc/users/u5/profile/age"), 99)
+    storage.set(acct, p("doc/users/u5/history/4"), {"at": 1, "what": "new"})
+    storage.set(acct, p("doc/users/u7/tags/2/x"), "y")
+    storage.set(acct, p("doc/users/new/name"), "Newbie")
+    storage.delete(acct, p("doc/users/u3"))
+    storage.delete(acct, p("doc/users/u6/history/1"))
+    doc["users"]["u5"]["profile"]["age"] = 99
+    doc["users"]["u5"]["history"].append({"at": 1, "what": "new"})
+    doc["users"]["u7"]["tags"][1] = {"x": "y"}
+    doc["users"]["new"] = {"name": "Newbie"}
+    del doc["users"]["u3"]
+    del doc["users"]["u6"]["history"][0]
+    assert storage.get(acct, p("doc")) == j(doc)
+    assert storage.get(acct, p("doc/users/u6/history/1")) == j(doc["users"]["u6"]["history"][0])
+
+
+def test_small_value_grown_past_threshold_by_nested_writes(storage: Storage, acct: str) -> None:
+    expected: dict[str, Any] = {}
+    for i in range(12):
+        chunk = {"text": f"{i}" * (BLOB_THRESHOLD // 4), "n": i}
+        storage.set(acct, ("g", "items", f"k{i}"), chunk)
+        expected[f"k{i}"] = chunk
+    storage.set(acct, p("g/items/k3/n"), "changed")
+    expected["k3"]["n"] = "changed"
+    assert storage.get(acct, p("g")) == j({"items": expected})
+    assert storage.keys(acct, p("g/items")) == list(expected)
+
+
+def test_large_value_shrunk_below_threshold_by_deletes(storage: Storage, acct: str) -> None:
+    value = {f"k{i}": {"text": "t" * (BLOB_THRESHOLD // 3), "n": [i]} for i in range(10)}
+    storage.set(acct, p("s"), value)
+    for i in range(9):
+        storage.delete(acct, ("s", f"k{i}"))
+        del value[f"k{i}"]
+        assert storage.get(acct, p("s")) == j(value)
+    storage.set(acct, p("s/k9/n/2"), "appended")
+    value["k9"]["n"].append("appended")
+    assert storage.get(acct, p("s")) == j(value)
+    assert storage.keys(acct, p("s")) == ["k9"]
+
+
+def test_large_list_item_delete_and_append(storage: Storage, acct: str) -> None:
+    items = [{"i": i, "pad": "p" * 300, "sub": [i, [i]]} for i in range(100)]
+    storage.set(acct, p("l"), items)
+    storage.delete(acct, p("l/10"))
+    storage.delete(acct, p("l/99"))
+    storage.set(acct, p("l/99"), "tail")
+    storage.set(acct, p("l/5/sub/2/2"), "deep")
+    del items[9]
+    del items[98]
+    items.append("tail")
+    items[4]["sub"][1].append("deep")
+    assert storage.get(acct, p("l")) == j(items)
+    assert storage.keys(acct, p("l")) == [str(i) for i in range(1, 100)]
+    assert storage.get(acct, p("l/10/i")) == "10"
+    with pytest.raises(InvalidPathError):
+        storage.set(acct, p("l/101"), "too far")
+
+
+def test_large_value_replaced_by_scalar_and_back(storage: Storage, acct: str) -> None:
+    doc = big_doc(50_000)
+    storage.set(acct, p("d"), doc)
+    storage.set(acct, p("d"), 7)
+    assert storage.get(acct, p("d")) == "7"
+    storage.set(acct, p("d/users"), doc["users"])
+    assert storage.get(acct, p("d")) == j({"users": doc["users"]})
+
+
+# agreement with the reference under random operations
+
+SEGMENTS = st.sampled_from(["a", "b", "1", "2", "3", "02"])
+PATHS = st.lists(SEGMENTS, min_size=1, max_size=4).map(tuple)
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5),
+    st.sampled_from(["", "é", "x" * 40, "L" * (BLOB_THRESHOLD // 2), "H" * (BLOB_THRESHOLD + 1)]),
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(SEGMENTS, inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("set"), PATHS, VALUES, st.booleans()),
+        st.tuples(st.just("delete"), PATHS, st.booleans()),
+        st.tuples(st.just("set_many"), st.lists(st.tuples(PATHS, VALUES), max_size=3)),
+    ),
+    max_size=25,
+)
+
+
+def _apply(storage: Storage, account: str, operation: tuple[Any, ...]) -> object:
+    try:
+        if operation[0] == "set":
+            return storage.set(account, operation[1], operation[2], only_if_missing=operation[3])
+        if operation[0] == "delete":
+            return storage.delete(account, operation[1], return_value=operation[2])
+        storage.set_many(account, operation[1])
+    except InvalidPathError:
+        return InvalidPathError
+    return None
+
+
+@pytest.fixture(scope="module")
+def random_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Storage]]:
+    folder = tmp_path_factory.mktemp("random")
+    backends: list[Storage] = [
+        MemoryStorage(),
+        SQLiteStorage(str(folder / "default.sqlite3")),
+        SQLiteStorage(str(folder / "tiny.sqlite3"), blob_threshold=24),
+    ]
+    yield backends
+    for backend in backends:
+        backend.close()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(operations=OPERATIONS)
+def test_random_operations_agree_with_memory_storage(
+    random_backends: list[Storage], operations: list[tuple[Any, ...]]
+) -> None:
+    account = uuid.uuid4().hex
+    for backend in random_backends:
+        backend.create_account(account, "", account)
+    reference, *others = random_backends
+    touched: set[Path] = set()
+    for operation in operations:
+        expected = _apply(reference, account, operation)
+        for backend in others:
+            assert _apply(backend, account, operation) == expected, operation
+        if operation[0] == "set_many":
+            touched.update(path for path, _value in operation[1])
+        else:
+            touched.add(operation[1])
+    whole = reference.get_all(account)
+    for backend in others:
+        assert backend.get_all(account) == whole
+        assert backend.keys(account) == reference.keys(account)
+        for path in touched:
+            for prefix in (path[:depth] for depth in range(1, len(path) + 1)):
+                assert backend.get(account, prefix) == reference.get(account, prefix), prefix
+                assert backend.keys(account, prefix) == reference.keys(account, prefix), prefix
+        facts = backend.account(account)
+        assert facts is not None
+        assert facts.size == len(whole.encode())
+
+
+# SQLite only: one file, many connections, threads and processes
+
+
+def test_sqlite_second_instance_sees_committed_writes(tmp_path: FilePath) -> None:
+    path = str(tmp_path / "deep" / "dir" / "db.sqlite3")
+    first = SQLiteStorage(path)
+    second = SQLiteStorage(path)
+    first.create_account("a", "", "k")
+    first.set("a", p("x"), big_doc(20_000))
+    assert second.authenticate("k") == "a"
+    assert second.get("a", p("x/meta/owner")) == '"ops"'
+    second.set("a", p("x/meta/owner"), "dev")
+    assert first.get("a", p("x/meta/owner")) == '"dev"'
+    first.close()
+    second.close()
+
+
+def test_sqlite_uses_wal_with_normal_sync(tmp_path: FilePath) -> None:
+    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
+    conn = storage._conn()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+    storage.close()
+
+
+def test_sqlite_threads_writing_siblings_lose_nothing(tmp_path: FilePath) -> None:
+    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
+    storage.create_account("a", "", "k")
+    storage.set("a", p("top/seed"), "s" * BLOB_THRESHOLD)
+
+    def write(worker: int) -> None:
+        for i in range(40):
+            storage.set("a", ("top", f"w{worker}-{i}"), {"n": i, "pad": "x" * (i * 20)})
+
+    threads = [threading.Thread(target=write, args=(worker,)) for worker in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    keys = storage.keys("a", p("top"))
+    assert len(keys) == 1 + 4 * 40
+    assert storage.get("a", p("top/w3-39/n")) == "39"
+    storage.close()
+
+
+_CHILD = """
+import sys
+from kvpio_mapping.server.storage.sqlite import SQLiteStorage
+storage = SQLiteStorage(sys.argv[1])
+storage.ensure_account("k", "a")
+for i in range(int(sys.argv[3])):
+    storage.set("a", ("top", f"{sys.argv[2]}-{i}"), {"i": i, "pad": "p" * 200})
+    print(i, flush=True)
+"""
+
+
+def _child(db: str, name: str, count: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, db, name, str(count)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_sqlite_processes_writing_one_file_lose_nothing(tmp_path: FilePath) -> None:
+    db = str(tmp_path / "db.sqlite3")
+    children = [_child(db, f"p{n}", 60) for n in range(2)]
+    for child in children:
+        child.communicate(timeout=60)
+        assert child.returncode == 0
+    storage = SQLiteStorage(db)
+    assert len(storage.keys("a", p("top"))) == 120
+    storage.close()
+
+
+def test_sqlite_acknowledged_writes_survive_kill(tmp_path: FilePath) -> None:
+    db = str(tmp_path / "db.sqlite3")
+    child = _child(db, "k", 100_000)
+    assert child.stdout is not None
+    acknowledged = -1
+    for line in child.stdout:
+        acknowledged = int(line)
+        if acknowledged >= 50:
+            break
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=10)
+    storage = SQLiteStorage(db)
+    for i in range(acknowledged + 1):
+        assert json.loads(storage.get("a", ("top", f"k-{i}")) or "null") == {
+            "i": i,
+            "pad": "p" * 200,
+        }
+    storage.close()
