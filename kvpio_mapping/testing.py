@@ -66,6 +66,12 @@ class RunningServer:
         """What the server wrote to stderr so far."""
         return Path(self.stderr_path).read_text(errors="replace") if self.stderr_path else ""
 
+    def kill(self) -> None:
+        """SIGKILL the server and its workers at once (no shutdown at all)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
     def stop(self, timeout: float = STOP_TIMEOUT) -> int:
         """SIGTERM, then SIGKILL if it does not exit in ``timeout``; the exit code."""
         if self.process.poll() is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import os
+import signal
 import socket
 import sys
 import threading
@@ -149,5 +150,11 @@ def serve(
         Multiprocess(config, sockets=[sock]).run()
         return 0
     server = uvicorn.Server(config)
+    # uvicorn re-raises the signal it shut down on once it is done; exit 0 instead.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     server.run(sockets=[sock])
     return 0 if server.started else 3
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
