@@ -44,6 +44,7 @@ _TRUE: Final = frozenset({"True", "true", "1"})
 _FALSE: Final = frozenset({"False", "false", "0"})
 
 T = TypeVar("T")
+App = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
 
 
 class ClientError(Exception):
@@ -493,10 +494,10 @@ def _serialize_http_error(
 
 def create_app(
     storage: Storage, *, max_body: int = DEFAULT_MAX_BODY, limits: RenderLimits | None = None
-) -> falcon.asgi.App:
+) -> App:
     """The ASGI app serving ``storage``; one per worker process."""
     server = Server(storage, max_body, limits if limits is not None else RenderLimits())
-    app = falcon.asgi.App(middleware=[_Middleware(server)], cors_enable=False)
+    app: App = falcon.asgi.App(middleware=[_Middleware(server)], cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = False
     app.req_options.auto_parse_qs_csv = False
     app.resp_options.default_media_type = JSON_TYPE

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    import falcon.asgi
+    from .app import App
 
 DB_ENV: Final = "KVPIO_SERVE_DB"
 API_KEY_ENV: Final = "KVPIO_SERVE_API_KEY"
@@ -43,7 +43,7 @@ def prepare_db(location: str) -> None:
         )
 
 
-def app_from_env() -> falcon.asgi.App:
+def app_from_env() -> App:
     """The app of one worker, configured by the variables :func:`serve` sets."""
     from .app import DEFAULT_MAX_BODY, create_app
     from .render import RenderLimits
