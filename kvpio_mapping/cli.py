@@ -286,11 +286,24 @@ def _batches(items: list[tuple[str, Any]], size: int) -> Iterator[list[tuple[str
         yield items[start : start + size]
 
 
+def _written(written: int, total: int, failed: int) -> str:
+    """What a failed import left behind: the batches before ``failed``, all of each."""
+    if failed == 1:
+        return f"nothing was written (0 of {total} keys)"
+    batches = "batch 1" if failed == 2 else f"batches 1-{failed - 1}"
+    return f"{batches} ({written} of {total} keys) written, nothing after"
+
+
 def cmd_bucket_import(args: argparse.Namespace) -> int:
     """Store every top-level entry of FILE's JSON object, under PATH if given, in batches."""
     if args.batch_size < 1:
         raise CommandError("--batch-size must be at least 1", EXIT_USAGE)
-    prefix: paths.Path = () if args.path is None else paths.parse(args.path)
+    prefix: paths.Path = ()
+    if args.path is not None:
+        try:
+            prefix = paths.parse(args.path)
+        except InvalidPathError as exc:
+            raise CommandError(str(exc)) from None
     data = _read_json_file(args.file)
     if not isinstance(data, dict):
         raise CommandError(f"{args.file} must hold a JSON object, not {type(data).__name__}")
@@ -312,12 +325,13 @@ def cmd_bucket_import(args: argparse.Namespace) -> int:
             _call(transport, "POST", "bucket/", values.encode(dict(batch)))
         except (CommandError, KeyboardInterrupt) as exc:
             progress.finish()
-            reason = exc.message if isinstance(exc, CommandError) else "interrupted"
-            code = exc.code if isinstance(exc, CommandError) else EXIT_INTERRUPTED
+            if isinstance(exc, CommandError):
+                reason, code = exc.message, exc.code
+            else:
+                reason, code = "interrupted", EXIT_INTERRUPTED
             raise CommandError(
                 f"import failed at batch {number} of {len(batches)}: {reason}; "
-                f"{written} of {len(items)} keys were written (batches 1-{number - 1}), "
-                f"none of batch {number} or later",
+                + _written(written, len(items), number),
                 code,
             ) from None
         written += len(batch)
@@ -397,7 +411,7 @@ def _add(
         name,
         help=help,
         description=help,
-        epilog=f"example:\n{example}",
+        epilog=f"examples:\n{example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=list(parents),
     )
@@ -459,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
         "1-based position. A missing key is an error (exit 1).",
         conn,
     )
-    get.add_argument("key", metavar="KEY")
+    get.add_argument("key", metavar="KEY", help="a key path, e.g. users/ada/born")
     setp = _add(
         bucket, "set", cmd_bucket_set, "store VALUE (or the JSON in --file) at KEY",
         "  kvpio bucket set foo '{\"bar\": {\"baz\": 123}}'\n"
@@ -483,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  kvpio bucket export users/alice > alice.json",
         conn,
     )
-    export.add_argument("path", metavar="PATH", nargs="?")
+    export.add_argument("path", metavar="PATH", nargs="?", help="export only the value at PATH")
     export.add_argument("--output", metavar="F", help="write to F instead of stdout")
     imp = _add(
         bucket, "import", cmd_bucket_import,
@@ -496,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
         conn,
     )
     imp.add_argument("file", metavar="FILE", help="a file holding a JSON object ('-': stdin)")
-    imp.add_argument("path", metavar="PATH", nargs="?")
+    imp.add_argument("path", metavar="PATH", nargs="?", help="store the entries below PATH")
     imp.add_argument(
         "--batch-size", metavar="N", type=int, default=DEFAULT_BATCH_SIZE,
         help=f"keys per request (default: {DEFAULT_BATCH_SIZE})",
@@ -516,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
         "names found in the template; --data overrides them for this render.",
         conn,
     )
-    tget.add_argument("name", metavar="NAME")
+    tget.add_argument("name", metavar="NAME", help="the template's name")
     tget.add_argument("--data", metavar="JSON", help="a JSON object overriding bucket values")
     tget.add_argument("--raw", action="store_true", help="print the template un-rendered")
     tset = _add(

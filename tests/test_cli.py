@@ -316,9 +316,8 @@ def test_import_failure_reports_what_was_written(tmp_path: Path) -> None:
         exported = json.loads(kvpio("bucket", "export", env=env)[1])
     assert (code, out) == (1, "")
     assert err.startswith("kvpio: import failed at batch 2 of 3: ")
-    assert err.endswith(
-        "; 2 of 5 keys were written (batches 1-1), none of batch 2 or later\n"
-    )
+    assert err.endswith("; batch 1 (2 of 5 keys) written, nothing after\n")
+    assert err.count("\n") == 1
     assert exported == {"a": 1, "b": 2}
 
 
@@ -331,7 +330,14 @@ def test_import_to_a_server_that_is_down(
     assert code == 4
     assert err == (
         f"kvpio: import failed at batch 1 of 1: cannot reach the server at {closed_url}; "
-        "0 of 1 keys were written (batches 1-0), none of batch 1 or later\n"
+        "nothing was written (0 of 1 keys)\n"
+    )
+
+
+def test_import_under_an_invalid_path(run: Any, tmp_path: Path) -> None:
+    (tmp_path / "in.json").write_text('{"a": 1}')
+    assert run("bucket", "import", "in.json", "x//y") == (
+        1, "", "kvpio: key path 'x//y' has an empty segment\n"
     )
 
 
