@@ -251,7 +251,10 @@ class KVBucket(MutableMapping[str, Any]):
 
     def _pop(self, full: str) -> Any:
         """Remove ``full`` atomically on the server and return what was there, or MISSING."""
-        with self._cache.writing(full):
+        parent, _, last = full.rpartition("/")
+        # Removing a list item moves the later items up: forget all of the parent.
+        stale = parent if parent and last.isascii() and last.isdigit() else full
+        with self._cache.writing(stale):
             response = self._transport.request(
                 "DELETE", self._target(full) + "?pop=true", idempotent=False
             )
