@@ -356,27 +356,32 @@ def _clip(message: str) -> str:
     return message.encode("utf-8", "replace").decode("utf-8")
 
 
-@functools.lru_cache(maxsize=1024)
-def _names(source: str, limits: RenderLimits) -> frozenset[str]:
+@functools.lru_cache(maxsize=256)
+def _names(source: str, limits: RenderLimits) -> frozenset[str] | str:
+    """The names, or the error message: failures are cached too, as parsing is not free."""
     try:
         ast = _parse_env(limits).parse(source)
         return frozenset(meta.find_undeclared_variables(ast))
     except TemplateSyntaxError as exc:
-        raise RenderError(_syntax_message(exc)) from None
+        return _syntax_message(exc)
     except RecursionError:
-        raise RenderError("template is nested too deeply") from None
+        return "template is nested too deeply"
     except jinja2.TemplateError as exc:
-        raise RenderError(_clip(f"template error: {exc}")) from None
+        return _clip(f"template error: {exc}")
 
 
 def referenced_names(source: str, limits: RenderLimits = DEFAULT_LIMITS) -> frozenset[str]:
     """Top-level names the template reads (jinja2.meta.find_undeclared_variables).
 
     Cached by source. Raises RenderError on a syntax error, SourceTooLargeError over
-    max_source. Parsing runs in the calling process but evaluates nothing.
+    max_source. Parsing runs in the calling thread (up to a few tenths of a second for a
+    hostile 64 KiB source) but evaluates nothing.
     """
     _check_size(source, limits)
-    return _names(source, limits)
+    names = _names(source, limits)
+    if isinstance(names, str):
+        raise RenderError(names)
+    return names
 
 
 # ---------------------------------------------------------------------------
@@ -475,7 +480,7 @@ def _worker_main(limits_json: str, parent: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (memory, hard))
 
     env = _Sandbox(limits)
-    compile_source = functools.lru_cache(maxsize=128)(env.from_string)
+    compile_source = functools.lru_cache(maxsize=64)(env.from_string)
     _write_all(out_fd, _encode({"ready": True}))
     while True:
         header = _read_exact(in_fd, _HEADER)
