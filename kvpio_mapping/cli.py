@@ -337,8 +337,9 @@ def cmd_bucket_import(args: argparse.Namespace) -> int:
         written += len(batch)
     progress.update(written, len(batches), len(batches))
     progress.finish()
-    noun = "key" if written == 1 else "keys"
-    sys.stderr.write(f"imported {written} {noun} in {len(batches)} batch(es)\n")
+    keys = "1 key" if written == 1 else f"{written} keys"
+    requests_made = "1 batch" if len(batches) == 1 else f"{len(batches)} batches"
+    sys.stderr.write(f"imported {keys} in {requests_made}\n")
     return EXIT_OK
 
 

@@ -263,7 +263,7 @@ def test_import_round_trip(
     (tmp_path / "in.json").write_text(json.dumps(data))
     code, out, err = run("bucket", "import", "in.json", "--batch-size", "7")
     assert (code, out) == (0, "")
-    assert err == "imported 26 keys in 4 batch(es)\n"  # no progress bar: not a terminal
+    assert err == "imported 26 keys in 4 batches\n"  # no progress bar: not a terminal
     assert run("bucket", "export", "--output", "out.json")[0] == 0
     exported = json.loads((tmp_path / "out.json").read_text())
     assert exported == data
