@@ -450,9 +450,16 @@ class OpenAPIResource:
 
     def __init__(self) -> None:
         self.body = resources.files(__package__).joinpath("openapi.json").read_bytes()
+        self.tag = _etag(self.body)
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        _send(req, resp, self.body, JSON_TYPE)
+        resp.set_header("ETag", self.tag)
+        match = req.get_header("If-None-Match")
+        if match is not None and _tag_matches(match, self.tag):
+            resp.status = 304
+            return
+        resp.content_type = JSON_TYPE
+        resp.data = self.body
 
     on_head = on_get
 

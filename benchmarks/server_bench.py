@@ -1,0 +1,155 @@
+"""Server throughput: a nested bucket GET against the same stack's cheapest endpoint.
+
+Starts ``kvpio serve`` (2 workers, temporary database) and drives
+``GET /v1/bucket/doc/a/b/c`` (a path in a document of a few hundred keys)
+and a revalidated ``GET /openapi.json`` (``If-None-Match`` with its tag: a
+304 without body, auth or storage, the stack's floor) side by side, in
+alternating rounds, with ``wrk`` when it is installed, else with a small
+multi-process keep-alive client. The nested GET is also measured on one
+worker, and the median round trip of one keep-alive connection is printed
+for 1 and 2 workers.
+
+Run: ``.venv/bin/python benchmarks/server_bench.py`` (about 40 s).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import multiprocessing
+import re
+import shutil
+import statistics
+import subprocess
+import time
+from urllib.parse import urlsplit
+
+import requests
+
+from kvpio_mapping.testing import RunningServer, run_server
+
+ROUNDS = 3
+SECONDS = 4
+CONNECTIONS = 16
+TARGET = 0.60
+NESTED = "/v1/bucket/doc/a/b/c"
+TRIVIAL = "/openapi.json"
+
+
+def _document() -> dict[str, object]:
+    filler = {
+        f"key{n}": {"n": n, "tags": ["x", "y", "z"], "text": "lorem ipsum " * 4} for n in range(300)
+    }
+    return {"a": {"b": {"c": {"value": 42, "list": list(range(10))}}}, **filler}
+
+
+def _auth(key: str) -> str:
+    return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+
+
+def _wrk(url: str, headers: dict[str, str]) -> float:
+    options = [f"-H{name}: {value}" for name, value in headers.items()]
+    output = subprocess.run(
+        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{SECONDS}s", *options, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    assert found, output
+    return float(found.group(1))
+
+
+def _client(
+    host: str, port: int, path: str, headers: dict[str, str], until: float, counts: object
+) -> None:
+    connection = http.client.HTTPConnection(host, port)
+    done = 0
+    while time.monotonic() < until:
+        connection.request("GET", path, headers=headers)
+        connection.getresponse().read()
+        done += 1
+    counts.put(done)  # type: ignore[attr-defined]
+
+
+def _python_load(url: str, headers: dict[str, str]) -> float:
+    parts = urlsplit(url)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    until = time.monotonic() + SECONDS
+    processes = [
+        context.Process(
+            target=_client, args=(parts.hostname, parts.port, parts.path, headers, until, queue)
+        )
+        for _ in range(4)
+    ]
+    for process in processes:
+        process.start()
+    total = sum(queue.get() for _ in processes)
+    for process in processes:
+        process.join()
+    return total / SECONDS
+
+
+def _round_trip_ms(server: RunningServer, count: int = 200) -> float:
+    parts = urlsplit(server.url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port)
+    headers = {"Authorization": _auth(server.api_key)}
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        connection.request("GET", NESTED, headers=headers)
+        connection.getresponse().read()
+        times.append(time.perf_counter() - started)
+    connection.close()
+    return statistics.median(times) * 1000
+
+
+def _load(server: RunningServer) -> None:
+    response = requests.post(
+        server.url + "/v1/bucket/doc", json=_document(), auth=(server.api_key, "")
+    )
+    response.raise_for_status()
+
+
+def main() -> None:
+    drive = _wrk if shutil.which("wrk") else _python_load
+    generator = "wrk -t1 -c16" if drive is _wrk else "4 keep-alive client processes"
+    results: dict[str, list[float]] = {NESTED: [], TRIVIAL: []}
+    with run_server(workers=2) as server:
+        _load(server)
+        tag = requests.get(server.url + TRIVIAL).headers["ETag"]
+        headers = {
+            NESTED: {"Authorization": _auth(server.api_key)},
+            TRIVIAL: {"If-None-Match": tag},
+        }
+        for _ in range(ROUNDS):
+            for path in (TRIVIAL, NESTED):
+                results[path].append(drive(server.url + path, headers[path]))
+        two_workers = _round_trip_ms(server)
+    with run_server(workers=1) as server:
+        _load(server)
+        single = drive(server.url + NESTED, {"Authorization": _auth(server.api_key)})
+        one_worker = _round_trip_ms(server)
+
+    trivial = statistics.mean(results[TRIVIAL])
+    nested = statistics.mean(results[NESTED])
+    print(
+        f"kvpio serve, 2 workers, load from {generator}, {ROUNDS} alternating rounds of "
+        f"{SECONDS} s each"
+    )
+    print(f"{'operation':<34} {'requests/s':>11} {'ratio':>7} {'target':>8}")
+    print(f"{'GET ' + TRIVIAL + ' 304 (baseline)':<34} {trivial:>11.0f} {1:>7.2f} {'':>8}")
+    print(
+        f"{'GET ' + NESTED:<34} {nested:>11.0f} {nested / trivial:>7.2f} "
+        f"{'>= ' + format(TARGET, '.2f'):>8}"
+    )
+    print(f"{'GET ' + NESTED + ', 1 worker':<34} {single:>11.0f} {single / trivial:>7.2f}")
+    print(
+        f"median keep-alive round trip of GET {NESTED}: "
+        f"1 worker {one_worker:.2f} ms, 2 workers {two_workers:.2f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()
