@@ -279,7 +279,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     def call(self, context: jinja2.runtime.Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         """Refuse str padding methods asked for a result longer than max_repeat."""
         if (
-            getattr(obj, "__self__", None).__class__ is str
+            isinstance(getattr(obj, "__self__", None), str)
             and getattr(obj, "__name__", None) in _PADDING_METHODS
         ):
             for value in (*args, *kwargs.values()):
@@ -581,6 +581,16 @@ async def _receive(
     return message
 
 
+# The worker runs this file in a fresh interpreter, with the server's import path (so it
+# uses the same Jinja2) but without importing the kvpio_mapping package or the server's
+# main module.
+_BOOT = (
+    "import json, runpy, sys; sys.path[:] = json.loads(sys.argv[1]); "
+    "sys.argv = [sys.argv[2], '--worker', *sys.argv[3:]]; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
 class _Worker:
     """One worker process and the parent's ends of its pipes."""
 
@@ -589,8 +599,10 @@ class _Worker:
             [
                 sys.executable,
                 "-I",
+                "-c",
+                _BOOT,
+                json.dumps(sys.path),
                 os.path.abspath(__file__),
-                "--worker",
                 json.dumps(asdict(limits)),
                 str(os.getpid()),
             ],

@@ -221,6 +221,7 @@ HOSTILE = [
     ("block-recursion", "{% block a %}{{ self.a() }}{% endblock %}", "error"),
     ("memory-blowup", "{{ ('a' * 1000000).replace('a', 'a' * 1000)|length }}", "error"),
     ("ljust", "{{ 'a'.ljust(10**9) }}", "error"),
+    ("markup-zfill", "{{ ('a'|e).zfill(10**9) }}", "error"),
     ("center-filter", "{{ 'a'|center(10**9) }}", "error"),
     ("indent-filter", "{{ ('a\\n' * 100000)|indent(1000) }}", "error"),
     ("batch-filter", "{{ [1]|batch(10**9, 'x')|list }}", "error"),
