@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
+import time
 import unicodedata
+import uuid
 from pathlib import Path
 from urllib.parse import quote
 
@@ -160,3 +164,30 @@ def test_keys_are_stored_hashed(kvpio_server: RunningServer, api: Api) -> None:
     )
     assert api.api_key.encode() not in stored
     assert kvpio_server.api_key.encode() not in stored
+
+
+def _accounts(server: RunningServer, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "kvpio_mapping.server", "accounts", *args, "--db", server.db]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
+
+def test_accounts_command_creates_lists_and_deletes(kvpio_server: RunningServer) -> None:
+    name = "cli-" + uuid.uuid4().hex
+    created = _accounts(kvpio_server, "create", "--id", name, "--email", "cli@example.invalid")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    api = Api(kvpio_server.url, key)
+    assert api.get("/v1/account/").json()["id"] == name
+    api.post("/v1/bucket/k", json=1)
+    listed = _accounts(kvpio_server, "list")
+    assert any(
+        line.split("\t")[:2] == [name, "cli@example.invalid"] for line in listed.stdout.splitlines()
+    )
+    assert key not in listed.stdout
+    assert _accounts(kvpio_server, "create", "--id", name, "--email", "x").returncode == 1
+
+    assert _accounts(kvpio_server, "delete", name).returncode == 0
+    time.sleep(1.2)
+    assert api.get("/v1/account/").status_code == 404
+    assert api.get("/v1/bucket/k").status_code == 404
+    assert _accounts(kvpio_server, "delete", name).returncode == 1
