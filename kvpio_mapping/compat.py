@@ -26,6 +26,7 @@ Example (from the original README)::
 
 from __future__ import annotations
 
+import base64
 import json as JSON
 import threading
 from typing import Any, Final
@@ -81,13 +82,17 @@ class Timeout(KvpioTimeoutError, requests.exceptions.Timeout):
     """The server did not answer in time (see :class:`ConnectionError`)."""
 
 
+_EMPTY_USER: Final = {"Authorization": "Basic " + base64.b64encode(b":").decode()}
+
+
 def _transport(base: str, version: str, key: str) -> Transport:
     """The shared transport for these settings, made on first use."""
     cache_key = (base, version, key)
     with _TRANSPORTS_LOCK:
         transport = _TRANSPORTS.get(cache_key)
         if transport is None:
-            transport = Transport(base, key, version=version)
+            # an empty key must not fall back to $KVPIO_APIKEY: see _EMPTY_USER
+            transport = Transport(base, key or "-", version=version)
             _TRANSPORTS[cache_key] = transport
         return transport
 
@@ -154,12 +159,14 @@ class Endpoint:
                 body = JSON.dumps(json, allow_nan=False).encode("utf-8")
             except ValueError as exc:
                 raise requests.exceptions.InvalidJSONError(exc) from exc
-        user = api_key
-        transport = _transport(api_base, api_ver, str(user))
+        user = str(api_key)  # requests sent a None user name as "None"
+        transport = _transport(api_base, api_ver, user)
         target = self._target(transport, key, params)
+        # an empty key goes out empty, as requests sent it (the transport needs one)
+        headers = _EMPTY_USER if not user else None
         try:
             response = transport.request(
-                method.upper(), target, body=body, idempotent=method != "post"
+                method.upper(), target, body=body, headers=headers, idempotent=method != "post"
             )
         except KvpioTimeoutError as exc:
             raise Timeout(str(exc)) from exc
@@ -168,7 +175,7 @@ class Endpoint:
         if load_json:
             try:
                 return (response.status_code, JSON.loads(response.text))
-            except ValueError:
+            except (ValueError, RecursionError):
                 pass
         return (response.status_code, response.text)
 

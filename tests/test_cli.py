@@ -147,6 +147,14 @@ def test_set_from_file(run: Any, tmp_path: Path) -> None:
     assert run("bucket", "get", "user/langs/1") == (0, '"COBOL"\n', "")
 
 
+def test_set_and_import_from_stdin(run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'{"a": ["\xc3\xbc"]}')))
+    assert run("bucket", "set", "k", "--file", "-") == (0, "", "")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'{"b": 2}')))
+    assert run("bucket", "import", "-")[0] == 0
+    assert run("bucket", "export") == (0, '{"k": {"a": ["ü"]}, "b": 2}\n', "")
+
+
 def test_set_from_file_with_invalid_json(run: Any, tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('{"name": ')
     code, out, err = run("bucket", "set", "user", "--file", "bad.json")
@@ -458,7 +466,7 @@ def test_help(tmp_path: Path) -> None:
         assert text in out
     code, out, _ = kvpio("bucket", "import", "--help", env=env)
     assert code == 0
-    assert "--batch-size" in out and "example:" in out
+    assert "--batch-size" in out and "examples:" in out
     code, _, err = kvpio(env=env)
     assert code == 2 and "usage: kvpio" in err
     code, _, err = kvpio("bucket", "frobnicate", env=env)

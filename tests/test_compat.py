@@ -174,6 +174,13 @@ def test_no_key_is_a_404_tuple(kvpio: ModuleType) -> None:
         assert kvpio.Account().get()[0] == 404
 
 
+def test_empty_key_is_sent_empty(kvpio: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty key is a wrong key, not a cue to use another one from the environment."""
+    monkeypatch.setenv("KVPIO_APIKEY", kvpio.api_key)
+    kvpio.api_key = ""
+    assert kvpio.Account().get()[0] == 404
+
+
 def test_not_json_fails_before_sending(kvpio: ModuleType, closed_url: str) -> None:
     kvpio.api_base = closed_url  # a request that went out would raise ConnectionError
     with pytest.raises(TypeError):
