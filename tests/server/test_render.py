@@ -408,3 +408,21 @@ def test_workers_start_lazily() -> None:
         assert not pool._workers
         assert_still_works(pool)
         assert len(pool._workers) == 1
+
+
+def test_queue_wait_is_bounded() -> None:
+    """A render that cannot get a worker within the queue bound fails instead of waiting on."""
+
+    async def scenario(single: Renderer) -> tuple[BaseException | str, BaseException | str]:
+        single._queue_wait = 0.3  # normally max(10 s, 10 * timeout)
+        results = await asyncio.gather(
+            single.render(LOOP_FOREVER, {}), single.render("{{ 1 }}", {}), return_exceptions=True
+        )
+        return results[0], results[1]
+
+    with Renderer(LIMITS, workers=1) as single:
+        assert_still_works(single)
+        runaway, queued = asyncio.run(scenario(single))
+        assert isinstance(runaway, RenderError) and "longer than" in str(runaway)
+        assert isinstance(queued, RenderError) and "no render worker became free" in str(queued)
+        assert_still_works(single)
