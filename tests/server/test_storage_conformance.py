@@ -138,9 +138,7 @@ def test_write_below_scalar_parent_replaces_it_with_object(storage: Storage, acc
     assert storage.get(acct, p("a")) == j({"b": {"c": 1}})
 
 
-def test_write_below_scalar_list_item_replaces_it_with_object(
-    storage: Storage, acct: str
-) -> None:
+def test_write_below_scalar_list_item_replaces_it_with_object(storage: Storage, acct: str) -> None:
     storage.set(acct, p("l"), [1, 2])
     storage.set(acct, p("l/2/x"), "y")
     assert storage.get(acct, p("l")) == j([1, {"x": "y"}])
@@ -194,7 +192,7 @@ def test_stored_keys_that_cannot_be_path_segments_round_trip(storage: Storage, a
 
 
 def test_get_text_is_compact_json_identical_to_values_encode(storage: Storage, acct: str) -> None:
-    value = {"s": "é\"\\\n\u2028", "f": 1.5, "n": None, "b": [True, False], "e": {}, "l": []}
+    value = {"s": 'é"\\\n\u2028', "f": 1.5, "n": None, "b": [True, False], "e": {}, "l": []}
     storage.set(acct, p("v"), value)
     assert storage.get(acct, p("v")) == j(value)
     assert storage.get_all(acct) == j({"v": value})

@@ -19,10 +19,18 @@ container concatenates its rows' JSON text, never parsing it.
 
 ``pos`` orders siblings: insertion order for object keys (an overwrite keeps
 its place, a new key goes last), the 0-based index for array items, whose
-path segment is their 1-based position. ``size`` is the UTF-8 length of the
-node's compact JSON, kept up to date for split containers so that account
-sizes and merge decisions need no scan. A split container that shrinks to
-half the threshold is merged back into a blob.
+path segment is their 1-based position. ``label`` is the JSON text that
+precedes the node's value in its parent (``"key":`` for a member, empty for
+an item), so rendering never encodes keys. ``size`` is the UTF-8 length of
+the node's compact JSON, kept up to date for split containers so that
+account sizes and merge decisions need no scan. A split container that
+shrinks to half the threshold is merged back into a blob.
+
+The threshold (4 KiB) is the largest that keeps a leaf write in a 10 MB
+document as cheap as one in a 1 KB document: the blob a write decodes and
+re-encodes stays small next to the transaction's fixed cost. Larger blobs
+make whole reads cheaper (fewer rows) but leaf writes dearer;
+``benchmarks/storage_bench.py --sweep`` measures both.
 
 Every write is one ``BEGIN IMMEDIATE`` transaction, committed before the
 call returns; with WAL and ``synchronous=NORMAL`` an acknowledged write
@@ -71,6 +79,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     parent BLOB NOT NULL,
     pos INTEGER NOT NULL,
     kind INTEGER NOT NULL,
+    label TEXT NOT NULL,
     body TEXT,
     size INTEGER NOT NULL,
     PRIMARY KEY (account, path)
@@ -85,14 +94,15 @@ CREATE TABLE IF NOT EXISTS templates (
 ) WITHOUT ROWID;
 """
 
-_SELECT_NODE: Final = "SELECT path, kind, body, pos, size FROM nodes WHERE account = ? AND path IN "
-_SUBTREE: Final = (
-    "SELECT path, parent, pos, kind, body, size FROM nodes"
-    " WHERE account = ? AND path > ? AND path < ?"
+_SELECT_NODE: Final = (
+    "SELECT path, kind, label, body, pos, size FROM nodes WHERE account = ? AND path IN "
 )
+_ROWS: Final = "SELECT path, parent, pos, kind, label, body, size FROM nodes WHERE account = ?"
+_RENDER_ROWS: Final = "SELECT parent, path, kind, label, body FROM nodes WHERE account = ?"
+_RANGE: Final = " AND path > ? AND path < ?"
 _INSERT: Final = (
-    "INSERT OR REPLACE INTO nodes (account, path, parent, pos, kind, body, size)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR REPLACE INTO nodes (account, path, parent, pos, kind, label, body, size)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -101,13 +111,14 @@ class _Node(NamedTuple):
 
     path: bytes
     kind: int
+    label: str
     body: str | None
     pos: int
     size: int
 
 
-_NewRow = tuple[bytes, bytes, int, int, str | None, int]
-"""(path, parent, pos, kind, body, size) of a row to insert."""
+_NewRow = tuple[bytes, bytes, int, int, str, str | None, int]
+"""(path, parent, pos, kind, label, body, size) of a row to insert."""
 
 
 def _key(segments: Sequence[str]) -> bytes:
@@ -123,13 +134,9 @@ def _parent_of(path: bytes) -> bytes:
     return path[:cut] if cut >= 0 else b""
 
 
-def _segment_of(path: bytes) -> str:
-    return path[path.rfind(b"\x00") + 1 :].decode()
-
-
-def _key_size(segment: str) -> int:
-    """Bytes of ``"segment":`` in compact JSON."""
-    return len(encode_basestring(segment).encode()) + 1
+def _label(key: str) -> str:
+    """What precedes an object member's value in compact JSON: ``"key":``."""
+    return encode_basestring(key) + ":"
 
 
 def _addressable(value: dict[str, Any]) -> bool:
@@ -262,11 +269,12 @@ class SQLiteStorage(Storage):
     @staticmethod
     def _bucket_size(conn: sqlite3.Connection, account: str) -> int:
         """Bytes of the bucket as one compact JSON object, from the top-level rows' sizes."""
-        rows = conn.execute(
-            "SELECT path, size FROM nodes WHERE account = ? AND parent = x''", (account,)
-        ).fetchall()
-        entries: int = sum(_key_size(path.decode()) + size for path, size in rows)
-        return 2 + entries + max(len(rows) - 1, 0)
+        count, entries = conn.execute(
+            "SELECT count(*), sum(length(CAST(label AS BLOB)) + size) FROM nodes"
+            " WHERE account = ? AND parent = x''",
+            (account,),
+        ).fetchone()
+        return 2 + int(entries or 0) + max(int(count) - 1, 0)
 
     def account(self, id: str) -> Account | None:
         with self._read() as conn:
@@ -333,65 +341,59 @@ class SQLiteStorage(Storage):
                 return chain, segments
 
     @staticmethod
-    def _subtree(conn: sqlite3.Connection, account: str, path: bytes) -> list[Any]:
-        """Every row strictly below ``path`` (the whole bucket for the root ``b""``)."""
+    def _subtree(
+        conn: sqlite3.Connection, account: str, path: bytes, columns: str = _ROWS, order: str = ""
+    ) -> list[Any]:
+        """Rows strictly below ``path`` (the whole bucket for the root ``b""``)."""
         if not path:
-            return conn.execute(
-                "SELECT path, parent, pos, kind, body, size FROM nodes WHERE account = ?",
-                (account,),
-            ).fetchall()
-        return conn.execute(_SUBTREE, (account, path + b"\x00", path + b"\x01")).fetchall()
+            return conn.execute(columns + order, (account,)).fetchall()
+        return conn.execute(
+            columns + _RANGE + order, (account, path + b"\x00", path + b"\x01")
+        ).fetchall()
+
+    def _text(self, conn: sqlite3.Connection, account: str, node: _Node) -> str:
+        """The JSON text of a stored node.
+
+        A split container's text is concatenated from its rows' labels and
+        bodies, which are JSON already: nothing is parsed or encoded.
+        """
+        if node.body is not None:
+            return node.body
+        rows = self._subtree(conn, account, node.path, _RENDER_ROWS, " ORDER BY parent, pos")
+        return self._render(rows, node.path, node.kind)
 
     @staticmethod
     def _render(rows: list[Any], path: bytes, kind: int) -> str:
         """The JSON text of the split container at ``path`` from its subtree's rows.
 
-        Children's bodies are JSON already: the text is concatenated, not parsed.
+        ``rows`` are (parent, path, kind, label, body), ordered by parent, pos.
         """
-        groups: dict[bytes, list[tuple[int, bytes, int, str | None]]] = {}
-        for row_path, parent, pos, row_kind, body, _size in rows:
-            groups.setdefault(parent, []).append((pos, row_path, row_kind, body))
+        groups: dict[bytes, list[tuple[bytes, int, str, str | None]]] = {}
+        current: bytes | None = None
+        members: list[tuple[bytes, int, str, str | None]] = []
+        for parent, *member in rows:
+            if parent != current:
+                current = parent
+                members = groups[parent] = []
+            members.append(member)
 
         def render(at: bytes, at_kind: int) -> str:
-            children = groups.get(at)
-            if not children:
-                return "{}" if at_kind == OBJECT else "[]"
-            children.sort()
-            if at_kind == ARRAY:
-                return (
-                    "["
-                    + ",".join(
-                        body if body is not None else render(child, kind)
-                        for _pos, child, kind, body in children
-                    )
-                    + "]"
-                )
-            cut = len(at) + 1 if at else 0
-            return (
-                "{"
-                + ",".join(
-                    encode_basestring(child[cut:].decode())
-                    + ":"
-                    + (body if body is not None else render(child, kind))
-                    for _pos, child, kind, body in children
-                )
-                + "}"
+            text = ",".join(
+                [
+                    label + (body if body is not None else render(child, kind))
+                    for child, kind, label, body in groups.get(at, ())
+                ]
             )
+            return "{" + text + "}" if at_kind == OBJECT else "[" + text + "]"
 
         return render(path, kind)
-
-    def _text(self, conn: sqlite3.Connection, account: str, node: _Node) -> str:
-        """The JSON text of a stored node."""
-        if node.kind == BLOB:
-            return node.body or ""
-        return self._render(self._subtree(conn, account, node.path), node.path, node.kind)
 
     def _plan(
         self,
         rows: list[_NewRow],
         path: bytes,
-        parent: bytes,
         pos: int,
+        label: str,
         value: Any,
         depth: int,
     ) -> int:
@@ -399,8 +401,10 @@ class SQLiteStorage(Storage):
 
         Small values become one blob; a container too large for one is split,
         its children planned in turn. Containers at the deepest addressable
-        level stay blobs (nothing below them can be written by path).
+        level stay blobs (nothing below them can be written by path), and so
+        do objects with a key that cannot be a path segment.
         """
+        parent = _parent_of(path)
         kind = type(value)
         if (kind is list or (kind is dict and _addressable(value))) and depth < paths.MAX_DEPTH:
             # Each item takes at least two bytes: a long container need not be encoded to know.
@@ -408,27 +412,27 @@ class SQLiteStorage(Storage):
                 text = _encode(value)
                 size = len(text.encode())
                 if size <= self._threshold:
-                    rows.append((path, parent, pos, BLOB, text, size))
+                    rows.append((path, parent, pos, BLOB, label, text, size))
                     return size
             slot = len(rows)
-            rows.append((path, parent, pos, BLOB, None, 0))
+            rows.append((path, parent, pos, BLOB, label, None, 0))
             size = 2 + max(len(value) - 1, 0)
             if kind is dict:
                 for index, (key, item) in enumerate(value.items()):
-                    size += _key_size(key)
-                    size += self._plan(
-                        rows, path + b"\x00" + key.encode(), path, index, item, depth + 1
+                    child_label = _label(key)
+                    size += len(child_label.encode()) + self._plan(
+                        rows, path + b"\x00" + key.encode(), index, child_label, item, depth + 1
                     )
-                rows[slot] = (path, parent, pos, OBJECT, None, size)
+                rows[slot] = (path, parent, pos, OBJECT, label, None, size)
             else:
                 for index, item in enumerate(value):
                     child = path + b"\x00" + str(index + 1).encode()
-                    size += self._plan(rows, child, path, index, item, depth + 1)
-                rows[slot] = (path, parent, pos, ARRAY, None, size)
+                    size += self._plan(rows, child, index, "", item, depth + 1)
+                rows[slot] = (path, parent, pos, ARRAY, label, None, size)
             return size
         text = _encode(value)
         size = len(text.encode())
-        rows.append((path, parent, pos, BLOB, text, size))
+        rows.append((path, parent, pos, BLOB, label, text, size))
         return size
 
     def _store(
@@ -437,6 +441,7 @@ class SQLiteStorage(Storage):
         account: str,
         path: bytes,
         pos: int,
+        label: str,
         value: Any,
         depth: int,
         replaces: _Node | None,
@@ -445,7 +450,7 @@ class SQLiteStorage(Storage):
         if replaces is not None and replaces.kind != BLOB:
             self._delete_below(conn, account, path)
         rows: list[_NewRow] = []
-        size = self._plan(rows, path, _parent_of(path), pos, value, depth)
+        size = self._plan(rows, path, pos, label, value, depth)
         conn.executemany(_INSERT, [(account, *row) for row in rows])
         return size
 
@@ -513,7 +518,8 @@ class SQLiteStorage(Storage):
 
     def get_all(self, account: str) -> str:
         with self._read() as conn:
-            return self._render(self._subtree(conn, account, b""), b"", OBJECT)
+            rows = self._subtree(conn, account, b"", _RENDER_ROWS, " ORDER BY parent, pos")
+            return self._render(rows, b"", OBJECT)
 
     def keys(self, account: str, path: Path = ()) -> list[str]:
         with self._read() as conn:
@@ -577,7 +583,7 @@ class SQLiteStorage(Storage):
             node = chain[-1]
             if only_if_missing:
                 return False
-            size = self._store(conn, account, node.path, node.pos, value, depth, node)
+            size = self._store(conn, account, node.path, node.pos, node.label, value, depth, node)
             self._adjust(conn, account, chain[:-1], size - node.size)
             return True
         if chain and chain[-1].kind == BLOB:
@@ -588,9 +594,8 @@ class SQLiteStorage(Storage):
             if only_if_missing and paths.get_in(root, path) is not MISSING:
                 return False
             paths.set_in(root, path, value)
-            size = self._store(
-                conn, account, node.path, node.pos, holder[path[depth - 1]], depth, node
-            )
+            changed = holder[path[depth - 1]]
+            size = self._store(conn, account, node.path, node.pos, node.label, changed, depth, node)
             self._adjust(conn, account, chain[:-1], size - node.size)
             return True
         # A new child of a split container (or of the bucket itself).
@@ -605,17 +610,19 @@ class SQLiteStorage(Storage):
                     f"{path[depth]!r} is not a position in the list at {shown!r}"
                     f" (positions run from 1 to {length + 1})"
                 )
-            pos, segment, entry = length, str(length + 1), 0
+            pos, segment, label = length, str(length + 1), ""
         else:
             last = conn.execute(
                 "SELECT max(pos) FROM nodes WHERE account = ? AND parent = ?", (account, where)
             ).fetchone()[0]
             pos = 0 if last is None else int(last) + 1
-            entry = _key_size(segment)
+            label = _label(segment)
         child = _nest(segments[depth + 1 :], value)
-        size = self._store(conn, account, _child(where, segment), pos, child, depth + 1, None)
+        size = self._store(
+            conn, account, _child(where, segment), pos, label, child, depth + 1, None
+        )
         if container is not None:
-            entry += size + (1 if container.size > 2 else 0)
+            entry = len(label.encode()) + size + (1 if container.size > 2 else 0)
             self._adjust(conn, account, chain, entry)
         return True
 
@@ -641,9 +648,8 @@ class SQLiteStorage(Storage):
                 return None
             text = values.encode(found).decode() if return_value else None
             paths.delete_in(root, path)
-            size = self._store(
-                conn, account, node.path, node.pos, holder[path[depth - 1]], depth, node
-            )
+            changed = holder[path[depth - 1]]
+            size = self._store(conn, account, node.path, node.pos, node.label, changed, depth, node)
             self._adjust(conn, account, chain[:-1], size - node.size)
             return text
 
@@ -661,10 +667,8 @@ class SQLiteStorage(Storage):
             return
         parent = chain[-2]
         if parent.kind == ARRAY:
-            entry = node.size
             self._shift_items(conn, account, parent.path, node.pos)
-        else:
-            entry = node.size + _key_size(_segment_of(node.path))
+        entry = len(node.label.encode()) + node.size
         if parent.size > 2 + entry:
             entry += 1  # the comma that separated it from a sibling
         self._adjust(conn, account, chain[:-1], -entry)
@@ -676,7 +680,7 @@ class SQLiteStorage(Storage):
         base = len(array) + 1
         moved: list[tuple[Any, ...]] = []
         old_paths: list[tuple[str, bytes]] = []
-        for path, parent, pos, kind, body, size in self._subtree(conn, account, array):
+        for path, parent, pos, kind, label, body, size in self._subtree(conn, account, array):
             end = path.find(b"\x00", base)
             segment = path[base:] if end < 0 else path[base:end]
             number = int(segment)
@@ -690,7 +694,7 @@ class SQLiteStorage(Storage):
             else:
                 new_parent, new_pos = new_prefix + parent[old_len:], pos
             old_paths.append((account, path))
-            moved.append((account, new_path, new_parent, new_pos, kind, body, size))
+            moved.append((account, new_path, new_parent, new_pos, kind, label, body, size))
         conn.executemany("DELETE FROM nodes WHERE account = ? AND path = ?", old_paths)
         conn.executemany(_INSERT, moved)
 

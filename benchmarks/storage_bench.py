@@ -1,0 +1,233 @@
+"""Benchmark of SQLiteStorage's hybrid layout against its targets.
+
+Run: ``python benchmarks/storage_bench.py [--no-sweep]``. Prints medians of
+repeated runs, measured side by side in one process on one database:
+
+1. writing one leaf of a 10 MB document vs one leaf of a 1 KB document
+   (target: at most 2x; the cost of a leaf write must not grow with its
+   document);
+2. reading a whole 1 MB document with ``get()`` vs ``json.loads`` of the same
+   text plus one indexed row read (target: at most 2x);
+
+and, for context, the naive layout: the 10 MB document as one JSON row,
+one leaf changed with SQLite's ``json_set``.
+
+It then times (1) and (2) for other blob thresholds, which is how the
+default threshold was chosen (``--no-sweep`` skips that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from kvpio_mapping import values
+from kvpio_mapping.server.storage.sqlite import BLOB_THRESHOLD, SQLiteStorage
+
+ACCOUNT = "bench"
+
+
+def document(target: int, seed: int = 0) -> dict[str, Any]:
+    """A realistic document of about ``target`` bytes: objects of objects, lists, strings."""
+    rng = random.Random(seed)
+    words = ["alpha", "beta", "gamma", "delta", "omega", "kappa", "sigma", "zeta"]
+    doc: dict[str, Any] = {"meta": {"version": 7, "owner": "ops", "tags": ["a", "b"]}}
+    doc["teams"] = {}
+    size = len(values.encode(doc))
+    t = 0
+    while size < target:
+        team: dict[str, Any] = {"name": f"team {t}", "members": {}, "log": []}
+        doc["teams"][f"t{t}"] = team
+        for m in range(rng.randint(5, 30)):
+            member = {
+                "name": " ".join(rng.choices(words, k=2)),
+                "email": f"m{t}.{m}@example.com",
+                "roles": rng.sample(words, 3),
+                "profile": {
+                    "bio": " ".join(rng.choices(words, k=rng.randint(5, 40))),
+                    "age": rng.randint(18, 80),
+                    "active": rng.random() < 0.8,
+                },
+                "scores": [rng.randint(0, 100) for _ in range(rng.randint(1, 8))],
+            }
+            team["members"][f"m{m}"] = member
+            size += len(values.encode(member)) + 8
+            if size >= target:
+                return doc
+        team["log"] = [{"at": i, "event": rng.choice(words)} for i in range(rng.randint(0, 20))]
+        size += len(values.encode(team["log"])) + 20
+        t += 1
+    return doc
+
+
+def leaves(doc: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Paths of the ``age`` leaf of every member."""
+    return [
+        ("teams", team, "members", member, "profile", "age")
+        for team, body in doc["teams"].items()
+        for member in body["members"]
+    ]
+
+
+def median_ms(func: Callable[[], object], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def paired(
+    first: Callable[[], object], second: Callable[[], object], runs: int
+) -> tuple[float, float]:
+    """Medians (ms) of two operations run alternately, so drift hits both alike."""
+    a: list[float] = []
+    b: list[float] = []
+    for _ in range(runs):
+        for func, into in ((first, a), (second, b)):
+            start = time.perf_counter()
+            func()
+            into.append(time.perf_counter() - start)
+    return statistics.median(a) * 1000, statistics.median(b) * 1000
+
+
+def connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def measure(folder: str, threshold: int, docs: dict[str, Any], runs: int) -> dict[str, float]:
+    """Time the hybrid storage's leaf writes and whole reads at one threshold."""
+    storage = SQLiteStorage(
+        os.path.join(folder, f"hybrid-{threshold}.sqlite3"), blob_threshold=threshold
+    )
+    storage.create_account(ACCOUNT, "", f"key-{threshold}")
+    for name, doc in docs.items():
+        storage.set(ACCOUNT, (name,), doc)
+    rng = random.Random(1)
+    big_leaves = [("big", *path) for path in leaves(docs["big"])]
+    small_leaves = [("small", *path) for path in leaves(docs["small"])]
+    counter = iter(range(10**9))
+
+    def write_big() -> None:
+        storage.set(ACCOUNT, rng.choice(big_leaves), next(counter) % 90)
+
+    def write_small() -> None:
+        storage.set(ACCOUNT, rng.choice(small_leaves), next(counter) % 90)
+
+    for _ in range(20):  # warm the page cache and the connection
+        write_big()
+        write_small()
+    big_ms, small_ms = paired(write_big, write_small, runs)
+    read_ms = median_ms(lambda: storage.get(ACCOUNT, ("mid",)), max(runs // 10, 15))
+    rows = storage._conn().execute("SELECT count(*) FROM nodes").fetchone()[0]
+    storage.close()
+    return {"big": big_ms, "small": small_ms, "read": read_ms, "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=300, help="leaf writes per measurement")
+    parser.add_argument(
+        "--no-sweep", action="store_true", help="skip timing the other blob thresholds"
+    )
+    args = parser.parse_args()
+
+    docs = {
+        "big": document(10_000_000, seed=1),
+        "mid": document(1_000_000, seed=2),
+        "small": document(1_000, seed=3),
+    }
+    sizes = {name: len(values.encode(doc)) for name, doc in docs.items()}
+    print("documents: " + ", ".join(f"{name} {size / 1e6:.3f} MB" for name, size in sizes.items()))
+
+    with tempfile.TemporaryDirectory() as folder:
+        ours = measure(folder, BLOB_THRESHOLD, docs, args.runs)
+
+        # Baselines: each document as one JSON text row of a plain keyed table.
+        conn = connect(os.path.join(folder, "blob.sqlite3"))
+        conn.execute("CREATE TABLE docs (k TEXT PRIMARY KEY, body TEXT NOT NULL)")
+        for name, doc in docs.items():
+            conn.execute("INSERT INTO docs VALUES (?, ?)", (name, values.encode(doc).decode()))
+        big_paths = leaves(docs["big"])
+        rng = random.Random(2)
+
+        def read_baseline() -> object:
+            text = conn.execute("SELECT body FROM docs WHERE k = ?", ("mid",)).fetchone()[0]
+            return json.loads(text)
+
+        def naive_write() -> None:
+            path = rng.choice(big_paths)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "UPDATE docs SET body = json_set(body, ?, ?) WHERE k = 'big'",
+                ("$." + ".".join(f'"{segment}"' for segment in path), rng.randint(18, 80)),
+            )
+            conn.execute("COMMIT")
+
+        read_base_ms = median_ms(read_baseline, max(args.runs // 10, 15))
+        naive_ms = median_ms(naive_write, 15)
+        conn.close()
+
+        sweep: list[tuple[int, dict[str, float]]] = []
+        if not args.no_sweep:
+            for threshold in (512, 1024, 2048, 8192, 16384, 65536):
+                sweep.append((threshold, measure(folder, threshold, docs, args.runs // 2)))
+
+    write_ratio = ours["big"] / ours["small"]
+    read_ratio = ours["read"] / read_base_ms
+    rows = [
+        ("leaf write, 10 MB doc vs 1 KB doc", ours["big"], ours["small"], write_ratio, 2.0),
+        (
+            "read 1 MB doc: get() vs blob row + json.loads",
+            ours["read"],
+            read_base_ms,
+            read_ratio,
+            2.0,
+        ),
+        (
+            "context: 10 MB doc leaf write vs naive json_set",
+            ours["big"],
+            naive_ms,
+            ours["big"] / naive_ms,
+            None,
+        ),
+    ]
+    print(
+        f"SQLiteStorage, blob threshold {BLOB_THRESHOLD} bytes, {ours['rows']:.0f} node rows stored"
+    )
+    print(f"{'operation (medians)':<48} {'ours ms':>9} {'baseline ms':>12} {'ratio':>7}  target")
+    for name, mine, base, ratio, target in rows:
+        verdict = (
+            "-"
+            if target is None
+            else f"<= {target:.0f}x " + ("met" if ratio <= target else "MISSED")
+        )
+        print(f"{name:<48} {mine:>9.3f} {base:>12.3f} {ratio:>6.2f}x  {verdict}")
+    if sweep:
+        print()
+        header = ("threshold", "rows", "10MB leaf ms", "1KB leaf ms", "1MB get ms")
+        print("{:>9} {:>7} {:>13} {:>12} {:>11}".format(*header))
+        for threshold, result in [(BLOB_THRESHOLD, ours), *sweep]:
+            print(
+                f"{threshold:>9} {result['rows']:>7.0f} {result['big']:>13.3f}"
+                f" {result['small']:>12.3f} {result['read']:>11.3f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
