@@ -412,6 +412,10 @@ class _ItemsView(ItemsView[str, Any]):
     def __iter__(self) -> Iterator[tuple[str, Any]]:
         return iter(values.copy(self._mapping._snapshot()).items())
 
+    def __reversed__(self) -> Iterator[tuple[str, Any]]:
+        snapshot: dict[str, Any] = values.copy(self._mapping._snapshot())
+        return reversed(snapshot.items())
+
     def __contains__(self, item: object) -> bool:
         if not isinstance(item, tuple) or len(item) != 2:
             return False
@@ -427,3 +431,10 @@ class _ValuesView(ValuesView[Any]):
 
     def __iter__(self) -> Iterator[Any]:
         return iter(values.copy(self._mapping._snapshot()).values())
+
+    def __reversed__(self) -> Iterator[Any]:
+        snapshot: dict[str, Any] = values.copy(self._mapping._snapshot())
+        return reversed(snapshot.values())
+
+    def __contains__(self, value: object) -> bool:
+        return any(item == value for item in self._mapping._snapshot().values())
