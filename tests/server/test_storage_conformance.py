@@ -706,3 +706,39 @@ def test_sqlite_acknowledged_writes_survive_kill(tmp_path: FilePath) -> None:
             "pad": "p" * 200,
         }
     storage.close()
+
+
+def _rows(storage: SQLiteStorage, account: str) -> int:
+    conn = storage._conn()
+    return int(
+        conn.execute("SELECT count(*) FROM nodes WHERE account = ?", (account,)).fetchone()[0]
+    )
+
+
+def test_sqlite_leaf_write_in_large_document_changes_few_rows(tmp_path: FilePath) -> None:
+    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
+    storage.create_account("a", "", "k")
+    storage.set("a", p("doc"), big_doc(2_000_000))
+    conn = storage._conn()
+    largest = conn.execute("SELECT max(length(CAST(body AS BLOB))) FROM nodes").fetchone()[0]
+    assert largest <= BLOB_THRESHOLD
+    before = conn.total_changes
+    storage.set("a", p("doc/users/u100/profile/age"), 1)
+    storage.set("a", p("doc/users/u200/history/4"), {"at": 0, "what": "new"})
+    assert conn.total_changes - before <= 8
+    storage.close()
+
+
+def test_sqlite_large_value_is_split_and_merged_back_when_small(tmp_path: FilePath) -> None:
+    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
+    storage.create_account("a", "", "k")
+    storage.set("a", p("s"), {f"k{i}": "v" * (BLOB_THRESHOLD // 4) for i in range(8)})
+    assert _rows(storage, "a") == 9
+    for i in range(7):
+        storage.delete("a", ("s", f"k{i}"))
+    assert _rows(storage, "a") == 1
+    storage.set("a", p("s/k7"), "w" * (2 * BLOB_THRESHOLD))
+    storage.set("a", p("s/k8"), "small")
+    assert _rows(storage, "a") == 3
+    assert storage.get("a", p("s")) == j({"k7": "w" * (2 * BLOB_THRESHOLD), "k8": "small"})
+    storage.close()
