@@ -1,0 +1,209 @@
+"""How many requests each KVBucket operation sends (against the real server).
+
+A cache hit sends nothing, a miss exactly one; whole-bucket reads and batch
+writes are one request however many keys they touch.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kvpio_mapping import KVBucket
+
+
+class Requests:
+    """Counts the requests a bucket's transport sends."""
+
+    def __init__(self, bucket: KVBucket) -> None:
+        self.sent: list[tuple[str, str]] = []
+        transport = bucket._transport
+        original = transport.request
+
+        def request(method, target, **kwargs):
+            self.sent.append((method, target))
+            return original(method, target, **kwargs)
+
+        transport.request = request
+
+    @property
+    def count(self) -> int:
+        return len(self.sent)
+
+    def reset(self) -> None:
+        self.sent.clear()
+
+
+DATA = {f"key{i}": {"n": i, "list": [i, i + 1]} for i in range(20)}
+
+
+@pytest.fixture(params=[5.0, 0], ids=["cached", "uncached"])
+def bucket(request, kvpio_account):
+    bucket = KVBucket(kvpio_account.url, kvpio_account.api_key, ttl=request.param)
+    bucket.update(DATA)
+    return bucket
+
+
+@pytest.fixture
+def cached(kvpio_account):
+    bucket = KVBucket(kvpio_account.url, kvpio_account.api_key)
+    bucket.update(DATA)
+    return bucket
+
+
+@pytest.fixture
+def sent(bucket):
+    return Requests(bucket)
+
+
+@pytest.fixture
+def cached_sent(cached):
+    return Requests(cached)
+
+
+def test_a_miss_is_one_request(cached, cached_sent):
+    cached["key1"]
+    assert cached_sent.count == 1
+
+
+def test_a_hit_is_no_request(cached, cached_sent):
+    cached["key1"]
+    cached_sent.reset()
+    cached["key1"]
+    cached["key1/list/2"]
+    cached.get("key1")
+    assert "key1/n" in cached
+    assert cached_sent.count == 0
+
+
+def test_a_missing_key_read_twice_is_one_request(cached, cached_sent):
+    for _ in range(2):
+        with pytest.raises(KeyError):
+            cached["nothing"]
+    assert cached_sent.count == 1
+
+
+def test_a_read_after_dict_of_the_bucket_is_no_request(cached, cached_sent):
+    dict(cached)
+    cached_sent.reset()
+    assert cached["key3/list/1"] == 3
+    assert cached_sent.count == 0
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        len,
+        lambda b: [key for key in b],  # list(b) would call len(b) first
+        lambda b: [key for key in b.keys()],  # noqa: SIM118
+        lambda b: list(reversed(b)),
+        bool,
+        lambda b: len(b.keys()),
+        lambda b: len(b.items()),
+    ],
+    ids=["len", "iter", "keys", "reversed", "bool", "len keys", "len items"],
+)
+def test_listing_keys_is_one_request(bucket, sent, operation):
+    operation(bucket)
+    assert sent.count == 1
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        lambda b: [item for item in b.items()],
+        lambda b: [value for value in b.values()],
+        lambda b: b.copy(),
+        lambda b: list(reversed(b.items())),
+        lambda b: {"x": 1} in b.values(),
+        lambda b: b | {"x": 1},
+        lambda b: {"x": 1} | b,
+    ],
+    ids=["items", "values", "copy", "reversed items", "in values", "or", "ror"],
+)
+def test_reading_the_whole_bucket_is_one_request(bucket, sent, operation):
+    operation(bucket)
+    assert sent.count == 1
+
+
+def test_dict_of_a_cached_bucket_is_one_request(cached, cached_sent):
+    assert dict(cached) == DATA
+    assert cached_sent.count == 1
+
+
+def test_comparing_a_cached_bucket_with_a_dict_is_one_request(cached, cached_sent):
+    assert cached == DATA
+    assert cached_sent.count == 1
+
+
+def test_update_with_100_items_is_one_request(bucket, sent):
+    bucket.update({f"u{i}": i for i in range(100)})
+    assert sent.count == 1
+
+
+def test_update_from_pairs_and_keywords_is_one_request(bucket, sent):
+    bucket.update([(f"p{i}", i) for i in range(50)], kw=1)
+    assert sent.count == 1
+
+
+def test_update_with_a_repeated_path_is_one_request(bucket, sent):
+    bucket.update([("r", 1), ("r/x", 2), ("r", 3)])
+    assert sent.count == 1
+    assert bucket["r"] == 3
+
+
+def test_ior_is_one_request(bucket, sent):
+    bucket |= {f"i{i}": i for i in range(10)}
+    assert sent.count == 1
+
+
+def test_clear_is_one_request(bucket, sent):
+    bucket.clear()
+    assert sent.count == 1
+
+
+def test_clear_of_a_view_is_one_request(bucket, sent):
+    bucket.view("key1").clear()
+    assert sent.count == 1
+
+
+@pytest.mark.parametrize("key", ["key1", "nothing"])
+def test_pop_is_one_request(bucket, sent, key):
+    bucket.pop(key, None)
+    assert sent.count == 1
+
+
+def test_del_is_one_request(bucket, sent):
+    del bucket["key1"]
+    assert sent.count == 1
+
+
+def test_del_of_a_missing_key_is_one_request(bucket, sent):
+    with pytest.raises(KeyError):
+        del bucket["nothing"]
+    assert sent.count == 1
+
+
+def test_setitem_is_one_request(bucket, sent):
+    bucket["key1/n"] = 5
+    assert sent.count == 1
+
+
+def test_popitem_is_two_requests(bucket, sent):
+    bucket.popitem()
+    assert sent.count == 2
+
+
+def test_setdefault_of_a_missing_key_is_at_most_two_requests(bucket, sent):
+    assert bucket.setdefault("new", 1) == 1
+    assert sent.count <= 2
+
+
+def test_setdefault_of_a_present_key_is_one_request(bucket, sent):
+    bucket.setdefault("key1", 1)
+    assert sent.count == 1
+
+
+def test_a_write_then_a_read_is_two_requests(cached, cached_sent):
+    cached["w"] = {"a": 1}
+    assert cached["w/a"] == 1
+    assert cached_sent.count == 2
