@@ -5,14 +5,22 @@ Templates are hostile input. Three layers keep a render from hurting the server:
 1. The Jinja2 ``ImmutableSandboxedEnvironment`` blocks attribute tricks (``__class__``,
    ``str.format`` escapes, mutation of data). On top of it the operators ``**``, ``*`` and
    ``%`` and the ``range`` global are checked *before* they compute, so ``7**(10**7)``,
-   ``'a' * 10**8`` or ``range(10**9)`` are refused instantly, and the output is capped.
-2. Every render runs in a separate worker process (a fresh interpreter started with
-   ``subprocess``, like the multiprocessing "spawn" context, so it is safe to start from a
-   uvicorn worker with a running event loop and threads). A worker runs with
-   ``RLIMIT_AS`` set to :attr:`RenderLimits.memory` and ``nice(10)``.
+   ``'a' * 10**8`` or ``range(10**9)`` are refused instantly. So are oversized widths in
+   ``str.format`` and ``%`` specs, the str padding methods (``ljust``, ``zfill``, ...) and
+   the filters that amplify their input (``center``, ``indent``, ``format``, ``batch``,
+   ``slice``). The output is capped while it is generated. Functions, methods and classes
+   render as empty text (their repr would show memory addresses). Growth these checks do
+   not see (``str.replace``, concatenation in a loop) is stopped by the next two layers.
+2. Every render runs in a separate worker process: a fresh interpreter started with
+   ``subprocess`` (as with the multiprocessing "spawn" context, so it is safe to start from
+   a uvicorn worker with a running event loop and threads), using the server's import path
+   but importing neither the ``kvpio_mapping`` package nor the server's main module. A
+   worker runs with ``RLIMIT_AS`` set to :attr:`RenderLimits.memory` and ``nice(10)``, and
+   exits by itself if the server process goes away.
 3. The parent waits at most :attr:`RenderLimits.timeout` for the answer, without blocking
    its event loop (the pipes are non-blocking and watched with ``loop.add_reader``). Past
-   the timeout the worker is SIGKILLed and a replacement is started.
+   the timeout the worker is SIGKILLed and a replacement is started. A worker that ran out
+   of memory or died is replaced too.
 
 Globals: ``lipsum`` is removed (``lipsum(n=10**6)`` is a cheap way to burn CPU and memory
 and no data template needs it). ``range`` is bounded by :attr:`RenderLimits.max_range`.
@@ -155,6 +163,11 @@ def _check_multiply(limits: RenderLimits, left: Any, right: Any) -> None:
                 )
 
 
+def _too_big(digits: str, bound: int) -> bool:
+    """Whether a decimal string exceeds ``bound`` (without converting a huge one)."""
+    return len(digits) > len(str(bound)) or int(digits) > bound
+
+
 # A printf directive: optional mapping key, flags, width, precision.
 _PRINTF = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d*)(?:\.(\*|\d*))?")
 
@@ -165,7 +178,7 @@ def _check_printf(limits: RenderLimits, fmt: str) -> None:
         for field in match.groups():
             if field == "*":
                 raise _LimitExceeded("'*' widths in % formatting are not allowed")
-            if field and int(field) > limits.max_repeat:
+            if field and _too_big(field, limits.max_repeat):
                 raise _LimitExceeded(
                     f"field width {field} in % formatting is larger than the limit of "
                     f"{limits.max_repeat} (max_repeat)"
@@ -185,7 +198,7 @@ def _check_format_string(limits: RenderLimits, fmt: str) -> None:
         if "{" in spec:
             raise _LimitExceeded("nested fields in a str.format spec are not allowed")
         for number in _NUMBER.findall(spec):
-            if int(number) > limits.max_repeat:
+            if _too_big(number, limits.max_repeat):
                 raise _LimitExceeded(
                     f"width {number} in str.format is larger than the limit of "
                     f"{limits.max_repeat} (max_repeat)"
@@ -694,11 +707,12 @@ class Renderer:
             raise RenderError("the renderer is closed")
         request = _encode({"source": source, "context": context}, ascii_only=True)
         loop = asyncio.get_running_loop()
-        worker = await self._acquire(loop, loop.time() + self._queue_wait)
+        queue_deadline = loop.time() + self._queue_wait
+        worker = await self._acquire(loop, queue_deadline)
         healthy = False
         try:
             if not worker.ready:
-                await self._wait_ready(loop, worker, loop.time() + self._queue_wait)
+                await self._wait_ready(loop, worker, queue_deadline)
             deadline = loop.time() + self.limits.timeout
             try:
                 await _send(loop, worker.send_fd, request, deadline)
