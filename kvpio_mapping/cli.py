@@ -67,10 +67,11 @@ exit status:
 class CommandError(Exception):
     """A failure to report as ``kvpio: <message>`` with exit status ``code``."""
 
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+    def __init__(self, message: str, code: int = EXIT_FAILED, maybe_sent: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        self.maybe_sent = maybe_sent  # the request may have taken effect without an answer
 
 
 # ---------------------------------------------------------------- output
@@ -162,14 +163,27 @@ def _command_error(exc: KvpioError, url: str) -> CommandError:
     if isinstance(exc, AuthenticationError):
         return CommandError("the server does not know this API key", EXIT_AUTH)
     if isinstance(exc, KvpioTimeoutError):
-        return CommandError(f"the server at {url} did not answer in time", EXIT_UNREACHABLE)
+        return CommandError(
+            f"the server at {url} did not answer in time", EXIT_UNREACHABLE, maybe_sent=True
+        )
     if isinstance(exc, ServerError):
-        return CommandError(str(exc), EXIT_UNREACHABLE)
+        return CommandError(str(exc), EXIT_UNREACHABLE, maybe_sent=True)
     if isinstance(exc, TransportError):
-        return CommandError(f"cannot reach the server at {url}", EXIT_UNREACHABLE)
+        return CommandError(
+            f"cannot reach the server at {url}", EXIT_UNREACHABLE, maybe_sent=_maybe_sent(exc)
+        )
     if isinstance(exc, RequestError):
         return CommandError(exc.message)
     return CommandError(str(exc))
+
+
+def _maybe_sent(exc: TransportError) -> bool:
+    """Whether the failed request may have reached the server (not so if it never connected)."""
+    cause = exc.__cause__
+    if isinstance(cause, requests.ConnectTimeout):
+        return False
+    reason = getattr(cause.args[0], "reason", None) if cause and cause.args else None
+    return type(reason).__name__ not in ("NewConnectionError", "NameResolutionError")
 
 
 def _quoted(key: str) -> str:
@@ -286,12 +300,18 @@ def _batches(items: list[tuple[str, Any]], size: int) -> Iterator[list[tuple[str
         yield items[start : start + size]
 
 
-def _written(written: int, total: int, failed: int) -> str:
-    """What a failed import left behind: the batches before ``failed``, all of each."""
+def _written(written: int, total: int, failed: int, maybe_sent: bool) -> str:
+    """What a failed import left behind: the batches before ``failed``, each in full.
+
+    When the failed batch reached the server but no answer came back, it may
+    have been stored (all of it: a batch is one transaction).
+    """
+    perhaps = f"except perhaps batch {failed} in full" if maybe_sent else ""
     if failed == 1:
-        return f"nothing was written (0 of {total} keys)"
+        return f"nothing was written{' ' + perhaps if perhaps else ''} (0 of {total} keys)"
     batches = "batch 1" if failed == 2 else f"batches 1-{failed - 1}"
-    return f"{batches} ({written} of {total} keys) written, nothing after"
+    after = perhaps.replace("except perhaps", "and perhaps") if perhaps else "nothing after"
+    return f"{batches} ({written} of {total} keys) written, {after}"
 
 
 def cmd_bucket_import(args: argparse.Namespace) -> int:
@@ -326,12 +346,12 @@ def cmd_bucket_import(args: argparse.Namespace) -> int:
         except (CommandError, KeyboardInterrupt) as exc:
             progress.finish()
             if isinstance(exc, CommandError):
-                reason, code = exc.message, exc.code
+                reason, code, maybe_sent = exc.message, exc.code, exc.maybe_sent
             else:
-                reason, code = "interrupted", EXIT_INTERRUPTED
+                reason, code, maybe_sent = "interrupted", EXIT_INTERRUPTED, True
             raise CommandError(
                 f"import failed at batch {number} of {len(batches)}: {reason}; "
-                + _written(written, len(items), number),
+                + _written(written, len(items), number, maybe_sent),
                 code,
             ) from None
         written += len(batch)

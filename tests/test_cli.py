@@ -11,9 +11,11 @@ import io
 import json
 import os
 import pty
+import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -339,6 +341,56 @@ def test_import_to_a_server_that_is_down(
     assert err == (
         f"kvpio: import failed at batch 1 of 1: cannot reach the server at {closed_url}; "
         "nothing was written (0 of 1 keys)\n"
+    )
+
+
+@pytest.mark.slow
+def test_import_when_the_server_goes_away(tmp_path: Path) -> None:
+    """Stopped mid-import: the report matches what the database holds afterwards."""
+    data = {f"k{i:04}": i for i in range(3000)}
+    (tmp_path / "in.json").write_text(json.dumps(data))
+    with run_server() as server:
+        env = subprocess_env(tmp_path, KVPIO_URL=server.url, KVPIO_APIKEY=server.api_key)
+        importer = subprocess.Popen(
+            [sys.executable, "-m", "kvpio_mapping", "bucket", "import", "in.json",
+             "--batch-size", "1"],
+            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            code, out, _ = kvpio("bucket", "list", env=env)
+            if code == 0 and len(json.loads(out)) >= 10:
+                break
+        server.stop()
+        out, err = importer.communicate(timeout=60)
+    assert (importer.returncode, out) == (4, "")
+    match = re.fullmatch(
+        r"kvpio: import failed at batch (\d+) of 3000: cannot reach the server at \S+; "
+        r"batches 1-(\d+) \((\d+) of 3000 keys\) written, "
+        r"(nothing after|and perhaps batch \d+ in full)\n",
+        err,
+    )
+    assert match, err
+    failed, before = int(match[1]), int(match[2])
+    assert before == failed - 1 == int(match[3])
+    with run_server(db=server.db, api_key=server.api_key) as again:
+        env = subprocess_env(tmp_path, KVPIO_URL=again.url, KVPIO_APIKEY=again.api_key)
+        stored = json.loads(kvpio("bucket", "export", env=env)[1])
+    expected = dict(list(data.items())[:before])
+    if match[4] == "nothing after":
+        assert stored == expected
+    else:
+        assert stored in (expected, dict(list(data.items())[:failed]))
+
+
+def test_written_report() -> None:
+    assert cli._written(0, 5, 1, False) == "nothing was written (0 of 5 keys)"
+    assert cli._written(0, 5, 1, True) == (
+        "nothing was written except perhaps batch 1 in full (0 of 5 keys)"
+    )
+    assert cli._written(2, 5, 2, False) == "batch 1 (2 of 5 keys) written, nothing after"
+    assert cli._written(4, 5, 3, True) == (
+        "batches 1-2 (4 of 5 keys) written, and perhaps batch 3 in full"
     )
 
 
