@@ -488,6 +488,8 @@ def _worker_main(limits_json: str, parent: int) -> None:
         os.nice(10)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    with contextlib.suppress(ValueError, OSError):  # no new processes or threads from here
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     memory = limits.memory if hard == resource.RLIM_INFINITY else min(limits.memory, hard)
     resource.setrlimit(resource.RLIMIT_AS, (memory, hard))
@@ -614,7 +616,7 @@ class _Worker:
                 "-I",
                 "-c",
                 _BOOT,
-                json.dumps(sys.path),
+                json.dumps([entry or os.getcwd() for entry in sys.path]),
                 os.path.abspath(__file__),
                 json.dumps(asdict(limits)),
                 str(os.getpid()),
@@ -622,6 +624,8 @@ class _Worker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,
+            cwd="/",
+            env={"PATH": os.defpath},  # no server secrets in a worker's environment
             start_new_session=True,  # a Ctrl-C on the server's terminal is not for workers
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
