@@ -1,0 +1,336 @@
+"""The transport: retries, timeouts, status to exception, configuration from the environment.
+
+Failures a real server cannot easily produce (a 503 then a success, a reset,
+a read timeout) are simulated with ``responses``; everything else runs against
+the real server of the ``kvpio_server`` fixture or a real closed port.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import requests
+import responses
+
+from kvpio_mapping import (
+    AuthenticationError,
+    KVBucket,
+    KvpioTimeoutError,
+    PayloadTooLargeError,
+    PreconditionFailedError,
+    RequestError,
+    ServerError,
+    TemplateRenderError,
+    TransportError,
+    connect,
+)
+from kvpio_mapping.transport import DEFAULT_URL, Transport
+
+URL = "http://kv.test"
+KEY_URL = f"{URL}/v1/bucket/k"
+
+
+@pytest.fixture
+def mocked():
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock
+
+
+@pytest.fixture
+def bucket():
+    return KVBucket(transport=Transport(URL, "key", backoff=0))
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def calls_to(mock: responses.RequestsMock, method: str) -> int:
+    return sum(1 for call in mock.calls if call.request.method == method)
+
+
+# retries
+
+
+def test_a_503_then_a_200_succeeds_after_one_retry(mocked, bucket):
+    mocked.get(KEY_URL, status=503)
+    mocked.get(KEY_URL, json="value")
+    assert bucket["k"] == "value"
+    assert len(mocked.calls) == 2
+
+
+def test_a_write_is_retried_after_a_503(mocked, bucket):
+    mocked.post(KEY_URL, status=503)
+    mocked.post(KEY_URL, body=b"")
+    bucket["k"] = 1
+    assert len(mocked.calls) == 2
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_a_gateway_error_forever_raises_server_error_after_bounded_retries(mocked, status):
+    bucket = KVBucket(transport=Transport(URL, "key", retries=3, backoff=0))
+    mocked.get(KEY_URL, status=status, json={"error": "unavailable"})
+    with pytest.raises(ServerError) as raised:
+        bucket["k"]
+    assert raised.value.status == status
+    assert isinstance(raised.value, ConnectionError)
+    assert not isinstance(raised.value, KeyError)
+    assert len(mocked.calls) == 4
+
+
+def test_retries_back_off_exponentially(mocked, monkeypatch):
+    pauses = []
+    monkeypatch.setattr("kvpio_mapping.transport.time.sleep", pauses.append)
+    bucket = KVBucket(transport=Transport(URL, "key", retries=3, backoff=0.1))
+    mocked.get(KEY_URL, status=503)
+    with pytest.raises(ServerError):
+        bucket["k"]
+    assert pauses == pytest.approx([0.1, 0.2, 0.4])
+
+
+def test_a_503_forever_is_never_a_missing_key(mocked, bucket):
+    mocked.get(KEY_URL, status=503)
+    with pytest.raises(ServerError):
+        bucket.get("k", "default")
+    with pytest.raises(ServerError):
+        "k" in bucket  # noqa: B015
+
+
+def test_a_500_raises_server_error_without_retrying(mocked, bucket):
+    mocked.get(KEY_URL, status=500, json={"error": "internal server error"})
+    with pytest.raises(ServerError) as raised:
+        bucket["k"]
+    assert raised.value.status == 500
+    assert "internal server error" in str(raised.value)
+    assert len(mocked.calls) == 1
+
+
+def test_a_read_timeout_raises_kvpio_timeout_error_after_retries(mocked, bucket):
+    mocked.get(KEY_URL, body=requests.ReadTimeout("read timed out"))
+    with pytest.raises(KvpioTimeoutError) as raised:
+        bucket["k"]
+    assert isinstance(raised.value, TimeoutError)
+    assert isinstance(raised.value, ConnectionError)
+    assert not isinstance(raised.value, KeyError)
+    assert len(mocked.calls) == 4
+
+
+def test_a_read_timeout_then_an_answer_succeeds(mocked, bucket):
+    mocked.get(KEY_URL, body=requests.ReadTimeout("read timed out"))
+    mocked.get(KEY_URL, json=[1])
+    assert bucket["k"] == [1]
+
+
+def test_a_connection_reset_on_a_get_is_retried(mocked, bucket):
+    mocked.get(KEY_URL, body=requests.ConnectionError("connection reset by peer"))
+    mocked.get(KEY_URL, json={"a": 1})
+    assert bucket["k"] == {"a": 1}
+    assert len(mocked.calls) == 2
+
+
+def test_a_connection_reset_forever_raises_transport_error(mocked, bucket):
+    mocked.get(KEY_URL, body=requests.ConnectionError("connection reset by peer"))
+    with pytest.raises(TransportError) as raised:
+        bucket.get("k")
+    assert not isinstance(raised.value, KeyError)
+    assert len(mocked.calls) == 4
+
+
+def test_a_pop_is_not_retried_after_a_503(mocked, bucket):
+    mocked.delete(KEY_URL, status=503)
+    mocked.delete(KEY_URL, json="value")
+    with pytest.raises(ServerError):
+        bucket.pop("k")
+    assert calls_to(mocked, "DELETE") == 1
+    assert mocked.calls[0].request.url == KEY_URL + "?pop=true"
+
+
+def test_a_delete_is_not_retried_after_a_reset(mocked, bucket):
+    mocked.delete(KEY_URL, body=requests.ConnectionError("connection reset by peer"))
+    mocked.delete(KEY_URL, json="value")
+    with pytest.raises(TransportError):
+        del bucket["k"]
+    assert calls_to(mocked, "DELETE") == 1
+
+
+def test_a_pop_is_not_retried_after_a_read_timeout(mocked, bucket):
+    mocked.delete(KEY_URL, body=requests.ReadTimeout("read timed out"))
+    with pytest.raises(KvpioTimeoutError):
+        bucket.pop("k", None)
+    assert calls_to(mocked, "DELETE") == 1
+
+
+def test_a_failed_pop_is_never_a_key_error(mocked, bucket):
+    mocked.delete(KEY_URL, status=503)
+    with pytest.raises(ServerError):
+        bucket.pop("k", "default")
+
+
+# status to exception
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (400, RequestError),
+        (405, RequestError),
+        (412, PreconditionFailedError),
+        (413, PayloadTooLargeError),
+        (422, TemplateRenderError),
+        (404, AuthenticationError),
+    ],
+)
+def test_a_4xx_answer_raises_the_matching_error_with_the_servers_message(
+    mocked, bucket, status, error
+):
+    mocked.post(KEY_URL, status=status, json={"error": "what is wrong"})
+    with pytest.raises(error) as raised:
+        bucket["k"] = 1
+    assert "what is wrong" in str(raised.value)
+    assert not isinstance(raised.value, KeyError)
+    assert len(mocked.calls) == 1
+
+
+def test_request_errors_are_value_errors_and_carry_the_status(mocked, bucket):
+    mocked.post(KEY_URL, status=400, json={"error": "bad"})
+    with pytest.raises(ValueError) as raised:
+        bucket["k"] = 1
+    assert raised.value.status == 400
+
+
+def test_an_error_without_a_json_body_keeps_its_text(mocked, bucket):
+    mocked.post(KEY_URL, status=400, body="plain failure", content_type="text/plain")
+    with pytest.raises(RequestError, match="plain failure"):
+        bucket["k"] = 1
+
+
+def test_a_missing_value_is_an_empty_200(mocked, bucket):
+    mocked.get(KEY_URL, body=b"", headers={"Kvpio-Missing": "true"})
+    with pytest.raises(KeyError):
+        bucket["k"]
+
+
+def test_requests_carry_basic_auth_with_the_key_as_user(mocked, bucket):
+    mocked.get(KEY_URL, json=1)
+    bucket["k"]
+    assert mocked.calls[0].request.headers["Authorization"] == "Basic a2V5Og=="
+
+
+def test_keys_are_percent_encoded_per_segment(mocked, bucket):
+    mocked.get(f"{URL}/v1/bucket/a%20b/%3F%23/%252F", json=1)
+    assert bucket["a b/?#/%2F"] == 1
+
+
+# a real slow server, a real closed port, the real server
+
+
+def test_a_server_that_never_answers_raises_kvpio_timeout_error():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        bucket = KVBucket(transport=Transport(url, "key", timeout=(1.0, 0.2), retries=0))
+        started = time.monotonic()
+        with pytest.raises(KvpioTimeoutError):
+            bucket["k"]
+        assert time.monotonic() - started < 2
+
+
+def test_a_refused_connection_raises_transport_error_quickly():
+    bucket = KVBucket(f"http://127.0.0.1:{closed_port()}", "key")
+    started = time.monotonic()
+    with pytest.raises(TransportError) as raised:
+        bucket["k"]
+    assert isinstance(raised.value, ConnectionError)
+    assert time.monotonic() - started < 2
+
+
+def test_a_wrong_key_raises_authentication_error(kvpio_server):
+    with pytest.raises(AuthenticationError):
+        connect(kvpio_server.url, "wrong-key").account()
+    with pytest.raises(PermissionError):
+        KVBucket(kvpio_server.url, "wrong-key")["k"]
+
+
+def test_the_right_key_reads_the_account(kvpio_account):
+    account = connect(kvpio_account.url, kvpio_account.api_key).account()
+    assert account["id"] == kvpio_account.id
+    assert kvpio_account.api_key not in str(account)
+
+
+# configuration from the environment
+
+ENVIRONMENT = ("KVPIO_URL", "KVPIO_APIKEY", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
+               "NO_PROXY", "no_proxy")  # fmt: skip
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    for name in ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_url_and_key_come_from_kvpio_url_and_kvpio_apikey(clean_env, monkeypatch, kvpio_account):
+    monkeypatch.setenv("KVPIO_URL", kvpio_account.url + "/")
+    monkeypatch.setenv("KVPIO_APIKEY", kvpio_account.api_key)
+    bucket = KVBucket()
+    assert bucket.url == kvpio_account.url
+    bucket["k"] = "from env"
+    assert KVBucket(kvpio_account.url, kvpio_account.api_key)["k"] == "from env"
+
+
+def test_the_key_comes_from_the_first_line_of_the_kvpio_file(clean_env, kvpio_account):
+    (clean_env / ".kvpio").write_text(f"  {kvpio_account.api_key}  \nsecond line\n")
+    bucket = KVBucket(kvpio_account.url)
+    assert bucket._transport.api_key == kvpio_account.api_key
+    bucket["k"] = 1
+    assert bucket["k"] == 1
+
+
+def test_the_environment_key_wins_over_the_kvpio_file(clean_env, monkeypatch):
+    (clean_env / ".kvpio").write_text("from-file\n")
+    monkeypatch.setenv("KVPIO_APIKEY", "from-env")
+    assert Transport(URL).api_key == "from-env"
+
+
+def test_arguments_win_over_the_environment(clean_env, monkeypatch):
+    monkeypatch.setenv("KVPIO_URL", "http://env.test")
+    monkeypatch.setenv("KVPIO_APIKEY", "from-env")
+    transport = Transport("http://arg.test/", "from-arg")
+    assert (transport.url, transport.api_key) == ("http://arg.test", "from-arg")
+
+
+def test_the_url_defaults_to_the_local_server(clean_env):
+    assert Transport(api_key="key").url == DEFAULT_URL
+
+
+@pytest.mark.parametrize("content", [None, "", "\nkey on second line\n", "   \n"])
+def test_no_key_anywhere_raises_authentication_error_at_construction(clean_env, content):
+    if content is not None:
+        (clean_env / ".kvpio").write_text(content)
+    with pytest.raises(AuthenticationError):
+        KVBucket(URL)
+    with pytest.raises(AuthenticationError):
+        connect(URL)
+
+
+def test_an_http_proxy_from_the_environment_is_used(clean_env, monkeypatch, kvpio_account):
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port()}")
+    bucket = KVBucket(kvpio_account.url, kvpio_account.api_key)
+    with pytest.raises(TransportError) as raised:
+        bucket["k"]
+    assert isinstance(raised.value.__cause__, requests.exceptions.ProxyError)
+
+
+def test_no_proxy_bypasses_the_proxy(clean_env, monkeypatch, kvpio_account):
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    bucket = KVBucket(kvpio_account.url, kvpio_account.api_key)
+    bucket["k"] = 1
+    assert bucket["k"] == 1
