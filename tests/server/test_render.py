@@ -426,3 +426,20 @@ def test_queue_wait_is_bounded() -> None:
         assert isinstance(runaway, RenderError) and "longer than" in str(runaway)
         assert isinstance(queued, RenderError) and "no render worker became free" in str(queued)
         assert_still_works(single)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/limits"), reason="needs Linux /proc")
+def test_worker_is_limited_niced_and_has_no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVPIO_TEST_SECRET", "do-not-leak")
+    limits = RenderLimits(timeout=TIMEOUT, memory=300 * 2**20)
+    with Renderer(limits, workers=1) as single:
+        assert_still_works(single)
+        (pid,) = worker_pids(single)
+        with open(f"/proc/{pid}/limits") as file:
+            address_space = next(line for line in file if line.startswith("Max address space"))
+        assert str(300 * 2**20) in address_space
+        niceness = min(os.getpriority(os.PRIO_PROCESS, 0) + 10, 19)
+        assert os.getpriority(os.PRIO_PROCESS, pid) >= niceness
+        with open(f"/proc/{pid}/environ", "rb") as file:
+            assert b"KVPIO_TEST_SECRET" not in file.read()
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"
