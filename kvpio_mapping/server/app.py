@@ -42,6 +42,7 @@ JSON_TYPE: Final = "application/json"
 TEXT_TYPE: Final = "text/plain; charset=utf-8"
 _TRUE: Final = frozenset({"True", "true", "1"})
 _FALSE: Final = frozenset({"False", "false", "0"})
+_CACHED_AUTH_METHODS: Final = frozenset({"GET", "HEAD"})
 
 T = TypeVar("T")
 App = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
@@ -140,13 +141,17 @@ class Server:
         return await loop.run_in_executor(self._writer, lambda: func(*args, **kwargs))
 
     def authenticate(self, req: falcon.asgi.Request) -> str:
-        """The account id named by the Basic auth user name; 404 for anything else."""
+        """The account id named by the Basic auth user name; 404 for anything else.
+
+        Reads may use a lookup up to a second old; writes always look the key up,
+        so no write lands in an account deleted a moment ago.
+        """
         header = req.get_header("Authorization")
         if header is None:
             raise ClientError(404, "unknown API key")
         now = time.monotonic()
         cached = self._auth.get(header)
-        if cached is not None and cached[1] > now:
+        if cached is not None and cached[1] > now and req.method in _CACHED_AUTH_METHODS:
             return cached[0]
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() != "basic":
