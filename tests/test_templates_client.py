@@ -1,0 +1,337 @@
+"""TemplateStore through ``connect()``, against the real server of the ``kvpio_server`` fixture."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvpio_mapping import InvalidPathError, TemplateRenderError, TemplateStore, connect
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Requests:
+    """Counts requests on a transport (a connection's bucket and templates share one)."""
+
+    def __init__(self, transport) -> None:
+        self.sent: list[tuple[str, str]] = []
+        original = transport.request
+
+        def request(method, target, **kwargs):
+            self.sent.append((method, target))
+            return original(method, target, **kwargs)
+
+        transport.request = request
+
+    def templates(self) -> list[tuple[str, str]]:
+        return [sent for sent in self.sent if sent[1].startswith("templates/")]
+
+    def reset(self) -> None:
+        self.sent.clear()
+
+
+@pytest.fixture
+def conn(kvpio_account):
+    return connect(kvpio_account.url, kvpio_account.api_key)
+
+
+@pytest.fixture
+def store(conn):
+    return conn.templates
+
+
+@pytest.fixture
+def bucket(conn):
+    return conn.bucket
+
+
+@pytest.fixture
+def sent(conn):
+    return Requests(conn.transport)
+
+
+@pytest.fixture
+def fresh(kvpio_account):
+    """An uncached store on its own connection: what the server renders now."""
+    return connect(kvpio_account.url, kvpio_account.api_key, ttl=0).templates
+
+
+# the mapping
+
+
+def test_a_template_renders_with_the_buckets_data(store, bucket):
+    store["greet"] = "Hello {{ name }}!"
+    bucket["name"] = "World"
+    assert store["greet"] == "Hello World!"
+
+
+def test_source_returns_the_stored_source_unrendered(store):
+    store["greet"] = "Hello {{ name }}!"
+    assert store.source("greet") == "Hello {{ name }}!"
+
+
+def test_render_with_data_overrides_top_level_names(store, bucket):
+    store["greet"] = "{{ a }} {{ b }}"
+    bucket.update({"a": "bucket-a", "b": "bucket-b"})
+    assert store.render("greet", {"b": "data-b"}) == "bucket-a data-b"
+    assert store.render("greet") == "bucket-a bucket-b"
+    assert store["greet"] == "bucket-a bucket-b"
+
+
+def test_render_with_data_that_is_not_a_dict_raises_type_error(store, sent):
+    with pytest.raises(TypeError):
+        store.render("greet", [("a", 1)])
+    assert sent.sent == []
+
+
+def test_an_undefined_name_renders_as_empty_text(store):
+    store["t"] = "[{{ nothing }}][{{ nothing.here }}]"
+    assert store["t"] == "[][]"
+
+
+def test_an_empty_rendering_is_not_a_missing_template(store):
+    store["empty"] = ""
+    assert store["empty"] == ""
+    assert "empty" in store
+
+
+def test_non_ascii_text_renders(store, bucket):
+    bucket["ü"] = "wörld"
+    store["t"] = "héllo {{ data }}"
+    assert store.render("t", {"data": "日本"}) == "héllo 日本"
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        lambda s: s["missing"],
+        lambda s: s.source("missing"),
+        lambda s: s.render("missing", {"a": 1}),
+    ],
+    ids=["getitem", "source", "render"],
+)
+def test_a_missing_template_raises_key_error(store, operation):
+    with pytest.raises(KeyError):
+        operation(store)
+
+
+def test_get_of_a_missing_template_returns_the_default(store):
+    assert store.get("missing", "default") == "default"
+
+
+def test_del_removes_a_template(store):
+    store["t"] = "x"
+    del store["t"]
+    assert "t" not in store
+    with pytest.raises(KeyError):
+        store["t"]
+
+
+def test_del_of_a_missing_template_raises_key_error(store):
+    with pytest.raises(KeyError):
+        del store["missing"]
+
+
+def test_pop_of_a_missing_template_returns_the_default(store):
+    assert store.pop("missing", "default") == "default"
+
+
+def test_iter_len_and_in(store):
+    assert len(store) == 0
+    store["one"] = "1"
+    store["two"] = "{{ 2 }}"
+    assert list(store) == ["one", "two"]
+    assert len(store) == 2
+    assert "one" in store
+    assert "three" not in store
+    assert dict(store) == {"one": "1", "two": "2"}
+
+
+def test_templates_and_bucket_keys_are_separate_namespaces(store, bucket):
+    store["same"] = "template"
+    bucket["same"] = "value"
+    assert store["same"] == "template"
+    assert bucket["same"] == "value"
+    del store["same"]
+    assert bucket["same"] == "value"
+
+
+def test_a_template_name_with_a_slash_is_one_flat_name(store):
+    store["a/b"] = "flat"
+    assert list(store) == ["a/b"]
+    assert store["a/b"] == "flat"
+    assert "a" not in store
+
+
+@pytest.mark.parametrize("name", ["", "a//b", "/a", ".."])
+def test_an_invalid_name_raises_invalid_path_error_and_sends_nothing(store, sent, name):
+    with pytest.raises(InvalidPathError):
+        store[name] = "x"
+    with pytest.raises(InvalidPathError):
+        store[name]
+    assert sent.sent == []
+
+
+@pytest.mark.parametrize("source", [b"bytes", 1, None, ["list"]], ids=repr)
+def test_a_non_str_source_raises_type_error_and_sends_nothing(store, sent, source):
+    with pytest.raises(TypeError):
+        store["t"] = source
+    assert sent.sent == []
+
+
+def test_a_template_with_a_syntax_error_is_refused(store):
+    with pytest.raises(TemplateRenderError):
+        store["bad"] = "{{ unclosed"
+    assert "bad" not in store
+
+
+# the contract's rows (kvpio-v1.md)
+
+CONTRACT = [
+    ("Test template: {{ foo }} should equal bar", "bar", "Test template: bar should equal bar"),
+    (
+        "Test template: {{ foo.bar.baz }} should equal 123",
+        {"bar": {"baz": 123}},
+        "Test template: 123 should equal 123",
+    ),
+    (
+        'What is {{ foo[1]["20"][0] }} and {{ foo[1]["2"] }} about anyway...',
+        [1, {"10": "Ten", "20": [46], "2": "two"}, 3],
+        "What is 46 and two about anyway...",
+    ),
+]
+
+
+@pytest.mark.parametrize(("source", "foo", "rendered"), CONTRACT)
+def test_the_contracts_template_rows_render_from_the_bucket(store, bucket, source, foo, rendered):
+    bucket["foo"] = foo
+    store["test"] = source
+    assert store["test"] == rendered
+    assert store.source("test") == source
+
+
+@pytest.mark.parametrize(("source", "foo", "rendered"), CONTRACT)
+def test_the_contracts_template_rows_render_from_data(store, source, foo, rendered):
+    store["test"] = source
+    assert store.render("test", {"foo": foo}) == rendered
+
+
+# the rendered-text cache
+
+
+def test_a_repeated_lookup_is_one_request(store, sent):
+    store["t"] = "x"
+    sent.reset()
+    store["t"]
+    store["t"]
+    assert len(sent.templates()) == 1
+
+
+def test_a_bucket_write_to_a_used_key_makes_the_next_lookup_fresh(store, bucket):
+    bucket["foo"] = "old"
+    store["t"] = "{{ foo }}"
+    assert store["t"] == "old"
+    bucket["foo"] = "new"
+    assert store["t"] == "new"
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda b: b.__setitem__("foo/bar", "new"),
+        lambda b: b.view("foo").__setitem__("bar", "new"),
+        lambda b: b.update({"foo": {"bar": "new"}}),
+        lambda b: b.__ior__({"foo/bar": "new"}),
+        lambda b: b.setdefault("foo/baz", "new"),
+        lambda b: b.pop("foo/bar"),
+        lambda b: b.__delitem__("foo"),
+        lambda b: b.clear(),
+        lambda b: b.popitem(),
+    ],
+    ids=["nested", "view", "update", "ior", "setdefault", "pop", "del", "clear", "popitem"],
+)
+def test_every_kind_of_bucket_write_to_a_used_key_evicts_the_rendering(store, bucket, fresh, write):
+    bucket["foo"] = {"bar": "old"}
+    store["t"] = "{{ foo.bar }}|{{ foo.baz }}"
+    assert store["t"] == fresh["t"] == "old|"
+    write(bucket)
+    assert store["t"] == fresh["t"]
+
+
+def test_a_bucket_write_to_an_unrelated_key_does_not_evict(store, bucket, sent):
+    bucket["foo"] = "v"
+    store["t"] = "{{ foo }}"
+    store["t"]
+    sent.reset()
+    bucket["unrelated"] = 1
+    bucket["foo2"] = 1
+    assert store["t"] == "v"
+    assert sent.templates() == []
+
+
+def test_setting_a_template_evicts_its_rendering(store):
+    store["t"] = "first"
+    assert store["t"] == "first"
+    store["t"] = "second"
+    assert store["t"] == "second"
+
+
+def test_deleting_a_template_evicts_its_rendering(store):
+    store["t"] = "first"
+    assert store["t"] == "first"
+    del store["t"]
+    with pytest.raises(KeyError):
+        store["t"]
+
+
+def test_a_write_by_another_client_is_seen_after_ttl(kvpio_account, conn):
+    clock = Clock()
+    store = TemplateStore(conn.transport, ttl=10.0, timer=clock)
+    elsewhere = connect(kvpio_account.url, kvpio_account.api_key)
+    elsewhere.bucket["foo"] = "old"
+    store["t"] = "{{ foo }}"
+    assert store["t"] == "old"
+    elsewhere.bucket["foo"] = "new"
+    clock.advance(9.9)
+    assert store["t"] == "old"
+    clock.advance(0.2)
+    assert store["t"] == "new"
+
+
+def test_ttl_zero_renders_on_every_lookup(kvpio_account):
+    conn = connect(kvpio_account.url, kvpio_account.api_key, ttl=0)
+    sent = Requests(conn.transport)
+    conn.templates["t"] = "x"
+    sent.reset()
+    conn.templates["t"]
+    conn.templates["t"]
+    assert len(sent.templates()) == 2
+
+
+def test_invalidate_drops_cached_renderings(kvpio_account, conn):
+    elsewhere = connect(kvpio_account.url, kvpio_account.api_key)
+    elsewhere.bucket["foo"] = "old"
+    conn.templates["t"] = "{{ foo }}"
+    conn.templates["u"] = "{{ foo }}!"
+    assert (conn.templates["t"], conn.templates["u"]) == ("old", "old!")
+    elsewhere.bucket["foo"] = "new"
+    conn.templates.invalidate("t")
+    assert (conn.templates["t"], conn.templates["u"]) == ("new", "old!")
+    conn.templates.invalidate()
+    assert conn.templates["u"] == "new!"
+
+
+def test_cache_info_counts_hits_and_misses(store):
+    store["t"] = "x"
+    store["t"]
+    store["t"]
+    info = store.cache_info()
+    assert (info.hits, info.misses, info.currsize) == (1, 1, 1)
