@@ -14,6 +14,8 @@ from urllib.parse import quote
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kvpio_mapping.testing import RunningServer, new_account
 from tests.conftest import Api
@@ -194,3 +196,33 @@ def test_accounts_command_creates_lists_and_deletes(kvpio_server: RunningServer)
     assert api.get("/v1/account/").status_code == 404
     assert api.get("/v1/bucket/k").status_code == 404
     assert _accounts(kvpio_server, "delete", name).returncode == 1
+
+
+_SEGMENT_BYTES = st.binary(min_size=0, max_size=12).map(
+    lambda raw: "".join(f"%{byte:02X}" if byte < 0x30 or byte > 0x7A else chr(byte) for byte in raw)
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    method=st.sampled_from(["GET", "POST", "DELETE", "HEAD", "PUT"]),
+    endpoint=st.sampled_from(["bucket", "templates", "account"]),
+    segments=st.lists(_SEGMENT_BYTES, max_size=4),
+    query=st.sampled_from(
+        ["", "?raw=1", "?raw=x", "?pop=true", "?keys=true", "?values=true", "?all=true"]
+    ),
+    body=st.one_of(
+        st.none(), st.binary(max_size=40), st.sampled_from([b"{}", b'"{{ x }}"', b"[[]]"])
+    ),
+)
+def test_no_input_gets_a_5xx(
+    api: Api, method: str, endpoint: str, segments: list[str], query: str, body: bytes | None
+) -> None:
+    path = f"/v1/{endpoint}/" + "/".join(segments) + query
+    status, headers, answer = api.raw(method, path, body)
+    assert status < 500, (path, body, answer)
+    if status >= 400 and method != "HEAD":
+        assert headers["content-type"] == "application/json"
+        assert set(json.loads(answer)) == {"error"}
