@@ -489,7 +489,9 @@ def test_small_value_grown_past_threshold_by_nested_writes(storage: Storage, acc
 
 
 def test_large_value_shrunk_below_threshold_by_deletes(storage: Storage, acct: str) -> None:
-    value = {f"k{i}": {"text": "t" * (BLOB_THRESHOLD // 3), "n": [i]} for i in range(10)}
+    value: dict[str, Any] = {
+        f"k{i}": {"text": "t" * (BLOB_THRESHOLD // 3), "n": [i]} for i in range(10)
+    }
     storage.set(acct, p("s"), value)
     for i in range(9):
         storage.delete(acct, ("s", f"k{i}"))
@@ -502,7 +504,7 @@ def test_large_value_shrunk_below_threshold_by_deletes(storage: Storage, acct: s
 
 
 def test_large_list_item_delete_and_append(storage: Storage, acct: str) -> None:
-    items = [{"i": i, "pad": "p" * 300, "sub": [i, [i]]} for i in range(100)]
+    items: list[Any] = [{"i": i, "pad": "p" * 300, "sub": [i, [i]]} for i in range(100)]
     storage.set(acct, p("l"), items)
     storage.delete(acct, p("l/10"))
     storage.delete(acct, p("l/99"))
