@@ -595,6 +595,13 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc.message, exc.code)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
+    except UnicodeEncodeError as exc:
+        encoding = getattr(sys.stdout, "encoding", None) or exc.encoding
+        return _fail(
+            f"the output does not fit this terminal's {encoding} encoding"
+            " (set PYTHONIOENCODING=utf-8)",
+            EXIT_FAILED,
+        )
     except BrokenPipeError:
         # the reader went away (kvpio ... | head): not an error of ours
         devnull = os.open(os.devnull, os.O_WRONLY)

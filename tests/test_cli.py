@@ -115,6 +115,18 @@ def test_non_ascii_prints_as_is(run: Any) -> None:
     assert run("bucket", "get", "ü") == (0, '"grüße ✓"\n', "")
 
 
+def test_output_that_the_terminal_cannot_encode(
+    run: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run("bucket", "set", "k", '"✓"')
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BytesIO(), encoding="ascii"))
+    assert cli.main(["bucket", "get", "k"]) == 1
+    assert capsys.readouterr().err == (
+        "kvpio: the output does not fit this terminal's ascii encoding"
+        " (set PYTHONIOENCODING=utf-8)\n"
+    )
+
+
 def test_get_missing_key(run: Any) -> None:
     assert run("bucket", "get", "foo") == (1, "", "kvpio: no such key: foo\n")
     run("bucket", "set", "foo", "[1]")
