@@ -88,12 +88,12 @@ def _python_load(url: str, headers: dict[str, str]) -> float:
     total = sum(queue.get() for _ in processes)
     for process in processes:
         process.join()
-    return total / SECONDS
+    return float(total) / SECONDS
 
 
 def _round_trip_ms(server: RunningServer, count: int = 200) -> float:
     parts = urlsplit(server.url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port)
+    connection = http.client.HTTPConnection(parts.netloc)
     headers = {"Authorization": _auth(server.api_key)}
     times = []
     for _ in range(count):

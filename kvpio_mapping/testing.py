@@ -27,6 +27,7 @@ The server needs the ``server`` extra (falcon, uvicorn, jinja2).
 
 from __future__ import annotations
 
+import http.client
 import os
 import secrets
 import signal
@@ -35,13 +36,18 @@ import sys
 import tempfile
 import threading
 import uuid
+from base64 import b64encode
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import pytest
+
+if TYPE_CHECKING:
+    import requests
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -140,6 +146,58 @@ def start_server(
         server.stop()
         raise RuntimeError(f"kvpio serve did not start within {timeout} s:\n{server.stderr()}")
     return server
+
+
+class Api:
+    """HTTP to one account of a test server; :meth:`raw` sends the path byte for byte."""
+
+    def __init__(self, url: str, api_key: str) -> None:
+        import requests
+
+        self.url = url
+        self.api_key = api_key
+        self.session = requests.Session()
+        self.session.auth = (api_key, "")
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """``requests`` semantics; ``path`` starts with ``/``."""
+        return self.session.request(method, self.url + path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("DELETE", path, **kwargs)
+
+    def raw(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        api_key: str | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One request with ``path`` sent byte for byte (no client normalisation)."""
+        parts = urlsplit(self.url)
+        connection = http.client.HTTPConnection(parts.netloc, timeout=10)
+        key = self.api_key if api_key is None else api_key
+        sent = {"Authorization": "Basic " + b64encode(f"{key}:".encode()).decode()}
+        sent.update(headers or {})
+        try:
+            connection.putrequest(method, path, skip_accept_encoding=True)
+            for name, value in sent.items():
+                connection.putheader(name, value)
+            if body is not None:
+                connection.putheader("Content-Length", str(len(body)))
+            connection.endheaders(body)
+            response = connection.getresponse()
+            answer = response.read()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, answer
+        finally:
+            connection.close()
 
 
 @contextmanager

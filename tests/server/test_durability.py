@@ -69,7 +69,7 @@ def test_sigterm_lets_a_request_in_flight_finish_and_exits_0(workers: int) -> No
             f"POST /v1/bucket/slow HTTP/1.1\r\nHost: {parts.netloc}\r\n"
             f"Authorization: Basic {auth}\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode()
-        with socket.create_connection((parts.hostname, parts.port), timeout=10) as connection:
+        with socket.create_connection((parts.hostname, parts.port or 80), timeout=10) as connection:
             connection.sendall(head + body[:5000])
             time.sleep(0.3)
             server.process.send_signal(signal.SIGTERM)

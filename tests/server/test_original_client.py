@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import kvpio
+import kvpio  # type: ignore[import-untyped]
 import pytest
 
 from kvpio_mapping.testing import RunningServer, TestAccount, new_account

@@ -10,8 +10,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from kvpio_mapping.testing import RunningServer, run_server
-from tests.conftest import Api
+from kvpio_mapping.testing import Api, RunningServer, run_server
 
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"

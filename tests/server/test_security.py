@@ -17,8 +17,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvpio_mapping.testing import RunningServer, new_account
-from tests.conftest import Api
+from kvpio_mapping.testing import Api, RunningServer, new_account
 
 SECRET = b'"secret of A"'
 
