@@ -17,7 +17,7 @@ Example (from the original README)::
     kvpio.api_base = 'http://127.0.0.1:8000'
     kvpio.api_key = '123abc'
     account = kvpio.Account().get()
-    # (200, '{"id": "kvp.io", "email": "support@kvp.io", "reads": 87, "size": 124}')
+    # (200, '{"id":"default","email":"","reads":0,"size":2}')
     bucket = kvpio.Bucket()
     bucket.set('my_key', {'baz': {'faz': [1, 2, 3]}})
     bucket.get('my_key/baz/faz')
