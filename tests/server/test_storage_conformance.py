@@ -427,6 +427,22 @@ def test_accounts_are_isolated(storage: Storage, acct: str) -> None:
     assert storage.list_templates(acct) == []
 
 
+def test_writes_to_an_unknown_account_raise_key_error(storage: Storage, acct: str) -> None:
+    with pytest.raises(KeyError):
+        storage.set("ghost", p("a"), 1)
+    with pytest.raises(KeyError):
+        storage.set_many("ghost", [(p("a"), 1)])
+    with pytest.raises(KeyError):
+        storage.delete("ghost", p("a"))
+    with pytest.raises(KeyError):
+        storage.clear("ghost")
+    with pytest.raises(KeyError):
+        storage.set_template("ghost", "t", "x")
+    storage.create_account("ghost", "", "ghost-key")
+    assert storage.get_all("ghost") == "{}"
+    assert storage.list_templates("ghost") == []
+
+
 def test_add_reads_counts_per_account_and_ignores_unknown(storage: Storage, acct: str) -> None:
     storage.create_account("bob", "", "bob-key")
     storage.add_reads({acct: 3, "bob": 1, "ghost": 5})

@@ -144,6 +144,15 @@ def _addressable(value: dict[str, Any]) -> bool:
     return all(key and "\x00" not in key for key in value)
 
 
+def _decode(body: str) -> Any:
+    """A blob's value, for the :mod:`paths` functions to walk.
+
+    Any scalar behaves alike there (nothing lies below it, a write replaces
+    it), so a scalar body, maybe a long string, is not parsed.
+    """
+    return json.loads(body) if body[0] in "[{" else None
+
+
 def _nest(segments: Sequence[str], value: Any) -> Any:
     """``value`` wrapped in one object per segment (the parents a write creates)."""
     for segment in reversed(segments):
@@ -176,8 +185,13 @@ class SQLiteStorage(Storage):
     # connections and transactions
 
     def _conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use.
+
+        A connection is never used in a process other than the one that
+        opened it (SQLite forbids carrying one across ``fork``).
+        """
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+        if conn is None or self._local.pid != os.getpid():
             conn = sqlite3.connect(
                 self._path,
                 timeout=BUSY_TIMEOUT_MS / 1000,
@@ -188,6 +202,7 @@ class SQLiteStorage(Storage):
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             self._local.conn = conn
+            self._local.pid = os.getpid()
             with self._connections_lock:
                 self._connections.append(conn)
         return conn
@@ -203,6 +218,18 @@ class SQLiteStorage(Storage):
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    @contextmanager
+    def _write_to(self, account: str) -> Iterator[sqlite3.Connection]:
+        """A write transaction on an existing account; ``KeyError`` if there is none.
+
+        Checked inside the transaction, so a write racing the account's
+        deletion (say, from another process) cannot leave values behind.
+        """
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM accounts WHERE id = ?", (account,)).fetchone() is None:
+                raise KeyError(account)
+            yield conn
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -496,7 +523,7 @@ class SQLiteStorage(Storage):
         for segment in path[: depth - 1]:
             holder[segment] = {}
             holder = holder[segment]
-        holder[path[depth - 1]] = json.loads(body)
+        holder[path[depth - 1]] = _decode(body)
         return root, holder
 
     # bucket values
@@ -511,9 +538,9 @@ class SQLiteStorage(Storage):
             node = chain[-1]
             if len(chain) == len(segments):
                 return self._text(conn, account, node)
-            if node.kind != BLOB or not node.body or node.body[0] not in "[{":
+            if node.body is None:
                 return None
-            found = paths.get_in(json.loads(node.body), path[len(chain) :])
+            found = paths.get_in(_decode(node.body), path[len(chain) :])
             return None if found is MISSING else values.encode(found).decode()
 
     def get_all(self, account: str) -> str:
@@ -531,7 +558,7 @@ class SQLiteStorage(Storage):
             node = chain[-1]
             if node.kind == BLOB:
                 assert node.body is not None
-                found = paths.get_in(json.loads(node.body), path[len(chain) :])
+                found = paths.get_in(_decode(node.body), path[len(chain) :])
                 if type(found) is dict:
                     return list(found)
                 if type(found) is list:
@@ -563,11 +590,11 @@ class SQLiteStorage(Storage):
         return 0 if last is None else int(last) + 1
 
     def set(self, account: str, path: Path, value: Any, *, only_if_missing: bool = False) -> bool:
-        with self._write() as conn:
+        with self._write_to(account) as conn:
             return self._set(conn, account, path, value, only_if_missing)
 
     def set_many(self, account: str, items: Sequence[tuple[Path, Any]]) -> None:
-        with self._write() as conn:
+        with self._write_to(account) as conn:
             for path, value in items:
                 self._set(conn, account, path, value, False)
 
@@ -629,7 +656,7 @@ class SQLiteStorage(Storage):
     def delete(self, account: str, path: Path, *, return_value: bool = False) -> str | None:
         if not path:
             raise InvalidPathError("a key path must not be empty")
-        with self._write() as conn:
+        with self._write_to(account) as conn:
             chain, segments = self._locate(conn, account, path)
             depth = len(chain)
             if not chain:
@@ -699,7 +726,7 @@ class SQLiteStorage(Storage):
         conn.executemany(_INSERT, moved)
 
     def clear(self, account: str) -> None:
-        with self._write() as conn:
+        with self._write_to(account) as conn:
             conn.execute("DELETE FROM nodes WHERE account = ?", (account,))
 
     # templates
@@ -712,7 +739,7 @@ class SQLiteStorage(Storage):
             return None if row is None else str(row[0])
 
     def set_template(self, account: str, name: str, source: str) -> None:
-        with self._write() as conn:
+        with self._write_to(account) as conn:
             updated = conn.execute(
                 "UPDATE templates SET source = ? WHERE account = ? AND name = ?",
                 (source, account, name),
@@ -725,7 +752,7 @@ class SQLiteStorage(Storage):
                 )
 
     def delete_template(self, account: str, name: str) -> bool:
-        with self._write() as conn:
+        with self._write_to(account) as conn:
             gone = conn.execute(
                 "DELETE FROM templates WHERE account = ? AND name = ?", (account, name)
             ).rowcount
