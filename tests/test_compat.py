@@ -11,11 +11,10 @@ import json
 import socket
 import threading
 import warnings
-from collections.abc import Iterator
-from types import ModuleType
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import kvpio as original
+import kvpio as original  # type: ignore[import-untyped]
 import pytest
 import requests
 
@@ -37,9 +36,9 @@ def _restore_settings() -> Iterator[None]:
 
 
 @pytest.fixture(params=["original", "compat"])
-def kvpio(request: pytest.FixtureRequest, kvpio_account: Any) -> ModuleType:
+def kvpio(request: pytest.FixtureRequest, kvpio_account: Any) -> Any:
     """The client module under test, pointed at a fresh account."""
-    module = original if request.param == "original" else compat
+    module: Any = original if request.param == "original" else compat
     module.api_base = kvpio_account.url
     module.api_key = kvpio_account.api_key
     return module
@@ -57,7 +56,7 @@ def closed_url() -> str:
 # ---------------------------------------------------------------- the README
 
 
-def test_readme_account(kvpio: ModuleType) -> None:
+def test_readme_account(kvpio: Any) -> None:
     status, text = kvpio.Account().get()
     assert status == 200
     account = json.loads(text)
@@ -65,7 +64,7 @@ def test_readme_account(kvpio: ModuleType) -> None:
     assert kvpio.api_key not in text
 
 
-def test_readme_account_with_load_json(kvpio: ModuleType) -> None:
+def test_readme_account_with_load_json(kvpio: Any) -> None:
     kvpio.load_json = True
     status, account = kvpio.Account().get()
     assert status == 200
@@ -73,7 +72,7 @@ def test_readme_account_with_load_json(kvpio: ModuleType) -> None:
     assert {"id", "email", "reads", "size"} <= set(account)
 
 
-def test_readme_bucket(kvpio: ModuleType) -> None:
+def test_readme_bucket(kvpio: Any) -> None:
     data = {"foo": 123, "bar": True, "baz": {"boo": 321, "far": False, "faz": [1, 2, 3]}}
     bucket = kvpio.Bucket()
     assert bucket.set("my_key", data) == (200, "")
@@ -112,7 +111,7 @@ TEMPLATE_ROWS = [
 
 
 @pytest.mark.parametrize(("stored", "reads"), BUCKET_VECTORS)
-def test_bucket_vectors(kvpio: ModuleType, stored: Any, reads: list[tuple[str, Any]]) -> None:
+def test_bucket_vectors(kvpio: Any, stored: Any, reads: list[tuple[str, Any]]) -> None:
     bucket = kvpio.Bucket()
     assert bucket.set("foo", stored) == (200, "")
     status, keys = bucket.list()
@@ -129,7 +128,7 @@ def test_bucket_vectors(kvpio: ModuleType, stored: Any, reads: list[tuple[str, A
 
 
 @pytest.mark.parametrize(("source", "value", "rendered"), TEMPLATE_ROWS)
-def test_template_rows(kvpio: ModuleType, source: str, value: Any, rendered: str) -> None:
+def test_template_rows(kvpio: Any, source: str, value: Any, rendered: str) -> None:
     templates = kvpio.Templates()
     assert templates.set("foo", source) == (200, "")
     assert json.loads(templates.list()[1]) == ["foo"]
@@ -141,25 +140,25 @@ def test_template_rows(kvpio: ModuleType, source: str, value: Any, rendered: str
     assert json.loads(templates.list()[1]) == []
 
 
-def test_missing_template_is_empty(kvpio: ModuleType) -> None:
+def test_missing_template_is_empty(kvpio: Any) -> None:
     assert kvpio.Templates().get("nothing") == (200, "")
 
 
-def test_load_json_leaves_text_that_is_not_json(kvpio: ModuleType) -> None:
+def test_load_json_leaves_text_that_is_not_json(kvpio: Any) -> None:
     kvpio.load_json = True
     kvpio.Templates().set("t", "plain {{ 1 + 1 }}")
     assert kvpio.Templates().get("t") == (200, "plain 2")
     assert kvpio.Bucket().get("missing") == (200, "")
 
 
-def test_keys_are_quoted_like_requests(kvpio: ModuleType) -> None:
+def test_keys_are_quoted_like_requests(kvpio: Any) -> None:
     bucket = kvpio.Bucket()
     assert bucket.set("with space/ü", "v") == (200, "")
     assert bucket.get("with space/ü") == (200, '"v"')
     assert json.loads(bucket.list()[1]) == ["with space"]
 
 
-def test_wrong_key_is_a_404_tuple(kvpio: ModuleType) -> None:
+def test_wrong_key_is_a_404_tuple(kvpio: Any) -> None:
     kvpio.api_key = "not-a-key"
     assert kvpio.Account().get()[0] == 404
     assert kvpio.Bucket().get("foo")[0] == 404
@@ -167,21 +166,21 @@ def test_wrong_key_is_a_404_tuple(kvpio: ModuleType) -> None:
     assert kvpio.Templates().list()[0] == 404
 
 
-def test_no_key_is_a_404_tuple(kvpio: ModuleType) -> None:
+def test_no_key_is_a_404_tuple(kvpio: Any) -> None:
     kvpio.api_key = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # requests on a None user name
         assert kvpio.Account().get()[0] == 404
 
 
-def test_empty_key_is_sent_empty(kvpio: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_empty_key_is_sent_empty(kvpio: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """An empty key is a wrong key, not a cue to use another one from the environment."""
     monkeypatch.setenv("KVPIO_APIKEY", kvpio.api_key)
     kvpio.api_key = ""
     assert kvpio.Account().get()[0] == 404
 
 
-def test_not_json_fails_before_sending(kvpio: ModuleType, closed_url: str) -> None:
+def test_not_json_fails_before_sending(kvpio: Any, closed_url: str) -> None:
     kvpio.api_base = closed_url  # a request that went out would raise ConnectionError
     with pytest.raises(TypeError):
         kvpio.Bucket().set("foo", {1, 2})
@@ -189,24 +188,24 @@ def test_not_json_fails_before_sending(kvpio: ModuleType, closed_url: str) -> No
         kvpio.Templates().get("foo", data=object())
 
 
-def test_nan_is_refused_before_sending(kvpio: ModuleType, closed_url: str) -> None:
+def test_nan_is_refused_before_sending(kvpio: Any, closed_url: str) -> None:
     kvpio.api_base = closed_url
     with pytest.raises(requests.exceptions.InvalidJSONError):
         kvpio.Bucket().set("foo", float("nan"))
 
 
-def test_unsupported_method(kvpio: ModuleType) -> None:
+def test_unsupported_method(kvpio: Any) -> None:
     with pytest.raises(Exception, match="Unsupported method attempted: put"):
         kvpio.Endpoint("bucket").request("put", "foo")
 
 
-def test_server_down_raises(kvpio: ModuleType, closed_url: str) -> None:
+def test_server_down_raises(kvpio: Any, closed_url: str) -> None:
     kvpio.api_base = closed_url
     with pytest.raises(requests.exceptions.ConnectionError):
         kvpio.Account().get()
 
 
-def test_endpoint_properties(kvpio: ModuleType) -> None:
+def test_endpoint_properties(kvpio: Any) -> None:
     kvpio.api_key = "abc"
     kvpio.api_base = "https://api.kvp.io"
     endpoint = kvpio.Endpoint("bucket")
@@ -268,10 +267,11 @@ def test_threads_share_the_module(kvpio_account: Any) -> None:
 
 def test_same_answers_as_the_original(kvpio_account: Any) -> None:
     """The same calls through both modules give the same tuples."""
-    for module in (original, compat):
+    modules: tuple[Any, ...] = (original, compat)
+    for module in modules:
         module.api_base = kvpio_account.url
         module.api_key = kvpio_account.api_key
-    calls = [
+    calls: list[Callable[[Any], Any]] = [
         lambda m: m.Bucket().set("k", {"a b": [1, {"c": None}]}),
         lambda m: m.Bucket().get("k"),
         lambda m: m.Bucket().get("k/a b/2/c"),
