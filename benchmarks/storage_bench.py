@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -181,6 +181,28 @@ def measure(
     }
 
 
+FLAT_ITEMS: Final = 100_000
+
+
+def flat_read(folder: str, conn: sqlite3.Connection) -> tuple[float, float]:
+    """Medians (ms) of reading a long flat list of numbers: the layout's worst shape.
+
+    Every item of a split list is a row of its own, so this costs per item.
+    """
+    flat = list(range(FLAT_ITEMS))
+    storage = SQLiteStorage(os.path.join(folder, "flat.sqlite3"))
+    storage.create_account(ACCOUNT, "", "flat-key")
+    storage.set(ACCOUNT, ("flat",), flat)
+    conn.execute("INSERT INTO docs VALUES ('flat', ?)", (values.encode(flat).decode(),))
+
+    def baseline() -> object:
+        return json.loads(conn.execute("SELECT body FROM docs WHERE k = 'flat'").fetchone()[0])
+
+    result = paired(lambda: storage.get(ACCOUNT, ("flat",)), baseline, 5)
+    storage.close()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=300, help="leaf writes per measurement")
@@ -229,6 +251,7 @@ def main() -> None:
             for threshold in (512, 1024, 2048, 8192, 16384, 65536):
                 result = measure(folder, threshold, docs, args.runs // 2, read_baseline)
                 sweep.append((threshold, result))
+        flat_ms, flat_base_ms = flat_read(folder, conn)
         conn.close()
 
     write_ratio = ours["big"] / ours["small"]
@@ -247,6 +270,13 @@ def main() -> None:
             ours["big"],
             naive_ms,
             ours["big"] / naive_ms,
+            None,
+        ),
+        (
+            f"context: read list of {FLAT_ITEMS} ints vs json.loads",
+            flat_ms,
+            flat_base_ms,
+            flat_ms / flat_base_ms,
             None,
         ),
     ]

@@ -30,7 +30,13 @@ The threshold (4 KiB) is the largest that keeps a leaf write in a 10 MB
 document as cheap as one in a 1 KB document: the blob a write decodes and
 re-encodes stays small next to the transaction's fixed cost. Larger blobs
 make whole reads cheaper (fewer rows) but leaf writes dearer;
-``benchmarks/storage_bench.py --sweep`` measures both.
+``benchmarks/storage_bench.py`` measures both.
+
+Known costs of this layout: a split container has one row per child, so a
+large container of many tiny children (say a list of 200,000 numbers) is
+that many rows, and reading it whole costs about a microsecond or two per
+row, many times a ``json.loads`` of its text. Removing an item that is not
+the last from a split array renumbers the rows after it.
 
 Every write is one ``BEGIN IMMEDIATE`` transaction, committed before the
 call returns; with WAL and ``synchronous=NORMAL`` an acknowledged write
