@@ -760,3 +760,23 @@ def test_sqlite_large_value_is_split_and_merged_back_when_small(tmp_path: FilePa
     assert _rows(storage, "a") == 3
     assert storage.get("a", p("s")) == j({"k7": "w" * (2 * BLOB_THRESHOLD), "k8": "small"})
     storage.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_sqlite_storage_used_after_fork_opens_its_own_connection(tmp_path: FilePath) -> None:
+    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
+    storage.create_account("a", "", "k")
+    storage.set("a", p("parent"), 1)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        try:
+            storage.set("a", p("child"), 2)
+            os._exit(0 if storage.get("a", p("parent")) == "1" else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert storage.get("a", p("child")) == "2"
+    storage.set("a", p("parent"), 3)
+    assert storage.get_all("a") == j({"parent": 3, "child": 2})
+    storage.close()
