@@ -130,7 +130,11 @@ def serve(
         else:
             os.environ[name] = str(setting)
 
-    sock = _bind(host, port)
+    try:
+        sock = _bind(host, port)
+    except OSError as exc:
+        sys.stderr.write(f"kvpio serve: cannot listen on {host}:{port}: {exc.strerror}\n")
+        return 1
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         "kvpio_mapping.server.serve:app_from_env",
@@ -152,6 +156,7 @@ def serve(
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal it shut down on once it is done; exit 0 instead.
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    signal.signal(signal.SIGINT, _exit_cleanly)
     server.run(sockets=[sock])
     return 0 if server.started else 3
 
