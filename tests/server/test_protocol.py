@@ -349,6 +349,28 @@ def test_template_render_failure_is_422(api: Api) -> None:
     assert_error(api.get("/v1/templates/t"), 422)
 
 
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ range(10 ** 9) | list | length }}",
+        "{{ 'x' * (2 ** 30) }}",
+        "{% for i in range(2000) %}{{ 'y' * 1000 }}{% endfor %}",
+        "{{ 10 ** 100000 }}",
+    ],
+)
+def test_template_over_a_render_limit_is_422(api: Api, source: str) -> None:
+    assert_empty(api.post("/v1/templates/t", json=source))
+    assert_error(api.get("/v1/templates/t"), 422)
+
+
+def test_template_sandbox_hides_internals(api: Api) -> None:
+    api.post("/v1/bucket/foo", json={"a": 1})
+    api.post("/v1/templates/t", json="{{ ''.__class__ }}{{ foo.__class__.__mro__ }}")
+    response = api.get("/v1/templates/t")
+    assert response.status_code in (200, 422)
+    assert "class" not in response.text
+
+
 # Part 1: account counters
 
 
@@ -517,7 +539,7 @@ def test_other_methods_are_405_with_json(api: Api, method: str, url: str) -> Non
 
 @pytest.fixture(scope="module")
 def small_server() -> Iterator[RunningServer]:
-    with run_server(max_body=1000) as server:
+    with run_server(max_body=1000, render_timeout=0.5) as server:
         yield server
 
 
@@ -526,6 +548,15 @@ def test_body_over_the_limit_is_413(small_server: RunningServer) -> None:
     assert_error(api.post("/v1/bucket/big", data=b'"' + b"x" * 1000 + b'"'), 413)
     assert_empty(api.post("/v1/bucket/fits", data=b'"' + b"x" * 998 + b'"'))
     assert_missing(api.get("/v1/bucket/big"))
+
+
+def test_render_over_the_time_limit_is_422(small_server: RunningServer) -> None:
+    api = Api(small_server.url, small_server.api_key)
+    loop = "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"
+    assert_empty(api.post("/v1/templates/slow", json=loop))
+    assert_error(api.get("/v1/templates/slow"), 422)
+    api.post("/v1/bucket/foo", json="still fine")
+    assert api.get("/v1/bucket/foo").content == b'"still fine"'
 
 
 def test_chunked_body_over_the_limit_is_413(small_server: RunningServer) -> None:
