@@ -34,6 +34,22 @@ NOT_CACHED: Final = _Absent()
 """What :meth:`PathCache.lookup` returns when the cache cannot answer."""
 
 
+def _unpadded(path: str) -> str | None:
+    """The part of ``path`` before a segment with leading zeros, or None if it has none.
+
+    On a list ``l/01`` is ``l/1``: such a path is never cached, and a write to
+    it forgets all of that part, so neither spelling can outlive a write.
+    """
+    if "/0" not in path:
+        return None
+    segments = path.split("/")
+    for depth in range(1, len(segments)):
+        segment = segments[depth]
+        if len(segment) > 1 and segment[0] == "0" and segment.isascii() and segment.isdigit():
+            return "/".join(segments[:depth])
+    return None
+
+
 class CacheInfo(NamedTuple):
     """Cache statistics, as ``functools.lru_cache`` reports them."""
 
@@ -100,7 +116,7 @@ class PathCache:
 
     def store(self, path: str, value: Any, generation: int) -> None:
         """Cache ``value`` at ``path`` if no write happened since ``generation`` was read."""
-        if not self.enabled:
+        if not self.enabled or _unpadded(path) is not None:
             return
         with self.lock:
             if generation == self.generation:
@@ -123,6 +139,7 @@ class PathCache:
             if path is None:
                 entries.clear()
                 return
+            path = _unpadded(path) or path
             entries.pop(path, None)
             ancestor = path
             while "/" in ancestor:
