@@ -444,6 +444,48 @@ def test_a_read_in_flight_during_a_write_does_not_store_its_stale_value(bucket, 
     assert bucket["k"] == "new"
 
 
+def test_a_position_with_leading_zeros_is_not_stale_after_a_write_to_its_plain_spelling(
+    bucket, other
+):
+    other["l"] = [{"x": "old"}, "b"]
+    assert bucket["l/01/x"] == "old"
+    assert bucket["l/01"] == {"x": "old"}
+    bucket["l/1"] = {"x": "new"}
+    assert bucket["l/01"] == {"x": "new"}
+    assert bucket["l/01/x"] == "new"
+
+
+def test_a_write_to_a_position_with_leading_zeros_leaves_its_plain_spelling_fresh(bucket, other):
+    other["l"] = [{"x": "old"}, "b"]
+    assert bucket["l/1/x"] == "old"
+    assert bucket["l/1"] == {"x": "old"}
+    bucket["l/001"] = {"x": "new"}
+    assert bucket["l/1"] == {"x": "new"}
+    assert bucket["l/1/x"] == "new"
+
+
+def test_a_path_with_a_zero_padded_segment_is_not_cached(cache):
+    cache.store("l/01", "v", cache.generation)
+    cache.store("l/1/02/x", "v", cache.generation)
+    assert cache.lookup("l/01") is NOT_CACHED
+    assert cache.lookup("l/1/02/x") is NOT_CACHED
+
+
+def test_invalidating_a_zero_padded_path_drops_everything_from_its_parent(cache):
+    for path in ("l/1", "l/1/x", "l/2", "k"):
+        cache.store(path, path, cache.generation)
+    cache.invalidate("l/01/x")
+    assert [cache.lookup(path) for path in ("l/1", "l/1/x", "l/2")] == [NOT_CACHED] * 3
+    assert cache.lookup("k") == "k"
+
+
+def test_a_top_level_key_or_a_lone_zero_is_cached_as_is(cache):
+    cache.store("007", "top", cache.generation)
+    cache.store("a/0", "zero", cache.generation)
+    assert cache.lookup("007") == "top"
+    assert cache.lookup("a/0") == "zero"
+
+
 # KVBucket: invalidate
 
 
