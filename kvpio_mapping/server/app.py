@@ -63,6 +63,13 @@ def _etag(body: bytes) -> str:
 
 def _segments(raw: bytes) -> paths.Path:
     """Split a raw path remainder on ``/``, then percent-decode each segment as UTF-8."""
+    if b"%" not in raw:
+        try:
+            segments = tuple(raw.decode().split("/"))
+        except UnicodeDecodeError:
+            raise ClientError(400, "a path segment is not valid UTF-8") from None
+        paths.check(segments)
+        return segments
     out = []
     for part in raw.split(b"/"):
         if b"%" in part:
