@@ -270,6 +270,21 @@ def test_setdefault_of_a_key_holding_none_keeps_it(pair):
     same(pair, lambda m: m.setdefault("n", "default"))
 
 
+def test_setdefault_never_overwrites_a_value_another_client_set_meanwhile(bucket, other):
+    transport = bucket._transport
+    send = transport.request
+
+    def request(method, target, **kwargs):
+        if method == "POST":
+            other["k"] = "theirs"  # lands between the bucket's read and its write
+        return send(method, target, **kwargs)
+
+    transport.request = request
+    assert bucket.setdefault("k", "mine") == "theirs"
+    assert other["k"] == "theirs"
+    assert bucket["k"] == "theirs"
+
+
 # update
 
 

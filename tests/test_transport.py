@@ -240,6 +240,18 @@ def test_a_server_that_never_answers_raises_kvpio_timeout_error():
         assert time.monotonic() - started < 2
 
 
+def test_the_buckets_timeout_argument_bounds_the_wait():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        bucket = KVBucket(url, "key", timeout=0.2)
+        started = time.monotonic()
+        with pytest.raises(KvpioTimeoutError):
+            bucket.pop("k", None)
+        assert time.monotonic() - started < 1.5
+
+
 def test_a_refused_connection_raises_transport_error_quickly():
     bucket = KVBucket(f"http://127.0.0.1:{closed_port()}", "key")
     started = time.monotonic()
