@@ -32,7 +32,9 @@ def add_commands(subparsers: Any) -> None:
         default=os.environ.get("KVPIO_APIKEY"),
         help="make sure an account with this API key exists (default: $KVPIO_APIKEY)",
     )
-    serve.add_argument("--workers", type=int, default=1, help="worker processes (%(default)s)")
+    serve.add_argument(
+        "--workers", type=int, default=None, help="worker processes (2; 1 with --db memory:)"
+    )
     serve.add_argument(
         "--max-body", type=int, default=None, help="largest request body in bytes (16 MiB)"
     )
