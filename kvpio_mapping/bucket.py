@@ -17,6 +17,7 @@ from collections.abc import (
     MutableMapping,
     ValuesView,
 )
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
 from . import paths, values
@@ -137,10 +138,16 @@ class KVBucket(MutableMapping[str, Any]):
     def _target(self, full: str) -> str:
         return "bucket/" + paths.url_quote(tuple(full.split("/")))
 
-    def _wrote(self, full: str | None) -> None:
-        """Tell listeners (template caches sharing the connection) what changed."""
-        for listener in self._listeners:
-            listener(full)
+    @contextmanager
+    def _writing(self, path: str | None) -> Iterator[None]:
+        """Forget cached reads of ``path`` (None: all) and tell listeners (template caches
+        sharing the connection), whatever the write's outcome: it may have reached the server."""
+        try:
+            with self._cache.writing(path):
+                yield
+        finally:
+            for listener in self._listeners:
+                listener(path)
 
     # reads
 
@@ -245,21 +252,19 @@ class KVBucket(MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         full = self._full(key)
         body = values.encode(value)
-        with self._cache.writing(full):
+        with self._writing(full):
             raise_for_status(self._transport.request("POST", self._target(full), body=body))
-        self._wrote(full)
 
     def _pop(self, full: str) -> Any:
         """Remove ``full`` atomically on the server and return what was there, or MISSING."""
         parent, _, last = full.rpartition("/")
         # Removing a list item moves the later items up: forget all of the parent.
         stale = parent if parent and last.isascii() and last.isdigit() else full
-        with self._cache.writing(stale):
+        with self._writing(stale):
             response = self._transport.request(
                 "DELETE", self._target(full) + "?pop=true", idempotent=False
             )
             found = _decode_value(response)
-        self._wrote(full)
         return found
 
     def __delitem__(self, key: str) -> None:
@@ -296,7 +301,7 @@ class KVBucket(MutableMapping[str, Any]):
             return values.copy(found)
         body = values.encode(default)
         try:
-            with self._cache.writing(full):
+            with self._writing(full):
                 response = self._transport.request(
                     "POST", self._target(full), body=body, headers={"If-None-Match": "*"}
                 )
@@ -304,7 +309,6 @@ class KVBucket(MutableMapping[str, Any]):
         except PreconditionFailedError:
             found = self._read(full)
             return default if found is MISSING else values.copy(found)
-        self._wrote(full)
         return default
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
@@ -334,22 +338,19 @@ class KVBucket(MutableMapping[str, Any]):
         as_object = dict(batch)
         # An object is the plainer body; a repeated path needs the ordered list of pairs.
         body = values.encode(as_object if len(as_object) == len(batch) else batch)
-        with self._cache.writing(paths.join(self._root) or None):
+        with self._writing(paths.join(self._root) or None):
             raise_for_status(self._transport.request("POST", "bucket/", body=body))
-        self._wrote(None)
 
     def clear(self) -> None:
         """Remove every key, in one request (a view's object becomes ``{}``)."""
         if self._root:
             root = paths.join(self._root)
-            with self._cache.writing(root):
+            with self._writing(root):
                 response = self._transport.request("POST", self._target(root), body=b"{}")
                 raise_for_status(response)
-            self._wrote(root)
             return
-        with self._cache.writing(None):
+        with self._writing(None):
             raise_for_status(self._transport.request("DELETE", "bucket/?all=true"))
-        self._wrote(None)
 
     def __ior__(self, other: Any) -> KVBucket:
         self.update(other)
