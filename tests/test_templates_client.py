@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from kvpio_mapping import InvalidPathError, TemplateRenderError, TemplateStore, connect
+from kvpio_mapping import (
+    InvalidPathError,
+    TemplateRenderError,
+    TemplateStore,
+    TransportError,
+    connect,
+)
 
 
 class Clock:
@@ -263,6 +269,37 @@ def test_every_kind_of_bucket_write_to_a_used_key_evicts_the_rendering(store, bu
     store["t"] = "{{ foo.bar }}|{{ foo.baz }}"
     assert store["t"] == fresh["t"] == "old|"
     write(bucket)
+    assert store["t"] == fresh["t"]
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda b: b.__setitem__("foo", "new"),
+        lambda b: b.pop("foo"),
+        lambda b: b.update({"foo": "new"}),
+        lambda b: b.clear(),
+    ],
+    ids=["setitem", "pop", "update", "clear"],
+)
+def test_a_bucket_write_whose_connection_broke_evicts_the_rendering(store, bucket, fresh, write):
+    """The write may have reached the server before the connection broke."""
+    bucket["foo"] = "old"
+    store["t"] = "{{ foo }}"
+    assert store["t"] == "old"
+    transport = bucket._transport
+    send = transport.request
+
+    def request(method, target, **kwargs):
+        if method != "GET" and target.startswith("bucket/"):
+            send(method, target, **kwargs)
+            raise TransportError("connection reset after the server applied the write")
+        return send(method, target, **kwargs)
+
+    transport.request = request
+    with pytest.raises(TransportError):
+        write(bucket)
+    transport.request = send
     assert store["t"] == fresh["t"]
 
 
