@@ -335,10 +335,7 @@ class BucketResource(_Resource):
         path = self.path(req)
         value = await self.server.read_value(req)
         if not path:
-            if type(value) is not dict:
-                raise ClientError(400, "a write to the bucket root needs a JSON object of paths")
-            items = [(paths.parse(key), item) for key, item in value.items()]
-            await self.server.write(self.storage.set_many, account, items)
+            await self.server.write(self.storage.set_many, account, _batch(value))
         elif req.get_header("If-None-Match") == "*":
             stored = await self.server.write(
                 self.storage.set, account, path, value, only_if_missing=True
@@ -367,6 +364,19 @@ class BucketResource(_Resource):
         else:
             await self.server.write(self.storage.delete, account, path)
         _empty(resp)
+
+
+def _batch(value: Any) -> list[tuple[paths.Path, Any]]:
+    """The pairs of a batch write: a ``{path: value}`` object or a ``[[path, value], ...]`` list."""
+    if type(value) is dict:
+        return [(paths.parse(key), item) for key, item in value.items()]
+    if type(value) is list and all(
+        type(pair) is list and len(pair) == 2 and type(pair[0]) is str for pair in value
+    ):
+        return [(paths.parse(key), item) for key, item in value]
+    raise ClientError(
+        400, "a write to the bucket root needs a JSON object of paths or a list of [path, value]"
+    )
 
 
 class TemplatesResource(_Resource):
@@ -451,8 +461,23 @@ class TemplatesResource(_Resource):
         name = self.name(req)
         if not name:
             raise falcon.HTTPMethodNotAllowed(["GET", "HEAD"])
+        if _flag(req, "pop"):
+            source = await self.server.write(self._pop, account, name)
+            if source is None:
+                _missing(resp, TEXT_TYPE)
+            else:
+                resp.content_type = TEXT_TYPE
+                resp.data = source.encode()
+            return
         await self.server.write(self.storage.delete_template, account, name)
         _empty(resp)
+
+    def _pop(self, account: str, name: str) -> str | None:
+        """Remove a template, returning its source (runs in the write thread)."""
+        source = self.storage.get_template(account, name)
+        if source is not None and not self.storage.delete_template(account, name):
+            return None
+        return source
 
 
 class OpenAPIResource:

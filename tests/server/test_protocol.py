@@ -431,8 +431,15 @@ def test_batch_post_is_all_or_none(api: Api, bad: dict[str, Any]) -> None:
     assert_json(api.get("/v1/bucket/?values=true"), b'{"l":[0]}')
 
 
-def test_batch_post_needs_an_object(api: Api) -> None:
-    assert_error(api.post("/v1/bucket/", json=[1]), 400)
+def test_batch_post_takes_a_list_of_pairs_for_repeated_paths(api: Api) -> None:
+    assert_empty(api.post("/v1/bucket/", json=[["a", 1], ["b/c", 2], ["a", 3]]))
+    assert_json(api.get("/v1/bucket/?values=true"), b'{"a":3,"b":{"c":2}}')
+
+
+@pytest.mark.parametrize("body", [[1], [["a"]], [["a", 1, 2]], [[1, 1]], "x", 1, None])
+def test_batch_post_needs_an_object_or_pairs(api: Api, body: Any) -> None:
+    assert_error(api.post("/v1/bucket/", json=body), 400)
+    assert_json(api.get("/v1/bucket/"), b"[]")
 
 
 def test_delete_all_needs_all_true_and_keeps_templates(api: Api) -> None:
@@ -451,6 +458,16 @@ def test_pop_returns_the_removed_value_or_missing(api: Api) -> None:
     assert_json(api.delete("/v1/bucket/foo/2?pop=true"), b'{"10":"Ten","20":[46],"2":"two"}')
     assert_json(api.get("/v1/bucket/foo"), b"[1,3]")
     assert_missing(api.delete("/v1/bucket/nothing?pop=true"))
+
+
+def test_template_pop_returns_the_source_or_missing(api: Api) -> None:
+    api.post("/v1/templates/t", json="{{ x }}")
+    response = api.delete("/v1/templates/t?pop=true")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == TEXT
+    assert response.content == b"{{ x }}"
+    assert_missing(api.delete("/v1/templates/t?pop=true"))
+    assert api.get("/v1/templates/").json() == []
 
 
 def test_if_none_match_star_stores_only_when_missing(api: Api) -> None:
