@@ -9,8 +9,10 @@ cannot store what it fetched afterwards.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final, NamedTuple
@@ -84,9 +86,16 @@ class PathCache:
         self.generation = 0
         self.hits = 0
         self.misses = 0
+        self._timer = timer
         self._entries: TLRUCache[str, Any] = TLRUCache(
             max(maxsize, 1), self._expiry, timer=timer
         )
+        _live.add(self)
+
+    def _after_fork(self) -> None:
+        """Start empty with a new lock: another thread of the parent may have held the old one."""
+        self.lock = threading.RLock()
+        self._entries = TLRUCache(max(self.maxsize, 1), self._expiry, timer=self._timer)
 
     def _expiry(self, _path: str, value: Any, now: float) -> float:
         return now + (self.missing_ttl if value is MISSING else self.ttl)
@@ -161,3 +170,15 @@ class PathCache:
         """Hits, misses, maximum and current size."""
         with self.lock:
             return CacheInfo(self.hits, self.misses, self.maxsize, len(self._entries))
+
+
+_live: weakref.WeakSet[PathCache] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for cache in list(_live):
+        cache._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)

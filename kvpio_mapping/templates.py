@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, Final
 from urllib.parse import unquote
@@ -39,9 +41,11 @@ class TemplateStore(MutableMapping[str, str]):
         self._transport = transport
         self._enabled = ttl > 0 and maxsize > 0
         self._lock = threading.Lock()
+        self._timer = timer
         self._renders: TTLCache[str, tuple[str, frozenset[str]]] = TTLCache(
             max(maxsize, 1), ttl, timer=timer
         )
+        _live[id(self)] = self
         self._generation = 0
         self._hits = 0
         self._misses = 0
@@ -129,6 +133,12 @@ class TemplateStore(MutableMapping[str, str]):
             return False
         return True
 
+    def _after_fork(self) -> None:
+        """Start empty with a new lock: another thread of the parent may have held the old one."""
+        self._lock = threading.Lock()
+        renders = self._renders
+        self._renders = TTLCache(renders.maxsize, renders.ttl, timer=self._timer)
+
     def _forget(self, name: str) -> None:
         with self._lock:
             self._generation += 1
@@ -157,3 +167,16 @@ class TemplateStore(MutableMapping[str, str]):
         with self._lock:
             size = len(self._renders)
             return CacheInfo(self._hits, self._misses, int(self._renders.maxsize), size)
+
+
+# By id: a mapping is unhashable, so it cannot be in a WeakSet.
+_live: weakref.WeakValueDictionary[int, TemplateStore] = weakref.WeakValueDictionary()
+
+
+def _reset_after_fork() -> None:
+    for store in list(_live.values()):
+        store._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
