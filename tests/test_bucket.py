@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import socket
+import threading
 import types
 from collections import OrderedDict
 from typing import Any
@@ -19,6 +21,7 @@ from kvpio_mapping import (
     KVBucket,
     RequestError,
     TransportError,
+    connect,
 )
 from kvpio_mapping.paths import delete_in, parse, set_in
 from kvpio_mapping.transport import Transport
@@ -1029,6 +1032,43 @@ def test_a_forked_child_uses_its_own_connection(bucket):
     assert bucket["child"] == 2
     bucket["after"] = 3
     assert bucket.pop("after") == 3
+
+
+def fork_and_run(child) -> int:
+    """Fork; the child runs ``child()`` (exit 0 if it returns True) and is killed after 5 s."""
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(5)
+        status = 1
+        try:
+            status = 0 if child() else 1
+        finally:
+            os._exit(status)
+    _, wait_status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(wait_status)
+
+
+@pytest.mark.parametrize("lock", ["cache", "templates"])
+def test_a_child_forked_while_a_thread_held_a_cache_lock_does_not_hang(kvpio_account, lock):
+    conn = connect(kvpio_account.url, kvpio_account.api_key)
+    conn.bucket["k"] = "v"
+    conn.templates["t"] = "{{ k }}"
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with conn.bucket._cache.lock if lock == "cache" else conn.templates._lock:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert held.wait(5)
+        status = fork_and_run(lambda: conn.bucket["k"] == "v" and conn.templates["t"] == "v")
+    finally:
+        release.set()
+        thread.join()
+    assert status == 0
 
 
 # errors are never KeyError
