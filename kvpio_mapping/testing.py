@@ -143,8 +143,10 @@ def start_server(
     done.wait(timeout)
     server = RunningServer(found[0] if found else "", key, location, process, stderr_path)
     if not found:
+        code = server.process.poll()
         server.stop()
-        raise RuntimeError(f"kvpio serve did not start within {timeout} s:\n{server.stderr()}")
+        why = f"exited with code {code}" if code is not None else f"did not start in {timeout} s"
+        raise RuntimeError(f"kvpio serve {why}:\n{server.stderr()}")
     return server
 
 

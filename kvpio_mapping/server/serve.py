@@ -12,6 +12,7 @@ import http.client
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -116,13 +117,17 @@ def serve(
     if location == "memory:" and workers > 1:
         sys.stderr.write("kvpio serve: a memory: database cannot be shared by workers\n")
         return 2
-    prepare_db(location)
-    if api_key and location != "memory:":
-        storage = open_storage(location)
-        try:
-            storage.ensure_account(api_key)
-        finally:
-            storage.close()
+    try:
+        prepare_db(location)
+        if api_key and location != "memory:":
+            storage = open_storage(location)
+            try:
+                storage.ensure_account(api_key)
+            finally:
+                storage.close()
+    except (OSError, sqlite3.Error) as exc:
+        sys.stderr.write(f"kvpio serve: cannot open the database {location!r}: {exc}\n")
+        return 1
     os.environ[DB_ENV] = location
     for name, setting in (
         (API_KEY_ENV, api_key),
