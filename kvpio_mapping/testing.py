@@ -9,10 +9,10 @@ Installed with the package (entry point ``pytest11``), it provides:
 
 Example, testing your own code against a real server::
 
-    import kvpio_mapping
+    from kvpio_mapping import KVBucket
 
     def test_my_cache_warmer(kvpio_account):
-        bucket = kvpio_mapping.connect(kvpio_account.api_key, url=kvpio_account.url)
+        bucket = KVBucket(kvpio_account.url, kvpio_account.api_key)
         warm(bucket)
         assert bucket["status/ready"] is True
 
