@@ -274,6 +274,23 @@ def test_the_right_key_reads_the_account(kvpio_account):
     assert kvpio_account.api_key not in str(account)
 
 
+def test_a_closed_bucket_reopens_its_connections_when_used_again(kvpio_account):
+    with KVBucket(kvpio_account.url, kvpio_account.api_key, ttl=0) as bucket:
+        bucket["k"] = 1
+    assert bucket["k"] == 1
+    bucket.close()
+    bucket["k"] = 2
+    assert bucket["k"] == 2
+
+
+def test_a_closed_connection_reopens_when_used_again(kvpio_account):
+    with connect(kvpio_account.url, kvpio_account.api_key, ttl=0) as conn:
+        conn.bucket["k"] = "v"
+        conn.templates["t"] = "{{ k }}"
+    assert conn.templates["t"] == "v"
+    assert conn.account()["id"] == kvpio_account.id
+
+
 # configuration from the environment
 
 ENVIRONMENT = ("KVPIO_URL", "KVPIO_APIKEY", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
