@@ -26,6 +26,7 @@ from kvpio_mapping import (
     TransportError,
     connect,
 )
+from kvpio_mapping.testing import new_account, run_server
 from kvpio_mapping.transport import DEFAULT_URL, Transport
 
 URL = "http://kv.test"
@@ -272,6 +273,22 @@ def test_the_right_key_reads_the_account(kvpio_account):
     account = connect(kvpio_account.url, kvpio_account.api_key).account()
     assert account["id"] == kvpio_account.id
     assert kvpio_account.api_key not in str(account)
+
+
+@pytest.mark.slow
+def test_a_body_over_the_servers_limit_raises_payload_too_large_error():
+    with run_server(max_body=1024) as server:
+        account = new_account(server)
+        bucket = KVBucket(account.url, account.api_key)
+        bucket["k"] = "small"
+        assert bucket["k"] == "small"
+        with pytest.raises(PayloadTooLargeError) as raised:
+            bucket["k"] = "x" * 2048
+        assert isinstance(raised.value, ValueError)
+        with pytest.raises(PayloadTooLargeError):
+            bucket.update({"k": "x" * 2048, "other": 1})
+        assert bucket["k"] == "small"
+        assert "other" not in bucket
 
 
 def test_a_closed_bucket_reopens_its_connections_when_used_again(kvpio_account):
