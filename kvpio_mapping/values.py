@@ -52,10 +52,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def decode(data: bytes | str) -> Any:
+def decode(data: bytes | str, max_nesting: int = MAX_NESTING) -> Any:
     """Parse JSON text strictly (no ``NaN``/``Infinity``); ``ValueError`` if it is not valid.
 
-    Nesting deeper than :data:`MAX_NESTING` is refused too, so a hostile body
+    Nesting deeper than ``max_nesting`` is refused too, so a hostile body
     cannot exhaust the recursion limit of code that walks the value.
     """
     try:
@@ -65,17 +65,17 @@ def decode(data: bytes | str) -> Any:
     except UnicodeDecodeError as exc:
         raise ValueError(f"body is not UTF-8: {exc}") from None
     if isinstance(value, dict | list):
-        _check_nesting(value, 1)
+        _check_nesting(value, 1, max_nesting)
     return value
 
 
-def _check_nesting(value: Any, depth: int) -> None:
-    if depth > MAX_NESTING:
-        raise ValueError(f"value nests deeper than {MAX_NESTING} levels")
+def _check_nesting(value: Any, depth: int, limit: int) -> None:
+    if depth > limit:
+        raise ValueError(f"value nests deeper than {limit} levels")
     items = value.values() if type(value) is dict else value
     for item in items:
         if type(item) in (dict, list):
-            _check_nesting(item, depth + 1)
+            _check_nesting(item, depth + 1, limit)
 
 
 def copy(value: Any) -> Any:
