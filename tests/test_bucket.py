@@ -23,7 +23,7 @@ from kvpio_mapping import (
     TransportError,
     connect,
 )
-from kvpio_mapping.paths import delete_in, parse, set_in
+from kvpio_mapping.paths import delete_in, get_in, parse, set_in
 from kvpio_mapping.transport import Transport
 
 
@@ -837,6 +837,44 @@ def test_setdefault_with_a_non_json_default_writes_nothing(bucket, sent, value):
         bucket.setdefault("k", value)
     assert [method for method, _ in sent.sent if method != "GET"] == []
     assert "k" not in bucket
+
+
+def nested_lists(levels: int) -> list:
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def test_a_value_nested_101_levels_is_refused_before_sending(bucket, sent):
+    with pytest.raises(ValueError):
+        bucket["k"] = nested_lists(101)
+    assert sent.count == 0
+
+
+def test_a_value_nested_100_levels_reads_back_alone_and_inside_the_whole_bucket(bucket, other):
+    deep = nested_lists(100)
+    bucket["k"] = deep
+    assert other["k"] == deep
+    assert bucket.copy() == {"k": deep}
+    assert list(other.values()) == [deep]
+
+
+DEEPEST_PATH = "/".join(["p"] * 32)
+
+
+def test_a_deep_value_at_the_deepest_path_reads_back_through_its_ancestors(bucket, other):
+    deep = nested_lists(100)
+    bucket[DEEPEST_PATH] = deep
+    assert other[DEEPEST_PATH] == deep
+    assert get_in(other["p"], tuple(["p"] * 31)) == deep
+    assert get_in(bucket["p/p"], tuple(["p"] * 30)) == deep
+
+
+def test_a_deep_value_at_the_deepest_path_reads_back_inside_the_whole_bucket(bucket):
+    deep = nested_lists(100)
+    bucket[DEEPEST_PATH] = deep
+    assert get_in(bucket.copy(), tuple(["p"] * 32)) == deep
 
 
 def test_tuples_come_back_as_lists(bucket, other):

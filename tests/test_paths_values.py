@@ -371,6 +371,13 @@ def test_decode_accepts_100_levels_and_refuses_101():
         values.decode(json.dumps({"a": nested_lists(100)}))
 
 
+def test_decode_takes_a_higher_nesting_limit_for_reads():
+    text = json.dumps(nested_lists(132))
+    assert values.decode(text, 132) == nested_lists(132)
+    with pytest.raises(ValueError):
+        values.decode(text, 131)
+
+
 def test_decode_refuses_nesting_that_would_exhaust_recursion():
     with pytest.raises(ValueError):
         values.decode("[" * 100_000 + "]" * 100_000)
