@@ -41,11 +41,17 @@ def parse(key: object) -> Path:
 
     ``TypeError`` for a key that is not a ``str``; :class:`InvalidPathError`
     (a ``ValueError``) for an empty key, an empty, ``.`` or ``..`` segment,
-    a NUL character, a segment over 768 UTF-8 bytes, or more than 32 levels.
+    a NUL character, a lone surrogate, a segment over 768 UTF-8 bytes, or
+    more than 32 levels.
     ``.`` and ``..`` are refused because HTTP clients normalise them away.
     """
     if not isinstance(key, str):
         raise TypeError(f"bucket keys must be str, not {type(key).__name__}")
+    if not key.isascii():
+        try:
+            key.encode()
+        except UnicodeEncodeError:
+            raise InvalidPathError(f"key path {key!r} is not valid Unicode text") from None
     segments = tuple(key.split(SEPARATOR))
     check(segments, key)
     return segments
