@@ -7,6 +7,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import suppress
 from typing import Any, Final
 from urllib.parse import unquote
 
@@ -113,6 +114,12 @@ class TemplateStore(MutableMapping[str, str]):
             self._forget(name)
         if response.headers.get(MISSING_HEADER) == "true":
             raise KeyError(name)
+
+    def clear(self) -> None:
+        """Delete every template, without rendering them (one may not render)."""
+        for name in self._names():
+            with suppress(KeyError):  # deleted meanwhile
+                del self[name]
 
     def _names(self) -> list[str]:
         response = self._transport.request("GET", "templates/")
