@@ -161,6 +161,17 @@ def test_iter_len_and_in(store):
     assert dict(store) == {"one": "1", "two": "2"}
 
 
+def test_clear_removes_every_template_even_one_that_fails_to_render(store, bucket):
+    store["ok"] = "fine"
+    store["broken"] = "{{ 1 / 0 }}"
+    bucket["kept"] = 1
+    with pytest.raises(TemplateRenderError):
+        store["broken"]
+    store.clear()
+    assert list(store) == []
+    assert bucket["kept"] == 1
+
+
 def test_templates_and_bucket_keys_are_separate_namespaces(store, bucket):
     store["same"] = "template"
     bucket["same"] = "value"
