@@ -181,9 +181,7 @@ class BucketMachine(RuleBasedStateMachine):
             with pytest.raises(ValueError):
                 self.bucket.setdefault(path, value)
 
-    @rule(
-        pairs=st.lists(st.tuples(PATHS, VALUES), min_size=1, max_size=4, unique_by=lambda p: p[0])
-    )
+    @rule(pairs=st.lists(st.tuples(PATHS, VALUES), min_size=1, max_size=4))
     def update(self, pairs: list[tuple[str, Any]]) -> None:
         before = copy.deepcopy(self.model)
         if all(self.model_set(path, value) for path, value in pairs):
