@@ -163,8 +163,16 @@ class KVBucket(MutableMapping[str, Any]):
             if found is not NOT_CACHED:
                 return found
         generation = cache.generation
-        value = _decode_value(self._transport.request("GET", self._target(full)))
-        cache.store(full, value, generation)
+        stale = cache.stale(full) if cache.enabled else None
+        headers = {"If-None-Match": stale[0]} if stale else None
+        response = self._transport.request("GET", self._target(full), headers=headers)
+        etag: str | None
+        if stale and response.status_code == 304:
+            etag, value = stale
+        else:
+            value = _decode_value(response)
+            etag = response.headers.get("ETag")
+        cache.store(full, value, generation, etag)
         return value
 
     def __getitem__(self, key: str) -> Any:
@@ -172,10 +180,11 @@ class KVBucket(MutableMapping[str, Any]):
         if cache.enabled and type(key) is str and not self._root:
             # Only valid paths are ever stored, so an exact hit needs no parsing.
             with cache.lock:
-                try:
-                    found = cache._entries[key]
+                entry = cache._entries.get(key)
+                if entry is not None and entry.expires > cache.timer():
                     cache.hits += 1
-                except KeyError:
+                    found = entry.value
+                else:
                     found = NOT_CACHED
             if found is not NOT_CACHED:
                 if found is MISSING:
