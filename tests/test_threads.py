@@ -112,4 +112,4 @@ def test_threads_sharing_a_bucket_each_see_their_own_writes(kvpio_account, ttl, 
     truth = KVBucket(kvpio_account.url, kvpio_account.api_key, ttl=0)
     assert dict(truth) == expected
     assert dict(bucket) == expected
-    assert all(worker.operations > 20 for worker in workers)
+    assert all(worker.operations >= 5 for worker in workers)
