@@ -789,6 +789,15 @@ def test_an_invalid_path_raises_invalid_path_error_and_sends_nothing(bucket, sen
     assert sent.count == 0
 
 
+@pytest.mark.parametrize("operation", KEY_OPERATIONS.values(), ids=KEY_OPERATIONS.keys())
+def test_a_key_that_is_not_valid_unicode_raises_invalid_path_error_and_sends_nothing(
+    bucket, sent, operation
+):
+    with pytest.raises(InvalidPathError):
+        operation(bucket, "lone\ud800surrogate")
+    assert sent.count == 0
+
+
 def test_a_path_that_is_too_deep_only_below_a_view_is_refused(bucket, sent):
     view = bucket.view("/".join(["v"] * 30))
     sent.reset()

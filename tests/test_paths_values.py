@@ -56,6 +56,12 @@ def test_parse_refuses_malformed_paths_with_invalid_path_error(key):
         paths.parse(key)
 
 
+@pytest.mark.parametrize("key", ["\ud800", "a/b\udfff", "x" * 800 + "\ud800"])
+def test_parse_refuses_a_key_that_is_not_valid_unicode(key):
+    with pytest.raises(InvalidPathError):
+        paths.parse(key)
+
+
 def test_invalid_path_error_is_a_value_error():
     with pytest.raises(ValueError):
         paths.parse("a//b")
