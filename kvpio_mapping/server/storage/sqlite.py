@@ -41,6 +41,14 @@ the last from a split array renumbers the rows after it.
 Every write is one ``BEGIN IMMEDIATE`` transaction, committed before the
 call returns; with WAL and ``synchronous=NORMAL`` an acknowledged write
 survives the process being killed. Each thread uses its own connection.
+
+Each connection keeps the texts of its last :data:`READ_CACHE_ENTRIES`
+:meth:`SQLiteStorage.get` answers of at most a blob's size. An entry is used
+only while ``PRAGMA data_version`` (read inside the read transaction, so it
+describes the snapshot the read sees) is the one it was stored under: any
+commit by another connection, in this process or another, changes it.
+The connection's own commits do not, so every write transaction empties
+the cache of the connection that ran it.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ import json
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from json.encoder import encode_basestring
@@ -67,6 +76,11 @@ OBJECT: Final = 1
 ARRAY: Final = 2
 
 BUSY_TIMEOUT_MS: Final = 10_000
+
+READ_CACHE_ENTRIES: Final = 1024
+"""Answers of :meth:`SQLiteStorage.get` each connection keeps (see the module's notes)."""
+
+_UNCACHED: Final = object()
 
 # The configuration of values.encode; values reach the storage already checked,
 # so subtrees are encoded without checking them again at every level.
@@ -209,6 +223,8 @@ class SQLiteStorage(Storage):
             conn.execute("PRAGMA synchronous = NORMAL")
             self._local.conn = conn
             self._local.pid = os.getpid()
+            self._local.cache = OrderedDict()
+            self._local.version = None
             with self._connections_lock:
                 self._connections.append(conn)
         return conn
@@ -219,11 +235,15 @@ class SQLiteStorage(Storage):
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            # This connection's own commits leave data_version as it was.
+            self._local.cache.clear()
 
     @contextmanager
     def _write_to(self, account: str) -> Iterator[sqlite3.Connection]:
@@ -538,16 +558,35 @@ class SQLiteStorage(Storage):
         if not path:
             return self.get_all(account)
         with self._read() as conn:
-            chain, segments = self._locate(conn, account, path)
-            if not chain:
-                return None
-            node = chain[-1]
-            if len(chain) == len(segments):
-                return self._text(conn, account, node)
-            if node.body is None:
-                return None
-            found = paths.get_in(_decode(node.body), path[len(chain) :])
-            return None if found is MISSING else values.encode(found).decode()
+            local = self._local
+            cache: OrderedDict[tuple[str, Path], str | None] = local.cache
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != local.version:
+                cache.clear()
+                local.version = version
+            key = (account, path)
+            text = cache.get(key, _UNCACHED)
+            if text is not _UNCACHED:
+                cache.move_to_end(key)
+                return text  # type: ignore[return-value]
+            text = self._get(conn, account, path)
+            if text is None or len(text) <= self._threshold:
+                cache[key] = text
+                if len(cache) > READ_CACHE_ENTRIES:
+                    cache.popitem(last=False)
+            return text
+
+    def _get(self, conn: sqlite3.Connection, account: str, path: Path) -> str | None:
+        chain, segments = self._locate(conn, account, path)
+        if not chain:
+            return None
+        node = chain[-1]
+        if len(chain) == len(segments):
+            return self._text(conn, account, node)
+        if node.body is None:
+            return None
+        found = paths.get_in(_decode(node.body), path[len(chain) :])
+        return None if found is MISSING else values.dump(found)
 
     def get_all(self, account: str) -> str:
         with self._read() as conn:
@@ -679,7 +718,7 @@ class SQLiteStorage(Storage):
             found = paths.get_in(root, path)
             if found is MISSING:
                 return None
-            text = values.encode(found).decode() if return_value else None
+            text = values.dump(found) if return_value else None
             paths.delete_in(root, path)
             changed = holder[path[depth - 1]]
             size = self._store(conn, account, node.path, node.pos, node.label, changed, depth, node)
