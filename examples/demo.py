@@ -19,7 +19,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         server = subprocess.Popen(
             [sys.executable, "-m", "kvpio_mapping", "serve", "--port", "0",
-             "--db", str(Path(tmp) / "kvpio.sqlite3"), "--api-key", api_key],
+             "--db", str(Path(tmp) / "kvpio.sqlite3"), f"--api-key={api_key}"],
             stdout=subprocess.PIPE,
             text=True,
         )

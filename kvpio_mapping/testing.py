@@ -125,7 +125,7 @@ def start_server(
     location = str(db) if db is not None else os.path.join(directory, "kvpio.sqlite3")
     key = api_key or secrets.token_urlsafe(16)
     command = [sys.executable, "-m", "kvpio_mapping.server", "serve", "--host", host]
-    command += ["--port", str(port), "--db", location, "--api-key", key]
+    command += ["--port", str(port), "--db", location, f"--api-key={key}"]
     command += ["--workers", str(workers)]
     if max_body is not None:
         command += ["--max-body", str(max_body)]

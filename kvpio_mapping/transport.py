@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import os
-import threading
 import time
 import weakref
 from collections.abc import Mapping
@@ -89,7 +88,6 @@ class Transport:
         self.retries = retries
         self.backoff = backoff
         self._own_session = session is None
-        self._session_lock = threading.Lock()
         self._open(session)
         _live.add(self)
 
@@ -128,7 +126,6 @@ class Transport:
 
     def _after_fork(self) -> None:
         """Drop the parent's pooled sockets: a forked child must not share them."""
-        self._session_lock = threading.Lock()
         if self._own_session:
             self._open(None)
 
