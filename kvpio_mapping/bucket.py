@@ -40,14 +40,13 @@ WriteListener = Callable[[str | None], None]
 
 
 # A value of MAX_NESTING levels written at the deepest path, read back inside the whole bucket.
-READ_NESTING: Final = values.MAX_NESTING + paths.MAX_DEPTH
 
 
 def _decode_value(response: Response) -> Any:
     """The value a read answered, or MISSING for the empty answer of a missing path."""
     raise_for_status(response)
     content = response.content
-    return values.decode(content, READ_NESTING) if content else MISSING
+    return values.decode(content, values.READ_NESTING) if content else MISSING
 
 
 class KVBucket(MutableMapping[str, Any]):

@@ -196,7 +196,7 @@ def _quoted(key: str) -> str:
 
 def _decode(response: requests.Response) -> Any:
     try:
-        return values.decode(response.content)
+        return values.decode(response.content, values.READ_NESTING)
     except ValueError as exc:
         raise CommandError(f"the server sent a value that is not JSON: {exc}") from None
 

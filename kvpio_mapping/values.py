@@ -10,7 +10,12 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
+from .paths import MAX_DEPTH
+
 MAX_NESTING: Final = 100
+READ_NESTING: Final = MAX_NESTING + MAX_DEPTH
+"""How deep a value read back may nest: a value written at a 32-segment path
+nests up to ``MAX_NESTING`` levels below it, so its ancestors nest deeper."""
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _SCALARS: Final = (str, int, float, bool, type(None))
