@@ -1,6 +1,9 @@
-"""The ``api`` fixture: an :class:`~kvpio_mapping.testing.Api` on a fresh account."""
+"""Shared fixtures: ``api`` (raw HTTP on a fresh account) and ``count_requests``."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -11,3 +14,33 @@ from kvpio_mapping.testing import Api, TestAccount
 def api(kvpio_account: TestAccount) -> Api:
     """An authenticated session on a fresh, empty account."""
     return Api(kvpio_account.url, kvpio_account.api_key)
+
+
+class Requests:
+    """Counts the requests a transport sends (a bucket's views and a connection share one)."""
+
+    def __init__(self, transport: Any) -> None:
+        self.sent: list[tuple[str, str]] = []
+        original = transport.request
+
+        def request(method: str, target: str, **kwargs: Any) -> Any:
+            self.sent.append((method, target))
+            return original(method, target, **kwargs)
+
+        transport.request = request
+
+    @property
+    def count(self) -> int:
+        return len(self.sent)
+
+    def templates(self) -> list[tuple[str, str]]:
+        return [sent for sent in self.sent if sent[1].startswith("templates/")]
+
+    def reset(self) -> None:
+        self.sent.clear()
+
+
+@pytest.fixture
+def count_requests() -> Callable[[Any], Requests]:
+    """Start counting the requests of a bucket, a template store or a transport."""
+    return lambda target: Requests(getattr(target, "_transport", target))

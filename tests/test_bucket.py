@@ -27,28 +27,6 @@ from kvpio_mapping.paths import delete_in, get_in, parse, set_in
 from kvpio_mapping.transport import Transport
 
 
-class Requests:
-    """Counts the requests a bucket's transport sends (its views share it)."""
-
-    def __init__(self, bucket: KVBucket) -> None:
-        self.sent: list[tuple[str, str]] = []
-        transport = bucket._transport
-        original = transport.request
-
-        def request(method, target, **kwargs):
-            self.sent.append((method, target))
-            return original(method, target, **kwargs)
-
-        transport.request = request
-
-    @property
-    def count(self) -> int:
-        return len(self.sent)
-
-    def reset(self) -> None:
-        self.sent.clear()
-
-
 @pytest.fixture
 def bucket(kvpio_account):
     return KVBucket(kvpio_account.url, kvpio_account.api_key)
@@ -61,8 +39,8 @@ def other(kvpio_account):
 
 
 @pytest.fixture
-def sent(bucket):
-    return Requests(bucket)
+def sent(bucket, count_requests):
+    return count_requests(bucket)
 
 
 INITIAL = {"a": 1, "b": {"c": [1, 2]}, "n": None, "s": "text"}

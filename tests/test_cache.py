@@ -29,26 +29,6 @@ class Clock:
         self.now += seconds
 
 
-class Requests:
-    """Counts the requests a transport sends (views share their bucket's transport)."""
-
-    def __init__(self, bucket: KVBucket) -> None:
-        self.sent: list[tuple[str, str]] = []
-        transport = bucket._transport
-        original = transport.request
-
-        def request(method, target, **kwargs):
-            self.sent.append((method, target))
-            return original(method, target, **kwargs)
-
-        transport.request = request
-
-    @property
-    def count(self) -> int:
-        return len(self.sent)
-
-    def reset(self) -> None:
-        self.sent.clear()
 
 
 @pytest.fixture
@@ -73,8 +53,8 @@ def other(kvpio_account):
 
 
 @pytest.fixture
-def sent(bucket):
-    return Requests(bucket)
+def sent(bucket, count_requests):
+    return count_requests(bucket)
 
 
 # PathCache units
@@ -269,9 +249,9 @@ def test_a_cached_value_is_served_until_ttl_then_refetched(bucket, other, clock)
     assert bucket["k"] == "new"
 
 
-def test_ttl_zero_sends_every_read(kvpio_account, other):
+def test_ttl_zero_sends_every_read(kvpio_account, other, count_requests):
     bucket = KVBucket(kvpio_account.url, kvpio_account.api_key, ttl=0)
-    sent = Requests(bucket)
+    sent = count_requests(bucket)
     other["k"] = {"a": 1}
     for _ in range(3):
         assert bucket["k/a"] == 1

@@ -10,29 +10,6 @@ import pytest
 
 from kvpio_mapping import KVBucket
 
-
-class Requests:
-    """Counts the requests a bucket's transport sends."""
-
-    def __init__(self, bucket: KVBucket) -> None:
-        self.sent: list[tuple[str, str]] = []
-        transport = bucket._transport
-        original = transport.request
-
-        def request(method, target, **kwargs):
-            self.sent.append((method, target))
-            return original(method, target, **kwargs)
-
-        transport.request = request
-
-    @property
-    def count(self) -> int:
-        return len(self.sent)
-
-    def reset(self) -> None:
-        self.sent.clear()
-
-
 DATA = {f"key{i}": {"n": i, "list": [i, i + 1]} for i in range(20)}
 
 
@@ -51,13 +28,13 @@ def cached(kvpio_account):
 
 
 @pytest.fixture
-def sent(bucket):
-    return Requests(bucket)
+def sent(bucket, count_requests):
+    return count_requests(bucket)
 
 
 @pytest.fixture
-def cached_sent(cached):
-    return Requests(cached)
+def cached_sent(cached, count_requests):
+    return count_requests(cached)
 
 
 def test_a_miss_is_one_request(cached, cached_sent):

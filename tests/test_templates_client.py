@@ -24,24 +24,6 @@ class Clock:
         self.now += seconds
 
 
-class Requests:
-    """Counts requests on a transport (a connection's bucket and templates share one)."""
-
-    def __init__(self, transport) -> None:
-        self.sent: list[tuple[str, str]] = []
-        original = transport.request
-
-        def request(method, target, **kwargs):
-            self.sent.append((method, target))
-            return original(method, target, **kwargs)
-
-        transport.request = request
-
-    def templates(self) -> list[tuple[str, str]]:
-        return [sent for sent in self.sent if sent[1].startswith("templates/")]
-
-    def reset(self) -> None:
-        self.sent.clear()
 
 
 @pytest.fixture
@@ -60,8 +42,8 @@ def bucket(conn):
 
 
 @pytest.fixture
-def sent(conn):
-    return Requests(conn.transport)
+def sent(conn, count_requests):
+    return count_requests(conn.transport)
 
 
 @pytest.fixture
@@ -354,9 +336,9 @@ def test_a_write_by_another_client_is_seen_after_ttl(kvpio_account, conn):
     assert store["t"] == "new"
 
 
-def test_ttl_zero_renders_on_every_lookup(kvpio_account):
+def test_ttl_zero_renders_on_every_lookup(kvpio_account, count_requests):
     conn = connect(kvpio_account.url, kvpio_account.api_key, ttl=0)
-    sent = Requests(conn.transport)
+    sent = count_requests(conn.transport)
     conn.templates["t"] = "x"
     sent.reset()
     conn.templates["t"]
