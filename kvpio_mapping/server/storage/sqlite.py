@@ -44,9 +44,10 @@ survives the process being killed. Each thread uses its own connection.
 
 Each connection keeps the texts of its last :data:`READ_CACHE_ENTRIES`
 :meth:`SQLiteStorage.get` answers of at most a blob's size. An entry is used
-only while ``PRAGMA data_version`` (read inside the read transaction, so it
-describes the snapshot the read sees) is the one it was stored under: any
-commit by another connection, in this process or another, changes it.
+only while ``PRAGMA data_version`` is the one it was stored under (read
+inside the read transaction that computed it, so it describes that
+snapshot): any commit by another connection, in this process or another,
+changes it.
 The connection's own commits do not, so every write transaction empties
 the cache of the connection that ran it.
 """
@@ -557,24 +558,28 @@ class SQLiteStorage(Storage):
     def get(self, account: str, path: Path) -> str | None:
         if not path:
             return self.get_all(account)
-        with self._read() as conn:
-            local = self._local
-            cache: OrderedDict[tuple[str, Path], str | None] = local.cache
-            version = conn.execute("PRAGMA data_version").fetchone()[0]
-            if version != local.version:
-                cache.clear()
-                local.version = version
-            key = (account, path)
+        conn = self._conn()
+        local = self._local
+        cache: OrderedDict[tuple[str, Path], str | None] = local.cache
+        key = (account, path)
+        # Outside a transaction, data_version is that of the latest commit: if it is
+        # the one the entries were read under, they are what a read would see now.
+        if cache and conn.execute("PRAGMA data_version").fetchone()[0] == local.version:
             text = cache.get(key, _UNCACHED)
             if text is not _UNCACHED:
                 cache.move_to_end(key)
                 return text  # type: ignore[return-value]
+        with self._read() as conn:
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != local.version:
+                cache.clear()
+                local.version = version
             text = self._get(conn, account, path)
-            if text is None or len(text) <= self._threshold:
-                cache[key] = text
-                if len(cache) > READ_CACHE_ENTRIES:
-                    cache.popitem(last=False)
-            return text
+        if text is None or len(text) <= self._threshold:
+            cache[key] = text
+            if len(cache) > READ_CACHE_ENTRIES:
+                cache.popitem(last=False)
+        return text
 
     def _get(self, conn: sqlite3.Connection, account: str, path: Path) -> str | None:
         chain, segments = self._locate(conn, account, path)
