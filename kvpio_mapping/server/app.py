@@ -43,6 +43,8 @@ TEXT_TYPE: Final = "text/plain; charset=utf-8"
 _TRUE: Final = frozenset({"True", "true", "1"})
 _FALSE: Final = frozenset({"False", "false", "0"})
 _CACHED_AUTH_METHODS: Final = frozenset({"GET", "HEAD"})
+_PARSED_PATHS: Final = 4096
+_PARSED_PATH_BYTES: Final = 256
 
 T = TypeVar("T")
 App = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
@@ -272,10 +274,27 @@ class _Resource:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.storage = server.storage
+        self._parsed: dict[bytes, paths.Path] = {}
 
     def path(self, req: falcon.asgi.Request) -> paths.Path:
-        """The segments after the resource's prefix, ``()`` for the listing URL."""
+        """The segments after the resource's prefix, ``()`` for the listing URL.
+
+        Keeps the segments of up to :data:`_PARSED_PATHS` raw paths of at most
+        :data:`_PARSED_PATH_BYTES` bytes, emptied when full; a path that does
+        not parse is not kept, and raises each time.
+        """
         raw: bytes = req.scope.get("raw_path") or req.scope["path"].encode()
+        found = self._parsed.get(raw)
+        if found is not None:
+            return found
+        segments = self._parse(raw)
+        if len(raw) <= _PARSED_PATH_BYTES:
+            if len(self._parsed) >= _PARSED_PATHS:
+                self._parsed.clear()
+            self._parsed[raw] = segments
+        return segments
+
+    def _parse(self, raw: bytes) -> paths.Path:
         prefix = self.prefix or b""
         if raw.startswith(prefix) and raw[len(prefix) : len(prefix) + 1] in (b"", b"/"):
             rest = raw[len(prefix) + 1 :]
