@@ -58,6 +58,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -181,6 +182,24 @@ def _nest(segments: Sequence[str], value: Any) -> Any:
     return value
 
 
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Put the database in WAL mode, waiting out other processes doing the same.
+
+    Switching the journal mode ignores the busy timeout, so two processes
+    opening a new database at once would otherwise see "database is locked".
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class SQLiteStorage(Storage):
     """Accounts, values and templates in one SQLite file (WAL mode).
 
@@ -220,7 +239,7 @@ class SQLiteStorage(Storage):
                 check_same_thread=False,
             )
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _use_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             self._local.conn = conn
             self._local.pid = os.getpid()
