@@ -421,7 +421,8 @@ class TemplatesResource(_Resource):
                 self.server.count_read(account)
             return
         try:
-            names = referenced_names(source, self.server.limits)
+            # Parsing a large hostile source takes a while: keep it off the event loop.
+            names = await asyncio.to_thread(referenced_names, source, self.server.limits)
         except RenderError as exc:
             raise ClientError(422, str(exc)) from None
         context: dict[str, Any] = {}
@@ -431,7 +432,7 @@ class TemplatesResource(_Resource):
             except InvalidPathError:
                 continue
             if found is not None:
-                context[variable] = values.decode(found)
+                context[variable] = values.decode(found, values.READ_NESTING)
         context.update(overrides)
         renderer = self.server.renderer
         assert renderer is not None, "the renderer starts with the app"
@@ -467,7 +468,7 @@ class TemplatesResource(_Resource):
         if type(source) is not str:
             raise ClientError(400, "a template must be a JSON string")
         try:
-            referenced_names(source, self.server.limits)
+            await asyncio.to_thread(referenced_names, source, self.server.limits)
         except SourceTooLargeError as exc:
             raise ClientError(413, str(exc)) from None
         except RenderError as exc:
