@@ -3,12 +3,16 @@
 Workers are separate (spawned) processes; each builds its app with
 :func:`app_from_env` from environment variables the parent sets, so the
 configuration needs no pickling and every worker opens its own storage.
+With several workers each listens on a socket of its own on the same port
+(``SO_REUSEPORT``), so the kernel spreads connections evenly; one shared
+socket let a burst of connections all land on whichever worker woke first.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import http.client
+import multiprocessing
 import os
 import signal
 import socket
@@ -20,6 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    import uvicorn
+
     from .app import App
 
 DB_ENV: Final = "KVPIO_SERVE_DB"
@@ -64,14 +72,90 @@ def app_from_env() -> App:
     return create_app(storage, max_body=max_body, limits=limits)
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, *, listen: bool = True, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(2048)
+    if listen:
+        sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def _uvicorn_config(host: str, port: int) -> uvicorn.Config:
+    import uvicorn
+
+    return uvicorn.Config(
+        "kvpio_mapping.server.serve:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+    )
+
+
+def _worker(host: str, port: int) -> None:
+    """One worker process: its own listening socket on the shared port, one uvicorn server."""
+    import uvicorn
+
+    sock = _bind(host, port, reuse_port=True)
+    threading.Thread(target=_stop_with_parent, args=(os.getppid(),), daemon=True).start()
+    uvicorn.Server(_uvicorn_config(host, port)).run(sockets=[sock])
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Shut this worker down gracefully once its parent is gone (say, killed with SIGKILL)."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _supervise(host: str, port: int, workers: int) -> int:
+    """Run ``workers`` worker processes until SIGTERM or SIGINT, replacing any that die.
+
+    On a signal each worker gets SIGTERM, finishes its requests in flight and
+    exits. A worker that dies within a second of starting stops the server.
+    """
+    context = multiprocessing.get_context("spawn")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+
+    def start() -> tuple[BaseProcess, float]:
+        process = context.Process(target=_worker, args=(host, port), daemon=False)
+        process.start()
+        return process, time.monotonic()
+
+    running = [start() for _ in range(workers)]
+    code = 0
+    while not stop.wait(0.2):
+        for index, (process, started) in enumerate(running):
+            if process.is_alive():
+                continue
+            if time.monotonic() - started < 1.0:
+                exit_code = process.exitcode
+                sys.stderr.write(f"kvpio serve: a worker failed to start (exit {exit_code})\n")
+                stop.set()
+                code = 1
+                break
+            running[index] = start()
+    for process, _ in running:
+        if process.is_alive():
+            process.terminate()
+    for process, _ in running:
+        process.join(35)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    return code
 
 
 def _url(host: str, port: int) -> str:
@@ -107,7 +191,6 @@ def serve(
 ) -> int:
     """Serve until SIGTERM or SIGINT (requests in flight finish); the exit code."""
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
     from .storage import open_storage
 
@@ -140,29 +223,16 @@ def serve(
             os.environ[name] = str(setting)
 
     try:
-        sock = _bind(host, port)
+        # With several workers this socket only holds the port: each worker listens on its own.
+        sock = _bind(host, port, listen=workers == 1, reuse_port=workers > 1)
     except OSError as exc:
         sys.stderr.write(f"kvpio serve: cannot listen on {host}:{port}: {exc.strerror}\n")
         return 1
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        "kvpio_mapping.server.serve:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=30,
-    )
     threading.Thread(target=_announce, args=(host, port, _url(host, port)), daemon=True).start()
     if workers > 1:
-        Multiprocess(config, sockets=[sock]).run()
-        return 0
-    server = uvicorn.Server(config)
+        return _supervise(host, port, workers)
+    server = uvicorn.Server(_uvicorn_config(host, port))
     # uvicorn re-raises the signal it shut down on once it is done; exit 0 instead.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     signal.signal(signal.SIGINT, _exit_cleanly)
