@@ -10,7 +10,10 @@ repeated runs, measured side by side in one process on one database:
    text plus one indexed row read (target: at most 2x);
 
 and, for context, the naive layout: the 10 MB document as one JSON row,
-one leaf changed with SQLite's ``json_set``.
+one leaf changed with SQLite's ``json_set``; and the shapes packed into runs
+(long flat containers of tiny children): reading a list of 100,000 numbers
+and an object of 50,000 small members vs ``json.loads`` of their text
+(target: at most 3x), and deleting the list's second item.
 
 It then times (1) and (2) for other blob thresholds, which is how the
 default threshold was chosen (``--no-sweep`` skips that).
@@ -182,25 +185,46 @@ def measure(
 
 
 FLAT_ITEMS: Final = 100_000
+FLAT_MEMBERS: Final = 50_000
 
 
-def flat_read(folder: str, conn: sqlite3.Connection) -> tuple[float, float]:
-    """Medians (ms) of reading a long flat list of numbers: the layout's worst shape.
+def flat_reads(folder: str, conn: sqlite3.Connection) -> dict[str, tuple[float, float]]:
+    """Medians (ms) for long flat containers of tiny children, stored as runs.
 
-    Every item of a split list is a row of its own, so this costs per item.
+    Reading a list of numbers and an object of small members whole, each vs
+    ``json.loads`` of its text from a row; and deleting the list's second
+    item (the later items move up) vs overwriting its last one.
     """
-    flat = list(range(FLAT_ITEMS))
+    shapes: dict[str, Any] = {
+        "flat": list(range(FLAT_ITEMS)),
+        "members": {f"key{i}": i for i in range(FLAT_MEMBERS)},
+    }
     storage = SQLiteStorage(os.path.join(folder, "flat.sqlite3"))
     storage.create_account(ACCOUNT, "", "flat-key")
-    storage.set(ACCOUNT, ("flat",), flat)
-    conn.execute("INSERT INTO docs VALUES ('flat', ?)", (values.encode(flat).decode(),))
+    results: dict[str, tuple[float, float]] = {}
+    for name, value in shapes.items():
+        storage.set(ACCOUNT, (name,), value)
+        conn.execute("INSERT INTO docs VALUES (?, ?)", (name, values.encode(value).decode()))
 
-    def baseline() -> object:
-        return json.loads(conn.execute("SELECT body FROM docs WHERE k = 'flat'").fetchone()[0])
+        def baseline(name: str = name) -> object:
+            return json.loads(
+                conn.execute("SELECT body FROM docs WHERE k = ?", (name,)).fetchone()[0]
+            )
 
-    result = paired(lambda: storage.get(ACCOUNT, ("flat",)), baseline, 5)
+        def read(name: str = name) -> object:
+            return storage.get(ACCOUNT, (name,))
+
+        results[name] = paired(read, baseline, 9)
+    rng = random.Random(3)
+    last = ("flat", str(FLAT_ITEMS))
+
+    def delete_early() -> None:
+        storage.delete(ACCOUNT, ("flat", "2"))
+        storage.set(ACCOUNT, ("flat", str(FLAT_ITEMS)), 0)  # keep the length
+
+    results["delete"] = paired(delete_early, lambda: storage.set(ACCOUNT, last, leaf_value(rng)), 9)
     storage.close()
-    return result
+    return results
 
 
 def main() -> None:
@@ -251,7 +275,7 @@ def main() -> None:
             for threshold in (512, 1024, 2048, 8192, 16384, 65536):
                 result = measure(folder, threshold, docs, args.runs // 2, read_baseline)
                 sweep.append((threshold, result))
-        flat_ms, flat_base_ms = flat_read(folder, conn)
+        flat = flat_reads(folder, conn)
         conn.close()
 
     write_ratio = ours["big"] / ours["small"]
@@ -273,10 +297,21 @@ def main() -> None:
             None,
         ),
         (
-            f"context: read list of {FLAT_ITEMS} ints vs json.loads",
-            flat_ms,
-            flat_base_ms,
-            flat_ms / flat_base_ms,
+            f"read list of {FLAT_ITEMS} ints vs json.loads",
+            *flat["flat"],
+            flat["flat"][0] / flat["flat"][1],
+            3.0,
+        ),
+        (
+            f"read object of {FLAT_MEMBERS} ints vs json.loads",
+            *flat["members"],
+            flat["members"][0] / flat["members"][1],
+            3.0,
+        ),
+        (
+            "context: delete list item 2 (+append) vs set last",
+            *flat["delete"],
+            flat["delete"][0] / flat["delete"][1],
             None,
         ),
     ]

@@ -546,6 +546,117 @@ def test_large_value_replaced_by_scalar_and_back(storage: Storage, acct: str) ->
     assert storage.get(acct, p("d")) == j({"users": doc["users"]})
 
 
+def test_long_flat_list_of_tiny_items(storage: Storage, acct: str) -> None:
+    items: list[Any] = list(range(20_000))
+    storage.set(acct, p("l"), items)
+    assert storage.get(acct, p("l")) == j(items)
+    assert storage.get(acct, p("l/1")) == "0"
+    assert storage.get(acct, p("l/007")) == "6"
+    assert storage.get(acct, p("l/20000")) == "19999"
+    assert storage.get(acct, p("l/20001")) is None
+    assert storage.get(acct, p("l/0")) is None
+    storage.set(acct, p("l/500"), "five hundred")
+    storage.set(acct, p("l/501/x"), [1, 2])
+    storage.set(acct, p("l/20001"), -1)
+    assert storage.delete(acct, p("l/3"), return_value=True) == "2"
+    assert storage.delete(acct, p("l/1"), return_value=True) == "0"
+    storage.set(acct, p("l/600/x/3"), 3)
+    items[499] = "five hundred"
+    items[500] = {"x": [1, 2]}
+    items.append(-1)
+    del items[2]
+    del items[0]
+    assert items[599] == 601  # a scalar parent becomes an object
+    items[599] = {"x": {"3": 3}}
+    assert storage.get(acct, p("l")) == j(items)
+    assert storage.get(acct, p("l/498")) == j(items[497])
+    assert storage.get(acct, p("l/499/x/2")) == "2"
+    assert storage.keys(acct, p("l/499/x")) == ["1", "2"]
+    assert storage.keys(acct, p("l"))[-1] == str(len(items))
+    with pytest.raises(InvalidPathError):
+        storage.set(acct, p("l/20002"), "too far")
+    account = storage.account(acct)
+    assert account is not None
+    assert account.size == len(j({"l": items}))
+
+
+def test_long_flat_object_of_small_members(storage: Storage, acct: str) -> None:
+    members: dict[str, Any] = {f"k{i}": i for i in range(10_000)}
+    storage.set(acct, p("o"), members)
+    assert storage.get(acct, p("o")) == j(members)
+    assert storage.get(acct, p("o/k9999")) == "9999"
+    assert storage.get(acct, p("o/missing")) is None
+    assert storage.set(acct, p("o/k5"), "x", only_if_missing=True) is False
+    assert storage.set(acct, p("o/k5/deeper"), "x", only_if_missing=True) is True
+    storage.set(acct, p("o/k7"), {"nested": [1, 2, 3]})
+    storage.set(acct, p("o/k8"), "big " * BLOB_THRESHOLD)
+    storage.set(acct, p("o/new"), True)
+    assert storage.delete(acct, p("o/k1"), return_value=True) == "1"
+    assert storage.delete(acct, p("o/k7/nested/2"), return_value=True) == "2"
+    assert storage.delete(acct, p("o/k7/nested/9"), return_value=True) is None
+    storage.set(acct, p("o/k1"), "back, last")
+    members["k5"] = {"deeper": "x"}
+    members["k7"] = {"nested": [1, 3]}
+    members["k8"] = "big " * BLOB_THRESHOLD
+    members["new"] = True
+    del members["k1"]
+    members["k1"] = "back, last"
+    assert storage.get(acct, p("o")) == j(members)
+    assert storage.keys(acct, p("o")) == list(members)
+    assert storage.keys(acct, p("o/k7")) == ["nested"]
+    assert storage.get(acct, p("o/k8")) == j(members["k8"])
+    storage.set(acct, p("o/k8"), 8)
+    members["k8"] = 8
+    assert storage.get(acct, p("o")) == j(members)
+
+
+def test_packed_items_grow_and_shrink_in_place(storage: Storage, acct: str) -> None:
+    items: list[Any] = [[i] for i in range(3_000)]
+    storage.set(acct, p("l"), items)
+    for position in (1, 2, 1500, 2999, 3000):
+        storage.set(acct, ("l", str(position), "2"), "x" * 200)
+        items[position - 1].append("x" * 200)
+        storage.set(acct, ("l", str(position), "3"), "y" * BLOB_THRESHOLD)
+        items[position - 1].append("y" * BLOB_THRESHOLD)
+    assert storage.get(acct, p("l")) == j(items)
+    for position in (3000, 1500, 2, 1):
+        storage.delete(acct, ("l", str(position), "3"))
+        del items[position - 1][2]
+    assert storage.get(acct, p("l")) == j(items)
+    for position in (1, 1, 700, 1400, 2995):
+        assert storage.delete(acct, ("l", str(position)), return_value=True) == j(
+            items.pop(position - 1)
+        )
+        assert storage.get(acct, p("l")) == j(items)
+    for _ in range(600):
+        storage.set(acct, ("l", str(len(items) + 1)), len(items))
+        items.append(len(items))
+    assert storage.get(acct, p("l")) == j(items)
+    assert storage.keys(acct, p("l")) == [str(i) for i in range(1, len(items) + 1)]
+    for position in range(1, len(items) + 1, 97):
+        assert storage.get(acct, ("l", str(position))) == j(items[position - 1])
+
+
+def test_appends_one_by_one_to_long_containers(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("l"), list(range(2_000)))
+    storage.set(acct, p("o"), {f"m{i}": [i] for i in range(1_000)})
+    items: list[Any] = list(range(2_000))
+    members: dict[str, Any] = {f"m{i}": [i] for i in range(1_000)}
+    for i in range(1_500):
+        value: Any = "v" * (i % 700) if i % 50 == 0 else i
+        storage.set(acct, ("l", str(len(items) + 1)), value)
+        items.append(value)
+        storage.set(acct, ("o", f"n{i}"), value)
+        members[f"n{i}"] = value
+    assert storage.get(acct, p("l")) == j(items)
+    assert storage.get(acct, p("o")) == j(members)
+    assert storage.keys(acct, p("o")) == list(members)
+    for key in ("m0", "n0", "n1", "n777", "m999", "n1499"):
+        assert storage.delete(acct, ("o", key), return_value=True) == j(members.pop(key))
+    assert storage.get(acct, p("o")) == j(members)
+    assert storage.keys(acct, p("o")) == list(members)
+
+
 # agreement with the reference under random operations
 
 SEGMENTS = st.sampled_from(["a", "b", "1", "2", "3", "02"])
@@ -624,6 +735,66 @@ def test_random_operations_agree_with_memory_storage(
             for prefix in (path[:depth] for depth in range(1, len(path) + 1)):
                 assert backend.get(account, prefix) == reference.get(account, prefix), prefix
                 assert backend.keys(account, prefix) == reference.keys(account, prefix), prefix
+        facts = backend.account(account)
+        assert facts is not None
+        assert facts.size == len(whole.encode())
+
+
+FLAT_PATHS = st.tuples(
+    st.sampled_from(["l", "o"]),
+    st.sampled_from(["1", "2", "3", "05", "17", "40", "41", "60", "0", "k1", "k7", "new", "a"]),
+    st.lists(st.sampled_from(["a", "1", "2"]), max_size=2),
+).map(lambda parts: ("flat", parts[0], parts[1], *parts[2]))
+FLAT_OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("set"), FLAT_PATHS, VALUES, st.booleans()),
+        st.tuples(st.just("delete"), FLAT_PATHS, st.booleans()),
+        st.tuples(st.just("set_many"), st.lists(st.tuples(FLAT_PATHS, VALUES), max_size=3)),
+    ),
+    max_size=30,
+)
+
+
+@pytest.fixture(scope="module")
+def flat_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Storage]]:
+    folder = tmp_path_factory.mktemp("flat")
+    backends: list[Storage] = [MemoryStorage()]
+    for threshold in (24, 96, 256, BLOB_THRESHOLD):
+        backends.append(
+            SQLiteStorage(str(folder / f"{threshold}.sqlite3"), blob_threshold=threshold)
+        )
+    yield backends
+    for backend in backends:
+        backend.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(operations=FLAT_OPERATIONS, length=st.integers(0, 60), size=st.integers(0, 3))
+def test_random_operations_on_long_flat_containers_agree_with_memory_storage(
+    flat_backends: list[Storage], operations: list[tuple[Any, ...]], length: int, size: int
+) -> None:
+    account = uuid.uuid4().hex
+    small = ["", 0, "é", [1], {"a": None}][: size + 2]
+    start = {
+        "l": [small[i % len(small)] for i in range(length)],
+        "o": {f"k{i}": small[i % len(small)] for i in range(length)},
+    }
+    reference, *others = flat_backends
+    for backend in flat_backends:
+        backend.create_account(account, "", account)
+        backend.set(account, ("flat",), start)
+    for operation in operations:
+        expected = _apply(reference, account, operation)
+        for backend in others:
+            assert _apply(backend, account, operation) == expected, operation
+    whole = reference.get_all(account)
+    for backend in others:
+        assert backend.get_all(account) == whole
+        for top in ("l", "o"):
+            assert backend.keys(account, ("flat", top)) == reference.keys(account, ("flat", top))
+            for key in reference.keys(account, ("flat", top)):
+                at = ("flat", top, key)
+                assert backend.get(account, at) == reference.get(account, at), at
         facts = backend.account(account)
         assert facts is not None
         assert facts.size == len(whole.encode())
@@ -779,4 +950,26 @@ def test_sqlite_storage_used_after_fork_opens_its_own_connection(tmp_path: FileP
     assert storage.get("a", p("child")) == "2"
     storage.set("a", p("parent"), 3)
     assert storage.get_all("a") == j({"parent": 3, "child": 2})
+    storage.close()
+
+
+def test_sqlite_long_flat_containers_take_few_rows(tmp_path: FilePath) -> None:
+    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
+    storage.create_account("a", "", "k")
+    storage.set("a", p("l"), list(range(100_000)))
+    storage.set("a", p("o"), {f"k{i}": i for i in range(50_000)})
+    assert _rows(storage, "a") < 2_000
+    conn = storage._conn()
+    before = conn.total_changes
+    storage.delete("a", p("l/2"))
+    storage.set("a", p("l/50000"), "changed")
+    storage.set("a", p("o/k25000"), "changed")
+    storage.delete("a", p("o/k3"))
+    assert conn.total_changes - before < 1_000
+    expected = list(range(100_000))
+    del expected[1]
+    expected[49_999] = "changed"
+    assert storage.get("a", p("l")) == j(expected)
+    assert storage.get("a", p("o/k25000")) == '"changed"'
+    assert storage.get("a", p("o/k3")) is None
     storage.close()

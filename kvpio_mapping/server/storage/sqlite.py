@@ -9,22 +9,39 @@ either
 - a *blob* (``kind`` 0): the compact JSON text of the whole subtree, used
   for every scalar and for every container whose JSON is at most
   :data:`BLOB_THRESHOLD` bytes; or
-- a *split container* (``kind`` 1 object, 2 array): no body, one row per
-  child. Used for the upper levels of large values.
+- a *split container* (``kind`` 1 object, 2 array): no body; its children
+  are the rows whose ``parent`` is its path. Used for the upper levels of
+  large values; or
+- a *run* (``kind`` 3): several consecutive small children of one split
+  container, as the JSON text that renders them, comma-joined (``"a":1,"b":2``
+  for members, ``1,2`` for items), at most a quarter of
+  :data:`BLOB_THRESHOLD` bytes. A child is small when its label and JSON
+  take at most an eighth of the threshold; larger children get rows of
+  their own (a blob, or a split container). A run's path is its
+  container's, a NUL, a 0xFF byte (never in UTF-8, so never a segment) and
+  a random token; its ``label`` is empty. Runs are never below the bucket
+  itself, only below split containers.
+
+Finding a child in a run: the ``members`` table maps the path each member
+of an object kept in a run would have to the run's path (one indexed join);
+an array item in a run lies in the row of its array with the greatest
+``pos`` not above its index (one indexed query).
 
 So touching one leaf reads the node's ancestors (one ``path IN (...)``
-query), rewrites at most one bounded blob, and adjusts the stored ``size``
-of the ancestors: the cost does not grow with the document. Reading a
-container concatenates its rows' JSON text, never parsing it.
+query, and one more when the leaf lies in a run), rewrites at most one
+bounded blob or run, and adjusts the stored ``size`` of the ancestors: the
+cost does not grow with the document. Reading a container concatenates its
+rows' JSON text, never parsing it.
 
 ``pos`` orders siblings: insertion order for object keys (an overwrite keeps
-its place, a new key goes last), the 0-based index for array items, whose
-path segment is their 1-based position. ``label`` is the JSON text that
-precedes the node's value in its parent (``"key":`` for a member, empty for
-an item), so rendering never encodes keys. ``size`` is the UTF-8 length of
-the node's compact JSON, kept up to date for split containers so that
-account sizes and merge decisions need no scan. A split container that
-shrinks to half the threshold is merged back into a blob.
+its place, a new key goes last; gaps are allowed), the 0-based index for
+array items, whose path segment is their 1-based position (a run's ``pos``
+is its first item's index). ``label`` is the JSON text that precedes the
+node's value in its parent (``"key":`` for a member, empty for an item), so
+rendering never encodes keys. ``size`` is the UTF-8 length of the node's
+compact JSON (of a run: of its body), kept up to date for split containers
+so that account sizes and merge decisions need no scan. A split container
+that shrinks to half the threshold is merged back into a blob.
 
 The threshold (4 KiB) is the largest that keeps a leaf write in a 10 MB
 document as cheap as one in a 1 KB document: the blob a write decodes and
@@ -32,11 +49,15 @@ re-encodes stays small next to the transaction's fixed cost. Larger blobs
 make whole reads cheaper (fewer rows) but leaf writes dearer;
 ``benchmarks/storage_bench.py`` measures both.
 
-Known costs of this layout: a split container has one row per child, so a
-large container of many tiny children (say a list of 200,000 numbers) is
-that many rows, and reading it whole costs about a microsecond or two per
-row, many times a ``json.loads`` of its text. Removing an item that is not
-the last from a split array renumbers the rows after it.
+Thanks to runs, a long container of tiny children (say a list of 100,000
+numbers) is one row per KiB or so: reading it whole costs less than a
+``json.loads`` of its text, and a write inside it decodes and stores one
+run. Runs are kept to a quarter of the threshold because a leaf write
+decodes and re-encodes a whole run: longer runs would make whole reads a
+little cheaper but leaf writes in large documents dearer. Removing an item
+that is not the last from a split array moves the later runs by one ``pos``
+and renames the later items that have rows of their own (with their
+subtrees).
 
 Every write is one ``BEGIN IMMEDIATE`` transaction, committed before the
 call returns; with WAL and ``synchronous=NORMAL`` an acknowledged write
@@ -56,6 +77,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -76,6 +98,7 @@ BLOB_THRESHOLD: Final = 4096
 BLOB: Final = 0
 OBJECT: Final = 1
 ARRAY: Final = 2
+RUN: Final = 3
 
 BUSY_TIMEOUT_MS: Final = 10_000
 
@@ -107,6 +130,12 @@ CREATE TABLE IF NOT EXISTS nodes (
     PRIMARY KEY (account, path)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS nodes_children ON nodes (account, parent, pos);
+CREATE TABLE IF NOT EXISTS members (
+    account TEXT NOT NULL,
+    path BLOB NOT NULL,
+    run BLOB NOT NULL,
+    PRIMARY KEY (account, path)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS templates (
     account TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -126,6 +155,20 @@ _INSERT: Final = (
     "INSERT OR REPLACE INTO nodes (account, path, parent, pos, kind, label, body, size)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_INSERT_MEMBER: Final = "INSERT OR REPLACE INTO members (account, path, run) VALUES (?, ?, ?)"
+_LAST_CHILD: Final = (
+    "SELECT path, kind, label, body, pos, size FROM nodes WHERE account = ? AND parent = ?"
+    " ORDER BY pos DESC LIMIT 1"
+)
+_ITEM_ROW: Final = (
+    "SELECT path, kind, label, body, pos, size FROM nodes WHERE account = ? AND parent = ?"
+    " AND pos <= ? ORDER BY pos DESC LIMIT 1"
+)
+_MEMBER_RUN: Final = (
+    "SELECT n.path, n.kind, n.label, n.body, n.pos, n.size FROM members AS m"
+    " JOIN nodes AS n ON n.account = m.account AND n.path = m.run"
+    " WHERE m.account = ? AND m.path = ?"
+)
 
 
 class _Node(NamedTuple):
@@ -141,6 +184,20 @@ class _Node(NamedTuple):
 
 _NewRow = tuple[bytes, bytes, int, int, str, str | None, int]
 """(path, parent, pos, kind, label, body, size) of a row to insert."""
+
+_Member = tuple[bytes, bytes]
+"""(member path, run path) of a ``members`` row to insert."""
+
+_Child = tuple[str | None, Any]
+"""A child of a container: (key, value) of a member, (None, value) of an item."""
+
+
+class _Run(NamedTuple):
+    """A run found holding a child: the row, its children decoded, the child's index among them."""
+
+    node: _Node
+    children: list[_Child]
+    at: int
 
 
 def _key(segments: Sequence[str]) -> bytes:
@@ -164,6 +221,18 @@ def _label(key: str) -> str:
 def _addressable(value: dict[str, Any]) -> bool:
     """Whether every key can be a row path segment (non-empty, no NUL): else keep a blob."""
     return all(key and "\x00" not in key for key in value)
+
+
+def _run_path(container: bytes) -> bytes:
+    """A fresh path for a run below ``container`` (0xFF never occurs in a UTF-8 segment)."""
+    return container + b"\x00\xff" + secrets.token_hex(8).encode()
+
+
+def _run_children(kind: int, body: str) -> list[_Child]:
+    """The children a run of a split container of ``kind`` holds, in order."""
+    if kind == OBJECT:
+        return list(json.loads("{" + body + "}").items())
+    return [(None, item) for item in json.loads("[" + body + "]")]
 
 
 def _decode(body: str) -> Any:
@@ -212,6 +281,8 @@ class SQLiteStorage(Storage):
         self._path = os.fspath(path)
         self._threshold = blob_threshold
         self._merge_below = blob_threshold // 2
+        self._run_item = blob_threshold // 8
+        self._run_limit = blob_threshold // 4
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
@@ -363,6 +434,7 @@ class SQLiteStorage(Storage):
         with self._write() as conn:
             gone = conn.execute("DELETE FROM accounts WHERE id = ?", (id,)).rowcount
             conn.execute("DELETE FROM nodes WHERE account = ?", (id,))
+            conn.execute("DELETE FROM members WHERE account = ?", (id,))
             conn.execute("DELETE FROM templates WHERE account = ?", (id,))
             return gone > 0
 
@@ -415,13 +487,22 @@ class SQLiteStorage(Storage):
 
     @staticmethod
     def _subtree(
-        conn: sqlite3.Connection, account: str, path: bytes, columns: str = _ROWS, order: str = ""
+        conn: sqlite3.Connection,
+        account: str,
+        path: bytes,
+        columns: str = _ROWS,
+        tail: str = "",
+        arguments: tuple[Any, ...] = (),
     ) -> list[Any]:
-        """Rows strictly below ``path`` (the whole bucket for the root ``b""``)."""
+        """Rows strictly below ``path`` (the whole bucket for the root ``b""``).
+
+        ``tail`` is SQL to append (an ``ORDER BY``, or a further condition
+        whose values are ``arguments``).
+        """
         if not path:
-            return conn.execute(columns + order, (account,)).fetchall()
+            return conn.execute(columns + tail, (account, *arguments)).fetchall()
         return conn.execute(
-            columns + _RANGE + order, (account, path + b"\x00", path + b"\x01")
+            columns + _RANGE + tail, (account, path + b"\x00", path + b"\x01", *arguments)
         ).fetchall()
 
     def _text(self, conn: sqlite3.Connection, account: str, node: _Node) -> str:
@@ -464,6 +545,7 @@ class SQLiteStorage(Storage):
     def _plan(
         self,
         rows: list[_NewRow],
+        members: list[_Member],
         path: bytes,
         pos: int,
         label: str,
@@ -473,9 +555,10 @@ class SQLiteStorage(Storage):
         """Append the rows that store ``value`` at ``path`` to ``rows``; return its size.
 
         Small values become one blob; a container too large for one is split,
-        its children planned in turn. Containers at the deepest addressable
-        level stay blobs (nothing below them can be written by path), and so
-        do objects with a key that cannot be a path segment.
+        its children planned in turn (see :meth:`_plan_children`). Containers
+        at the deepest addressable level stay blobs (nothing below them can be
+        written by path), and so do objects with a key that cannot be a path
+        segment.
         """
         parent = _parent_of(path)
         kind = type(value)
@@ -489,24 +572,96 @@ class SQLiteStorage(Storage):
                     return size
             slot = len(rows)
             rows.append((path, parent, pos, BLOB, label, None, 0))
-            size = 2 + max(len(value) - 1, 0)
             if kind is dict:
-                for index, (key, item) in enumerate(value.items()):
-                    child_label = _label(key)
-                    size += len(child_label.encode()) + self._plan(
-                        rows, path + b"\x00" + key.encode(), index, child_label, item, depth + 1
-                    )
-                rows[slot] = (path, parent, pos, OBJECT, label, None, size)
+                split, children = OBJECT, list(value.items())
             else:
-                for index, item in enumerate(value):
-                    child = path + b"\x00" + str(index + 1).encode()
-                    size += self._plan(rows, child, index, "", item, depth + 1)
-                rows[slot] = (path, parent, pos, ARRAY, label, None, size)
+                split, children = ARRAY, [(None, item) for item in value]
+            joined, _count = self._plan_children(rows, members, path, split, 0, children, depth + 1)
+            size = 2 + joined
+            rows[slot] = (path, parent, pos, split, label, None, size)
             return size
         text = _encode(value)
         size = len(text.encode())
         rows.append((path, parent, pos, BLOB, label, text, size))
         return size
+
+    def _plan_children(
+        self,
+        rows: list[_NewRow],
+        members: list[_Member],
+        where: bytes,
+        kind: int,
+        first: int,
+        children: Sequence[_Child],
+        depth: int,
+        reuse: bytes | None = None,
+    ) -> tuple[int, int]:
+        """Append the rows storing ``children`` of the split container at ``where``.
+
+        Small children are packed, in order, into runs of at most a threshold
+        each; the others get rows of their own. ``first`` is the ``pos`` of
+        the first row (for an array, the index of the first child); ``reuse``
+        is a path for the first run, if any. Returns the bytes of the
+        children's JSON text joined by commas, and the number of rows made.
+        """
+        joined = count = 0
+        pos = index = first
+        pieces: list[str] = []
+        keys: list[bytes] = []
+        run_size = run_pos = 0
+
+        def flush() -> None:
+            nonlocal joined, count, reuse, pieces, keys
+            if not pieces:
+                return
+            run = reuse if reuse is not None else _run_path(where)
+            reuse = None
+            rows.append((run, where, run_pos, RUN, "", ",".join(pieces), run_size))
+            members.extend((key, run) for key in keys)
+            joined += run_size + (1 if count else 0)
+            count += 1
+            pieces, keys = [], []
+
+        for key, value in children:
+            if key is not None:
+                label, path = _label(key), where + b"\x00" + key.encode()
+            else:
+                label, path = "", where + b"\x00" + str(index + 1).encode()
+            mark = len(rows)
+            size = self._plan(rows, members, path, pos, label, value, depth)
+            piece = len(label.encode()) + size
+            if len(rows) == mark + 1 and rows[mark][3] == BLOB and piece <= self._run_item:
+                text = label + str(rows.pop()[5])
+                if pieces and run_size + 1 + piece > self._run_limit:
+                    flush()
+                if pieces:
+                    run_size += 1 + piece
+                else:
+                    run_pos, run_size = pos, piece
+                    if kind == OBJECT:
+                        pos += 1
+                pieces.append(text)
+                if key is not None:
+                    keys.append(path)
+            else:
+                flush()
+                joined += piece + (1 if count else 0)
+                count += 1
+                if kind == OBJECT:
+                    pos += 1
+            if kind == ARRAY:
+                index += 1
+                pos = index
+        flush()
+        return joined, count
+
+    @staticmethod
+    def _insert(
+        conn: sqlite3.Connection, account: str, rows: list[_NewRow], members: list[_Member]
+    ) -> None:
+        conn.executemany(_INSERT, [(account, *row) for row in rows])
+        if members:
+            conn.executemany(_INSERT_MEMBER, [(account, *member) for member in members])
 
     def _store(
         self,
@@ -523,16 +678,18 @@ class SQLiteStorage(Storage):
         if replaces is not None and replaces.kind != BLOB:
             self._delete_below(conn, account, path)
         rows: list[_NewRow] = []
-        size = self._plan(rows, path, pos, label, value, depth)
-        conn.executemany(_INSERT, [(account, *row) for row in rows])
+        members: list[_Member] = []
+        size = self._plan(rows, members, path, pos, label, value, depth)
+        self._insert(conn, account, rows, members)
         return size
 
     @staticmethod
     def _delete_below(conn: sqlite3.Connection, account: str, path: bytes) -> None:
-        conn.execute(
-            "DELETE FROM nodes WHERE account = ? AND path > ? AND path < ?",
-            (account, path + b"\x00", path + b"\x01"),
-        )
+        for table in ("nodes", "members"):
+            conn.execute(
+                f"DELETE FROM {table} WHERE account = ? AND path > ? AND path < ?",
+                (account, path + b"\x00", path + b"\x01"),
+            )
 
     def _adjust(
         self, conn: sqlite3.Connection, account: str, ancestors: list[_Node], delta: int
@@ -558,8 +715,8 @@ class SQLiteStorage(Storage):
                 return
 
     @staticmethod
-    def _inside(path: Path, depth: int, body: str) -> tuple[dict[str, Any], Any]:
-        """A bucket-shaped wrapper holding a blob's decoded value at ``path[:depth]``.
+    def _inside(path: Path, depth: int, value: Any) -> tuple[dict[str, Any], Any]:
+        """A bucket-shaped wrapper holding a stored value, decoded, at ``path[:depth]``.
 
         Applying :mod:`paths` functions to the wrapper with the full path gives
         the same results and error messages as applying them to the bucket.
@@ -569,8 +726,168 @@ class SQLiteStorage(Storage):
         for segment in path[: depth - 1]:
             holder[segment] = {}
             holder = holder[segment]
-        holder[path[depth - 1]] = _decode(body)
+        holder[path[depth - 1]] = value
         return root, holder
+
+    # runs
+
+    @staticmethod
+    def _find_run(
+        conn: sqlite3.Connection, account: str, container: _Node, segment: str
+    ) -> _Run | None:
+        """The run holding the child ``segment`` of a split container, if one does."""
+        if container.kind == OBJECT:
+            row = conn.execute(_MEMBER_RUN, (account, _child(container.path, segment))).fetchone()
+            if row is None:
+                return None
+            run = _Node(*row)
+            assert run.body is not None
+            children = _run_children(OBJECT, run.body)
+            keys = [key for key, _value in children]
+            return _Run(run, children, keys.index(segment))
+        if not (segment.isascii() and segment.isdigit()) or not 1 <= int(segment) < 2**62:
+            return None
+        index = int(segment) - 1
+        row = conn.execute(_ITEM_ROW, (account, container.path, index)).fetchone()
+        if row is None or row[1] != RUN:
+            return None
+        run = _Node(*row)
+        assert run.body is not None
+        children = _run_children(ARRAY, run.body)
+        offset = index - run.pos
+        return _Run(run, children, offset) if offset < len(children) else None
+
+    def _rewrite_run(
+        self,
+        conn: sqlite3.Connection,
+        account: str,
+        chain: list[_Node],
+        run: _Run,
+        children: list[_Child],
+        changed: int | None,
+    ) -> None:
+        """Store ``children`` in place of a run of the split container ``chain[-1]``.
+
+        ``changed`` is the index in ``children`` of the one child whose value
+        changed; None means the child ``run.at`` was removed (later items
+        of an array move up). A run that still fits is updated in place; else
+        its children are planned again, into runs and rows of their own.
+        """
+        container = chain[-1]
+        node = run.node
+        where = container.path
+        if changed is None:
+            if container.kind == ARRAY:
+                self._shift_items(conn, account, where, node.pos)
+            else:
+                gone = _child(where, str(run.children[run.at][0]))
+                conn.execute("DELETE FROM members WHERE account = ? AND path = ?", (account, gone))
+            if not children:
+                conn.execute(
+                    "DELETE FROM nodes WHERE account = ? AND path = ?", (account, node.path)
+                )
+                comma = 1 if container.size > 2 + node.size else 0
+                self._adjust(conn, account, chain, -node.size - comma)
+                return
+        small = True
+        if changed is not None:
+            key, value = children[changed]
+            label = "" if key is None else _label(key)
+            small = len(label.encode()) + len(_encode(value).encode()) <= self._run_item
+        if small:
+            if container.kind == OBJECT:
+                body = _encode(dict(children))[1:-1]
+            else:
+                body = _encode([value for _key, value in children])[1:-1]
+            size = len(body.encode())
+            if size <= self._run_limit:
+                conn.execute(
+                    "UPDATE nodes SET body = ?, size = ? WHERE account = ? AND path = ?",
+                    (body, size, account, node.path),
+                )
+                self._adjust(conn, account, chain, size - node.size)
+                return
+        conn.execute("DELETE FROM nodes WHERE account = ? AND path = ?", (account, node.path))
+        rows: list[_NewRow] = []
+        members: list[_Member] = []
+        joined, count = self._plan_children(
+            rows, members, where, container.kind, node.pos, children, len(chain) + 1, node.path
+        )
+        if container.kind == OBJECT:
+            kept = {member for member, at in members if at == node.path}
+            conn.executemany(
+                "DELETE FROM members WHERE account = ? AND path = ?",
+                [
+                    (account, member)
+                    for member in (_child(where, str(key)) for key, _value in children)
+                    if member not in kept
+                ],
+            )
+            members = [(member, at) for member, at in members if at != node.path]
+            if count > 1:
+                conn.execute(
+                    "UPDATE nodes SET pos = pos + ? WHERE account = ? AND parent = ? AND pos > ?",
+                    (count - 1, account, where, node.pos),
+                )
+        self._insert(conn, account, rows, members)
+        self._adjust(conn, account, chain, joined - node.size)
+
+    def _add_child(
+        self,
+        conn: sqlite3.Connection,
+        account: str,
+        chain: list[_Node],
+        last: _Node | None,
+        pos: int,
+        key: str | None,
+        segment: str,
+        value: Any,
+    ) -> None:
+        """Store a new last child of the split container ``chain[-1]``, whose last row is ``last``.
+
+        A small child joins the last run if it fits, else starts a run.
+        """
+        container = chain[-1]
+        where = container.path
+        label = "" if key is None else _label(key)
+        path = _child(where, segment)
+        rows: list[_NewRow] = []
+        members: list[_Member] = []
+        size = self._plan(rows, members, path, pos, label, value, len(chain) + 1)
+        piece = len(label.encode()) + size
+        if len(rows) == 1 and rows[0][3] == BLOB and piece <= self._run_item:
+            text = label + str(rows[0][5])
+            if last is not None and last.kind == RUN and last.size + 1 + piece <= self._run_limit:
+                conn.execute(
+                    "UPDATE nodes SET body = body || ?, size = size + ?"
+                    " WHERE account = ? AND path = ?",
+                    ("," + text, 1 + piece, account, last.path),
+                )
+                run, rows = last.path, []
+            else:
+                run = _run_path(where)
+                rows = [(run, where, pos, RUN, "", text, piece)]
+            members = [(path, run)] if key is not None else []
+        self._insert(conn, account, rows, members)
+        self._adjust(conn, account, chain, piece + (1 if container.size > 2 else 0))
+
+    @staticmethod
+    def _length_after(last: _Node | None) -> int:
+        """Items in a split array whose last row is ``last``."""
+        if last is None:
+            return 0
+        if last.kind == RUN:
+            assert last.body is not None
+            return last.pos + len(_run_children(ARRAY, last.body))
+        return last.pos + 1
+
+    @staticmethod
+    def _keys_of(found: Any) -> list[str]:
+        if type(found) is dict:
+            return list(found)
+        if type(found) is list:
+            return [str(position) for position in range(1, len(found) + 1)]
+        return []
 
     # bucket values
 
@@ -608,8 +925,12 @@ class SQLiteStorage(Storage):
         if len(chain) == len(segments):
             return self._text(conn, account, node)
         if node.body is None:
-            return None
-        found = paths.get_in(_decode(node.body), path[len(chain) :])
+            run = self._find_run(conn, account, node, segments[len(chain)])
+            if run is None:
+                return None
+            found = paths.get_in(run.children[run.at][1], path[len(chain) + 1 :])
+        else:
+            found = paths.get_in(_decode(node.body), path[len(chain) :])
         return None if found is MISSING else values.dump(found)
 
     def get_all(self, account: str) -> str:
@@ -627,14 +948,13 @@ class SQLiteStorage(Storage):
             node = chain[-1]
             if node.kind == BLOB:
                 assert node.body is not None
-                found = paths.get_in(_decode(node.body), path[len(chain) :])
-                if type(found) is dict:
-                    return list(found)
-                if type(found) is list:
-                    return [str(position) for position in range(1, len(found) + 1)]
-                return []
+                return self._keys_of(paths.get_in(_decode(node.body), path[len(chain) :]))
             if len(chain) < len(segments):
-                return []
+                run = self._find_run(conn, account, node, segments[len(chain)])
+                if run is None:
+                    return []
+                found = paths.get_in(run.children[run.at][1], path[len(chain) + 1 :])
+                return self._keys_of(found)
             if node.kind == ARRAY:
                 return [
                     str(position) for position in range(1, self._length(conn, account, node) + 1)
@@ -643,20 +963,24 @@ class SQLiteStorage(Storage):
 
     @staticmethod
     def _children(conn: sqlite3.Connection, account: str, path: bytes) -> list[str]:
+        """The keys of a split object (or of the bucket, for ``b""``), in order."""
         rows = conn.execute(
-            "SELECT path FROM nodes WHERE account = ? AND parent = ? ORDER BY pos",
+            "SELECT path, kind, body FROM nodes WHERE account = ? AND parent = ? ORDER BY pos",
             (account, path),
         ).fetchall()
         cut = len(path) + 1 if path else 0
-        return [row[0][cut:].decode() for row in rows]
+        keys: list[str] = []
+        for child, kind, body in rows:
+            if kind == RUN:
+                keys.extend(str(key) for key, _value in _run_children(OBJECT, body))
+            else:
+                keys.append(child[cut:].decode())
+        return keys
 
-    @staticmethod
-    def _length(conn: sqlite3.Connection, account: str, node: _Node) -> int:
+    def _length(self, conn: sqlite3.Connection, account: str, node: _Node) -> int:
         """Items in a split array (positions run 0..n-1 without gaps)."""
-        last = conn.execute(
-            "SELECT max(pos) FROM nodes WHERE account = ? AND parent = ?", (account, node.path)
-        ).fetchone()[0]
-        return 0 if last is None else int(last) + 1
+        row = conn.execute(_LAST_CHILD, (account, node.path)).fetchone()
+        return self._length_after(None if row is None else _Node(*row))
 
     def set(self, account: str, path: Path, value: Any, *, only_if_missing: bool = False) -> bool:
         with self._write_to(account) as conn:
@@ -686,7 +1010,7 @@ class SQLiteStorage(Storage):
             # Below a blob: edit its (bounded) decoded value and store it again.
             node = chain[-1]
             assert node.body is not None
-            root, holder = self._inside(path, depth, node.body)
+            root, holder = self._inside(path, depth, _decode(node.body))
             if only_if_missing and paths.get_in(root, path) is not MISSING:
                 return False
             paths.set_in(root, path, value)
@@ -694,32 +1018,44 @@ class SQLiteStorage(Storage):
             size = self._store(conn, account, node.path, node.pos, node.label, changed, depth, node)
             self._adjust(conn, account, chain[:-1], size - node.size)
             return True
-        # A new child of a split container (or of the bucket itself).
         container = chain[-1] if chain else None
-        where = container.path if container is not None else b""
         segment = segments[depth]
-        if container is not None and container.kind == ARRAY:
-            length = self._length(conn, account, container)
+        if container is not None:
+            run = self._find_run(conn, account, container, segment)
+            if run is not None:
+                # Inside a run: edit the child's (bounded) decoded value, store the run again.
+                key, found = run.children[run.at]
+                root, holder = self._inside(path, depth + 1, found)
+                if only_if_missing and paths.get_in(root, path) is not MISSING:
+                    return False
+                paths.set_in(root, path, value)
+                children = list(run.children)
+                children[run.at] = (key, holder[path[depth]])
+                self._rewrite_run(conn, account, chain, run, children, run.at)
+                return True
+        # A new child of a split container (or of the bucket itself).
+        child = _nest(segments[depth + 1 :], value)
+        if container is None:
+            last = conn.execute(
+                "SELECT max(pos) FROM nodes WHERE account = ? AND parent = x''", (account,)
+            ).fetchone()[0]
+            pos = 0 if last is None else int(last) + 1
+            self._store(conn, account, _child(b"", segment), pos, _label(segment), child, 1, None)
+            return True
+        row = conn.execute(_LAST_CHILD, (account, container.path)).fetchone()
+        last_row = None if row is None else _Node(*row)
+        if container.kind == ARRAY:
+            length = self._length_after(last_row)
             if paths.position(segment, length + 1) != length:
                 shown = paths.join(path[:depth])
                 raise InvalidPathError(
                     f"{path[depth]!r} is not a position in the list at {shown!r}"
                     f" (positions run from 1 to {length + 1})"
                 )
-            pos, segment, label = length, str(length + 1), ""
+            self._add_child(conn, account, chain, last_row, length, None, str(length + 1), child)
         else:
-            last = conn.execute(
-                "SELECT max(pos) FROM nodes WHERE account = ? AND parent = ?", (account, where)
-            ).fetchone()[0]
-            pos = 0 if last is None else int(last) + 1
-            label = _label(segment)
-        child = _nest(segments[depth + 1 :], value)
-        size = self._store(
-            conn, account, _child(where, segment), pos, label, child, depth + 1, None
-        )
-        if container is not None:
-            entry = len(label.encode()) + size + (1 if container.size > 2 else 0)
-            self._adjust(conn, account, chain, entry)
+            pos = 0 if last_row is None else last_row.pos + 1
+            self._add_child(conn, account, chain, last_row, pos, segment, segment, child)
         return True
 
     def delete(self, account: str, path: Path, *, return_value: bool = False) -> str | None:
@@ -736,9 +1072,9 @@ class SQLiteStorage(Storage):
                 self._remove(conn, account, chain)
                 return text
             if node.kind != BLOB:
-                return None
+                return self._delete_in_run(conn, account, path, chain, segments, return_value)
             assert node.body is not None
-            root, holder = self._inside(path, depth, node.body)
+            root, holder = self._inside(path, depth, _decode(node.body))
             found = paths.get_in(root, path)
             if found is MISSING:
                 return None
@@ -748,6 +1084,36 @@ class SQLiteStorage(Storage):
             size = self._store(conn, account, node.path, node.pos, node.label, changed, depth, node)
             self._adjust(conn, account, chain[:-1], size - node.size)
             return text
+
+    def _delete_in_run(
+        self,
+        conn: sqlite3.Connection,
+        account: str,
+        path: Path,
+        chain: list[_Node],
+        segments: list[str],
+        return_value: bool,
+    ) -> str | None:
+        """Delete ``path``, in or below a child of the split container ``chain[-1]`` in a run."""
+        depth = len(chain)
+        run = self._find_run(conn, account, chain[-1], segments[depth])
+        if run is None:
+            return None
+        key, value = run.children[run.at]
+        if depth + 1 == len(segments):
+            children = run.children[: run.at] + run.children[run.at + 1 :]
+            self._rewrite_run(conn, account, chain, run, children, None)
+            return values.dump(value) if return_value else None
+        root, holder = self._inside(path, depth + 1, value)
+        found = paths.get_in(root, path)
+        if found is MISSING:
+            return None
+        text = values.dump(found) if return_value else None
+        paths.delete_in(root, path)
+        children = list(run.children)
+        children[run.at] = (key, holder[path[depth]])
+        self._rewrite_run(conn, account, chain, run, children, run.at)
+        return text
 
     def _remove(self, conn: sqlite3.Connection, account: str, chain: list[_Node]) -> None:
         """Delete the stored node ``chain[-1]`` and its subtree from its split parent.
@@ -772,11 +1138,31 @@ class SQLiteStorage(Storage):
     def _shift_items(
         self, conn: sqlite3.Connection, account: str, array: bytes, removed: int
     ) -> None:
-        """Move the items after index ``removed`` of a split array up by one."""
+        """Move the items after index ``removed`` of a split array up by one.
+
+        Its later runs only change ``pos``; its later items with rows of their
+        own are renamed, with the rows and ``members`` entries below them (the
+        cost grows with the rows of that array, not with the whole document).
+        """
+        conn.execute(
+            "UPDATE nodes SET pos = pos - 1 WHERE account = ? AND parent = ? AND pos > ?"
+            " AND kind = ?",
+            (account, array, removed, RUN),
+        )
+        later = conn.execute(
+            "SELECT 1 FROM nodes WHERE account = ? AND parent = ? AND pos > ? AND kind != ?"
+            " LIMIT 1",
+            (account, array, removed, RUN),
+        ).fetchone()
+        if later is None:
+            return
         base = len(array) + 1
         moved: list[tuple[Any, ...]] = []
         old_paths: list[tuple[str, bytes]] = []
-        for path, parent, pos, kind, label, body, size in self._subtree(conn, account, array):
+        rows = self._subtree(
+            conn, account, array, _ROWS, f" AND NOT (parent = ? AND kind = {RUN})", (array,)
+        )
+        for path, parent, pos, kind, label, body, size in rows:
             end = path.find(b"\x00", base)
             segment = path[base:] if end < 0 else path[base:end]
             number = int(segment)
@@ -793,10 +1179,26 @@ class SQLiteStorage(Storage):
             moved.append((account, new_path, new_parent, new_pos, kind, label, body, size))
         conn.executemany("DELETE FROM nodes WHERE account = ? AND path = ?", old_paths)
         conn.executemany(_INSERT, moved)
+        renamed: list[tuple[str, bytes, bytes]] = []
+        old_paths = []
+        for path, run in conn.execute(
+            "SELECT path, run FROM members WHERE account = ? AND path > ? AND path < ?",
+            (account, array + b"\x00", array + b"\x01"),
+        ).fetchall():
+            segment = path[base : path.find(b"\x00", base)]
+            if int(segment) <= removed + 1:
+                continue
+            new_prefix = array + b"\x00" + str(int(segment) - 1).encode()
+            old_len = base + len(segment)
+            old_paths.append((account, path))
+            renamed.append((account, new_prefix + path[old_len:], new_prefix + run[old_len:]))
+        conn.executemany("DELETE FROM members WHERE account = ? AND path = ?", old_paths)
+        conn.executemany(_INSERT_MEMBER, renamed)
 
     def clear(self, account: str) -> None:
         with self._write_to(account) as conn:
             conn.execute("DELETE FROM nodes WHERE account = ?", (account,))
+            conn.execute("DELETE FROM members WHERE account = ?", (account,))
 
     # templates
 
