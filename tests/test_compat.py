@@ -17,6 +17,7 @@ from typing import Any
 import kvpio as original  # type: ignore[import-untyped]
 import pytest
 import requests
+from contract import NESTED, TEMPLATE_ROWS
 
 import kvpio_mapping.compat as compat
 from kvpio_mapping.errors import TransportError
@@ -87,7 +88,6 @@ def test_readme_bucket(kvpio: Any) -> None:
 
 # ---------------------------------------------------------------- the original test suite
 
-NESTED = [1, {"10": "Ten", "20": [46], "2": "two"}, 3]
 
 BUCKET_VECTORS = [
     ("bar", [("foo", "bar")]),
@@ -95,19 +95,6 @@ BUCKET_VECTORS = [
     (NESTED, [("foo/1", 1), ("foo/2/10", "Ten"), ("foo/2/20/1", 46)]),
 ]
 
-TEMPLATE_ROWS = [
-    ("Test template: {{ foo }} should equal bar", "bar", "Test template: bar should equal bar"),
-    (
-        "Test template: {{ foo.bar.baz }} should equal 123",
-        {"bar": {"baz": 123}},
-        "Test template: 123 should equal 123",
-    ),
-    (
-        'What is {{ foo[1]["20"][0] }} and {{ foo[1]["2"] }} about anyway...',
-        NESTED,
-        "What is 46 and two about anyway...",
-    ),
-]
 
 
 @pytest.mark.parametrize(("stored", "reads"), BUCKET_VECTORS)

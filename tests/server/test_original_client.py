@@ -7,10 +7,9 @@ from typing import Any
 
 import kvpio  # type: ignore[import-untyped]
 import pytest
+from contract import NESTED, TEMPLATE_ROWS
 
 from kvpio_mapping.testing import RunningServer, TestAccount, new_account
-
-NESTED = [1, {"10": "Ten", "20": [46], "2": "two"}, 3]
 
 BUCKET_VECTORS = [
     ("foo", "bar", "foo", "bar"),
@@ -20,19 +19,6 @@ BUCKET_VECTORS = [
     ("foo", NESTED, "foo/2/20/1", 46),
 ]
 
-TEMPLATE_VECTORS = [
-    ("Test template: {{ foo }} should equal bar", "bar", "Test template: bar should equal bar"),
-    (
-        "Test template: {{ foo.bar.baz }} should equal 123",
-        {"bar": {"baz": 123}},
-        "Test template: 123 should equal 123",
-    ),
-    (
-        'What is {{ foo[1]["20"][0] }} and {{ foo[1]["2"] }} about anyway...',
-        NESTED,
-        "What is 46 and two about anyway...",
-    ),
-]
 
 
 @pytest.fixture
@@ -85,7 +71,7 @@ def test_templates_list(client: Any) -> None:
     assert isinstance(names, list)
 
 
-@pytest.mark.parametrize(("template", "data", "expected"), TEMPLATE_VECTORS)
+@pytest.mark.parametrize(("template", "data", "expected"), TEMPLATE_ROWS)
 def test_templates_set_get_delete(client: Any, template: str, data: Any, expected: str) -> None:
     bucket = client.Bucket()
     templates = client.Templates()

@@ -9,12 +9,12 @@ from urllib.parse import quote
 
 import pytest
 import requests
+from contract import NESTED, TEMPLATE_ROWS
 
 from kvpio_mapping.testing import Api, RunningServer, run_server
 
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
-NESTED = [1, {"10": "Ten", "20": [46], "2": "two"}, 3]
 
 VECTORS = [
     ("bar", "foo", b'"bar"'),
@@ -24,19 +24,6 @@ VECTORS = [
     (NESTED, "foo/2/20/1", b"46"),
 ]
 
-TEMPLATES = [
-    ("Test template: {{ foo }} should equal bar", "bar", "Test template: bar should equal bar"),
-    (
-        "Test template: {{ foo.bar.baz }} should equal 123",
-        {"bar": {"baz": 123}},
-        "Test template: 123 should equal 123",
-    ),
-    (
-        'What is {{ foo[1]["20"][0] }} and {{ foo[1]["2"] }} about anyway...',
-        NESTED,
-        "What is 46 and two about anyway...",
-    ),
-]
 
 
 def assert_empty(response: requests.Response) -> None:
@@ -271,7 +258,7 @@ def test_template_list_is_a_json_list(api: Api) -> None:
     assert_json(api.get("/v1/templates"), b'["one","two"]')
 
 
-@pytest.mark.parametrize(("source", "stored", "rendered"), TEMPLATES)
+@pytest.mark.parametrize(("source", "stored", "rendered"), TEMPLATE_ROWS)
 def test_template_rows(api: Api, source: str, stored: Any, rendered: str) -> None:
     assert_empty(api.post("/v1/templates/t", json=source))
     assert_empty(api.post("/v1/bucket/foo", json=stored))
