@@ -1,4 +1,4 @@
-"""Shared fixtures: ``api`` (raw HTTP on a fresh account) and ``count_requests``."""
+"""Shared fixtures: ``api`` (raw HTTP on a fresh account), ``count_requests``, ``clock``."""
 
 from __future__ import annotations
 
@@ -44,3 +44,22 @@ class Requests:
 def count_requests() -> Callable[[Any], Requests]:
     """Start counting the requests of a bucket, a template store or a transport."""
     return lambda target: Requests(getattr(target, "_transport", target))
+
+
+class Clock:
+    """A fake monotonic clock that moves only when told, for TTL tests that never sleep."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """A fresh :class:`Clock`."""
+    return Clock()

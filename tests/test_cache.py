@@ -16,26 +16,6 @@ from kvpio_mapping.cache import NOT_CACHED, CacheInfo, PathCache
 from kvpio_mapping.paths import MISSING
 
 
-class Clock:
-    """A fake monotonic clock that moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
 @pytest.fixture
 def cache(clock):
     return PathCache(10.0, 100, missing_ttl=1.0, timer=clock)

@@ -9,19 +9,6 @@ import pytest
 from kvpio_mapping import KVBucket
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
 @pytest.fixture
 def answers(bucket: KVBucket) -> list[tuple[int, dict[str, Any]]]:
     """(status, request headers) of every request the bucket sends."""
@@ -38,7 +25,7 @@ def answers(bucket: KVBucket) -> list[tuple[int, dict[str, Any]]]:
 
 
 @pytest.fixture
-def bucket(kvpio_account: Any, clock: Clock) -> KVBucket:
+def bucket(kvpio_account: Any, clock: Any) -> KVBucket:
     return KVBucket(kvpio_account.url, kvpio_account.api_key, ttl=5, timer=clock)
 
 

@@ -13,19 +13,6 @@ from kvpio_mapping import (
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-
-
 @pytest.fixture
 def conn(kvpio_account):
     return connect(kvpio_account.url, kvpio_account.api_key)
@@ -322,8 +309,7 @@ def test_deleting_a_template_evicts_its_rendering(store):
         store["t"]
 
 
-def test_a_write_by_another_client_is_seen_after_ttl(kvpio_account, conn):
-    clock = Clock()
+def test_a_write_by_another_client_is_seen_after_ttl(kvpio_account, conn, clock):
     store = TemplateStore(conn.transport, ttl=10.0, timer=clock)
     elsewhere = connect(kvpio_account.url, kvpio_account.api_key)
     elsewhere.bucket["foo"] = "old"
