@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from importlib.util import find_spec
 from typing import Any
 
 _DB_HELP = (
@@ -63,6 +64,13 @@ def add_commands(subparsers: Any) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
+    missing = [name for name in ("falcon", "uvicorn", "jinja2") if find_spec(name) is None]
+    if missing:
+        sys.stderr.write(
+            f"kvpio serve: needs the server extra ({', '.join(missing)} missing):"
+            " pip install 'kvpio-mapping[server]'\n"
+        )
+        return 1
     return serve(
         host=args.host,
         port=args.port,
