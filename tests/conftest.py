@@ -1,7 +1,9 @@
-"""Shared fixtures: ``api`` (raw HTTP on a fresh account), ``count_requests``, ``clock``."""
+"""Shared fixtures: ``api`` (raw HTTP on a fresh account), ``count_requests``,
+``clock`` and ``closed_url``."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -63,3 +65,12 @@ class Clock:
 def clock() -> Clock:
     """A fresh :class:`Clock`."""
     return Clock()
+
+
+@pytest.fixture
+def closed_url() -> str:
+    """A loopback URL on which nothing listens."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

@@ -12,7 +12,6 @@ import json
 import os
 import pty
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -49,13 +48,6 @@ def run(account: Any, capsys: pytest.CaptureFixture[str]) -> Any:
     return call
 
 
-@pytest.fixture
-def closed_url() -> str:
-    """A loopback URL on which nothing listens."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 def subprocess_env(home: Path, **variables: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ must give the same answers.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -45,13 +44,6 @@ def kvpio(request: pytest.FixtureRequest, kvpio_account: Any) -> Any:
     return module
 
 
-@pytest.fixture
-def closed_url() -> str:
-    """A loopback URL on which nothing listens."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 # ---------------------------------------------------------------- the README

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from contract import TEMPLATE_ROWS
 
 from kvpio_mapping import (
     InvalidPathError,
@@ -181,22 +182,9 @@ def test_a_template_with_a_syntax_error_is_refused(store):
 
 # the contract's rows (kvpio-v1.md)
 
-CONTRACT = [
-    ("Test template: {{ foo }} should equal bar", "bar", "Test template: bar should equal bar"),
-    (
-        "Test template: {{ foo.bar.baz }} should equal 123",
-        {"bar": {"baz": 123}},
-        "Test template: 123 should equal 123",
-    ),
-    (
-        'What is {{ foo[1]["20"][0] }} and {{ foo[1]["2"] }} about anyway...',
-        [1, {"10": "Ten", "20": [46], "2": "two"}, 3],
-        "What is 46 and two about anyway...",
-    ),
-]
 
 
-@pytest.mark.parametrize(("source", "foo", "rendered"), CONTRACT)
+@pytest.mark.parametrize(("source", "foo", "rendered"), TEMPLATE_ROWS)
 def test_the_contracts_template_rows_render_from_the_bucket(store, bucket, source, foo, rendered):
     bucket["foo"] = foo
     store["test"] = source
@@ -204,7 +192,7 @@ def test_the_contracts_template_rows_render_from_the_bucket(store, bucket, sourc
     assert store.source("test") == source
 
 
-@pytest.mark.parametrize(("source", "foo", "rendered"), CONTRACT)
+@pytest.mark.parametrize(("source", "foo", "rendered"), TEMPLATE_ROWS)
 def test_the_contracts_template_rows_render_from_data(store, source, foo, rendered):
     store["test"] = source
     assert store.render("test", {"foo": foo}) == rendered

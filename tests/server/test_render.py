@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from contract import TEMPLATE_ROWS
 
 from kvpio_mapping.server.render import (
     Renderer,
@@ -50,31 +51,14 @@ def assert_still_works(renderer: Renderer) -> None:
 
 # --- the contract's rows -------------------------------------------------------------
 
-CONTRACT = [
-    (
-        "Test template: {{ foo }} should equal bar",
-        "bar",
-        "Test template: bar should equal bar",
-    ),
-    (
-        "Test template: {{ foo.bar.baz }} should equal 123",
-        {"bar": {"baz": 123}},
-        "Test template: 123 should equal 123",
-    ),
-    (
-        'What is {{ foo[1]["20"][0] }} and {{ foo[1]["2"] }} about anyway...',
-        [1, {"10": "Ten", "20": [46], "2": "two"}, 3],
-        "What is 46 and two about anyway...",
-    ),
-]
 
 
-@pytest.mark.parametrize(("source", "foo", "expected"), CONTRACT)
+@pytest.mark.parametrize(("source", "foo", "expected"), TEMPLATE_ROWS)
 def test_contract_rows(renderer: Renderer, source: str, foo: Any, expected: str) -> None:
     assert render(renderer, source, {"foo": foo}) == expected
 
 
-@pytest.mark.parametrize(("source", "foo", "expected"), CONTRACT)
+@pytest.mark.parametrize(("source", "foo", "expected"), TEMPLATE_ROWS)
 def test_contract_rows_reference_foo(source: str, foo: Any, expected: str) -> None:
     assert referenced_names(source) == frozenset({"foo"})
 
