@@ -177,14 +177,7 @@ class KVBucket(MutableMapping[str, Any]):
     def __getitem__(self, key: str) -> Any:
         cache = self._cache
         if cache.enabled and type(key) is str and not self._root:
-            # Only valid paths are ever stored, so an exact hit needs no parsing.
-            with cache.lock:
-                entry = cache._entries.get(key)
-                if entry is not None and entry.expires > cache.timer():
-                    cache.hits += 1
-                    found = entry.value
-                else:
-                    found = NOT_CACHED
+            found = cache.exact(key)
             if found is not NOT_CACHED:
                 if found is MISSING:
                     raise KeyError(key)

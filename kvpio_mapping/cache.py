@@ -105,6 +105,20 @@ class PathCache:
         self.lock = threading.RLock()
         self._entries = LRUCache(max(self.maxsize, 1))
 
+    def exact(self, path: str) -> Any:
+        """The fresh value stored at exactly ``path`` (a hit), or :data:`NOT_CACHED`.
+
+        The fast path for a key already seen: no splitting, no ancestors, and
+        ``path`` need not be validated, since only valid paths are stored. A
+        miss here is not counted; :meth:`lookup` counts it.
+        """
+        with self.lock:
+            entry = self._entries.get(path)
+            if entry is None or entry.expires <= self.timer():
+                return NOT_CACHED
+            self.hits += 1
+            return entry.value
+
     def lookup(self, path: str) -> Any:
         """The cached value at ``path`` (possibly MISSING), or :data:`NOT_CACHED`.
 
