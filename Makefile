@@ -2,14 +2,19 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+# The demo needs the package and its server extra; the checks add the test tools.
+$(VENV)/.demo: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[server]'
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.demo
 	$(PY) -m pip install -q -e '.[server,test]'
 	touch $@
 
 .PHONY: demo test lint bench
-demo: $(VENV)/.installed
+demo: $(VENV)/.demo
 	$(PY) examples/demo.py
 
 lint: $(VENV)/.installed
