@@ -5,6 +5,11 @@ suite in ``tests/server/test_storage_conformance.py``. Paths arrive already
 validated as tuples of segments (:mod:`kvpio_mapping.paths`); values arrive
 decoded and checked (:mod:`kvpio_mapping.values`) and leave as compact JSON
 text, so a read can be sent without decoding it again.
+
+Every account has a *revision*: a counter that every committed write of its
+values or templates raises by exactly one (a write that fails, or a commit
+whose check fails, changes nothing and leaves it as it was). Reads and
+commits report the revision they saw or made.
 """
 
 from __future__ import annotations
@@ -15,9 +20,23 @@ import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal, NamedTuple
 
-from ...paths import Path
+from ... import paths, values
+from ...paths import MISSING, Path
+
+MAX_COMMIT: Final = 1000
+"""Most operations, and most checks, one commit may hold."""
+
+OperationKind = Literal["set", "delete", "pop", "increment", "append", "merge"]
+OPERATION_KINDS: Final[tuple[OperationKind, ...]] = (
+    "set",
+    "delete",
+    "pop",
+    "increment",
+    "append",
+    "merge",
+)
 
 
 class AccountExistsError(ValueError):
@@ -32,6 +51,132 @@ class Account:
     email: str
     reads: int
     size: int
+
+
+class ConflictError(ValueError):
+    """An atomic operation does not fit the value it targets (say, incrementing a string)."""
+
+
+class Operation(NamedTuple):
+    """One write of a commit.
+
+    ``set`` stores ``value``; ``delete`` removes what is at ``path``; ``pop``
+    does the same and reports the removed value; ``increment`` adds the
+    number ``value`` to the number at ``path`` (missing counts as 0);
+    ``append`` adds ``value`` at the end of the list at ``path`` (missing
+    counts as ``[]``); ``merge`` sets each member of the object ``value``
+    below the object at ``path`` (missing counts as ``{}``).
+    """
+
+    kind: OperationKind
+    path: Path
+    value: Any = None
+
+
+class Check(NamedTuple):
+    """A condition of a commit: the value at ``path`` has the ETag ``etag``.
+
+    ``etag`` None means nothing may be there; ``"*"`` means something must be.
+    """
+
+    path: Path
+    etag: str | None
+
+
+class Failure(NamedTuple):
+    """A check that failed: its index among the checks, its path, and the current value (JSON text or None) and ETag."""
+
+    check: int
+    path: Path
+    text: str | None
+    etag: str | None
+
+
+class CheckFailedError(Exception):
+    """A commit's checks failed: nothing was changed."""
+
+    def __init__(self, failures: list[Failure]) -> None:
+        shown = ", ".join(repr(paths.join(failure.path)) for failure in failures)
+        super().__init__(f"the value changed at {shown}")
+        self.failures = failures
+
+
+class Committed(NamedTuple):
+    """What a commit did: the revision it made and, per operation, its result as JSON text.
+
+    Results: ``pop`` the removed value (None if nothing was there);
+    ``increment`` the new number; ``append`` the new item's 1-based
+    position; None for the others.
+    """
+
+    revision: int
+    results: list[str | None]
+
+
+def etag(text: bytes) -> str:
+    """The strong ETag of a body: the same on every worker and backend."""
+    return '"' + hashlib.blake2b(text, digest_size=16).hexdigest() + '"'
+
+
+def failure(index: int, check: Check, text: str | None) -> Failure | None:
+    """The failure of ``check`` when the value at its path is ``text``, or None if it holds."""
+    tag = None if text is None else etag(text.encode())
+    if check.etag is None:
+        holds = tag is None
+    elif check.etag == "*":
+        holds = tag is not None
+    else:
+        holds = tag is not None and check.etag.removeprefix("W/") == tag
+    return None if holds else Failure(index, check.path, text, tag)
+
+
+def incremented(path: Path, current: Any, by: Any) -> int | float:
+    """``current + by`` for an increment, or :class:`ConflictError` if it is not a number."""
+    if current is MISSING:
+        current = 0
+    if type(current) not in (int, float):
+        raise ConflictError(
+            f"cannot increment the {_kind(current)} at {paths.join(path)!r}: it is not a number"
+        )
+    total = current + by
+    values.check(total)
+    return total  # type: ignore[no-any-return]
+
+
+def appendable(path: Path, current: Any) -> None:
+    """Raise :class:`ConflictError` unless an append can target ``current``."""
+    if current is not MISSING and type(current) is not list:
+        raise ConflictError(
+            f"cannot append to the {_kind(current)} at {paths.join(path)!r}: it is not a list"
+        )
+
+
+def mergeable(path: Path, current: Any) -> None:
+    """Raise :class:`ConflictError` unless a merge can target ``current``."""
+    if current is not MISSING and type(current) is not dict:
+        raise ConflictError(
+            f"cannot merge into the {_kind(current)} at {paths.join(path)!r}: it is not an object"
+        )
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def check_operation(operation: Operation) -> None:
+    """Refuse (``ValueError``) an operation whose value cannot be applied anywhere."""
+    kind, path, value = operation
+    if kind not in OPERATION_KINDS:
+        raise ValueError(f"unknown operation {kind!r}")
+    paths.check(path)
+    if kind == "increment" and type(value) not in (int, float):
+        raise ValueError(f"an increment needs a number, not {value!r}")
+    if kind == "merge":
+        if type(value) is not dict:
+            raise ValueError("a merge needs a JSON object")
+        for key in value:
+            paths.check((key,))
 
 
 def hash_key(api_key: str) -> str:
@@ -92,8 +237,19 @@ class Storage(ABC):
     # bucket values
 
     @abstractmethod
+    def revision(self, account: str) -> int:
+        """The account's revision now (0 before its first write)."""
+
+    @abstractmethod
+    def read(self, account: str, path: Path) -> tuple[str | None, int]:
+        """The JSON text of the value at ``path`` (None if there is none) and its revision.
+
+        Both come from one snapshot: the value is the one the revision holds.
+        """
+
     def get(self, account: str, path: Path) -> str | None:
         """The JSON text of the value at ``path``, or None if there is none."""
+        return self.read(account, path)[0]
 
     @abstractmethod
     def get_all(self, account: str) -> str:
@@ -108,6 +264,19 @@ class Storage(ABC):
         """
 
     @abstractmethod
+    def commit(
+        self, account: str, operations: Sequence[Operation], checks: Sequence[Check] = ()
+    ) -> Committed:
+        """Apply ``operations`` in order if every check holds, atomically: all or none.
+
+        Raises :class:`CheckFailedError` naming every failed check,
+        :class:`ConflictError` for an operation that does not fit its target,
+        :class:`~kvpio_mapping.errors.InvalidPathError` for a path a write
+        cannot take, or ``ValueError`` for an operation refused by
+        :func:`check_operation`; each changes nothing. Writes below a list
+        follow :meth:`set`'s rules.
+        """
+
     def set(self, account: str, path: Path, value: Any, *, only_if_missing: bool = False) -> bool:
         """Store ``value`` at ``path``, creating missing or scalar parents as objects.
 
@@ -116,22 +285,29 @@ class Storage(ABC):
         (changing nothing) for a segment below a list that is not a position
         from 1 to one past its end.
         """
+        checks = [Check(path, None)] if only_if_missing else []
+        try:
+            self.commit(account, [Operation("set", path, value)], checks)
+        except CheckFailedError:
+            return False
+        return True
 
-    @abstractmethod
     def set_many(self, account: str, items: Sequence[tuple[Path, Any]]) -> None:
         """Apply :meth:`set` for each pair in order, atomically: all or none."""
+        self.commit(account, [Operation("set", path, value) for path, value in items])
 
-    @abstractmethod
     def delete(self, account: str, path: Path, *, return_value: bool = False) -> str | None:
         """Remove the value at ``path`` and everything below it.
 
         Later items of a list move up. Returns the removed value's JSON text
         when ``return_value`` is true and something was there, else None.
         """
+        operation = Operation("pop" if return_value else "delete", path)
+        return self.commit(account, [operation]).results[0]
 
     @abstractmethod
-    def clear(self, account: str) -> None:
-        """Remove every value of the account (templates stay)."""
+    def clear(self, account: str) -> int:
+        """Remove every value of the account (templates stay); the revision it made."""
 
     # templates
 

@@ -9,7 +9,24 @@ from typing import Any
 
 from ... import paths, values
 from ...paths import MISSING, Path
-from .base import Account, AccountExistsError, Storage, hash_key, new_key, same_digest
+from .base import (
+    Account,
+    AccountExistsError,
+    Check,
+    CheckFailedError,
+    Committed,
+    Failure,
+    Operation,
+    Storage,
+    appendable,
+    check_operation,
+    failure,
+    hash_key,
+    incremented,
+    mergeable,
+    new_key,
+    same_digest,
+)
 
 
 @dataclass
@@ -18,6 +35,7 @@ class _Account:
     email: str
     key_digest: str
     reads: int = 0
+    revision: int = 0
     data: dict[str, Any] = field(default_factory=dict)
     templates: dict[str, str] = field(default_factory=dict)
 
@@ -82,10 +100,16 @@ class MemoryStorage(Storage):
                 if id in self._accounts:
                     self._accounts[id].reads += count
 
-    def get(self, account: str, path: Path) -> str | None:
+    def revision(self, account: str) -> int:
         with self._lock:
-            found = paths.get_in(self._accounts[account].data, path)
-            return None if found is MISSING else values.encode(found).decode()
+            return self._accounts[account].revision
+
+    def read(self, account: str, path: Path) -> tuple[str | None, int]:
+        with self._lock:
+            state = self._accounts[account]
+            found = paths.get_in(state.data, path)
+            text = None if found is MISSING else values.encode(found).decode()
+            return text, state.revision
 
     def get_all(self, account: str) -> str:
         with self._lock:
@@ -100,34 +124,34 @@ class MemoryStorage(Storage):
                 return [str(position) for position in range(1, len(found) + 1)]
             return []
 
-    def set(self, account: str, path: Path, value: Any, *, only_if_missing: bool = False) -> bool:
-        with self._lock:
-            data = self._accounts[account].data
-            if only_if_missing and paths.get_in(data, path) is not MISSING:
-                return False
-            paths.set_in(data, path, values.copy(value))
-            return True
-
-    def set_many(self, account: str, items: Sequence[tuple[Path, Any]]) -> None:
+    def commit(
+        self, account: str, operations: Sequence[Operation], checks: Sequence[Check] = ()
+    ) -> Committed:
+        for operation in operations:
+            check_operation(operation)
         with self._lock:
             state = self._accounts[account]
-            data = values.copy(state.data)
-            for path, value in items:
-                paths.set_in(data, path, values.copy(value))
+            failures: list[Failure] = []
+            for index, check in enumerate(checks):
+                found = paths.get_in(state.data, check.path)
+                text = None if found is MISSING else values.dump(found)
+                failed = failure(index, check, text)
+                if failed is not None:
+                    failures.append(failed)
+            if failures:
+                raise CheckFailedError(failures)
+            data = values.copy(state.data) if len(operations) > 1 else state.data
+            results = [_apply(data, operation) for operation in operations]
             state.data = data
+            state.revision += 1
+            return Committed(state.revision, results)
 
-    def delete(self, account: str, path: Path, *, return_value: bool = False) -> str | None:
+    def clear(self, account: str) -> int:
         with self._lock:
-            data = self._accounts[account].data
-            found = paths.get_in(data, path)
-            paths.delete_in(data, path)
-            if return_value and found is not MISSING:
-                return values.encode(found).decode()
-            return None
-
-    def clear(self, account: str) -> None:
-        with self._lock:
-            self._accounts[account].data = {}
+            state = self._accounts[account]
+            state.data = {}
+            state.revision += 1
+            return state.revision
 
     def get_template(self, account: str, name: str) -> str | None:
         with self._lock:
@@ -135,12 +159,49 @@ class MemoryStorage(Storage):
 
     def set_template(self, account: str, name: str, source: str) -> None:
         with self._lock:
-            self._accounts[account].templates[name] = source
+            state = self._accounts[account]
+            state.templates[name] = source
+            state.revision += 1
 
     def delete_template(self, account: str, name: str) -> bool:
         with self._lock:
-            return self._accounts[account].templates.pop(name, None) is not None
+            state = self._accounts[account]
+            state.revision += 1
+            return state.templates.pop(name, None) is not None
 
     def list_templates(self, account: str) -> list[str]:
         with self._lock:
             return list(self._accounts[account].templates)
+
+
+def _apply(data: dict[str, Any], operation: Operation) -> str | None:
+    """Apply one operation to a bucket's data in place; its result as JSON text.
+
+    A single operation raises before changing anything; the copy a commit of
+    several works on keeps a failure from leaving a half-applied commit behind.
+    """
+    kind, path, value = operation
+    if kind == "set":
+        paths.set_in(data, path, values.copy(value))
+        return None
+    found = paths.get_in(data, path)
+    if kind in ("delete", "pop"):
+        paths.delete_in(data, path)
+        return None if kind == "delete" or found is MISSING else values.dump(found)
+    if kind == "increment":
+        total = incremented(path, found, value)
+        paths.set_in(data, path, total)
+        return values.dump(total)
+    if kind == "append":
+        appendable(path, found)
+        if found is MISSING:
+            paths.set_in(data, path, [values.copy(value)])
+            return "1"
+        found.append(values.copy(value))
+        return str(len(found))
+    mergeable(path, found)
+    if found is MISSING:
+        paths.set_in(data, path, values.copy(value))
+    else:
+        found.update(values.copy(value))
+    return None

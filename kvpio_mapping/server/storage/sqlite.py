@@ -59,12 +59,14 @@ that is not the last from a split array moves the later runs by one ``pos``
 and renames the later items that have rows of their own (with their
 subtrees).
 
-Every write is one ``BEGIN IMMEDIATE`` transaction, committed before the
+Every write is one ``BEGIN IMMEDIATE`` transaction that starts by raising
+the account's ``revision`` (so a write that fails or is refused takes the
+raise back with everything else), committed before the
 call returns; with WAL and ``synchronous=NORMAL`` an acknowledged write
 survives the process being killed. Each thread uses its own connection.
 
 Each connection keeps the texts of its last :data:`READ_CACHE_ENTRIES`
-:meth:`SQLiteStorage.get` answers of at most a blob's size. An entry is used
+:meth:`SQLiteStorage.read` answers (text and revision) of at most a blob's size. An entry is used
 only while ``PRAGMA data_version`` is the one it was stored under (read
 inside the read transaction that computed it, so it describes that
 snapshot): any commit by another connection, in this process or another,
@@ -90,7 +92,24 @@ from typing import Any, Final, NamedTuple
 from ... import paths, values
 from ...errors import InvalidPathError
 from ...paths import MISSING, Path
-from .base import Account, AccountExistsError, Storage, hash_key, new_key, same_digest
+from .base import (
+    Account,
+    AccountExistsError,
+    Check,
+    CheckFailedError,
+    Committed,
+    Failure,
+    Operation,
+    Storage,
+    appendable,
+    check_operation,
+    failure,
+    hash_key,
+    incremented,
+    mergeable,
+    new_key,
+    same_digest,
+)
 
 BLOB_THRESHOLD: Final = 4096
 """Largest compact JSON (bytes) kept as one blob row; larger containers are split."""
@@ -103,9 +122,7 @@ RUN: Final = 3
 BUSY_TIMEOUT_MS: Final = 10_000
 
 READ_CACHE_ENTRIES: Final = 1024
-"""Answers of :meth:`SQLiteStorage.get` each connection keeps (see the module's notes)."""
-
-_UNCACHED: Final = object()
+"""Answers of :meth:`SQLiteStorage.read` each connection keeps (see the module's notes)."""
 
 # The configuration of values.encode; values reach the storage already checked,
 # so subtrees are encoded without checking them again at every level.
@@ -116,7 +133,8 @@ CREATE TABLE IF NOT EXISTS accounts (
     id TEXT PRIMARY KEY,
     email TEXT NOT NULL,
     key_digest TEXT NOT NULL UNIQUE,
-    reads INTEGER NOT NULL DEFAULT 0
+    reads INTEGER NOT NULL DEFAULT 0,
+    revision INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS nodes (
     account TEXT NOT NULL,
@@ -292,6 +310,12 @@ class SQLiteStorage(Storage):
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            columns = [row[1] for row in conn.execute("PRAGMA table_info(accounts)")]
+            if "revision" not in columns:
+                # A database made before revisions existed.
+                conn.execute(
+                    "ALTER TABLE accounts ADD COLUMN revision INTEGER NOT NULL DEFAULT 0"
+                )
 
     # connections and transactions
 
@@ -337,16 +361,21 @@ class SQLiteStorage(Storage):
             self._local.cache.clear()
 
     @contextmanager
-    def _write_to(self, account: str) -> Iterator[sqlite3.Connection]:
-        """A write transaction on an existing account; ``KeyError`` if there is none.
+    def _write_to(self, account: str) -> Iterator[tuple[sqlite3.Connection, int]]:
+        """A write transaction on an existing account, and the revision it makes.
 
-        Checked inside the transaction, so a write racing the account's
-        deletion (say, from another process) cannot leave values behind.
+        ``KeyError`` if there is no such account, checked inside the
+        transaction, so a write racing the account's deletion (say, from
+        another process) cannot leave values behind.
         """
         with self._write() as conn:
-            if conn.execute("SELECT 1 FROM accounts WHERE id = ?", (account,)).fetchone() is None:
+            row = conn.execute(
+                "UPDATE accounts SET revision = revision + 1 WHERE id = ? RETURNING revision",
+                (account,),
+            ).fetchone()
+            if row is None:
                 raise KeyError(account)
-            yield conn
+            yield conn, int(row[0])
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -891,31 +920,39 @@ class SQLiteStorage(Storage):
 
     # bucket values
 
-    def get(self, account: str, path: Path) -> str | None:
-        if not path:
-            return self.get_all(account)
+    def revision(self, account: str) -> int:
+        with self._read() as conn:
+            return self._revision(conn, account)
+
+    @staticmethod
+    def _revision(conn: sqlite3.Connection, account: str) -> int:
+        row = conn.execute("SELECT revision FROM accounts WHERE id = ?", (account,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def read(self, account: str, path: Path) -> tuple[str | None, int]:
         conn = self._conn()
         local = self._local
-        cache: OrderedDict[tuple[str, Path], str | None] = local.cache
+        cache: OrderedDict[tuple[str, Path], tuple[str | None, int]] = local.cache
         key = (account, path)
         # Outside a transaction, data_version is that of the latest commit: if it is
         # the one the entries were read under, they are what a read would see now.
         if cache and conn.execute("PRAGMA data_version").fetchone()[0] == local.version:
-            text = cache.get(key, _UNCACHED)
-            if text is not _UNCACHED:
+            found = cache.get(key)
+            if found is not None:
                 cache.move_to_end(key)
-                return text  # type: ignore[return-value]
+                return found
         with self._read() as conn:
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             if version != local.version:
                 cache.clear()
                 local.version = version
-            text = self._get(conn, account, path)
+            revision = self._revision(conn, account)
+            text = self._get(conn, account, path) if path else self._get_all(conn, account)
         if text is None or len(text) <= self._threshold:
-            cache[key] = text
+            cache[key] = (text, revision)
             if len(cache) > READ_CACHE_ENTRIES:
                 cache.popitem(last=False)
-        return text
+        return text, revision
 
     def _get(self, conn: sqlite3.Connection, account: str, path: Path) -> str | None:
         chain, segments = self._locate(conn, account, path)
@@ -935,31 +972,44 @@ class SQLiteStorage(Storage):
 
     def get_all(self, account: str) -> str:
         with self._read() as conn:
-            rows = self._subtree(conn, account, b"", _RENDER_ROWS, " ORDER BY parent, pos")
-            return self._render(rows, b"", OBJECT)
+            return self._get_all(conn, account)
+
+    def _get_all(self, conn: sqlite3.Connection, account: str) -> str:
+        rows = self._subtree(conn, account, b"", _RENDER_ROWS, " ORDER BY parent, pos")
+        return self._render(rows, b"", OBJECT)
 
     def keys(self, account: str, path: Path = ()) -> list[str]:
         with self._read() as conn:
             if not path:
                 return self._children(conn, account, b"")
-            chain, segments = self._locate(conn, account, path)
-            if not chain:
-                return []
-            node = chain[-1]
-            if node.kind == BLOB:
-                assert node.body is not None
-                return self._keys_of(paths.get_in(_decode(node.body), path[len(chain) :]))
-            if len(chain) < len(segments):
-                run = self._find_run(conn, account, node, segments[len(chain)])
-                if run is None:
-                    return []
-                found = paths.get_in(run.children[run.at][1], path[len(chain) + 1 :])
+            found, split = self._peek(conn, account, path)
+            if split is None:
                 return self._keys_of(found)
-            if node.kind == ARRAY:
+            if split.kind == ARRAY:
                 return [
-                    str(position) for position in range(1, self._length(conn, account, node) + 1)
+                    str(position) for position in range(1, self._length(conn, account, split) + 1)
                 ]
-            return self._children(conn, account, node.path)
+            return self._children(conn, account, split.path)
+
+    def _peek(self, conn: sqlite3.Connection, account: str, path: Path) -> tuple[Any, _Node | None]:
+        """The value at ``path``, without rendering a split container.
+
+        Returns the value decoded (or :data:`MISSING`) when it lies in a blob
+        or a run, so it is small; for a split container, ``(None, its row)``.
+        """
+        chain, segments = self._locate(conn, account, path)
+        if not chain:
+            return MISSING, None
+        node = chain[-1]
+        if node.kind == BLOB:
+            assert node.body is not None
+            return paths.get_in(json.loads(node.body), path[len(chain) :]), None
+        if len(chain) < len(segments):
+            run = self._find_run(conn, account, node, segments[len(chain)])
+            if run is None:
+                return MISSING, None
+            return paths.get_in(run.children[run.at][1], path[len(chain) + 1 :]), None
+        return None, node
 
     @staticmethod
     def _children(conn: sqlite3.Connection, account: str, path: bytes) -> list[str]:
@@ -982,14 +1032,53 @@ class SQLiteStorage(Storage):
         row = conn.execute(_LAST_CHILD, (account, node.path)).fetchone()
         return self._length_after(None if row is None else _Node(*row))
 
-    def set(self, account: str, path: Path, value: Any, *, only_if_missing: bool = False) -> bool:
-        with self._write_to(account) as conn:
-            return self._set(conn, account, path, value, only_if_missing)
+    def commit(
+        self, account: str, operations: Sequence[Operation], checks: Sequence[Check] = ()
+    ) -> Committed:
+        for operation in operations:
+            check_operation(operation)
+        with self._write_to(account) as (conn, revision):
+            failures: list[Failure] = []
+            for index, check in enumerate(checks):
+                failed = failure(index, check, self._get(conn, account, check.path))
+                if failed is not None:
+                    failures.append(failed)
+            if failures:
+                raise CheckFailedError(failures)
+            results = [self._apply(conn, account, operation) for operation in operations]
+        return Committed(revision, results)
 
-    def set_many(self, account: str, items: Sequence[tuple[Path, Any]]) -> None:
-        with self._write_to(account) as conn:
-            for path, value in items:
-                self._set(conn, account, path, value, False)
+    def _apply(self, conn: sqlite3.Connection, account: str, operation: Operation) -> str | None:
+        """Apply one operation inside a write transaction; its result as JSON text."""
+        kind, path, value = operation
+        if kind == "set":
+            self._set(conn, account, path, value, False)
+            return None
+        if kind in ("delete", "pop"):
+            return self._delete(conn, account, path, kind == "pop")
+        found, split = self._peek(conn, account, path)
+        if split is not None:
+            # A split container: its type is all the checks below need.
+            found = [] if split.kind == ARRAY else {}
+        if kind == "increment":
+            total = incremented(path, found, value)
+            self._set(conn, account, path, total, False)
+            return values.dump(total)
+        if kind == "append":
+            appendable(path, found)
+            if found is MISSING:
+                self._set(conn, account, path, [value], False)
+                return "1"
+            length = len(found) if split is None else self._length(conn, account, split)
+            self._set(conn, account, (*path, str(length + 1)), value, False)
+            return str(length + 1)
+        mergeable(path, found)
+        if found is MISSING:
+            self._set(conn, account, path, value, False)
+        else:
+            for key, item in value.items():
+                self._set(conn, account, (*path, key), item, False)
+        return None
 
     def _set(
         self, conn: sqlite3.Connection, account: str, path: Path, value: Any, only_if_missing: bool
@@ -1058,32 +1147,32 @@ class SQLiteStorage(Storage):
             self._add_child(conn, account, chain, last_row, pos, segment, segment, child)
         return True
 
-    def delete(self, account: str, path: Path, *, return_value: bool = False) -> str | None:
-        if not path:
-            raise InvalidPathError("a key path must not be empty")
-        with self._write_to(account) as conn:
-            chain, segments = self._locate(conn, account, path)
-            depth = len(chain)
-            if not chain:
-                return None
-            node = chain[-1]
-            if depth == len(segments):
-                text = self._text(conn, account, node) if return_value else None
-                self._remove(conn, account, chain)
-                return text
-            if node.kind != BLOB:
-                return self._delete_in_run(conn, account, path, chain, segments, return_value)
-            assert node.body is not None
-            root, holder = self._inside(path, depth, _decode(node.body))
-            found = paths.get_in(root, path)
-            if found is MISSING:
-                return None
-            text = values.dump(found) if return_value else None
-            paths.delete_in(root, path)
-            changed = holder[path[depth - 1]]
-            size = self._store(conn, account, node.path, node.pos, node.label, changed, depth, node)
-            self._adjust(conn, account, chain[:-1], size - node.size)
+    def _delete(
+        self, conn: sqlite3.Connection, account: str, path: Path, return_value: bool
+    ) -> str | None:
+        """Remove the value at ``path``; its JSON text if ``return_value`` and it was there."""
+        chain, segments = self._locate(conn, account, path)
+        depth = len(chain)
+        if not chain:
+            return None
+        node = chain[-1]
+        if depth == len(segments):
+            text = self._text(conn, account, node) if return_value else None
+            self._remove(conn, account, chain)
             return text
+        if node.kind != BLOB:
+            return self._delete_in_run(conn, account, path, chain, segments, return_value)
+        assert node.body is not None
+        root, holder = self._inside(path, depth, _decode(node.body))
+        found = paths.get_in(root, path)
+        if found is MISSING:
+            return None
+        text = values.dump(found) if return_value else None
+        paths.delete_in(root, path)
+        changed = holder[path[depth - 1]]
+        size = self._store(conn, account, node.path, node.pos, node.label, changed, depth, node)
+        self._adjust(conn, account, chain[:-1], size - node.size)
+        return text
 
     def _delete_in_run(
         self,
@@ -1195,10 +1284,11 @@ class SQLiteStorage(Storage):
         conn.executemany("DELETE FROM members WHERE account = ? AND path = ?", old_paths)
         conn.executemany(_INSERT_MEMBER, renamed)
 
-    def clear(self, account: str) -> None:
-        with self._write_to(account) as conn:
+    def clear(self, account: str) -> int:
+        with self._write_to(account) as (conn, revision):
             conn.execute("DELETE FROM nodes WHERE account = ?", (account,))
             conn.execute("DELETE FROM members WHERE account = ?", (account,))
+        return revision
 
     # templates
 
@@ -1210,7 +1300,7 @@ class SQLiteStorage(Storage):
             return None if row is None else str(row[0])
 
     def set_template(self, account: str, name: str, source: str) -> None:
-        with self._write_to(account) as conn:
+        with self._write_to(account) as (conn, _revision):
             updated = conn.execute(
                 "UPDATE templates SET source = ? WHERE account = ? AND name = ?",
                 (source, account, name),
@@ -1223,7 +1313,7 @@ class SQLiteStorage(Storage):
                 )
 
     def delete_template(self, account: str, name: str) -> bool:
-        with self._write_to(account) as conn:
+        with self._write_to(account) as (conn, _revision):
             gone = conn.execute(
                 "DELETE FROM templates WHERE account = ? AND name = ?", (account, name)
             ).rowcount
