@@ -26,8 +26,17 @@ from hypothesis import strategies as st
 
 from kvpio_mapping import values
 from kvpio_mapping.errors import InvalidPathError
-from kvpio_mapping.paths import Path
+from kvpio_mapping.paths import MISSING, Path, delete_in, get_in, set_in
 from kvpio_mapping.server.storage import AccountExistsError, MemoryStorage, Storage
+from kvpio_mapping.server.storage.base import (
+    Check,
+    CheckFailedError,
+    Committed,
+    ConflictError,
+    Failure,
+    Operation,
+    etag,
+)
 from kvpio_mapping.server.storage.sqlite import BLOB_THRESHOLD, SQLiteStorage
 
 ROOT = FilePath(__file__).resolve().parents[2]
@@ -973,3 +982,321 @@ def test_sqlite_long_flat_containers_take_few_rows(tmp_path: FilePath) -> None:
     assert storage.get("a", p("o/k25000")) == '"changed"'
     assert storage.get("a", p("o/k3")) is None
     storage.close()
+
+
+# revisions, checks and atomic operations
+
+
+def tag(value: Any) -> str:
+    """The ETag of a stored value."""
+    return etag(values.encode(value))
+
+
+def test_revision_is_zero_before_the_first_write(storage: Storage, acct: str) -> None:
+    assert storage.revision(acct) == 0
+    assert storage.read(acct, p("nothing")) == (None, 0)
+
+
+def test_every_committed_write_raises_the_revision_by_one(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("a"), 1)
+    storage.set_many(acct, [(p("b"), 2), (p("c"), 3)])
+    storage.delete(acct, p("nothing"))
+    storage.delete(acct, p("a"), return_value=True)
+    storage.commit(acct, [Operation("increment", p("n"), 1), Operation("append", p("l"), 0)])
+    storage.set_template(acct, "t", "x")
+    storage.delete_template(acct, "t")
+    assert storage.clear(acct) == 8
+    assert storage.revision(acct) == 8
+
+
+def test_read_gives_the_value_with_its_revision(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("a"), {"b": 1})
+    storage.set(acct, p("c"), 2)
+    assert storage.read(acct, p("a/b")) == ("1", 2)
+    assert storage.read(acct, ()) == (j({"a": {"b": 1}, "c": 2}), 2)
+
+
+def test_refused_writes_leave_the_revision(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("l"), [1])
+    with pytest.raises(InvalidPathError):
+        storage.set(acct, p("l/5"), 1)
+    assert not storage.set(acct, p("l"), 2, only_if_missing=True)
+    with pytest.raises(ConflictError):
+        storage.commit(acct, [Operation("increment", p("l"), 1)])
+    assert storage.revision(acct) == 1
+
+
+def test_commit_reports_its_revision_and_results(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("gone"), {"x": [1]})
+    done = storage.commit(
+        acct,
+        [
+            Operation("set", p("a"), "x"),
+            Operation("increment", p("n"), 2.5),
+            Operation("append", p("l"), "first"),
+            Operation("append", p("l"), "second"),
+            Operation("merge", p("m"), {"k": 1}),
+            Operation("pop", p("gone")),
+            Operation("pop", p("gone")),
+            Operation("delete", p("nothing")),
+        ],
+    )
+    assert done == Committed(2, [None, "2.5", "1", "2", None, j({"x": [1]}), None, None])
+    assert storage.get_all(acct) == j({"a": "x", "n": 2.5, "l": ["first", "second"], "m": {"k": 1}})
+
+
+def test_increment_counts_missing_as_zero_and_keeps_ints(storage: Storage, acct: str) -> None:
+    assert storage.commit(acct, [Operation("increment", p("a/n"), 5)]).results == ["5"]
+    assert storage.commit(acct, [Operation("increment", p("a/n"), -7)]).results == ["-2"]
+    assert storage.get(acct, p("a")) == j({"n": -2})
+
+
+def test_increment_of_a_float_and_in_a_list(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("l"), [1.5, 10])
+    storage.commit(acct, [Operation("increment", p("l/1"), 1), Operation("increment", p("l/2"), 1)])
+    assert storage.get(acct, p("l")) == j([2.5, 11])
+
+
+@pytest.mark.parametrize("target", ["text", True, None, [1], {"a": 1}])
+def test_increment_of_a_non_number_is_a_conflict(storage: Storage, acct: str, target: Any) -> None:
+    storage.set(acct, p("t"), target)
+    with pytest.raises(ConflictError, match="'t': it is not a number"):
+        storage.commit(acct, [Operation("increment", p("t"), 1)])
+    assert storage.get(acct, p("t")) == j(target)
+
+
+@pytest.mark.parametrize("by", ["1", True, None, [1]])
+def test_increment_by_a_non_number_is_refused(storage: Storage, acct: str, by: Any) -> None:
+    with pytest.raises(ValueError, match="needs a number"):
+        storage.commit(acct, [Operation("increment", p("n"), by)])
+    assert storage.revision(acct) == 0
+
+
+def test_increment_past_the_largest_float_is_refused(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("n"), 1.7e308)
+    with pytest.raises(ValueError):
+        storage.commit(acct, [Operation("increment", p("n"), 1.7e308)])
+    assert storage.get(acct, p("n")) == "1.7e+308"
+
+
+def test_append_creates_a_list_and_returns_positions(storage: Storage, acct: str) -> None:
+    results = [
+        storage.commit(acct, [Operation("append", p("a/l"), i)]).results[0] for i in range(3)
+    ]
+    assert results == ["1", "2", "3"]
+    assert storage.get(acct, p("a")) == j({"l": [0, 1, 2]})
+
+
+@pytest.mark.parametrize("target", ["text", 1, {"a": 1}, {"big": "x" * 2 * BLOB_THRESHOLD}])
+def test_append_to_a_non_list_is_a_conflict(storage: Storage, acct: str, target: Any) -> None:
+    storage.set(acct, p("t"), target)
+    with pytest.raises(ConflictError, match="not a list"):
+        storage.commit(acct, [Operation("append", p("t"), 1)])
+    assert storage.get(acct, p("t")) == j(target)
+
+
+def test_append_to_a_long_list_and_below_a_position(storage: Storage, acct: str) -> None:
+    long = [{"i": i, "pad": "x" * 40} for i in range(400)]
+    storage.set(acct, p("d"), {"long": long, "nested": [[1]]})
+    assert storage.commit(acct, [Operation("append", p("d/long"), "end")]).results == ["401"]
+    assert storage.commit(acct, [Operation("append", p("d/nested/01"), 2)]).results == ["2"]
+    assert storage.get(acct, p("d/long/401")) == '"end"'
+    assert storage.get(acct, p("d/nested")) == j([[1, 2]])
+
+
+def test_merge_sets_members_shallowly(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("m"), {"keep": 1, "deep": {"a": 1, "b": 2}})
+    storage.commit(acct, [Operation("merge", p("m"), {"deep": {"c": 3}, "new": [1]})])
+    assert storage.get(acct, p("m")) == j({"keep": 1, "deep": {"c": 3}, "new": [1]})
+
+
+def test_merge_into_a_large_object(storage: Storage, acct: str) -> None:
+    doc = big_doc(3 * BLOB_THRESHOLD)
+    storage.set(acct, p("doc"), doc)
+    storage.commit(acct, [Operation("merge", p("doc/users"), {"u0": 0, "zz": 1})])
+    doc["users"].update({"u0": 0, "zz": 1})
+    assert storage.get(acct, p("doc")) == j(doc)
+
+
+@pytest.mark.parametrize("target", [[1], "text", 0])
+def test_merge_into_a_non_object_is_a_conflict(storage: Storage, acct: str, target: Any) -> None:
+    storage.set(acct, p("t"), target)
+    with pytest.raises(ConflictError, match="not an object"):
+        storage.commit(acct, [Operation("merge", p("t"), {"a": 1})])
+
+
+@pytest.mark.parametrize("value", [[1], "x", {"a/b": 1}, {"": 1}, {"..": 1}])
+def test_merge_of_what_is_not_an_object_of_segments_is_refused(
+    storage: Storage, acct: str, value: Any
+) -> None:
+    with pytest.raises(ValueError):
+        storage.commit(acct, [Operation("merge", p("m"), value)])
+    assert storage.revision(acct) == 0
+
+
+def test_checks_that_hold_let_the_commit_apply(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("a"), {"x": 1})
+    checks = [Check(p("a"), tag({"x": 1})), Check(p("a/x"), "*"), Check(p("b"), None)]
+    storage.commit(acct, [Operation("set", p("b"), 2)], checks)
+    assert storage.get(acct, p("b")) == "2"
+
+
+def test_weak_form_of_the_tag_is_accepted(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("a"), 1)
+    storage.commit(acct, [Operation("set", p("a"), 2)], [Check(p("a"), "W/" + tag(1))])
+    assert storage.get(acct, p("a")) == "2"
+
+
+def test_failed_checks_are_all_named_with_current_values(storage: Storage, acct: str) -> None:
+    storage.set_many(acct, [(p("a"), 1), (p("b"), [2])])
+    checks = [
+        Check(p("a"), tag(0)),
+        Check(p("a"), tag(1)),
+        Check(p("b"), None),
+        Check(p("c"), "*"),
+        Check(p("c"), tag(None)),
+    ]
+    with pytest.raises(CheckFailedError) as caught:
+        storage.commit(acct, [Operation("set", p("z"), 1)], checks)
+    assert caught.value.failures == [
+        Failure(0, p("a"), "1", tag(1)),
+        Failure(2, p("b"), "[2]", tag([2])),
+        Failure(3, p("c"), None, None),
+        Failure(4, p("c"), None, None),
+    ]
+    assert storage.get(acct, p("z")) is None
+    assert storage.revision(acct) == 1
+
+
+def test_check_of_a_large_value_uses_its_whole_text(storage: Storage, acct: str) -> None:
+    doc = big_doc(3 * BLOB_THRESHOLD)
+    storage.set(acct, p("doc"), doc)
+    storage.commit(acct, [Operation("set", p("doc/meta/version"), 4)], [Check(p("doc"), tag(doc))])
+    with pytest.raises(CheckFailedError):
+        storage.commit(acct, [Operation("set", p("x"), 1)], [Check(p("doc"), tag(doc))])
+
+
+def test_a_failing_operation_applies_none_of_the_commit(storage: Storage, acct: str) -> None:
+    storage.set_many(acct, [(p("n"), 1), (p("s"), "text"), (p("l"), [1])])
+    before = storage.get_all(acct)
+    for bad in (Operation("increment", p("s"), 1), Operation("set", p("l/9"), 1)):
+        with pytest.raises(ValueError):
+            storage.commit(
+                acct,
+                [Operation("increment", p("n"), 1), Operation("pop", p("n")), bad],
+            )
+    assert storage.get_all(acct) == before
+    assert storage.revision(acct) == 1
+
+
+def test_commit_to_an_unknown_account_raises_key_error(storage: Storage, acct: str) -> None:
+    with pytest.raises(KeyError):
+        storage.commit("nobody", [Operation("increment", p("n"), 1)])
+
+
+class Model:
+    """The bucket as a dict and its revision: what a commit must do, stated plainly."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.revision = 0
+
+    def commit(self, operations: list[Operation], checks: list[Check]) -> object:
+        failed = []
+        for index, check in enumerate(checks):
+            found = get_in(self.data, check.path)
+            current = None if found is MISSING else tag(found)
+            holds = current is not None if check.etag == "*" else current == check.etag
+            if not holds:
+                failed.append(index)
+        if failed:
+            return ("failed", failed)
+        data = values.copy(self.data)
+        results: list[Any] = []
+        try:
+            for kind, path, value in operations:
+                found = get_in(data, path)
+                if kind == "set":
+                    set_in(data, path, value)
+                    results.append(None)
+                elif kind in ("delete", "pop"):
+                    delete_in(data, path)
+                    shown = None if found is MISSING or kind == "delete" else j(found)
+                    results.append(shown)
+                elif kind == "increment":
+                    found = 0 if found is MISSING else found
+                    if type(found) not in (int, float):
+                        return ConflictError
+                    set_in(data, path, found + value)
+                    results.append(j(found + value))
+                elif kind == "append":
+                    found = [] if found is MISSING else found
+                    if type(found) is not list:
+                        return ConflictError
+                    set_in(data, path, [*found, value])
+                    results.append(str(len(found) + 1))
+                else:
+                    found = {} if found is MISSING else found
+                    if type(found) is not dict:
+                        return ConflictError
+                    set_in(data, path, {**found, **value})
+                    results.append(None)
+        except InvalidPathError:
+            return InvalidPathError
+        self.data = data
+        self.revision += 1
+        return (self.revision, results)
+
+
+def _commit(
+    storage: Storage, account: str, operations: list[Operation], checks: list[Check]
+) -> object:
+    try:
+        return tuple(storage.commit(account, operations, checks))
+    except CheckFailedError as exc:
+        return ("failed", [failure.check for failure in exc.failures])
+    except ConflictError:
+        return ConflictError
+    except InvalidPathError:
+        return InvalidPathError
+
+
+COMMIT_OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("set"), PATHS, VALUES),
+        st.tuples(st.sampled_from(["delete", "pop"]), PATHS, st.none()),
+        st.tuples(st.just("increment"), PATHS, st.integers(-3, 3)),
+        st.tuples(st.just("append"), PATHS, VALUES),
+        st.tuples(st.just("merge"), PATHS, st.dictionaries(SEGMENTS, VALUES, max_size=3)),
+    ).map(lambda parts: Operation(*parts)),
+    min_size=1,
+    max_size=5,
+)
+COMMITS = st.lists(
+    st.tuples(COMMIT_OPERATIONS, st.lists(st.tuples(PATHS, st.integers(0, 2)), max_size=3)),
+    max_size=12,
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(commits=COMMITS)
+def test_random_atomic_commits_agree_with_a_model(
+    random_backends: list[Storage], commits: list[tuple[list[Operation], list[tuple[Path, int]]]]
+) -> None:
+    account = uuid.uuid4().hex
+    for backend in random_backends:
+        backend.create_account(account, "", account)
+    model = Model()
+    for operations, wanted in commits:
+        # Each check expects what is there now, nothing, or anything, at random.
+        checks = []
+        for path, which in wanted:
+            found = get_in(model.data, path)
+            now = None if found is MISSING else tag(found)
+            checks.append(Check(path, [now, None, "*"][which]))
+        expected = model.commit(operations, checks)
+        for backend in random_backends:
+            assert _commit(backend, account, operations, checks) == expected, (operations, checks)
+    whole = j(model.data)
+    for backend in random_backends:
+        assert backend.read(account, ()) == (whole, model.revision)

@@ -84,7 +84,7 @@ class Check(NamedTuple):
 
 
 class Failure(NamedTuple):
-    """A check that failed: its index among the checks, its path, and the current value (JSON text or None) and ETag."""
+    """A failed check: its index among the checks, its path, the current text and ETag."""
 
     check: int
     path: Path
