@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import json
 import logging
 import time
@@ -29,8 +28,10 @@ import falcon.asgi
 
 from .. import paths, values
 from ..errors import InvalidPathError
+from .commits import committed_body, conditions, failed_body, parse_commit, path_operation
 from .render import Renderer, RenderError, RenderLimits, SourceTooLargeError, referenced_names
 from .storage import Storage
+from .storage.base import Check, CheckFailedError, Committed, ConflictError, Operation, etag
 
 log = logging.getLogger("kvpio.server")
 
@@ -57,10 +58,6 @@ class ClientError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def _etag(body: bytes) -> str:
-    return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
 
 
 def _segments(raw: bytes) -> paths.Path:
@@ -108,7 +105,7 @@ def _send(req: falcon.asgi.Request, resp: falcon.asgi.Response, body: bytes, cty
 
     Returns whether the body is served (a 200 to a GET), which is what counts as a read.
     """
-    tag = _etag(body)
+    tag = etag(body)
     resp.set_header("ETag", tag)
     match = req.get_header("If-None-Match")
     if match is not None and _tag_matches(match, tag):
@@ -128,6 +125,13 @@ def _missing(resp: falcon.asgi.Response, ctype: str = JSON_TYPE) -> None:
 def _empty(resp: falcon.asgi.Response) -> None:
     resp.content_type = JSON_TYPE
     resp.data = b""
+
+
+REVISION: Final = "Kvpio-Revision"
+
+
+def _revision(resp: falcon.asgi.Response, revision: int) -> None:
+    resp.set_header(REVISION, str(revision))
 
 
 class Server:
@@ -265,6 +269,18 @@ class _Middleware:
         if resource is not None and resource.prefix is not None:
             req.context.account = self.server.authenticate(req)
 
+    async def process_response(
+        self,
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response,
+        resource: Any,
+        req_succeeded: bool,
+    ) -> None:
+        """Every answer to a known account carries its revision (reads and writes set their own)."""
+        account = req.context.get("account")
+        if account is not None and resp.get_header(REVISION) is None:
+            _revision(resp, self.server.storage.revision(account))
+
 
 class _Resource:
     """Common parts: the server state and the raw path after ``prefix``."""
@@ -340,7 +356,8 @@ class BucketResource(_Resource):
         if not path:
             _send(req, resp, values.encode(self.storage.keys(account)), JSON_TYPE)
             return
-        found = self.storage.get(account, path)
+        found, revision = self.storage.read(account, path)
+        _revision(resp, revision)
         if found is None:
             _missing(resp)
             return
@@ -349,21 +366,67 @@ class BucketResource(_Resource):
 
     on_head = on_get
 
-    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+    async def commit(
+        self,
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response,
+        operations: list[Operation],
+        checks: list[Check],
+    ) -> Committed | None:
+        """Commit in the write thread; on a failed check or a conflict, answer it and return None.
+
+        A write to one path that fails its check answers 412 with that path's
+        value and ETag, as a read would (Firebase's semantics); a commit of
+        several answers 412 naming each failed check.
+        """
         account: str = req.context.account
+        try:
+            committed = await self.server.write(self.storage.commit, account, operations, checks)
+        except ConflictError as exc:
+            raise ClientError(409, str(exc)) from None
+        except CheckFailedError as exc:
+            resp.status = 412
+            _revision(resp, self.storage.revision(account))
+            if self.path(req):
+                text = exc.failures[0].text
+                if text is None:
+                    _missing(resp)
+                else:
+                    resp.set_header("ETag", etag(text.encode()))
+                    resp.content_type = JSON_TYPE
+                    resp.data = text.encode()
+            else:
+                resp.content_type = JSON_TYPE
+                resp.data = failed_body(exc)
+            return None
+        _revision(resp, committed.revision)
+        return committed
+
+    def conditions(self, req: falcon.asgi.Request, path: paths.Path) -> list[Check]:
+        return conditions(path, req.get_header("If-Match"), req.get_header("If-None-Match"))
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         path = self.path(req)
         value = await self.server.read_value(req)
         if not path:
-            await self.server.write(self.storage.set_many, account, _batch(value))
-        elif req.get_header("If-None-Match") == "*":
-            stored = await self.server.write(
-                self.storage.set, account, path, value, only_if_missing=True
-            )
-            if not stored:
-                raise ClientError(412, f"a value exists at {paths.join(path)!r}")
-        else:
-            await self.server.write(self.storage.set, account, path, value)
-        _empty(resp)
+            if req.query_string and _flag(req, "commit"):
+                committed = await self.commit(req, resp, *parse_commit(value))
+                if committed is not None:
+                    resp.content_type = JSON_TYPE
+                    resp.data = committed_body(committed)
+                return
+            operations = [Operation("set", key, item) for key, item in _batch(value)]
+            if await self.commit(req, resp, operations, []) is not None:
+                _empty(resp)
+            return
+        kind = path_operation(req.get_param("op") if req.query_string else None)
+        operation = Operation(kind, path, value)
+        committed = await self.commit(req, resp, [operation], self.conditions(req, path))
+        if committed is not None:
+            _empty(resp)
+            result = committed.results[0]
+            if result is not None:
+                resp.data = result.encode()
 
     async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         account: str = req.context.account
@@ -371,18 +434,22 @@ class BucketResource(_Resource):
         if not path:
             if not _flag(req, "all"):
                 raise ClientError(400, "deleting the whole bucket needs ?all=true")
-            await self.server.write(self.storage.clear, account)
-        elif _flag(req, "pop"):
-            removed = await self.server.write(self.storage.delete, account, path, return_value=True)
-            if removed is None:
-                _missing(resp)
-            else:
-                resp.content_type = JSON_TYPE
-                resp.data = removed.encode()
+            _revision(resp, await self.server.write(self.storage.clear, account))
+            _empty(resp)
             return
+        pop = _flag(req, "pop") if req.query_string else False
+        operation = Operation("pop" if pop else "delete", path)
+        committed = await self.commit(req, resp, [operation], self.conditions(req, path))
+        if committed is None:
+            return
+        removed = committed.results[0]
+        if not pop:
+            _empty(resp)
+        elif removed is None:
+            _missing(resp)
         else:
-            await self.server.write(self.storage.delete, account, path)
-        _empty(resp)
+            resp.content_type = JSON_TYPE
+            resp.data = removed.encode()
 
 
 def _batch(value: Any) -> list[tuple[paths.Path, Any]]:
@@ -507,7 +574,7 @@ class OpenAPIResource:
 
     def __init__(self) -> None:
         self.body = resources.files(__package__).joinpath("openapi.json").read_bytes()
-        self.tag = _etag(self.body)
+        self.tag = etag(self.body)
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.set_header("ETag", self.tag)

@@ -1214,7 +1214,8 @@ class Model:
         data = values.copy(self.data)
         results: list[Any] = []
         try:
-            for kind, path, value in operations:
+            for kind, path, given in operations:
+                value = values.copy(given)
                 found = get_in(data, path)
                 if kind == "set":
                     set_in(data, path, value)

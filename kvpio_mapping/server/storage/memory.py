@@ -102,7 +102,8 @@ class MemoryStorage(Storage):
 
     def revision(self, account: str) -> int:
         with self._lock:
-            return self._accounts[account].revision
+            found = self._accounts.get(account)
+            return 0 if found is None else found.revision
 
     def read(self, account: str, path: Path) -> tuple[str | None, int]:
         with self._lock:
