@@ -5,6 +5,7 @@ from .cache import CacheInfo
 from .connection import Connection, connect
 from .errors import (
     AuthenticationError,
+    ConflictError,
     InvalidPathError,
     KvpioError,
     KvpioTimeoutError,
@@ -13,8 +14,10 @@ from .errors import (
     RequestError,
     ServerError,
     TemplateRenderError,
+    TransactionConflictError,
     TransportError,
 )
+from .sharing import Transaction, Versioned
 from .templates import TemplateStore
 
 __version__ = "0.1.0"
@@ -22,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AuthenticationError",
     "CacheInfo",
+    "ConflictError",
     "Connection",
     "InvalidPathError",
     "KVBucket",
@@ -33,6 +37,9 @@ __all__ = [
     "ServerError",
     "TemplateRenderError",
     "TemplateStore",
+    "Transaction",
+    "TransactionConflictError",
     "TransportError",
+    "Versioned",
     "connect",
 ]

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
 from . import paths, values
 from .cache import NOT_CACHED, CacheInfo, PathCache
-from .errors import PreconditionFailedError
 from .paths import MISSING
+from .sharing import SharingMixin
 from .transport import DEFAULT_TIMEOUT, Timeout, Transport, raise_for_status
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def _decode_value(response: Response) -> Any:
     return values.decode(content, values.READ_NESTING) if content else MISSING
 
 
-class KVBucket(MutableMapping[str, Any]):
+class KVBucket(SharingMixin, MutableMapping[str, Any]):
     """A mapping of ``str`` slash paths to JSON values, stored in a kvp.io v1 bucket.
 
     ``url`` defaults to ``$KVPIO_URL``, else ``http://127.0.0.1:8000``;
@@ -299,22 +299,18 @@ class KVBucket(MutableMapping[str, Any]):
         raise KeyError("popitem(): bucket is empty")
 
     def setdefault(self, key: str, default: Any = None) -> Any:
-        """``self[key]`` if present; else store ``default`` (only if still absent) and return it."""
+        """``self[key]`` if present; else store ``default`` only if still absent, atomically.
+
+        Returns exactly what the bucket held when the write was decided: the
+        stored ``default``, or the value a concurrent writer got there first
+        (which the refusal carries: no second read).
+        """
         full = self._full(key)
         found = self._read(full)
         if found is not MISSING:
             return values.copy(found)
-        body = values.encode(default)
-        try:
-            with self._writing(full):
-                response = self._transport.request(
-                    "POST", self._target(full), body=body, headers={"If-None-Match": "*"}
-                )
-                raise_for_status(response)
-        except PreconditionFailedError:
-            found = self._read(full)
-            return default if found is MISSING else values.copy(found)
-        return default
+        stored, current = self._write_if("POST", full, values.encode(default), None)
+        return default if stored else values.copy(current)
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Set many keys in one atomic request; nothing is sent if any key or value is invalid."""

@@ -23,7 +23,7 @@ from typing import Any, Final, NamedTuple
 
 from cachetools import LRUCache
 
-from . import paths
+from . import paths, values
 from .paths import MISSING
 
 
@@ -140,6 +140,31 @@ class PathCache:
                     self.misses += 1
                     return NOT_CACHED
                 ancestor = ancestor.rsplit("/", 1)[0]
+
+    def tagged(self, path: str, *, exact: bool = False) -> tuple[str, Any, str | None] | Any:
+        """``(where, value, etag)`` of the fresh entry answering ``path``, or :data:`NOT_CACHED`.
+
+        ``where`` is ``path`` or, unless ``exact``, the ancestor whose entry
+        holds it; ``value`` is the value at ``where`` and ``etag`` its tag
+        (None for MISSING, computed from the value when the server's is not
+        known). A transaction checks ``where`` against ``etag`` when it commits.
+        """
+        with self.lock:
+            entries = self._entries
+            now = self.timer()
+            where = path
+            while True:
+                entry = entries.get(where)
+                if entry is not None and entry.expires > now:
+                    self.hits += 1
+                    etag = entry.etag
+                    if etag is None and entry.value is not MISSING:
+                        etag = values.etag(values.encode(entry.value))
+                    return where, entry.value, etag
+                if exact or "/" not in where:
+                    self.misses += 1
+                    return NOT_CACHED
+                where = where.rsplit("/", 1)[0]
 
     def stale(self, path: str) -> tuple[str, Any] | None:
         """``(etag, value)`` of an expired entry at exactly ``path``, to revalidate."""

@@ -41,6 +41,18 @@ class PreconditionFailedError(RequestError):
     """A conditional request's precondition did not hold (412)."""
 
 
+class ConflictError(RequestError):
+    """An atomic operation did not fit the value it targets (409), say incrementing a string."""
+
+
+class TransactionConflictError(KvpioError, RuntimeError):
+    """A transaction met a conflicting write on every attempt; nothing of it was written."""
+
+    def __init__(self, message: str, attempts: int) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
 class TemplateRenderError(RequestError):
     """A template failed to render or hit one of the server's render limits."""
 

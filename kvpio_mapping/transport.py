@@ -22,6 +22,7 @@ from requests.structures import CaseInsensitiveDict
 
 from .errors import (
     AuthenticationError,
+    ConflictError,
     KvpioTimeoutError,
     PayloadTooLargeError,
     PreconditionFailedError,
@@ -207,6 +208,8 @@ def raise_for_status(response: requests.Response) -> None:
     message = _error_message(response)
     if status == 404:
         raise AuthenticationError(f"the server does not know this API key: {message}")
+    if status == 409:
+        raise ConflictError(message, status)
     if status == 412:
         raise PreconditionFailedError(message, status)
     if status == 413:

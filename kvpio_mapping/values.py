@@ -7,6 +7,7 @@ A value is ``None``, ``bool``, ``int``, finite ``float``, ``str``, a ``list``
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any, Final
 
@@ -61,6 +62,15 @@ def dump(value: Any) -> str:
     :func:`encode` for anything else.
     """
     return _encoder.encode(value)
+
+
+def etag(text: bytes) -> str:
+    """The strong ETag of a body (docs/protocol.md): a quoted BLAKE2b-128 hex digest.
+
+    The server tags every body with it; a client may compute the tag of a
+    value it wrote from ``encode(value)``, which is the text the server stores.
+    """
+    return '"' + hashlib.blake2b(text, digest_size=16).hexdigest() + '"'
 
 
 def _reject_constant(name: str) -> Any:

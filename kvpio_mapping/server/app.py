@@ -31,7 +31,7 @@ from ..errors import InvalidPathError
 from .commits import committed_body, conditions, failed_body, parse_commit, path_operation
 from .render import Renderer, RenderError, RenderLimits, SourceTooLargeError, referenced_names
 from .storage import Storage
-from .storage.base import Check, CheckFailedError, Committed, ConflictError, Operation, etag
+from .storage.base import Check, CheckFailedError, Committed, ConflictError, Operation
 
 log = logging.getLogger("kvpio.server")
 
@@ -105,7 +105,7 @@ def _send(req: falcon.asgi.Request, resp: falcon.asgi.Response, body: bytes, cty
 
     Returns whether the body is served (a 200 to a GET), which is what counts as a read.
     """
-    tag = etag(body)
+    tag = values.etag(body)
     resp.set_header("ETag", tag)
     match = req.get_header("If-None-Match")
     if match is not None and _tag_matches(match, tag):
@@ -392,7 +392,7 @@ class BucketResource(_Resource):
                 if text is None:
                     _missing(resp)
                 else:
-                    resp.set_header("ETag", etag(text.encode()))
+                    resp.set_header("ETag", values.etag(text.encode()))
                     resp.content_type = JSON_TYPE
                     resp.data = text.encode()
             else:
@@ -574,7 +574,7 @@ class OpenAPIResource:
 
     def __init__(self) -> None:
         self.body = resources.files(__package__).joinpath("openapi.json").read_bytes()
-        self.tag = etag(self.body)
+        self.tag = values.etag(self.body)
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.set_header("ETag", self.tag)

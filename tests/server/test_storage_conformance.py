@@ -35,7 +35,6 @@ from kvpio_mapping.server.storage.base import (
     ConflictError,
     Failure,
     Operation,
-    etag,
 )
 from kvpio_mapping.server.storage.sqlite import BLOB_THRESHOLD, SQLiteStorage
 
@@ -989,7 +988,7 @@ def test_sqlite_long_flat_containers_take_few_rows(tmp_path: FilePath) -> None:
 
 def tag(value: Any) -> str:
     """The ETag of a stored value."""
-    return etag(values.encode(value))
+    return values.etag(values.encode(value))
 
 
 def test_revision_is_zero_before_the_first_write(storage: Storage, acct: str) -> None:

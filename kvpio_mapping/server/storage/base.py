@@ -113,14 +113,9 @@ class Committed(NamedTuple):
     results: list[str | None]
 
 
-def etag(text: bytes) -> str:
-    """The strong ETag of a body: the same on every worker and backend."""
-    return '"' + hashlib.blake2b(text, digest_size=16).hexdigest() + '"'
-
-
 def failure(index: int, check: Check, text: str | None) -> Failure | None:
     """The failure of ``check`` when the value at its path is ``text``, or None if it holds."""
-    tag = None if text is None else etag(text.encode())
+    tag = None if text is None else values.etag(text.encode())
     if check.etag is None:
         holds = tag is None
     elif check.etag == "*":

@@ -1,0 +1,469 @@
+"""Sharing a bucket safely: atomic operations, conditional writes and transactions.
+
+The client side of docs/protocol.md, "Safe sharing". :class:`SharingMixin`
+gives :class:`~kvpio_mapping.KVBucket` its ``increment``, ``append``,
+``merge``, ``versioned``, ``set_if``, ``delete_if`` and ``transact``;
+:class:`Transaction` is the mapping a transaction's function works on.
+Request bodies are built and answers read by the small pure functions at
+the top, apart from the I/O.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar, overload
+
+from . import paths, values
+from .cache import NOT_CACHED
+from .errors import ConflictError, TransactionConflictError
+from .paths import MISSING
+from .transport import raise_for_status
+
+if TYPE_CHECKING:
+    from requests import Response
+
+    from .cache import PathCache
+    from .transport import Transport
+
+DEFAULT_RETRIES: Final = 30
+"""How many times :meth:`SharingMixin.transact` runs a function again after a conflict."""
+
+BACKOFF_CAP: Final = 0.05
+"""Longest pause, in seconds, between two attempts of a contended transaction."""
+
+_T = TypeVar("_T")
+_Kind = str
+_Operation = tuple[_Kind, str, Any]
+"""A buffered write of a transaction: (op, full path, value)."""
+
+
+class Versioned(NamedTuple):
+    """A value with the ETag it had on the server: pass ``etag`` to a conditional write."""
+
+    value: Any
+    etag: str
+
+
+# requests and answers
+
+
+def read_answer(response: Response) -> tuple[Any, str | None]:
+    """The value (or MISSING) and ETag a read, or a 412 to a conditional write, answered."""
+    if response.status_code != 412:
+        raise_for_status(response)
+    if response.headers.get("Kvpio-Missing") == "true":
+        return MISSING, None
+    return values.decode(response.content, values.READ_NESTING), response.headers.get("ETag")
+
+
+def commit_body(checks: dict[str, str | None], operations: list[_Operation]) -> bytes:
+    """The JSON body of ``POST /v1/bucket/?commit=true``."""
+    return values.encode(
+        {
+            "checks": [{"path": path, "etag": etag} for path, etag in checks.items()],
+            "operations": [
+                {"op": kind, "path": path}
+                if kind == "delete"
+                else {"op": kind, "path": path, "value": value}
+                for kind, path, value in operations
+            ],
+        }
+    )
+
+
+def failed_checks(response: Response) -> dict[str, tuple[Any, str | None]]:
+    """Path -> (current value or MISSING, ETag) of each check a 412 to a commit names."""
+    failed: dict[str, tuple[Any, str | None]] = {}
+    for entry in values.decode(response.content, values.READ_NESTING + 4)["failed"]:
+        failed[entry["path"]] = (entry.get("value", MISSING), entry["etag"])
+    return failed
+
+
+def _number(by: Any) -> None:
+    if type(by) not in (int, float):
+        raise TypeError(f"an increment needs an int or a float, not {type(by).__name__}")
+    values.check(by)
+
+
+class SharingMixin:
+    """The safe-sharing methods of :class:`~kvpio_mapping.KVBucket`."""
+
+    if TYPE_CHECKING:
+        _transport: Transport
+        _cache: PathCache
+
+        def _full(self, key: object) -> str: ...
+        def _target(self, full: str) -> str: ...
+        def _writing(self, path: str | None) -> AbstractContextManager[None]: ...
+
+    # atomic operations
+
+    def increment(self, key: str, by: int | float = 1) -> Any:
+        """Add ``by`` to the number at ``key`` (missing counts as 0) and return the new number.
+
+        One request, atomic on the server: concurrent increments never lose
+        one another. :class:`~kvpio_mapping.ConflictError` if the value there
+        is not a number.
+        """
+        _number(by)
+        full = self._full(key)
+        cache = self._cache
+        generation = cache.generation
+        with self._writing(full):
+            response = self._transport.request(
+                "POST",
+                self._target(full) + "?op=increment",
+                body=values.encode(by),
+                idempotent=False,
+            )
+            raise_for_status(response)
+        total = values.decode(response.content)
+        # The write's own invalidation is the only one expected since ``generation``.
+        cache.store(full, total, generation + 1, values.etag(response.content))
+        return total
+
+    def append(self, key: str, value: Any) -> int:
+        """Add ``value`` at the end of the list at ``key`` (missing counts as ``[]``).
+
+        Returns the new item's 1-based position (its path is ``f"{key}/{position}"``).
+        One request, atomic. :class:`~kvpio_mapping.ConflictError` if the
+        value there is not a list.
+        """
+        full = self._full(key)
+        body = values.encode(value)
+        with self._writing(full):
+            response = self._transport.request(
+                "POST", self._target(full) + "?op=append", body=body, idempotent=False
+            )
+            raise_for_status(response)
+        return int(response.content)
+
+    def merge(self, key: str, members: dict[str, Any]) -> None:
+        """Set each member of ``members`` below the object at ``key`` in one atomic request.
+
+        Other members stay (a shallow merge); missing counts as ``{}``.
+        :class:`~kvpio_mapping.ConflictError` if the value there is not an object.
+        """
+        full = self._full(key)
+        if type(members) is not dict:
+            raise TypeError(f"merge needs a dict, not {type(members).__name__}")
+        for name in members:
+            paths.parse(name)
+        body = values.encode(members)
+        with self._writing(full):
+            response = self._transport.request(
+                "POST", self._target(full) + "?op=merge", body=body, idempotent=False
+            )
+            raise_for_status(response)
+
+    # conditional reads and writes
+
+    def versioned(self, key: str) -> Versioned:
+        """The value at ``key`` with its ETag (from the cache when fresh); KeyError if absent."""
+        full = self._full(key)
+        cache = self._cache
+        found: Any = cache.tagged(full, exact=True) if cache.enabled else NOT_CACHED
+        if found is NOT_CACHED:
+            generation = cache.generation
+            value, etag = read_answer(self._transport.request("GET", self._target(full)))
+            cache.store(full, value, generation, etag)
+        else:
+            _where, value, etag = found
+        if value is MISSING:
+            raise KeyError(key)
+        assert etag is not None
+        return Versioned(values.copy(value), etag)
+
+    def set_if(self, key: str, value: Any, etag: str | None) -> bool:
+        """Store ``value`` at ``key`` only if its value still has ``etag`` (None: if absent).
+
+        Returns whether it stored. When it did not, the answer carried the
+        current value, which the cache keeps: a following :meth:`versioned`
+        costs no request.
+        """
+        full = self._full(key)
+        body = values.encode(value)
+        stored, _current = self._write_if("POST", full, body, etag)
+        return stored
+
+    def delete_if(self, key: str, etag: str) -> bool:
+        """Delete ``key`` only if its value still has ``etag``; whether it did."""
+        deleted, _current = self._write_if("DELETE", self._full(key), None, etag)
+        return deleted
+
+    def _write_if(
+        self, method: str, full: str, body: bytes | None, etag: str | None
+    ) -> tuple[bool, Any]:
+        """A write that applies only if ``full`` has ``etag`` (None: nothing there).
+
+        Returns whether it applied and, if not, the current value (or
+        MISSING) the 412 carried; the cache learns the outcome either way.
+        """
+        cache = self._cache
+        generation = cache.generation
+        headers = {"If-None-Match": "*"} if etag is None else {"If-Match": etag}
+        with self._writing(full):
+            response = self._transport.request(
+                method, self._target(full), body=body, headers=headers, idempotent=False
+            )
+            if response.status_code == 412:
+                current, tag = read_answer(response)
+            else:
+                raise_for_status(response)
+        if response.status_code == 412:
+            cache.store(full, current, generation + 1, tag)
+            return False, current
+        if body is None:
+            cache.store(full, MISSING, generation + 1)
+        else:
+            cache.store(full, values.decode(body), generation + 1, values.etag(body))
+        return True, MISSING
+
+    # transactions
+
+    def transact(self, fn: Callable[[Transaction], _T], *, retries: int = DEFAULT_RETRIES) -> _T:
+        """Run ``fn(tx)`` and commit what it wrote atomically, if nothing it read has changed.
+
+        ``tx`` is a mapping view of this bucket that records what ``fn``
+        reads (each value with its ETag; fresh cached values cost no request)
+        and buffers what it writes (``tx[k] = v``, ``del tx[k]``,
+        ``tx.increment``, ``tx.append``). The commit is one request whose
+        checks are those reads; if one of them changed meanwhile, ``fn`` runs
+        again on the current values, which the refusal carried, up to
+        ``retries`` more times, then :class:`~kvpio_mapping.TransactionConflictError`.
+        An exception in ``fn`` writes nothing and propagates. Returns what
+        ``fn`` returned. ``fn`` may run several times: keep side effects out.
+        """
+        seeds: dict[str, tuple[Any, str | None]] = {}
+        for attempt in range(retries + 1):
+            tx = Transaction(self, seeds)
+            result = fn(tx)
+            failed = tx._commit()
+            if failed is None:
+                return result
+            seeds = failed
+            if attempt:
+                time.sleep(random.uniform(0, min(0.001 * 2**attempt, BACKOFF_CAP)))
+        shown = ", ".join(repr(path) for path in seeds)
+        raise TransactionConflictError(
+            f"the transaction met a conflicting write on each of its {retries + 1} attempts"
+            f" (last at {shown}); nothing of it was written",
+            retries + 1,
+        )
+
+    @overload
+    def transactional(
+        self, fn: Callable[..., _T], *, retries: int = DEFAULT_RETRIES
+    ) -> Callable[..., _T]: ...
+    @overload
+    def transactional(
+        self, fn: None = None, *, retries: int = DEFAULT_RETRIES
+    ) -> Callable[[Callable[..., _T]], Callable[..., _T]]: ...
+
+    def transactional(self, fn: Any = None, *, retries: int = DEFAULT_RETRIES) -> Any:
+        """Decorate ``f(tx, *args)`` into ``g(*args)`` that runs it in :meth:`transact`.
+
+        Use it bare (``@bucket.transactional``) or with ``retries``.
+        """
+
+        def decorate(function: Callable[..., _T]) -> Callable[..., _T]:
+            def run(*args: Any, **kwargs: Any) -> _T:
+                return self.transact(lambda tx: function(tx, *args, **kwargs), retries=retries)
+
+            run.__name__ = getattr(function, "__name__", "transaction")
+            run.__doc__ = function.__doc__
+            run.__wrapped__ = function  # type: ignore[attr-defined]
+            return run
+
+        return decorate(fn) if fn is not None else decorate
+
+
+def _within(path: str, top: str) -> bool:
+    """Whether ``path`` is ``top`` or lies below it."""
+    return path == top or path.startswith(top + "/")
+
+
+class Transaction(MutableMapping[str, Any]):
+    """What a transaction's function sees: the bucket as of its reads, plus its own writes.
+
+    Reads record the ETag of what they saw (the checks of the commit);
+    writes are buffered until the function returns. Listing keys is not
+    offered (no ETag covers the whole bucket): read an object and list its
+    keys instead, ``tx["users"].keys()``.
+    """
+
+    def __init__(self, bucket: SharingMixin, seeds: dict[str, tuple[Any, str | None]]) -> None:
+        self._bucket = bucket
+        self._seeds = seeds
+        self._seen: dict[str, tuple[Any, str | None]] = {}
+        self._operations: list[_Operation] = []
+        self._done = False
+
+    # reads
+
+    def _base(self, full: str) -> Any:
+        """The value at ``full`` in the bucket (shared, or MISSING), recording what it checks."""
+        where = full
+        while True:
+            for known in (self._seen, self._seeds):
+                found = known.get(where)
+                if found is not None:
+                    self._seen[where] = found
+                    return paths.get_in(found[0], _rest(full, where))
+            if "/" not in where:
+                break
+            where = where.rsplit("/", 1)[0]
+        bucket = self._bucket
+        cache = bucket._cache
+        if cache.enabled:
+            cached = cache.tagged(full)
+            if cached is not NOT_CACHED:
+                where, value, etag = cached
+                self._seen[where] = (value, etag)
+                return paths.get_in(value, _rest(full, where))
+        generation = cache.generation
+        value, etag = read_answer(bucket._transport.request("GET", bucket._target(full)))
+        cache.store(full, value, generation, etag)
+        self._seen[full] = (value, etag)
+        return value
+
+    def _value(self, full: str) -> Any:
+        """The value at ``full`` with this transaction's writes applied (shared, or MISSING)."""
+        touching = [op for op in self._operations if _within(op[1], full) or _within(full, op[1])]
+        if not touching:
+            return self._base(full)
+        top = min([full, *(op[1] for op in touching if _within(full, op[1]))], key=len)
+        root: dict[str, Any] = {}
+        base = self._base(top)
+        segments = tuple(top.split("/"))
+        if base is not MISSING:
+            paths.set_in(root, segments, values.copy(base))
+        for operation in touching:
+            _apply(root, operation)
+        return paths.get_in(root, tuple(full.split("/")))
+
+    def __getitem__(self, key: str) -> Any:
+        found = self._value(self._bucket._full(key))
+        if found is MISSING:
+            raise KeyError(key)
+        return values.copy(found)
+
+    def __contains__(self, key: object) -> bool:
+        return self._value(self._bucket._full(key)) is not MISSING
+
+    def __iter__(self) -> Iterator[str]:
+        raise TypeError("a transaction does not list keys: read an object and list its keys")
+
+    def __len__(self) -> int:
+        raise TypeError("a transaction does not count keys: read an object and count its keys")
+
+    # writes
+
+    def _write(self, kind: _Kind, key: str, value: Any) -> None:
+        if self._done:
+            raise RuntimeError("this transaction is over: write inside the function")
+        full = self._bucket._full(key)
+        values.check(value)
+        self._operations.append((kind, full, values.copy(value)))
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._write("set", key, value)
+
+    def __delitem__(self, key: str) -> None:
+        if self._value(self._bucket._full(key)) is MISSING:
+            raise KeyError(key)
+        self._write("delete", key, None)
+
+    def increment(self, key: str, by: int | float = 1) -> None:
+        """Add ``by`` to the number at ``key`` when the transaction commits."""
+        _number(by)
+        self._write("increment", key, by)
+
+    def append(self, key: str, value: Any) -> None:
+        """Add ``value`` to the end of the list at ``key`` when the transaction commits."""
+        self._write("append", key, value)
+
+    # commit
+
+    def _commit(self) -> dict[str, tuple[Any, str | None]] | None:
+        """Send the writes with the reads as checks; the failed checks' values on a conflict.
+
+        A transaction that wrote nothing sends nothing.
+        """
+        self._done = True
+        operations = self._operations
+        if not operations:
+            return None
+        bucket = self._bucket
+        cache = bucket._cache
+        checks = {path: etag for path, (_value, etag) in self._seen.items()}
+        body = commit_body(checks, operations)
+        written = list(dict.fromkeys(path for _kind, path, _value in operations))
+        generation = cache.generation
+        try:
+            response = bucket._transport.request(
+                "POST", "bucket/?commit=true", body=body, idempotent=False
+            )
+        except BaseException:
+            _forget(bucket, written)  # the commit may have reached the server
+            raise
+        if response.status_code == 412:
+            # Refused, so nothing changed: what the cache holds stays right.
+            failed = failed_checks(response)
+            for path, (value, etag) in failed.items():
+                cache.store(path, value, generation, etag)
+            return failed
+        _forget(bucket, written)
+        raise_for_status(response)
+        generation += len(written)
+        results = values.decode(response.content)["results"]
+        for index, (kind, path, value) in enumerate(operations):
+            later = operations[index + 1 :]
+            if any(_within(path, other) or _within(other, path) for _k, other, _v in later):
+                continue
+            if kind == "set":
+                cache.store(path, value, generation, values.etag(values.encode(value)))
+            elif kind == "increment":
+                total = results[index]
+                cache.store(path, total, generation, values.etag(values.encode(total)))
+        return None
+
+
+def _forget(bucket: SharingMixin, written: list[str]) -> None:
+    """Drop cached reads of each written path and tell the bucket's write listeners."""
+    for path in written:
+        with bucket._writing(path):
+            pass
+
+
+def _rest(full: str, where: str) -> paths.Path:
+    return tuple(full[len(where) + 1 :].split("/")) if full != where else ()
+
+
+def _apply(root: dict[str, Any], operation: _Operation) -> None:
+    """Apply a buffered write to ``root`` as the server will (for reads inside the transaction)."""
+    kind, full, value = operation
+    segments = tuple(full.split("/"))
+    if kind == "set":
+        paths.set_in(root, segments, values.copy(value))
+    elif kind == "delete":
+        paths.delete_in(root, segments)
+    else:
+        found = paths.get_in(root, segments)
+        if kind == "increment":
+            found = 0 if found is MISSING else found
+            if type(found) not in (int, float):
+                raise ConflictError(
+                    f"cannot increment the value at {full!r}: it is not a number", 409
+                )
+            paths.set_in(root, segments, found + value)
+        else:
+            found = [] if found is MISSING else found
+            if type(found) is not list:
+                raise ConflictError(
+                    f"cannot append to the value at {full!r}: it is not a list", 409
+                )
+            paths.set_in(root, segments, [*found, values.copy(value)])

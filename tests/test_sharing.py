@@ -1,0 +1,352 @@
+"""Safe sharing from the client: atomic operations, conditional writes, transactions."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import Requests
+
+from kvpio_mapping import (
+    ConflictError,
+    KVBucket,
+    RequestError,
+    Transaction,
+    TransactionConflictError,
+    Versioned,
+)
+from kvpio_mapping.testing import TestAccount, run_server
+
+Counter = Callable[[Any], Requests]
+
+
+@pytest.fixture
+def bucket(kvpio_account: TestAccount) -> KVBucket:
+    return KVBucket(kvpio_account.url, kvpio_account.api_key)
+
+
+@pytest.fixture
+def other(kvpio_account: TestAccount) -> KVBucket:
+    """A second client of the same account, with a cache of its own."""
+    return KVBucket(kvpio_account.url, kvpio_account.api_key)
+
+
+# atomic operations
+
+
+def test_increment_returns_the_new_value_in_one_request(
+    bucket: KVBucket, count_requests: Counter
+) -> None:
+    requests = count_requests(bucket)
+    assert bucket.increment("hits") == 1
+    assert bucket.increment("hits", 10) == 11
+    assert bucket.increment("hits", -0.5) == 10.5
+    assert requests.count == 3
+    assert bucket["hits"] == 10.5
+    assert requests.count == 3
+
+
+def test_increment_of_a_string_is_a_conflict_and_changes_nothing(bucket: KVBucket) -> None:
+    bucket["s"] = "text"
+    with pytest.raises(ConflictError, match="not a number") as caught:
+        bucket.increment("s")
+    assert isinstance(caught.value, RequestError) and caught.value.status == 409
+    assert bucket["s"] == "text"
+
+
+@pytest.mark.parametrize("by", ["1", True, None, float("nan")])
+def test_increment_by_a_non_number_sends_nothing(
+    bucket: KVBucket, count_requests: Counter, by: Any
+) -> None:
+    requests = count_requests(bucket)
+    with pytest.raises((TypeError, ValueError)):
+        bucket.increment("n", by)
+    assert requests.count == 0
+
+
+def test_append_returns_the_position(bucket: KVBucket) -> None:
+    assert bucket.append("log", "a") == 1
+    assert bucket.append("log", {"b": 2}) == 2
+    assert bucket["log"] == ["a", {"b": 2}]
+    assert bucket["log/2/b"] == 2
+    bucket["o"] = {}
+    with pytest.raises(ConflictError):
+        bucket.append("o", 1)
+
+
+def test_merge_sets_members_shallowly(bucket: KVBucket) -> None:
+    bucket["cfg"] = {"a": 1, "b": {"c": 1}}
+    assert bucket["cfg"]["a"] == 1
+    bucket.merge("cfg", {"b": {"d": 2}, "e": 3})
+    assert bucket["cfg"] == {"a": 1, "b": {"d": 2}, "e": 3}
+
+
+def test_operations_on_a_view_use_its_paths(bucket: KVBucket) -> None:
+    view = bucket.view("stats")
+    view.increment("n", 2)
+    assert view.append("seen", "x") == 1
+    assert bucket["stats"] == {"n": 2, "seen": ["x"]}
+
+
+# conditional writes
+
+
+def test_versioned_read_and_conditional_write(bucket: KVBucket, other: KVBucket) -> None:
+    bucket["doc"] = {"v": 1}
+    read = bucket.versioned("doc")
+    assert read == Versioned({"v": 1}, read.etag)
+    assert bucket.set_if("doc", {"v": 2}, read.etag)
+    assert other["doc"] == {"v": 2}
+    assert not bucket.set_if("doc", {"v": 3}, read.etag)
+    assert other.versioned("doc").value == {"v": 2}
+
+
+def test_stale_write_changes_nothing_and_the_cache_learns_the_current_value(
+    bucket: KVBucket, other: KVBucket, count_requests: Counter
+) -> None:
+    bucket["doc"] = 1
+    stale = bucket.versioned("doc")
+    other["doc"] = 2
+    requests = count_requests(bucket)
+    assert not bucket.set_if("doc", 3, stale.etag)
+    assert not bucket.delete_if("doc", stale.etag)
+    assert requests.count == 2
+    current = bucket.versioned("doc")
+    assert current.value == 2
+    assert requests.count == 2
+    assert bucket.delete_if("doc", current.etag)
+    assert "doc" not in other
+
+
+def test_set_if_absent(bucket: KVBucket) -> None:
+    assert bucket.set_if("lock", "me", None)
+    assert not bucket.set_if("lock", "you", None)
+    assert bucket["lock"] == "me"
+
+
+def test_versioned_of_a_missing_key_raises_key_error(bucket: KVBucket) -> None:
+    with pytest.raises(KeyError):
+        bucket.versioned("nothing")
+
+
+def test_setdefault_returns_what_won_without_a_second_read(
+    bucket: KVBucket, other: KVBucket, count_requests: Counter
+) -> None:
+    assert "k" not in bucket  # caches "missing"
+    other["k"] = "theirs"
+    requests = count_requests(bucket)
+    assert bucket.setdefault("k", "mine") == "theirs"
+    assert requests.sent == [("POST", "bucket/k")]
+    other.pop("k")
+    bucket.invalidate("k")
+    assert bucket.setdefault("k", "mine") == "mine"
+    assert other["k"] == "mine"
+
+
+# transactions
+
+
+def move(tx: Transaction, source: str, target: str, units: int) -> None:
+    tx[source] = tx[source] - units
+    tx[target] = tx.get(target, 0) + units
+
+
+def test_transact_reads_and_writes_atomically(bucket: KVBucket) -> None:
+    bucket.update({"a": 10, "b": 0})
+    bucket.transact(lambda tx: move(tx, "a", "b", 3))
+    assert bucket.copy() == {"a": 7, "b": 3}
+
+
+def test_transact_returns_what_the_function_returns(bucket: KVBucket) -> None:
+    bucket["n"] = 4
+    assert bucket.transact(lambda tx: tx["n"] * 2) == 8
+
+
+def test_uncontended_transaction_on_cached_data_costs_one_request(
+    bucket: KVBucket, count_requests: Counter
+) -> None:
+    bucket.update({"a": 10, "b": 0})
+    bucket.transact(lambda tx: move(tx, "a", "b", 1))
+    requests = count_requests(bucket)
+    for _ in range(3):
+        bucket.transact(lambda tx: move(tx, "a", "b", 1))
+    assert requests.sent == [("POST", "bucket/?commit=true")] * 3
+    assert bucket.copy() == {"a": 6, "b": 4}
+
+
+def test_conflict_reruns_the_function_on_the_values_the_refusal_carried(
+    bucket: KVBucket, other: KVBucket, count_requests: Counter
+) -> None:
+    bucket.update({"a": 10, "b": 0})
+    bucket.transact(lambda tx: move(tx, "a", "b", 1))  # a and b now cached
+    other["a"] = 100
+    requests = count_requests(bucket)
+    seen: list[int] = []
+
+    def transfer(tx: Transaction) -> None:
+        seen.append(tx["a"])
+        move(tx, "a", "b", 1)
+
+    bucket.transact(transfer)
+    assert seen == [9, 100]
+    assert requests.sent == [("POST", "bucket/?commit=true")] * 2
+    assert other.copy() == {"a": 99, "b": 2}
+
+
+def test_an_exception_in_the_function_writes_nothing(
+    bucket: KVBucket, count_requests: Counter
+) -> None:
+    bucket["a"] = 1
+    requests = count_requests(bucket)
+
+    def fails(tx: Transaction) -> None:
+        tx["a"] = 2
+        raise LookupError("changed my mind")
+
+    with pytest.raises(LookupError):
+        bucket.transact(fails)
+    assert requests.count == 0
+    assert bucket["a"] == 1
+
+
+def test_spent_retries_raise_and_write_nothing(bucket: KVBucket, other: KVBucket) -> None:
+    bucket["n"] = 0
+    calls = []
+
+    def always_beaten(tx: Transaction) -> None:
+        value = tx["n"]
+        calls.append(value)
+        other["n"] = value + 1000  # a rival write after each read
+        tx["n"] = value + 1
+
+    with pytest.raises(TransactionConflictError, match="3 attempts") as caught:
+        bucket.transact(always_beaten, retries=2)
+    assert caught.value.attempts == 3
+    assert calls == [0, 1000, 2000]
+    assert other["n"] == 3000
+
+
+def test_transaction_sees_its_own_writes(bucket: KVBucket) -> None:
+    bucket["doc"] = {"a": 1, "list": [1]}
+
+    def body(tx: Transaction) -> list[Any]:
+        tx["doc/b"] = 2
+        tx.increment("doc/a", 5)
+        tx.append("doc/list", 2)
+        del tx["doc/list/1"]
+        tx.increment("count")
+        return [tx["doc"], tx["doc/a"], "count" in tx, tx.get("gone")]
+
+    seen = bucket.transact(body)
+    assert seen == [{"a": 6, "list": [2], "b": 2}, 6, True, None]
+    assert bucket["doc"] == {"a": 6, "list": [2], "b": 2}
+    assert bucket["count"] == 1
+
+
+def test_delete_of_a_missing_key_in_a_transaction_raises_key_error(bucket: KVBucket) -> None:
+    def body(tx: Transaction) -> None:
+        del tx["nothing"]
+
+    with pytest.raises(KeyError):
+        bucket.transact(body)
+
+
+def test_a_transaction_that_only_reads_sends_no_commit(
+    bucket: KVBucket, count_requests: Counter
+) -> None:
+    bucket["a"] = 1
+    requests = count_requests(bucket)
+    assert bucket.transact(lambda tx: tx["a"]) == 1
+    assert requests.sent == [("GET", "bucket/a")]
+
+
+def test_transactional_decorator(bucket: KVBucket) -> None:
+    bucket.update({"a": 5, "b": 5})
+
+    @bucket.transactional
+    def transfer(tx: Transaction, units: int) -> int:
+        move(tx, "a", "b", units)
+        return units
+
+    @bucket.transactional(retries=1)
+    def total(tx: Transaction) -> int:
+        return int(tx["a"] + tx["b"])
+
+    assert transfer(2) == 2
+    assert transfer.__name__ == "transfer"
+    assert total() == 10
+    assert bucket.copy() == {"a": 3, "b": 7}
+
+
+def test_reads_below_a_value_read_are_checked_through_it(bucket: KVBucket, other: KVBucket) -> None:
+    bucket["users"] = {"ann": {"credits": 1}}
+    bucket["users"]  # caches the whole object
+
+    def spend(tx: Transaction) -> None:
+        tx["users/ann/credits"] = tx["users/ann/credits"] - 1
+
+    other["users/ann/credits"] = 5
+    bucket.transact(spend)
+    assert other["users/ann/credits"] == 4
+
+
+def test_transaction_on_a_view(bucket: KVBucket) -> None:
+    view = bucket.view("bank")
+    view.update({"a": 1, "b": 1})
+    view.transact(lambda tx: move(tx, "a", "b", 1))
+    assert bucket["bank"] == {"a": 0, "b": 2}
+
+
+def test_writes_after_the_function_returned_are_refused(bucket: KVBucket) -> None:
+    kept: list[Transaction] = []
+    bucket.transact(kept.append)
+    with pytest.raises(RuntimeError):
+        kept[0]["late"] = 1
+
+
+# several processes against a server with two workers
+
+
+def _incrementer(bucket: KVBucket, count: int) -> None:
+    for _ in range(count):
+        bucket.increment("counter")
+
+
+def _transferrer(bucket: KVBucket, seed: int, count: int) -> None:
+    for n in range(count):
+        source, target = ("alice", "bob") if (n + seed) % 2 else ("bob", "alice")
+        bucket.transact(
+            lambda tx, s=source, t=target: move(tx, f"balances/{s}", f"balances/{t}", 3)
+        )
+
+
+def _run(target: Callable[..., None], args: list[tuple[Any, ...]]) -> None:
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=target, args=arguments) for arguments in args]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+        assert process.exitcode == 0
+
+
+@pytest.mark.slow
+def test_processes_incrementing_one_key_lose_nothing() -> None:
+    with run_server(workers=2) as server:
+        bucket = KVBucket(server.url, server.api_key)
+        _run(_incrementer, [(bucket, 200)] * 4)
+        assert bucket.get("counter") == 800
+
+
+@pytest.mark.slow
+def test_processes_moving_units_between_balances_keep_the_sum() -> None:
+    with run_server(workers=2) as server:
+        bucket = KVBucket(server.url, server.api_key)
+        bucket["balances"] = {"alice": 1000, "bob": 1000}
+        bucket.increment("n", 0)
+        _run(_transferrer, [(bucket, seed, 100) for seed in range(4)])
+        balances = KVBucket(server.url, server.api_key, ttl=0)["balances"]
+        assert balances["alice"] + balances["bob"] == 2000
+        assert balances == {"alice": 1000, "bob": 1000}
