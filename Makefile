@@ -28,3 +28,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/client_bench.py
 	$(PY) benchmarks/server_bench.py
 	$(PY) benchmarks/storage_bench.py
+	$(PY) benchmarks/sharing_bench.py
