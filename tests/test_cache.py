@@ -11,7 +11,7 @@ import pytest
 import requests
 import responses
 
-from kvpio_mapping import KVBucket, RequestError, TransportError
+from kvpio_mapping import KVBucket, RequestError, TransportError, values
 from kvpio_mapping.cache import NOT_CACHED, CacheInfo, PathCache
 from kvpio_mapping.paths import MISSING
 
@@ -38,6 +38,22 @@ def sent(bucket, count_requests):
 
 
 # PathCache units
+
+
+def test_tagged_answers_from_the_entry_or_an_ancestor_with_its_etag(cache, clock):
+    cache.store("a", {"b": [1, 2]}, cache.generation, '"server-tag"')
+    assert cache.tagged("a/b/2") == ("a", {"b": [1, 2]}, '"server-tag"')
+    assert cache.tagged("a/b/2", exact=True) is NOT_CACHED
+    assert cache.tagged("a/nothing") == ("a", {"b": [1, 2]}, '"server-tag"')
+    clock.advance(11)
+    assert cache.tagged("a") is NOT_CACHED
+
+
+def test_tagged_computes_the_tag_of_a_value_stored_without_one(cache):
+    cache.store_many(iter([("k", {"x": 1})]), cache.generation)
+    assert cache.tagged("k") == ("k", {"x": 1}, values.etag(b'{"x":1}'))
+    cache.store("gone", MISSING, cache.generation)
+    assert cache.tagged("gone") == ("gone", MISSING, None)
 
 
 def test_lookup_of_a_path_never_stored_is_not_cached(cache):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable
+import pickle
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from kvpio_mapping import (
     TransactionConflictError,
     Versioned,
 )
-from kvpio_mapping.testing import TestAccount, run_server
+from kvpio_mapping.testing import RunningServer, TestAccount, new_account, run_server
 
 Counter = Callable[[Any], Requests]
 
@@ -332,21 +333,59 @@ def _run(target: Callable[..., None], args: list[tuple[Any, ...]]) -> None:
         assert process.exitcode == 0
 
 
-@pytest.mark.slow
-def test_processes_incrementing_one_key_lose_nothing() -> None:
+@pytest.fixture(scope="module")
+def two_workers() -> Iterator[RunningServer]:
     with run_server(workers=2) as server:
-        bucket = KVBucket(server.url, server.api_key)
-        _run(_incrementer, [(bucket, 200)] * 4)
-        assert bucket.get("counter") == 800
+        yield server
+
+
+@pytest.fixture
+def shared(two_workers: RunningServer) -> KVBucket:
+    """A fresh account on the server with two workers."""
+    account = new_account(two_workers)
+    return KVBucket(account.url, account.api_key)
 
 
 @pytest.mark.slow
-def test_processes_moving_units_between_balances_keep_the_sum() -> None:
-    with run_server(workers=2) as server:
-        bucket = KVBucket(server.url, server.api_key)
-        bucket["balances"] = {"alice": 1000, "bob": 1000}
-        bucket.increment("n", 0)
-        _run(_transferrer, [(bucket, seed, 100) for seed in range(4)])
-        balances = KVBucket(server.url, server.api_key, ttl=0)["balances"]
-        assert balances["alice"] + balances["bob"] == 2000
-        assert balances == {"alice": 1000, "bob": 1000}
+def test_processes_incrementing_one_key_lose_nothing(shared: KVBucket) -> None:
+    _run(_incrementer, [(shared, 200)] * 4)
+    assert shared.get("counter") == 800
+
+
+@pytest.mark.slow
+def test_processes_moving_units_between_balances_keep_the_sum(shared: KVBucket) -> None:
+    shared["balances"] = {"alice": 1000, "bob": 1000}
+    _run(_transferrer, [(shared, seed, 100) for seed in range(4)])
+    balances = KVBucket(shared.url, shared._transport.api_key, ttl=0)["balances"]
+    assert balances["alice"] + balances["bob"] == 2000
+    assert balances == {"alice": 1000, "bob": 1000}
+
+
+def test_stale_if_match_on_two_workers_changes_nothing_and_returns_the_current_value(
+    shared: KVBucket,
+) -> None:
+    rival = pickle.loads(pickle.dumps(shared))
+    shared["doc"] = {"v": 1}
+    stale = shared.versioned("doc")
+    for v in range(2, 12):  # spread over both workers' connections
+        rival["doc"] = {"v": v}
+    assert not shared.set_if("doc", {"v": 0}, stale.etag)
+    assert not shared.delete_if("doc", stale.etag)
+    assert shared.versioned("doc").value == {"v": 11}
+    assert rival.transact(lambda tx: tx["doc"]) == {"v": 11}
+
+
+def test_commit_with_one_failing_check_on_two_workers_applies_nothing(shared: KVBucket) -> None:
+    rival = pickle.loads(pickle.dumps(shared))
+    shared.update({"a": 1, "b": 1, "c": 1})
+
+    def touch_all(tx: Transaction) -> None:
+        for key in ("a", "b", "c"):
+            tx[key] = tx[key] + 10
+        tx.append("log", "done")
+        if tx["a"] == 11:
+            rival["b"] = 5  # changes one of the three reads before the commit
+
+    with pytest.raises(TransactionConflictError):
+        shared.transact(touch_all, retries=0)
+    assert rival.copy() == {"a": 1, "b": 5, "c": 1}
