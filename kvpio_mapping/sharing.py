@@ -37,8 +37,7 @@ loses 100 times in a row is about (3/4)**100, 3e-13.
 """
 
 _T = TypeVar("_T")
-_Kind = str
-_Operation = tuple[_Kind, str, Any]
+_Operation = tuple[str, str, Any]
 """A buffered write of a transaction: (op, full path, value)."""
 
 
@@ -362,7 +361,7 @@ class Transaction(MutableMapping[str, Any]):
 
     # writes
 
-    def _write(self, kind: _Kind, key: str, value: Any) -> None:
+    def _write(self, kind: str, key: str, value: Any) -> None:
         if self._done:
             raise RuntimeError("this transaction is over: write inside the function")
         full = self._bucket._full(key)
