@@ -9,15 +9,20 @@ from typing import Any
 
 import pytest
 from conftest import Requests
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from kvpio_mapping import (
     ConflictError,
+    InvalidPathError,
     KVBucket,
     RequestError,
     Transaction,
     TransactionConflictError,
     Versioned,
+    values,
 )
+from kvpio_mapping.paths import MISSING, delete_in, get_in, set_in
 from kvpio_mapping.testing import RunningServer, TestAccount, new_account, run_server
 
 Counter = Callable[[Any], Requests]
@@ -389,3 +394,92 @@ def test_commit_with_one_failing_check_on_two_workers_applies_nothing(shared: KV
     with pytest.raises(TransactionConflictError):
         shared.transact(touch_all, retries=0)
     assert rival.copy() == {"a": 1, "b": 5, "c": 1}
+
+
+# random transactions against a dict model
+
+KEYS = st.sampled_from(["a", "b", "a/x", "a/y", "l", "l/1", "l/2", "n"])
+SMALL = st.one_of(st.integers(-3, 3), st.sampled_from(["s", None]), st.just([1]), st.just({"x": 1}))
+STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("get"), KEYS, st.none()),
+        st.tuples(st.just("set"), KEYS, SMALL),
+        st.tuples(st.just("del"), KEYS, st.none()),
+        st.tuples(st.just("increment"), KEYS, st.integers(-2, 2)),
+        st.tuples(st.just("append"), KEYS, SMALL),
+    ),
+    max_size=8,
+)
+
+
+def _step(data: Any, kind: str, key: str, value: Any) -> Any:
+    """One step on a mapping (a Transaction, or the model): what it returned, or the error type."""
+    try:
+        if kind == "get":
+            return data.get(key, "<absent>")
+        if kind == "set":
+            data[key] = value
+        elif kind == "del":
+            del data[key]
+        elif kind == "increment":
+            data.increment(key, value)
+        else:
+            data.append(key, value)
+    except (KeyError, ConflictError, InvalidPathError) as exc:
+        return type(exc)
+    return None
+
+
+class Model:
+    """A bucket as a plain dict, with the transaction operations spelled out plainly."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def get(self, key: str, default: Any) -> Any:
+        found = get_in(self.data, tuple(key.split("/")))
+        return default if found is MISSING else values.copy(found)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        set_in(self.data, tuple(key.split("/")), values.copy(value))
+
+    def __delitem__(self, key: str) -> None:
+        if not delete_in(self.data, tuple(key.split("/"))):
+            raise KeyError(key)
+
+    def increment(self, key: str, by: int) -> None:
+        found = self.get(key, 0)
+        if type(found) is not int:
+            raise ConflictError("not a number", 409)
+        self[key] = found + by
+
+    def append(self, key: str, value: Any) -> None:
+        found = self.get(key, [])
+        if type(found) is not list:
+            raise ConflictError("not a list", 409)
+        self[key] = [*found, value]
+
+
+@pytest.fixture(scope="module")
+def random_bucket(kvpio_server: RunningServer) -> KVBucket:
+    account = new_account(kvpio_server)
+    return KVBucket(account.url, account.api_key)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(start=st.dictionaries(st.sampled_from(["a", "l", "n"]), SMALL, max_size=3), steps=STEPS)
+def test_random_transactions_agree_with_a_dict(
+    random_bucket: KVBucket, start: dict[str, Any], steps: list[tuple[str, str, Any]]
+) -> None:
+    random_bucket.clear()
+    if start:
+        random_bucket.update(start)
+    model = Model(values.copy(start))
+    expected = [_step(model, *step) for step in steps]
+    if any(isinstance(seen, type) for seen in expected):
+        event("refused")
+        return  # a step the server would refuse: the commit's own tests cover those
+    event("committed")
+    seen = random_bucket.transact(lambda tx: [_step(tx, *step) for step in steps])
+    assert seen == expected
+    assert random_bucket.copy() == model.data
