@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -882,6 +883,7 @@ def test_sqlite_processes_writing_one_file_lose_nothing(tmp_path: FilePath) -> N
         assert child.returncode == 0
     storage = SQLiteStorage(db)
     assert len(storage.keys("a", p("top"))) == 120
+    assert storage.revision("a") == 120
     storage.close()
 
 
@@ -1300,3 +1302,21 @@ def test_random_atomic_commits_agree_with_a_model(
     whole = j(model.data)
     for backend in random_backends:
         assert backend.read(account, ()) == (whole, model.revision)
+
+
+def test_sqlite_database_made_before_revisions_gains_them(tmp_path: FilePath) -> None:
+    db = str(tmp_path / "old.sqlite3")
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TABLE accounts (id TEXT PRIMARY KEY, email TEXT NOT NULL,"
+            " key_digest TEXT NOT NULL UNIQUE, reads INTEGER NOT NULL DEFAULT 0)"
+        )
+        conn.execute("INSERT INTO accounts (id, email, key_digest) VALUES ('old', '', 'x')")
+    conn.close()
+    storage = SQLiteStorage(db)
+    try:
+        assert storage.revision("old") == 0
+        assert storage.commit("old", [Operation("increment", p("n"), 1)]).revision == 1
+        assert storage.read("old", p("n")) == ("1", 1)
+    finally:
+        storage.close()
