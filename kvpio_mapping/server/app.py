@@ -403,6 +403,7 @@ class BucketResource(_Resource):
         return committed
 
     def conditions(self, req: falcon.asgi.Request, path: paths.Path) -> list[Check]:
+        """The checks of ``If-Match`` / ``If-None-Match: *`` on a write to ``path``."""
         return conditions(path, req.get_header("If-Match"), req.get_header("If-None-Match"))
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
