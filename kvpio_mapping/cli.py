@@ -569,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_server_commands(commands: Any) -> None:
-    """Register ``serve`` and ``accounts`` (cheap: no server dependency loads here)."""
+    """Register ``serve``, ``accounts`` and ``db`` (cheap: no server dependency loads here)."""
     add_commands(commands)
 
 

@@ -104,7 +104,7 @@ class TestAccount:
 def _read_line(stream: IO[str], found: list[str], done: threading.Event) -> None:
     for line in stream:
         if line.startswith(_LINE_PREFIX):
-            found.append(line[len(_LINE_PREFIX) :].strip())
+            found.append(line[len(_LINE_PREFIX) :].split()[0])
             break
     done.set()
 

@@ -1,4 +1,4 @@
-"""``python -m kvpio_mapping.server serve|accounts ...`` without the main CLI."""
+"""``python -m kvpio_mapping.server serve|accounts|db ...`` without the main CLI."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``serve`` and ``accounts`` subcommands, for the ``kvpio`` CLI and ``python -m``.
+"""The ``serve``, ``accounts`` and ``db`` subcommands, for the ``kvpio`` CLI and ``python -m``.
 
 Importing this module is cheap: the server's dependencies load only when a
 command runs.
@@ -19,11 +19,14 @@ _DB_HELP = (
 
 
 def add_commands(subparsers: Any) -> None:
-    """Register ``serve`` and ``accounts`` on an ``argparse`` subparsers object."""
+    """Register ``serve``, ``accounts`` and ``db`` on an ``argparse`` subparsers object."""
     serve = subparsers.add_parser(
         "serve",
         help="run the kvp.io v1 server",
-        description="Run the kvp.io v1 server. Prints 'kvpio serving on URL' once it answers.",
+        description=(
+            "Run the kvp.io v1 server."
+            " Prints 'kvpio serving on URL (database PATH)' once it answers."
+        ),
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port, 0 picks a free one")
@@ -60,6 +63,16 @@ def add_commands(subparsers: Any) -> None:
     delete.add_argument("--db", help=_DB_HELP)
     delete.set_defaults(func=_delete)
 
+    database = subparsers.add_parser("db", help="look after the server's database")
+    db_actions = database.add_subparsers(dest="action", required=True)
+    check = db_actions.add_parser(
+        "check",
+        help="check the whole database file for damage (exit 1 if damaged)",
+        description="Run SQLite's full integrity check (start-up runs a quick, time-bound one).",
+    )
+    check.add_argument("--db", help=_DB_HELP)
+    check.set_defaults(func=_check)
+
 
 def _serve(args: argparse.Namespace) -> int:
     from .serve import serve
@@ -82,19 +95,23 @@ def _serve(args: argparse.Namespace) -> int:
     )
 
 
-def _open(args: argparse.Namespace) -> Any:
-    from .serve import default_db, prepare_db
-    from .storage import open_storage
+def _open(args: argparse.Namespace, command: str, *, create: bool = False) -> Any:
+    """The database of ``--db``, or ``None`` after saying on stderr why it cannot be used."""
+    from .serve import DatabaseProblem, open_db, resolve_db
 
-    location = args.db or default_db()
-    prepare_db(location)
-    return open_storage(location)
+    try:
+        return open_db(resolve_db(args.db), create=create)
+    except DatabaseProblem as exc:
+        sys.stderr.write(f"kvpio {command}: {exc}\n")
+        return None
 
 
 def _create(args: argparse.Namespace) -> int:
     from .storage import AccountExistsError
 
-    storage = _open(args)
+    storage = _open(args, "accounts create", create=True)
+    if storage is None:
+        return 1
     try:
         key = storage.create_account(args.id, args.email, args.api_key)
     except AccountExistsError as exc:
@@ -107,7 +124,9 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    storage = _open(args)
+    storage = _open(args, "accounts list")
+    if storage is None:
+        return 1
     try:
         for account in storage.list_accounts():
             print(f"{account.id}\t{account.email}\t{account.reads}\t{account.size}")
@@ -117,7 +136,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    storage = _open(args)
+    storage = _open(args, "accounts delete")
+    if storage is None:
+        return 1
     try:
         existed = storage.delete_account(args.name)
     finally:
@@ -125,4 +146,27 @@ def _delete(args: argparse.Namespace) -> int:
     if not existed:
         sys.stderr.write(f"kvpio accounts delete: no account {args.name!r}\n")
         return 1
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .serve import damage_report, resolve_db
+    from .storage.sqlite import SQLiteStorage
+
+    storage = _open(args, "db check")
+    if storage is None:
+        return 1
+    location = resolve_db(args.db)
+    try:
+        if not isinstance(storage, SQLiteStorage):
+            sys.stderr.write(f"kvpio db check: {location} keeps nothing to check\n")
+            return 1
+        problems = storage.check(full=True)
+    finally:
+        storage.close()
+    if problems:
+        print("\n".join(problems))
+        sys.stderr.write(f"kvpio db check: {damage_report(location, problems)}\n")
+        return 1
+    print(f"{location}: ok")
     return 0

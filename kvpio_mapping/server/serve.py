@@ -20,7 +20,6 @@ import sqlite3
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
     import uvicorn
 
     from .app import App
+    from .storage import Storage
 
 DB_ENV: Final = "KVPIO_SERVE_DB"
 API_KEY_ENV: Final = "KVPIO_SERVE_API_KEY"
@@ -39,19 +39,57 @@ DEFAULT_WORKERS: Final = 2
 
 
 def default_db() -> str:
-    """``$KVPIO_DB``, else ``${XDG_DATA_HOME:-~/.local/share}/kvpio/kvpio.sqlite3``."""
-    if os.environ.get("KVPIO_DB"):
-        return os.environ["KVPIO_DB"]
+    """``$KVPIO_DB``, else :func:`standard_db`."""
+    return os.environ.get("KVPIO_DB") or standard_db()
+
+
+def standard_db() -> str:
+    """``${XDG_DATA_HOME:-~/.local/share}/kvpio/kvpio.sqlite3``, the one place made on demand."""
     data_home = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
     return os.path.join(data_home, "kvpio", "kvpio.sqlite3")
 
 
-def prepare_db(location: str) -> None:
-    """Create the directory of a database file if it is missing."""
-    if location != "memory:":
-        Path(location.removeprefix("sqlite://")).expanduser().parent.mkdir(
-            parents=True, exist_ok=True
-        )
+class DatabaseProblem(Exception):
+    """Why a command cannot use its database, worded for the operator in one line."""
+
+
+def resolve_db(location: str | None) -> str:
+    """The database a ``--db`` option names: ``memory:``, or an absolute file path."""
+    location = location or default_db()
+    if location == "memory:":
+        return location
+    return os.path.abspath(os.path.expanduser(location.removeprefix("sqlite://")))
+
+
+def open_db(location: str, *, create: bool) -> Storage:
+    """Open a resolved database; a new file only if ``create``, in an existing directory.
+
+    Only the standard location gets its directory made: elsewhere a missing
+    directory is most likely a typo, and a new empty database there would hide it.
+    """
+    from .storage import open_storage
+
+    if location != "memory:" and not os.path.exists(location):
+        directory = os.path.dirname(location)
+        if not create:
+            raise DatabaseProblem(f"no database at {location}")
+        if not os.path.isdir(directory):
+            if location != standard_db():
+                raise DatabaseProblem(f"the directory {directory} does not exist (check --db)")
+            os.makedirs(directory, exist_ok=True)
+    try:
+        return open_storage(location)
+    except (OSError, sqlite3.Error) as exc:
+        raise DatabaseProblem(f"cannot open the database {location}: {exc}") from None
+
+
+def damage_report(location: str, problems: list[str]) -> str:
+    """One line saying a database is damaged, its first problem, and what to do."""
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return (
+        f"the database {location} is damaged: {problems[0]}{more}; see `kvpio db check --db"
+        f" {location}`, then restore a backup or rescue the data with `sqlite3 {location} .recover`"
+    )
 
 
 def app_from_env() -> App:
@@ -78,11 +116,31 @@ def _bind(host: str, port: int, *, listen: bool = True, reuse_port: bool = False
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    if listen:
-        sock.listen(2048)
+    try:
+        sock.bind((host, port))
+        if listen:
+            sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
     sock.set_inheritable(True)
     return sock
+
+
+def _hold_port(host: str, port: int, workers: int) -> socket.socket:
+    """The socket that holds the port for the server's lifetime; ``OSError`` if it is taken.
+
+    With one worker it is the listening socket itself. With several, each
+    worker listens on a ``SO_REUSEPORT`` socket of its own, and any process
+    of the same user could join them the same way: so the port is first
+    bound without ``SO_REUSEPORT``, which fails while anything listens on it.
+    """
+    if workers == 1:
+        return _bind(host, port)
+    probe = _bind(host, port, listen=False)
+    port = probe.getsockname()[1]
+    probe.close()
+    return _bind(host, port, listen=False, reuse_port=True)
 
 
 def _uvicorn_config(host: str, port: int) -> uvicorn.Config:
@@ -103,10 +161,14 @@ def _uvicorn_config(host: str, port: int) -> uvicorn.Config:
 
 
 def _worker(host: str, port: int) -> None:
-    """One worker process: its own listening socket on the shared port, one uvicorn server."""
+    """One worker process: its own socket on the shared port, one uvicorn server.
+
+    The socket is bound but not listening: uvicorn listens once the app is
+    loaded, so no connection waits on a worker that dies while starting.
+    """
     import uvicorn
 
-    sock = _bind(host, port, reuse_port=True)
+    sock = _bind(host, port, listen=False, reuse_port=True)
     threading.Thread(target=_stop_with_parent, args=(os.getppid(),), daemon=True).start()
     uvicorn.Server(_uvicorn_config(host, port)).run(sockets=[sock])
 
@@ -118,43 +180,106 @@ def _stop_with_parent(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+HEALTHY_AFTER: Final = 1.0
+"""Seconds a worker must live to count as started; one dying sooner failed to start."""
+FIRST_RESTART_DELAY: Final = 0.1
+MAX_RESTART_DELAY: Final = 5.0
+GIVE_UP_AFTER: Final = 10.0
+"""Seconds with no worker running before the server stops: it cannot run here."""
+
+
+def restart_delay(failures: int) -> float:
+    """Seconds to wait before starting a worker whose last ``failures`` starts failed in a row.
+
+    A worker that ran and then died is replaced at once; repeated failed
+    starts back off exponentially, so a crash loop does not eat the machine.
+    """
+    if failures == 0:
+        return 0.0
+    return min(FIRST_RESTART_DELAY * 2.0 ** (failures - 1), MAX_RESTART_DELAY)
+
+
+@dataclasses.dataclass
+class _Slot:
+    """One worker place: its process (``None`` while waiting to restart) and its history."""
+
+    process: BaseProcess | None = None
+    started: float = 0.0
+    failures: int = 0
+    restart_at: float = 0.0
+
+
+def _how_it_ended(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"
+
+
 def _supervise(host: str, port: int, workers: int) -> int:
     """Run ``workers`` worker processes until SIGTERM or SIGINT, replacing any that die.
 
-    On a signal each worker gets SIGTERM, finishes its requests in flight and
-    exits. A worker that dies within a second of starting stops the server.
+    A dead worker is replaced after :func:`restart_delay` while the others
+    keep serving; each death is one line on stderr. The server gives up
+    (exit 1) only once no worker has been running for :data:`GIVE_UP_AFTER`
+    seconds. On a signal each worker gets SIGTERM, finishes its requests in
+    flight and exits.
     """
     context = multiprocessing.get_context("spawn")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
 
-    def start() -> tuple[BaseProcess, float]:
-        process = context.Process(target=_worker, args=(host, port), daemon=False)
-        process.start()
-        return process, time.monotonic()
+    def start(slot: _Slot, now: float) -> None:
+        slot.process = context.Process(target=_worker, args=(host, port), daemon=False)
+        slot.process.start()
+        slot.started = now
 
-    running = [start() for _ in range(workers)]
+    slots = [_Slot() for _ in range(workers)]
+    running_since = time.monotonic()
+    for slot in slots:
+        start(slot, running_since)
+    last_end = ""
     code = 0
-    while not stop.wait(0.2):
-        for index, (process, started) in enumerate(running):
-            if process.is_alive():
-                continue
-            if time.monotonic() - started < 1.0:
-                exit_code = process.exitcode
-                sys.stderr.write(f"kvpio serve: a worker failed to start (exit {exit_code})\n")
-                stop.set()
-                code = 1
-                break
-            running[index] = start()
-    for process, _ in running:
-        if process.is_alive():
-            process.terminate()
-    for process, _ in running:
-        process.join(35)
-        if process.is_alive():
-            process.kill()
-            process.join()
+    while not stop.wait(0.1):
+        now = time.monotonic()
+        for slot in slots:
+            process = slot.process
+            if process is None:
+                if now >= slot.restart_at:
+                    start(slot, now)
+            elif process.is_alive():
+                if now - slot.started >= HEALTHY_AFTER:
+                    slot.failures = 0
+                    running_since = now
+            else:
+                lived = now - slot.started
+                slot.failures = slot.failures + 1 if lived < HEALTHY_AFTER else 0
+                delay = restart_delay(slot.failures)
+                slot.process, slot.restart_at = None, now + delay
+                last_end = _how_it_ended(process.exitcode)
+                sys.stderr.write(
+                    f"kvpio serve: worker {process.pid} {last_end} after {lived:.1f} s;"
+                    f" starting another in {delay:.1f} s\n"
+                )
+        if now - running_since > GIVE_UP_AFTER:
+            sys.stderr.write(
+                f"kvpio serve: no worker could run for {GIVE_UP_AFTER:g} s (the last one"
+                f" {last_end}; the lines above say why); stopping\n"
+            )
+            code = 1
+            break
+    for slot in slots:
+        if slot.process is not None and slot.process.is_alive():
+            slot.process.terminate()
+    for slot in slots:
+        if slot.process is not None:
+            slot.process.join(35)
+            if slot.process.is_alive():
+                slot.process.kill()
+                slot.process.join()
     return code
 
 
@@ -162,8 +287,8 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _announce(host: str, port: int, url: str) -> None:
-    """Print the URL line once the server answers a request."""
+def _announce(host: str, port: int, url: str, location: str) -> None:
+    """Print the URL and database line once the server answers a request."""
     probe = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     while True:
         connection = http.client.HTTPConnection(probe, port, timeout=2)
@@ -175,8 +300,45 @@ def _announce(host: str, port: int, url: str) -> None:
             time.sleep(0.05)
         finally:
             connection.close()
-    sys.stdout.write(f"kvpio serving on {url}\n")
+    sys.stdout.write(f"kvpio serving on {url} (database {location})\n")
     sys.stdout.flush()
+
+
+START_CHECK_SECONDS: Final = 3.0
+"""Time the start-up check of the database may take; ``kvpio db check`` checks it all."""
+
+
+def _prepare_db(location: str, api_key: str | None) -> None:
+    """Create or open the database, check it briefly, make sure the API key's account exists."""
+    from .storage import AccountExistsError
+    from .storage.sqlite import SQLiteStorage
+
+    storage = open_db(location, create=True)
+    try:
+        if isinstance(storage, SQLiteStorage):
+            try:
+                problems = storage.check(full=False, seconds=START_CHECK_SECONDS)
+            except TimeoutError:
+                sys.stderr.write(
+                    f"kvpio serve: the database is large: the start-up check stopped after"
+                    f" {START_CHECK_SECONDS:g} s; `kvpio db check --db {location}` checks it all\n"
+                )
+                problems = []
+            if problems:
+                raise DatabaseProblem(damage_report(location, problems))
+        if api_key and location != "memory:":
+            try:
+                storage.ensure_account(api_key)
+            except AccountExistsError:
+                raise DatabaseProblem(
+                    f"the account 'default' of {location} has another API key: start with that"
+                    f" key, or without --api-key and add one with"
+                    f" `kvpio accounts create --db {location}`"
+                ) from None
+    except sqlite3.Error as exc:
+        raise DatabaseProblem(f"cannot use the database {location}: {exc}") from None
+    finally:
+        storage.close()
 
 
 def serve(
@@ -192,24 +354,16 @@ def serve(
     """Serve until SIGTERM or SIGINT (requests in flight finish); the exit code."""
     import uvicorn
 
-    from .storage import open_storage
-
-    location = db or default_db()
+    location = resolve_db(db)
     if workers is None:
         workers = 1 if location == "memory:" else DEFAULT_WORKERS
     if location == "memory:" and workers > 1:
         sys.stderr.write("kvpio serve: a memory: database cannot be shared by workers\n")
         return 2
     try:
-        prepare_db(location)
-        if api_key and location != "memory:":
-            storage = open_storage(location)
-            try:
-                storage.ensure_account(api_key)
-            finally:
-                storage.close()
-    except (OSError, sqlite3.Error) as exc:
-        sys.stderr.write(f"kvpio serve: cannot open the database {location!r}: {exc}\n")
+        _prepare_db(location, api_key)
+    except DatabaseProblem as exc:
+        sys.stderr.write(f"kvpio serve: {exc}\n")
         return 1
     os.environ[DB_ENV] = location
     for name, setting in (
@@ -223,13 +377,13 @@ def serve(
             os.environ[name] = str(setting)
 
     try:
-        # With several workers this socket only holds the port: each worker listens on its own.
-        sock = _bind(host, port, listen=workers == 1, reuse_port=workers > 1)
+        sock = _hold_port(host, port, workers)
     except OSError as exc:
         sys.stderr.write(f"kvpio serve: cannot listen on {host}:{port}: {exc.strerror}\n")
         return 1
     port = sock.getsockname()[1]
-    threading.Thread(target=_announce, args=(host, port, _url(host, port)), daemon=True).start()
+    url = _url(host, port)
+    threading.Thread(target=_announce, args=(host, port, url, location), daemon=True).start()
     if workers > 1:
         return _supervise(host, port, workers)
     server = uvicorn.Server(_uvicorn_config(host, port))

@@ -387,6 +387,32 @@ class SQLiteStorage(Storage):
         finally:
             conn.execute("COMMIT")
 
+    def check(self, *, full: bool = True, seconds: float | None = None) -> list[str]:
+        """SQLite's own consistency check of the file: one line per problem, ``[]`` if sound.
+
+        ``full`` runs ``PRAGMA integrity_check``, else the faster ``quick_check``
+        (page and b-tree structure, no index contents). ``seconds`` bounds the
+        time taken: past it the check stops with ``TimeoutError``.
+        """
+        conn = self._conn()
+        deadline = None if seconds is None else time.monotonic() + seconds
+        if deadline is not None:
+            conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+        try:
+            rows = conn.execute("PRAGMA integrity_check" if full else "PRAGMA quick_check")
+            text = "\n".join(str(row[0]) for row in rows.fetchall())
+        except sqlite3.OperationalError as exc:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"the check took longer than {seconds} s") from None
+            return [str(exc)]
+        except sqlite3.DatabaseError as exc:
+            return [str(exc)]
+        finally:
+            conn.set_progress_handler(None, 0)
+        if text == "ok":
+            return []
+        return [line for line in text.splitlines() if line and not line.startswith("***")]
+
     def close(self) -> None:
         with self._connections_lock:
             for conn in self._connections:
