@@ -116,6 +116,8 @@ def start_server(
     workers: int = 1,
     max_body: int | None = None,
     render_timeout: float | None = None,
+    header_timeout: float | None = None,
+    max_connections: int | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
     timeout: float = START_TIMEOUT,
@@ -131,6 +133,10 @@ def start_server(
         command += ["--max-body", str(max_body)]
     if render_timeout is not None:
         command += ["--render-timeout", str(render_timeout)]
+    if header_timeout is not None:
+        command += ["--header-timeout", str(header_timeout)]
+    if max_connections is not None:
+        command += ["--max-connections", str(max_connections)]
     stderr_path = os.path.join(directory, "stderr.log")
     with open(stderr_path, "w") as stderr:
         process = subprocess.Popen(

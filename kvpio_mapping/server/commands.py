@@ -45,6 +45,18 @@ def add_commands(subparsers: Any) -> None:
     serve.add_argument(
         "--render-timeout", type=float, default=None, help="template render wall time (2 s)"
     )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=None,
+        help="seconds a client may take to send a request head, else 408 (10 s)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="open connections per worker (default: the open-file limit less a tenth)",
+    )
     serve.set_defaults(func=_serve)
 
     accounts = subparsers.add_parser("accounts", help="manage the server's accounts")
@@ -92,6 +104,8 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         max_body=args.max_body,
         render_timeout=args.render_timeout,
+        header_timeout=args.header_timeout,
+        max_connections=args.max_connections,
     )
 
 

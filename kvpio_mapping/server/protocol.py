@@ -1,0 +1,178 @@
+"""The HTTP/1.1 protocol of a worker: uvicorn's httptools protocol, with bounded request heads.
+
+httptools buffers a request head of any size, and uvicorn waits for one
+forever, so a client could take a worker's memory with one huge header or
+its open files with many slow ones. This protocol answers a head over
+:attr:`HeadLimits.max_head_bytes` with 431 and a head not complete within
+:attr:`HeadLimits.header_timeout` with 408, before the app (so before
+authentication) sees anything; and it keeps a worker's connections under
+:attr:`HeadLimits.max_connections` by closing, for each connection over it,
+the one that has waited longest for a request head (the newest one itself
+when every other connection has a request in flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+MAX_HEAD_BYTES: Final = 64 * 1024
+"""Largest request head (request line and headers) a worker reads."""
+HEADER_TIMEOUT: Final = 10.0
+"""Seconds a connection may take to send a request head, from its first byte or its opening."""
+LINGER: Final = 2.0
+"""Seconds a refused connection is read and discarded, so the client can read the answer."""
+NOTICE_EVERY: Final = 10.0
+"""Seconds between two log lines about refused connections of one kind."""
+
+
+@dataclass(frozen=True)
+class HeadLimits:
+    """What one worker accepts of request heads and connections."""
+
+    max_head_bytes: int = MAX_HEAD_BYTES
+    header_timeout: float = HEADER_TIMEOUT
+    max_connections: int = 1024
+
+
+class _Notices:
+    """One stderr line per kind of refusal at most every :data:`NOTICE_EVERY` seconds, counted."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._since: dict[str, int] = {}
+
+    def tell(self, kind: str, line: str) -> None:
+        now = time.monotonic()
+        self._since[kind] = self._since.get(kind, 0) + 1
+        if now - self._last.get(kind, -NOTICE_EVERY) >= NOTICE_EVERY:
+            count = self._since.pop(kind)
+            more = f" ({count} times in the last {NOTICE_EVERY:g} s)" if count > 1 else ""
+            sys.stderr.write(f"kvpio serve: {line}{more}\n")
+            self._last[kind] = now
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """One connection; the class attributes are set per server by :func:`protocol_class`."""
+
+    limits: ClassVar[HeadLimits] = HeadLimits()
+    waiting: ClassVar[OrderedDict[BoundedHttpToolsProtocol, None]] = OrderedDict()
+    """Connections waiting for a request head (idle ones included), the longest waiting first."""
+    notices: ClassVar[_Notices] = _Notices()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.waiting[self] = None
+        self._start_head_timer()
+        if len(self.connections) > self.limits.max_connections:
+            oldest = next(iter(self.waiting))
+            oldest._drop()
+            self.notices.tell(
+                "cap", f"over {self.limits.max_connections} connections: closed the longest idle"
+            )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.waiting.pop(self, None)
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser, at most :attr:`HeadLimits.max_head_bytes` of a request head."""
+        if self._refused:
+            return
+        limit = self.limits.max_head_bytes
+        while self._in_head and data:
+            if self._head_timer is None:
+                self._start_head_timer()
+            room = limit - self._head_bytes
+            piece, data = data[:room], data[room:]
+            self._head_bytes += len(piece)
+            super().data_received(piece)
+            if self.transport.is_closing():
+                return
+            if self._in_head and self._head_bytes >= limit:
+                self._refuse(431, f"the request head is over {limit} bytes")
+                return
+        if data:
+            super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self.waiting.pop(self, None)
+        self._stop_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
+        self._head_bytes = 0
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.cycle.response_complete and not self.transport.is_closing():
+            self.waiting[self] = None
+
+    def _start_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._head_bytes == 0 or (self.cycle is not None and not self.cycle.response_complete):
+            self._drop()
+        else:
+            timeout = self.limits.header_timeout
+            self._refuse(408, f"the request head did not arrive within {timeout:g} s")
+
+    def _drop(self) -> None:
+        """Close the connection now, without an answer."""
+        self.waiting.pop(self, None)
+        self.connections.discard(self)
+        self._stop_head_timer()
+        self.transport.close()
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` and close, discarding what the client still sends for a moment."""
+        self.waiting.pop(self, None)
+        self._stop_head_timer()
+        self._refused = True
+        body = json.dumps({"error": message}).encode()
+        self.transport.write(
+            STATUS_LINE[status]
+            + b"content-type: application/json\r\ncontent-length: "
+            + str(len(body)).encode()
+            + b"\r\nconnection: close\r\n\r\n"
+            + body
+        )
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER, self.transport.close)
+        peer = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+        self.notices.tell(str(status), f"{status} to {peer}: {message}")
+
+
+def protocol_class(limits: HeadLimits) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class for one server with these limits (``uvicorn.Config(http=...)``)."""
+    return type(
+        "BoundedHttpToolsProtocol",
+        (BoundedHttpToolsProtocol,),
+        {"limits": limits, "waiting": OrderedDict(), "notices": _Notices()},
+    )

@@ -1,0 +1,192 @@
+"""Request heads are bounded: 431 over 64 KiB, 408 when too slow, connections capped.
+
+Raw sockets against a real ``kvpio serve`` on loopback; every loop is bounded
+in count and time.
+"""
+
+from __future__ import annotations
+
+import resource
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from kvpio_mapping.testing import RunningServer, run_server, start_server
+
+pytestmark = pytest.mark.slow
+
+HEAD = b"GET /v1/bucket/ HTTP/1.1\r\nHost: kvpio\r\n"
+
+
+def address(server: RunningServer) -> tuple[str, int]:
+    parts = urlsplit(server.url)
+    assert parts.hostname is not None and parts.port is not None
+    return parts.hostname, parts.port
+
+
+def answer_of(sock: socket.socket, timeout: float) -> bytes:
+    """What the server sends until it closes, or ``timeout`` seconds pass."""
+    sock.settimeout(timeout)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except TimeoutError:
+        pass
+    return received
+
+
+def read_status(server: RunningServer) -> int:
+    url = server.url + "/v1/bucket/"
+    return requests.get(url, auth=(server.api_key, ""), timeout=5).status_code
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+# defect 3: request-header size limit
+
+
+def test_a_head_over_64_kib_gets_431_before_authentication() -> None:
+    with run_server() as server, socket.create_connection(address(server), timeout=5) as sock:
+        started = time.monotonic()
+        sock.sendall(HEAD + b"X-Big: " + b"a" * 200_000)
+        answer = answer_of(sock, 5)
+        assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+        assert answer.endswith(b'\r\n\r\n{"error": "the request head is over 65536 bytes"}')
+        assert time.monotonic() - started < 2
+        assert "431 to 127.0.0.1:" in server.stderr()
+
+
+def test_a_head_under_the_limit_is_served() -> None:
+    with run_server() as server:
+        headers = {"X-Big": "a" * 60_000}
+        answer = requests.get(
+            server.url + "/v1/bucket/", auth=(server.api_key, ""), headers=headers, timeout=5
+        )
+        assert answer.status_code == 200
+
+
+def test_many_huge_heads_at_once_take_bounded_memory() -> None:
+    """Eight clients stream up to 64 MiB of header each: all get 431, the worker stays small."""
+    with run_server() as server:
+        before = peak_rss_kib(server.pid)
+        answers: list[bytes] = []
+
+        def send_huge_head() -> None:
+            with socket.create_connection(address(server), timeout=5) as sock:
+                chunk = b"a" * (1 << 20)
+                try:
+                    sock.sendall(HEAD + b"X-Big: ")
+                    for _ in range(64):
+                        sock.sendall(chunk)
+                except OSError:
+                    pass  # the server answered and closed: the rest is not read
+                answers.append(answer_of(sock, 5))
+
+        threads = [threading.Thread(target=send_huge_head) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        assert read_status(server) == 200
+        for thread in threads:
+            thread.join(30)
+        assert len(answers) == 8
+        assert all(a.startswith(b"HTTP/1.1 431 ") for a in answers), [a[:30] for a in answers]
+        assert peak_rss_kib(server.pid) - before < 32 * 1024
+
+
+# defect 4: header timeout, connection cap, open-file limit
+
+
+def test_a_head_sent_a_byte_at_a_time_gets_408_after_the_header_timeout() -> None:
+    with run_server(header_timeout=1) as server:
+        with socket.create_connection(address(server), timeout=5) as sock:
+            started = time.monotonic()
+            answer = b""
+            for byte in HEAD[:30]:
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:
+                    break
+                sock.settimeout(0.2)
+                try:
+                    answer += sock.recv(4096)
+                except TimeoutError:
+                    continue
+                if answer:
+                    break
+            answer += answer_of(sock, 2)
+        assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+        assert b"did not arrive within 1 s" in answer
+        assert 0.9 < time.monotonic() - started < 3
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout() -> None:
+    with run_server(header_timeout=1) as server, socket.create_connection(address(server)) as sock:
+        started = time.monotonic()
+        assert answer_of(sock, 4) == b""
+        assert time.monotonic() - started < 3
+
+
+@contextmanager
+def slow_sockets(server: RunningServer, count: int) -> Iterator[list[socket.socket]]:
+    """``count`` connections that each sent part of a request head and then nothing."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(address(server), timeout=5)
+            sockets.append(sock)
+            sock.sendall(HEAD[:20])
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@contextmanager
+def soft_open_files_limit(limit: int) -> Iterator[None]:
+    """Lower this process's soft limit of open files (children inherit it) for a while."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_new_client_is_served_while_2000_slow_sockets_are_open() -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard < 2200:
+        pytest.fail(f"this test needs 2,200 open files; the hard limit is {hard}")
+    with soft_open_files_limit(1024):
+        server = start_server()
+    try:
+        limits = Path(f"/proc/{server.pid}/limits").read_text().splitlines()
+        open_files = next(line for line in limits if line.startswith("Max open files"))
+        assert open_files.split()[3:5] == [str(hard), str(hard)]
+        with slow_sockets(server, 2000):
+            assert [read_status(server) for _ in range(20)] == [200] * 20
+    finally:
+        server.stop()
+
+
+def test_connections_over_the_cap_close_those_waiting_longest() -> None:
+    with run_server(max_connections=100) as server:
+        with slow_sockets(server, 300) as sockets:
+            assert [read_status(server) for _ in range(20)] == [200] * 20
+            assert answer_of(sockets[0], 2) == b""  # closed to make room
+            sockets[-1].settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                sockets[-1].recv(1)  # still open
+        assert "over 100 connections: closed the longest idle" in server.stderr()
