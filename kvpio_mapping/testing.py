@@ -27,6 +27,7 @@ The server needs the ``server`` extra (falcon, uvicorn, jinja2).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import secrets
@@ -149,7 +150,10 @@ def start_server(
     done.wait(timeout)
     server = RunningServer(found[0] if found else "", key, location, process, stderr_path)
     if not found:
-        code = server.process.poll()
+        if done.is_set():  # its output ended: it is exiting, let it finish
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(STOP_TIMEOUT)
+        code = process.poll()
         server.stop()
         why = f"exited with code {code}" if code is not None else f"did not start in {timeout} s"
         raise RuntimeError(f"kvpio serve {why}:\n{server.stderr()}")

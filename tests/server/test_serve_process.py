@@ -6,7 +6,6 @@ Every case runs real ``kvpio serve`` processes on loopback.
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import sqlite3
@@ -54,12 +53,14 @@ def wait_for(condition: object, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def gone(pid: int) -> bool:
-    """Whether a process has exited (a zombie holds no sockets any more)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
-    except FileNotFoundError:
-        return True
+def listeners(port: int) -> int:
+    """How many sockets listen on ``port`` (IPv4, loopback tests)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(
+        1
+        for fields in (line.split() for line in lines)
+        if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port
+    )
 
 
 def replacement(server: RunningServer, known: set[int]) -> int:
@@ -96,14 +97,18 @@ def test_workers_killed_again_and_again_are_replaced_while_the_other_serves(
     tmp_path: Path,
 ) -> None:
     with run_server(db=tmp_path / "kv.sqlite3", workers=2) as server:
+        port = urlsplit(server.url).port
+        assert port is not None
         wait_for(lambda: len(workers_of(server)) == 2, 10, "two workers")
         survivor, victim = workers_of(server)
+        wait_for(lambda: listeners(port) == 2, 10, "both workers to listen")
         killed = 0
         deadline = time.monotonic() + 20
         while killed < 6 and time.monotonic() < deadline:
             os.kill(victim, signal.SIGKILL)
             killed += 1
-            wait_for(functools.partial(gone, victim), 5, "the killed worker to be gone")
+            # Its socket closes once its last thread is gone; the survivor's is then the only one.
+            wait_for(lambda: listeners(port) == 1, 5, "the killed worker's socket to close")
             # Kill each replacement as soon as it shows up, well within a second of its start.
             assert [get(server, "/v1/bucket/").status_code for _ in range(5)] == [200] * 5
             victim = replacement(server, {survivor, victim})
