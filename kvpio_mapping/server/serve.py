@@ -130,20 +130,31 @@ def _bind(host: str, port: int, *, listen: bool = True, reuse_port: bool = False
     return sock
 
 
-def _hold_port(host: str, port: int, workers: int) -> socket.socket:
-    """The socket that holds the port for the server's lifetime; ``OSError`` if it is taken.
+def _hold_port(host: str, port: int, workers: int) -> tuple[socket.socket, socket.socket | None]:
+    """The sockets that hold the port for the server's lifetime; ``OSError`` if it is taken.
 
     With one worker it is the listening socket itself. With several, each
     worker listens on a ``SO_REUSEPORT`` socket of its own, and any process
     of the same user could join them the same way: so the port is first
-    bound without ``SO_REUSEPORT``, which fails while anything listens on it.
+    bound without ``SO_REUSEPORT``, which fails while anything listens on
+    it; and, on Linux, the server holds an abstract Unix socket named after
+    the port, which fails for a second server even while the first one's
+    workers are still starting.
     """
     if workers == 1:
-        return _bind(host, port)
+        return _bind(host, port), None
     probe = _bind(host, port, listen=False)
     port = probe.getsockname()[1]
     probe.close()
-    return _bind(host, port, listen=False, reuse_port=True)
+    lock = None
+    if sys.platform.startswith("linux"):
+        lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            lock.bind(f"\0kvpio serve {host} {port}")
+        except OSError:
+            lock.close()
+            raise
+    return _bind(host, port, listen=False, reuse_port=True), lock
 
 
 def raise_open_files_limit() -> int:
@@ -414,7 +425,7 @@ def serve(
             os.environ[name] = str(setting)
 
     try:
-        sock = _hold_port(host, port, workers)
+        sock, _lock = _hold_port(host, port, workers)
     except OSError as exc:
         sys.stderr.write(f"kvpio serve: cannot listen on {host}:{port}: {exc.strerror}\n")
         return 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -88,6 +89,35 @@ def test_second_server_on_a_port_fails_and_the_first_keeps_all_traffic(tmp_path:
         assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in str(refused.value)
         answers = [get(first, "/v1/bucket/k") for _ in range(40)]
         assert [(r.status_code, r.text) for r in answers] == [(200, '"a"')] * 40
+
+
+def test_of_two_servers_started_at_once_on_a_port_one_serves(tmp_path: Path) -> None:
+    """Also while the first one's workers are still starting (so nothing listens yet)."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    command = [sys.executable, "-m", "kvpio_mapping.server", "serve", f"--port={port}"]
+    processes = [
+        subprocess.Popen(
+            [*command, f"--db={tmp_path / name}", "--workers=2"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        for name in ("a.sqlite3", "b.sqlite3")
+    ]
+    try:
+        wait_for(lambda: any(p.poll() is not None for p in processes), 20, "one to exit")
+        time.sleep(1)
+        exited = [p for p in processes if p.poll() is not None]
+        assert len(exited) == 1
+        assert exited[0].returncode == 1
+        assert exited[0].communicate()[1] == (
+            f"kvpio serve: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+        )
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+            process.communicate(timeout=15)
 
 
 # defect 2: crashed workers are replaced with backoff
