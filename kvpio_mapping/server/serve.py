@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
+    from multiprocessing.synchronize import Event
 
     import uvicorn
 
@@ -198,28 +199,42 @@ def _uvicorn_config(host: str, port: int) -> uvicorn.Config:
     )
 
 
-def _worker(host: str, port: int) -> None:
+def _worker(host: str, port: int, serving: Event) -> None:
     """One worker process: its own socket on the shared port, one uvicorn server.
 
     The socket is bound but not listening: uvicorn listens once the app is
     loaded, so no connection waits on a worker that dies while starting.
+    ``serving`` is set once it listens. A database it cannot open is one
+    line on stderr, not a traceback.
     """
     import uvicorn
 
     sock = _bind(host, port, listen=False, reuse_port=True)
-    threading.Thread(target=_stop_with_parent, args=(os.getppid(),), daemon=True).start()
-    uvicorn.Server(_uvicorn_config(host, port)).run(sockets=[sock])
+    server = uvicorn.Server(_uvicorn_config(host, port))
+    watch = threading.Thread(target=_watch, args=(server, serving, os.getppid()), daemon=True)
+    watch.start()
+    try:
+        server.run(sockets=[sock])
+    except sqlite3.Error as exc:
+        location = os.environ.get(DB_ENV)
+        sys.stderr.write(f"kvpio serve: worker {os.getpid()} cannot use {location}: {exc}\n")
+        raise SystemExit(1) from None
+    except OSError as exc:
+        sys.stderr.write(f"kvpio serve: worker {os.getpid()} cannot start: {exc}\n")
+        raise SystemExit(1) from None
 
 
-def _stop_with_parent(parent: int) -> None:
-    """Shut this worker down gracefully once its parent is gone (say, killed with SIGKILL)."""
+def _watch(server: uvicorn.Server, serving: Event, parent: int) -> None:
+    """Tell the parent once ``server`` listens; shut down gracefully once the parent is gone."""
     while os.getppid() == parent:
-        time.sleep(0.5)
+        if server.started and not serving.is_set():
+            serving.set()
+        time.sleep(0.05)
     os.kill(os.getpid(), signal.SIGTERM)
 
 
 HEALTHY_AFTER: Final = 1.0
-"""Seconds a worker must live to count as started; one dying sooner failed to start."""
+"""Seconds a worker must have served to count as started; one dying sooner failed to start."""
 FIRST_RESTART_DELAY: Final = 0.1
 MAX_RESTART_DELAY: Final = 5.0
 GIVE_UP_AFTER: Final = 10.0
@@ -242,7 +257,9 @@ class _Slot:
     """One worker place: its process (``None`` while waiting to restart) and its history."""
 
     process: BaseProcess | None = None
+    serving: Event | None = None
     started: float = 0.0
+    serving_since: float | None = None
     failures: int = 0
     restart_at: float = 0.0
 
@@ -261,7 +278,7 @@ def _supervise(host: str, port: int, workers: int) -> int:
 
     A dead worker is replaced after :func:`restart_delay` while the others
     keep serving; each death is one line on stderr. The server gives up
-    (exit 1) only once no worker has been running for :data:`GIVE_UP_AFTER`
+    (exit 1) only once no worker has been serving for :data:`GIVE_UP_AFTER`
     seconds. On a signal each worker gets SIGTERM, finishes its requests in
     flight and exits.
     """
@@ -271,9 +288,10 @@ def _supervise(host: str, port: int, workers: int) -> int:
         signal.signal(signum, lambda *_: stop.set())
 
     def start(slot: _Slot, now: float) -> None:
-        slot.process = context.Process(target=_worker, args=(host, port), daemon=False)
+        slot.serving = context.Event()
+        slot.process = context.Process(target=_worker, args=(host, port, slot.serving))
         slot.process.start()
-        slot.started = now
+        slot.started, slot.serving_since = now, None
 
     slots = [_Slot() for _ in range(workers)]
     running_since = time.monotonic()
@@ -289,12 +307,14 @@ def _supervise(host: str, port: int, workers: int) -> int:
                 if now >= slot.restart_at:
                     start(slot, now)
             elif process.is_alive():
-                if now - slot.started >= HEALTHY_AFTER:
-                    slot.failures = 0
+                if slot.serving is not None and slot.serving.is_set():
+                    if slot.serving_since is None:
+                        slot.serving_since = now
                     running_since = now
             else:
                 lived = now - slot.started
-                slot.failures = slot.failures + 1 if lived < HEALTHY_AFTER else 0
+                served = 0.0 if slot.serving_since is None else now - slot.serving_since
+                slot.failures = 0 if served >= HEALTHY_AFTER else slot.failures + 1
                 delay = restart_delay(slot.failures)
                 slot.process, slot.restart_at = None, now + delay
                 last_end = _how_it_ended(process.exitcode)

@@ -161,8 +161,11 @@ def test_server_gives_up_when_no_worker_can_run(tmp_path: Path) -> None:
         for pid in workers_of(server):
             os.kill(pid, signal.SIGKILL)
         assert server.process.wait(30) == 1
-        last = server.stderr().strip().splitlines()[-1]
-        assert last.startswith("kvpio serve: no worker could run for 10 s")
+        lines = server.stderr().strip().splitlines()
+        assert lines[-1].startswith("kvpio serve: no worker could run for 10 s")
+        why = f" cannot use {db}: unable to open database file"
+        assert any(line.endswith(why) for line in lines)
+        assert not any(line.startswith("Traceback") for line in lines)
     finally:
         server.kill()
 
