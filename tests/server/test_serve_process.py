@@ -278,3 +278,18 @@ def test_integrity_check_catches_what_reads_would_hit(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.DatabaseError):
         connection.execute("SELECT count(*), sum(length(body)) FROM nodes").fetchall()
     connection.close()
+
+
+def test_the_check_stops_at_its_time_bound(tmp_path: Path) -> None:
+    from kvpio_mapping.server.storage.sqlite import SQLiteStorage
+
+    storage = SQLiteStorage(str(tmp_path / "kv.sqlite3"))
+    try:
+        storage.create_account("ada", "ada@example.invalid")
+        storage.set_many("ada", [((f"k{n}",), {"text": "x" * 600}) for n in range(1000)])
+        with pytest.raises(TimeoutError):
+            storage.check(full=True, seconds=0.0)
+        assert storage.check(full=False, seconds=5.0) == []
+        assert storage.check() == []
+    finally:
+        storage.close()

@@ -397,7 +397,7 @@ class SQLiteStorage(Storage):
         conn = self._conn()
         deadline = None if seconds is None else time.monotonic() + seconds
         if deadline is not None:
-            conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+            conn.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
         try:
             rows = conn.execute("PRAGMA integrity_check" if full else "PRAGMA quick_check")
             text = "\n".join(str(row[0]) for row in rows.fetchall())
