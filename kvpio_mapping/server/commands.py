@@ -111,7 +111,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _open(args: argparse.Namespace, command: str, *, create: bool = False) -> Any:
     """The database of ``--db``, or ``None`` after saying on stderr why it cannot be used."""
-    from .serve import DatabaseProblem, open_db, resolve_db
+    from .database import DatabaseProblem, open_db, resolve_db
 
     try:
         return open_db(resolve_db(args.db), create=create)
@@ -164,7 +164,7 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .serve import damage_report, resolve_db
+    from .database import damage_report, resolve_db
     from .storage.sqlite import SQLiteStorage
 
     storage = _open(args, "db check")

@@ -23,6 +23,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Final
 
+from .database import DatabaseProblem, damage_report, default_db, open_db, resolve_db
+
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
     from multiprocessing.synchronize import Event
@@ -30,7 +32,6 @@ if TYPE_CHECKING:
     import uvicorn
 
     from .app import App
-    from .storage import Storage
 
 DB_ENV: Final = "KVPIO_SERVE_DB"
 API_KEY_ENV: Final = "KVPIO_SERVE_API_KEY"
@@ -40,60 +41,6 @@ HEADER_TIMEOUT_ENV: Final = "KVPIO_SERVE_HEADER_TIMEOUT"
 MAX_CONNECTIONS_ENV: Final = "KVPIO_SERVE_MAX_CONNECTIONS"
 DEFAULT_WORKERS: Final = 2
 """Measured on 2 cores: 1.8x the requests/s of one worker, the same latency."""
-
-
-def default_db() -> str:
-    """``$KVPIO_DB``, else :func:`standard_db`."""
-    return os.environ.get("KVPIO_DB") or standard_db()
-
-
-def standard_db() -> str:
-    """``${XDG_DATA_HOME:-~/.local/share}/kvpio/kvpio.sqlite3``, the one place made on demand."""
-    data_home = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return os.path.join(data_home, "kvpio", "kvpio.sqlite3")
-
-
-class DatabaseProblem(Exception):
-    """Why a command cannot use its database, worded for the operator in one line."""
-
-
-def resolve_db(location: str | None) -> str:
-    """The database a ``--db`` option names: ``memory:``, or an absolute file path."""
-    location = location or default_db()
-    if location == "memory:":
-        return location
-    return os.path.abspath(os.path.expanduser(location.removeprefix("sqlite://")))
-
-
-def open_db(location: str, *, create: bool) -> Storage:
-    """Open a resolved database; a new file only if ``create``, in an existing directory.
-
-    Only the standard location gets its directory made: elsewhere a missing
-    directory is most likely a typo, and a new empty database there would hide it.
-    """
-    from .storage import open_storage
-
-    if location != "memory:" and not os.path.exists(location):
-        directory = os.path.dirname(location)
-        if not create:
-            raise DatabaseProblem(f"no database at {location}")
-        if not os.path.isdir(directory):
-            if location != standard_db():
-                raise DatabaseProblem(f"the directory {directory} does not exist (check --db)")
-            os.makedirs(directory, exist_ok=True)
-    try:
-        return open_storage(location)
-    except (OSError, sqlite3.Error) as exc:
-        raise DatabaseProblem(f"cannot open the database {location}: {exc}") from None
-
-
-def damage_report(location: str, problems: list[str]) -> str:
-    """One line saying a database is damaged, its first problem, and what to do."""
-    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-    return (
-        f"the database {location} is damaged: {problems[0]}{more}; see `kvpio db check --db"
-        f" {location}`, then restore a backup or rescue the data with `sqlite3 {location} .recover`"
-    )
 
 
 def app_from_env() -> App:
@@ -238,7 +185,7 @@ HEALTHY_AFTER: Final = 1.0
 FIRST_RESTART_DELAY: Final = 0.1
 MAX_RESTART_DELAY: Final = 5.0
 GIVE_UP_AFTER: Final = 10.0
-"""Seconds with no worker running before the server stops: it cannot run here."""
+"""Seconds with no worker serving before the server stops: it cannot run here."""
 
 
 def restart_delay(failures: int) -> float:
@@ -294,9 +241,9 @@ def _supervise(host: str, port: int, workers: int) -> int:
         slot.started, slot.serving_since = now, None
 
     slots = [_Slot() for _ in range(workers)]
-    running_since = time.monotonic()
+    last_serving = time.monotonic()
     for slot in slots:
-        start(slot, running_since)
+        start(slot, last_serving)
     last_end = ""
     code = 0
     while not stop.wait(0.1):
@@ -310,7 +257,7 @@ def _supervise(host: str, port: int, workers: int) -> int:
                 if slot.serving is not None and slot.serving.is_set():
                     if slot.serving_since is None:
                         slot.serving_since = now
-                    running_since = now
+                    last_serving = now
             else:
                 lived = now - slot.started
                 served = 0.0 if slot.serving_since is None else now - slot.serving_since
@@ -322,7 +269,7 @@ def _supervise(host: str, port: int, workers: int) -> int:
                     f"kvpio serve: worker {process.pid} {last_end} after {lived:.1f} s;"
                     f" starting another in {delay:.1f} s\n"
                 )
-        if now - running_since > GIVE_UP_AFTER:
+        if now - last_serving > GIVE_UP_AFTER:
             sys.stderr.write(
                 f"kvpio serve: no worker could run for {GIVE_UP_AFTER:g} s (the last one"
                 f" {last_end}; the lines above say why); stopping\n"
