@@ -270,10 +270,6 @@ def _supervise(host: str, port: int, workers: int) -> int:
                     f" starting another in {delay:.1f} s\n"
                 )
         if now - last_serving > GIVE_UP_AFTER:
-            sys.stderr.write(
-                f"kvpio serve: no worker could run for {GIVE_UP_AFTER:g} s (the last one"
-                f" {last_end}; the lines above say why); stopping\n"
-            )
             code = 1
             break
     for slot in slots:
@@ -285,6 +281,11 @@ def _supervise(host: str, port: int, workers: int) -> int:
             if slot.process.is_alive():
                 slot.process.kill()
                 slot.process.join()
+    if code:
+        sys.stderr.write(
+            f"kvpio serve: no worker could run for {GIVE_UP_AFTER:g} s (the last one"
+            f" {last_end}; the lines above say why); stopped\n"
+        )
     return code
 
 
