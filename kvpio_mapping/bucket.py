@@ -18,16 +18,13 @@ from collections.abc import (
     ValuesView,
 )
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
+from typing import Any, Final, TypeVar, overload
 
-from . import paths, values
+from . import paths, protocol, values
 from .cache import NOT_CACHED, CacheInfo, PathCache
 from .paths import MISSING
 from .sharing import SharingMixin
-from .transport import DEFAULT_TIMEOUT, Timeout, Transport, raise_for_status
-
-if TYPE_CHECKING:
-    from requests import Response
+from .transport import DEFAULT_TIMEOUT, Transport
 
 DEFAULT_TTL: Final = 5.0
 DEFAULT_MAXSIZE: Final = 1024
@@ -38,15 +35,6 @@ _NO_DEFAULT: Final[Any] = object()
 
 WriteListener = Callable[[str | None], None]
 
-
-# A value of MAX_NESTING levels written at the deepest path, read back inside the whole bucket.
-
-
-def _decode_value(response: Response) -> Any:
-    """The value a read answered, or MISSING for the empty answer of a missing path."""
-    raise_for_status(response)
-    content = response.content
-    return values.decode(content, values.READ_NESTING) if content else MISSING
 
 
 class KVBucket(SharingMixin, MutableMapping[str, Any]):
@@ -68,7 +56,7 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         *,
         ttl: float = DEFAULT_TTL,
         maxsize: int = DEFAULT_MAXSIZE,
-        timeout: Timeout = DEFAULT_TIMEOUT,
+        timeout: float = DEFAULT_TIMEOUT,
         transport: Transport | None = None,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -166,10 +154,10 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         headers = {"If-None-Match": stale[0]} if stale else None
         response = self._transport.request("GET", self._target(full), headers=headers)
         etag: str | None
-        if stale and response.status_code == 304:
+        value = protocol.value(response, revalidating=stale is not None)
+        if value is protocol.NOT_MODIFIED and stale:
             etag, value = stale
         else:
-            value = _decode_value(response)
             etag = response.headers.get("ETag")
         cache.store(full, value, generation, etag)
         return value
@@ -202,10 +190,7 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         target = "bucket/"
         if self._root:
             target = self._target(paths.join(self._root)) + "?keys=true"
-        response = self._transport.request("GET", target)
-        raise_for_status(response)
-        keys: list[str] = response.json()
-        return keys
+        return protocol.keys(self._transport.request("GET", target))
 
     def _snapshot(self) -> dict[str, Any]:
         """This mapping's whole content in one request, warming the cache with it."""
@@ -213,13 +198,13 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         generation = cache.generation
         if self._root:
             root = paths.join(self._root)
-            found = _decode_value(self._transport.request("GET", self._target(root)))
+            found = protocol.value(self._transport.request("GET", self._target(root)))
             cache.store(root, found, generation)
             if type(found) is list:
                 return {str(n): item for n, item in enumerate(found, 1)}
             return found if type(found) is dict else {}
         response = self._transport.request("GET", "bucket/?values=true")
-        snapshot: dict[str, Any] = _decode_value(response)
+        snapshot: dict[str, Any] = protocol.document(response, dict)
         cache.store_many(iter(snapshot.items()), generation)
         return snapshot
 
@@ -258,7 +243,7 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         full = self._full(key)
         body = values.encode(value)
         with self._writing(full):
-            raise_for_status(self._transport.request("POST", self._target(full), body=body))
+            protocol.check(self._transport.request("POST", self._target(full), body=body))
 
     def _pop(self, full: str) -> Any:
         """Remove ``full`` atomically on the server and return what was there, or MISSING."""
@@ -266,10 +251,8 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         # Removing a list item moves the later items up: forget all of the parent.
         stale = parent if parent and last.isascii() and last.isdigit() else full
         with self._writing(stale):
-            response = self._transport.request(
-                "DELETE", self._target(full) + "?pop=true", idempotent=False
-            )
-            found = _decode_value(response)
+            response = self._transport.request("DELETE", self._target(full) + "?pop=true")
+            found = protocol.value(response)
         return found
 
     def __delitem__(self, key: str) -> None:
@@ -340,7 +323,7 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         # An object is the plainer body; a repeated path needs the ordered list of pairs.
         body = values.encode(as_object if len(as_object) == len(batch) else batch)
         with self._writing(paths.join(self._root) or None):
-            raise_for_status(self._transport.request("POST", "bucket/", body=body))
+            protocol.check(self._transport.request("POST", "bucket/", body=body))
 
     def clear(self) -> None:
         """Remove every key, in one request (a view's object becomes ``{}``)."""
@@ -348,10 +331,10 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
             root = paths.join(self._root)
             with self._writing(root):
                 response = self._transport.request("POST", self._target(root), body=b"{}")
-                raise_for_status(response)
+                protocol.check(response)
             return
         with self._writing(None):
-            raise_for_status(self._transport.request("DELETE", "bucket/?all=true"))
+            protocol.check(self._transport.request("DELETE", "bucket/?all=true"))
 
     def __ior__(self, other: Any) -> KVBucket:
         self.update(other)

@@ -18,18 +18,20 @@ from typing import Any, Final, TextIO
 
 import requests
 
-from . import __version__, paths, values
+from . import __version__, paths, protocol, values
 from .errors import (
     AuthenticationError,
     InvalidPathError,
     KvpioError,
     KvpioTimeoutError,
+    ProtocolError,
     RequestError,
     ServerError,
     TransportError,
 )
+from .paths import MISSING
 from .server.commands import add_commands
-from .transport import DEFAULT_URL, Transport, raise_for_status
+from .transport import DEFAULT_TIMEOUT, DEFAULT_URL, Transport
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -52,6 +54,7 @@ examples:
 server and API key:
   --url, else $KVPIO_URL, else {DEFAULT_URL}
   --api-key, else $KVPIO_APIKEY, else the first line of ~/.kvpio
+  --timeout S bounds each request to the server, retries included (default {DEFAULT_TIMEOUT:g})
 
 exit status:
   {EXIT_OK}    success
@@ -59,7 +62,8 @@ exit status:
        refused (its message is shown), a local file or JSON that is not valid
   {EXIT_USAGE}    the command line is wrong
   {EXIT_AUTH}    no API key was given, or the server does not know it
-  {EXIT_UNREACHABLE}    the server cannot be reached, did not answer in time, or failed (5xx)
+  {EXIT_UNREACHABLE}    the server cannot be reached, did not answer in time, failed (5xx),
+       or is not a kvpio v1 server
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
 """
 
@@ -133,9 +137,9 @@ class Progress:
 
 
 def _transport(args: argparse.Namespace) -> Transport:
-    """The transport for ``--url``/``--api-key`` (or their environment fallbacks)."""
+    """The transport for ``--url``/``--api-key``/``--timeout`` (or their fallbacks)."""
     try:
-        return Transport(args.url, args.api_key)
+        return Transport(args.url, args.api_key, timeout=args.timeout)
     except AuthenticationError:
         raise CommandError(
             "no API key: pass --api-key, set KVPIO_APIKEY or put it on the first line of ~/.kvpio",
@@ -148,14 +152,21 @@ def _call(
     method: str,
     target: str,
     body: bytes | None = None,
-) -> requests.Response:
-    """Send one request and return its 2xx answer; any failure becomes a :class:`CommandError`."""
+    read: Callable[[requests.Response], Any] = protocol.check,
+) -> Any:
+    """Send one request and return what ``read`` (a :mod:`~kvpio_mapping.protocol` rule)
+    makes of the answer; any failure becomes a :class:`CommandError`.
+
+    The transport resends only what is safe to send twice (never a list item's delete).
+    """
     try:
-        response = transport.request(method, target, body=body, idempotent=True)
-        raise_for_status(response)
+        return read(transport.request(method, target, body=body))
     except KvpioError as exc:
         raise _command_error(exc, transport.url) from None
-    return response
+
+
+def _object(response: requests.Response) -> Any:
+    return protocol.document(response, dict)
 
 
 def _command_error(exc: KvpioError, url: str) -> CommandError:
@@ -166,6 +177,8 @@ def _command_error(exc: KvpioError, url: str) -> CommandError:
         return CommandError(
             f"the server at {url} did not answer in time", EXIT_UNREACHABLE, maybe_sent=True
         )
+    if isinstance(exc, ProtocolError):
+        return CommandError(str(exc), EXIT_UNREACHABLE, maybe_sent=True)
     if isinstance(exc, ServerError):
         return CommandError(str(exc), EXIT_UNREACHABLE, maybe_sent=True)
     if isinstance(exc, TransportError):
@@ -192,13 +205,6 @@ def _quoted(key: str) -> str:
         return paths.url_quote(paths.parse(key))
     except InvalidPathError as exc:
         raise CommandError(str(exc)) from None
-
-
-def _decode(response: requests.Response) -> Any:
-    try:
-        return values.decode(response.content, values.READ_NESTING)
-    except ValueError as exc:
-        raise CommandError(f"the server sent a value that is not JSON: {exc}") from None
 
 
 def _parse_json(text: str, what: str) -> Any:
@@ -229,24 +235,23 @@ def _read_json_file(name: str) -> Any:
 
 def cmd_account(args: argparse.Namespace) -> int:
     """Print the account's id, email, reads and size."""
-    response = _call(_transport(args), "GET", "account/")
-    print_json(_decode(response))
+    print_json(_call(_transport(args), "GET", "account/", read=_object))
     return EXIT_OK
 
 
 def cmd_bucket_list(args: argparse.Namespace) -> int:
     """Print the bucket's top-level keys."""
-    print_json(_decode(_call(_transport(args), "GET", "bucket/")))
+    print_json(_call(_transport(args), "GET", "bucket/", read=protocol.keys))
     return EXIT_OK
 
 
 def cmd_bucket_get(args: argparse.Namespace) -> int:
     """Print the value at KEY."""
     target = "bucket/" + _quoted(args.key)
-    response = _call(_transport(args), "GET", target)
-    if not response.content:
+    found = _call(_transport(args), "GET", target, read=protocol.value)
+    if found is MISSING:
         raise CommandError(f"no such key: {args.key}")
-    print_json(_decode(response))
+    print_json(found)
     return EXIT_OK
 
 
@@ -278,12 +283,11 @@ def cmd_bucket_export(args: argparse.Namespace) -> int:
     """Print (or write to --output) the whole bucket, or the value at PATH, as JSON."""
     transport = _transport(args)
     if args.path is None:
-        value = _decode(_call(transport, "GET", "bucket/?values=true"))
+        value = _call(transport, "GET", "bucket/?values=true", read=_object)
     else:
-        response = _call(transport, "GET", "bucket/" + _quoted(args.path))
-        if not response.content:
+        value = _call(transport, "GET", "bucket/" + _quoted(args.path), read=protocol.value)
+        if value is MISSING:
             raise CommandError(f"no such key: {args.path}")
-        value = _decode(response)
     if args.output is None or args.output == "-":
         print_json(value)
         return EXIT_OK
@@ -365,7 +369,7 @@ def cmd_bucket_import(args: argparse.Namespace) -> int:
 
 def cmd_template_list(args: argparse.Namespace) -> int:
     """Print the names of the stored templates."""
-    print_json(_decode(_call(_transport(args), "GET", "templates/")))
+    print_json(_call(_transport(args), "GET", "templates/", read=protocol.keys))
     return EXIT_OK
 
 
@@ -378,10 +382,10 @@ def cmd_template_get(args: argparse.Namespace) -> int:
             raise CommandError("--data must be a JSON object of names to values")
         body = values.encode(data)
     target = f"templates/{_quoted(args.name)}?raw={args.raw}"
-    response = _call(_transport(args), "GET", target, body)
-    if response.headers.get("Kvpio-Missing", "").lower() == "true":
+    found = _call(_transport(args), "GET", target, body, read=protocol.text)
+    if found is MISSING:
         raise CommandError(f"no such template: {args.name}")
-    print_text(response.text)
+    print_text(found)
     return EXIT_OK
 
 
@@ -417,7 +421,30 @@ def _connection_options() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="API key (default: $KVPIO_APIKEY, else the first line of ~/.kvpio)",
     )
+    group.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=argparse.SUPPRESS,
+        metavar="S",
+        help=_TIMEOUT_HELP,
+    )
     return parent
+
+
+_TIMEOUT_HELP: Final = (
+    f"seconds a request may take, retries included (default: {DEFAULT_TIMEOUT:g})"
+)
+
+
+def _seconds(text: str) -> float:
+    """``--timeout``'s value: a positive number of seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above 0 seconds: {text!r}")
+    return seconds
 
 
 def _add(
@@ -473,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key",
         default=None,
         help="API key (default: $KVPIO_APIKEY, else the first line of ~/.kvpio)",
+    )
+    parser.add_argument(
+        "--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="S", help=_TIMEOUT_HELP
     )
     parser.set_defaults(func=lambda args: _usage(parser))
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")

@@ -165,9 +165,7 @@ class Endpoint:
         # an empty key goes out empty, as requests sent it (the transport needs one)
         headers = _EMPTY_USER if not user else None
         try:
-            response = transport.request(
-                method.upper(), target, body=body, headers=headers, idempotent=method != "post"
-            )
+            response = transport.request(method.upper(), target, body=body, headers=headers)
         except KvpioTimeoutError as exc:
             raise Timeout(str(exc)) from exc
         except TransportError as exc:

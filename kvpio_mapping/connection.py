@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import protocol
 from .bucket import DEFAULT_MAXSIZE, DEFAULT_TTL, KVBucket
 from .templates import TemplateStore
-from .transport import DEFAULT_TIMEOUT, Timeout, Transport, raise_for_status
+from .transport import DEFAULT_TIMEOUT, Transport
 
 
 class Connection:
@@ -23,7 +24,7 @@ class Connection:
         *,
         ttl: float = DEFAULT_TTL,
         maxsize: int = DEFAULT_MAXSIZE,
-        timeout: Timeout = DEFAULT_TIMEOUT,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.transport = Transport(url, api_key, timeout=timeout)
         self.bucket = KVBucket(transport=self.transport, ttl=ttl, maxsize=maxsize)
@@ -32,9 +33,7 @@ class Connection:
 
     def account(self) -> dict[str, Any]:
         """The account's ``id``, ``email``, ``reads`` and ``size``."""
-        response = self.transport.request("GET", "account/")
-        raise_for_status(response)
-        info: dict[str, Any] = response.json()
+        info: dict[str, Any] = protocol.document(self.transport.request("GET", "account/"), dict)
         return info
 
     def close(self) -> None:
@@ -57,7 +56,7 @@ def connect(
     *,
     ttl: float = DEFAULT_TTL,
     maxsize: int = DEFAULT_MAXSIZE,
-    timeout: Timeout = DEFAULT_TIMEOUT,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> Connection:
     """Open a :class:`Connection`; ``url`` and ``api_key`` default as for :class:`KVBucket`."""
     return Connection(url, api_key, ttl=ttl, maxsize=maxsize, timeout=timeout)

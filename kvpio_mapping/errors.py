@@ -18,7 +18,7 @@ class InvalidPathError(KvpioError, ValueError):
 
 
 class AuthenticationError(KvpioError, PermissionError):
-    """The server does not know the API key (it answered 404 on the account)."""
+    """The server does not know the API key (the protocol's 404 ``unknown API key``)."""
 
 
 class RequestError(KvpioError, ValueError):
@@ -62,7 +62,13 @@ class TransportError(KvpioError, ConnectionError):
 
 
 class KvpioTimeoutError(TransportError, TimeoutError):
-    """The server did not answer within the configured timeout."""
+    """The operation did not complete within its ``timeout`` (retries included)."""
+
+
+class ProtocolError(TransportError):
+    """An answer came that the kvp.io v1 protocol does not allow (a redirect, an empty
+    answer without ``Kvpio-Missing``, a body that is not JSON, a 404 from something that
+    is not a kvpio v1 server): nothing is read from it, and no cache changes."""
 
 
 class ServerError(TransportError):

@@ -14,11 +14,10 @@ from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar, overload
 
-from . import paths, values
+from . import paths, protocol, values
 from .cache import NOT_CACHED
 from .errors import ConflictError, TransactionConflictError
 from .paths import MISSING
-from .transport import raise_for_status
 
 if TYPE_CHECKING:
     from requests import Response
@@ -51,15 +50,6 @@ class Versioned(NamedTuple):
 # requests and answers
 
 
-def read_answer(response: Response) -> tuple[Any, str | None]:
-    """The value (or MISSING) and ETag a read, or a 412 to a conditional write, answered."""
-    if response.status_code != 412:
-        raise_for_status(response)
-    if response.headers.get("Kvpio-Missing") == "true":
-        return MISSING, None
-    return values.decode(response.content, values.READ_NESTING), response.headers.get("ETag")
-
-
 def commit_body(checks: dict[str, str | None], operations: list[_Operation]) -> bytes:
     """The JSON body of ``POST /v1/bucket/?commit=true``."""
     return values.encode(
@@ -78,7 +68,7 @@ def commit_body(checks: dict[str, str | None], operations: list[_Operation]) -> 
 def failed_checks(response: Response) -> dict[str, tuple[Any, str | None]]:
     """Path -> (current value or MISSING, ETag) of each check a 412 to a commit names."""
     failed: dict[str, tuple[Any, str | None]] = {}
-    for entry in values.decode(response.content, values.READ_NESTING + 4)["failed"]:
+    for entry in protocol.refusal(response)["failed"]:
         failed[entry["path"]] = (entry.get("value", MISSING), entry["etag"])
     return failed
 
@@ -120,8 +110,7 @@ class SharingMixin:
                 body=values.encode(by),
                 idempotent=False,
             )
-            raise_for_status(response)
-        total = values.decode(response.content)
+            total = protocol.document(response, int, float)
         # The write's own invalidation is the only one expected since ``generation``.
         cache.store(full, total, generation + 1, values.etag(response.content))
         return total
@@ -139,8 +128,8 @@ class SharingMixin:
             response = self._transport.request(
                 "POST", self._target(full) + "?op=append", body=body, idempotent=False
             )
-            raise_for_status(response)
-        return int(response.content)
+            position: int = protocol.document(response, int)
+        return position
 
     def merge(self, key: str, members: dict[str, Any]) -> None:
         """Set each member of ``members`` below the object at ``key`` in one atomic request.
@@ -158,7 +147,7 @@ class SharingMixin:
             response = self._transport.request(
                 "POST", self._target(full) + "?op=merge", body=body, idempotent=False
             )
-            raise_for_status(response)
+            protocol.check(response)
 
     # conditional reads and writes
 
@@ -169,7 +158,7 @@ class SharingMixin:
         found: Any = cache.tagged(full, exact=True) if cache.enabled else NOT_CACHED
         if found is NOT_CACHED:
             generation = cache.generation
-            value, etag = read_answer(self._transport.request("GET", self._target(full)))
+            value, etag = protocol.tagged(self._transport.request("GET", self._target(full)))
             cache.store(full, value, generation, etag)
         else:
             _where, value, etag = found
@@ -211,9 +200,9 @@ class SharingMixin:
                 method, self._target(full), body=body, headers=headers, idempotent=False
             )
             if response.status_code == 412:
-                current, tag = read_answer(response)
+                current, tag = protocol.tagged(response)
             else:
-                raise_for_status(response)
+                protocol.check(response)
         if response.status_code == 412:
             cache.store(full, current, generation + 1, tag)
             return False, current
@@ -324,7 +313,7 @@ class Transaction(MutableMapping[str, Any]):
                 self._seen[where] = (value, etag)
                 return paths.get_in(value, _rest(full, where))
         generation = cache.generation
-        value, etag = read_answer(bucket._transport.request("GET", bucket._target(full)))
+        value, etag = protocol.tagged(bucket._transport.request("GET", bucket._target(full)))
         cache.store(full, value, generation, etag)
         self._seen[full] = (value, etag)
         return value
@@ -416,9 +405,8 @@ class Transaction(MutableMapping[str, Any]):
                 cache.store(path, value, generation, etag)
             return failed
         _forget(bucket, written)
-        raise_for_status(response)
+        results = protocol.document(response, dict)["results"]
         generation += len(written)
-        results = values.decode(response.content)["results"]
         for index, (kind, path, value) in enumerate(operations):
             later = operations[index + 1 :]
             if any(_within(path, other) or _within(other, path) for _k, other, _v in later):

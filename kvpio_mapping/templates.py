@@ -8,17 +8,15 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import suppress
-from typing import Any, Final
+from typing import Any
 from urllib.parse import unquote
 
 from cachetools import TTLCache
 
-from . import paths, values
+from . import paths, protocol, values
 from .cache import CacheInfo
-from .transport import Transport, raise_for_status
-
-MISSING_HEADER: Final = "Kvpio-Missing"
-NAMES_HEADER: Final = "Kvpio-Names"
+from .paths import MISSING
+from .transport import Transport
 
 
 class TemplateStore(MutableMapping[str, str]):
@@ -60,12 +58,12 @@ class TemplateStore(MutableMapping[str, str]):
     def _get(self, name: str, query: str, body: bytes | None = None) -> tuple[str, frozenset[str]]:
         """GET a template; KeyError if there is none."""
         response = self._transport.request("GET", self._target(name) + query, body=body)
-        raise_for_status(response)
-        if response.headers.get(MISSING_HEADER) == "true":
+        found = protocol.text(response)
+        if found is MISSING:
             raise KeyError(name)
-        header = response.headers.get(NAMES_HEADER, "")
+        header = response.headers.get(protocol.NAMES_HEADER, "")
         names = frozenset(unquote(item) for item in header.split(",") if item)
-        return response.content.decode("utf-8"), names
+        return found, names
 
     def __getitem__(self, name: str) -> str:
         if self._enabled:
@@ -100,19 +98,17 @@ class TemplateStore(MutableMapping[str, str]):
             raise TypeError(f"a template source must be str, not {type(source).__name__}")
         target = self._target(name)
         try:
-            response = self._transport.request("POST", target, body=values.encode(source))
-            raise_for_status(response)
+            protocol.check(self._transport.request("POST", target, body=values.encode(source)))
         finally:
             self._forget(name)
 
     def __delitem__(self, name: str) -> None:
         target = self._target(name)
         try:
-            response = self._transport.request("DELETE", target + "?pop=true", idempotent=False)
-            raise_for_status(response)
+            found = protocol.text(self._transport.request("DELETE", target + "?pop=true"))
         finally:
             self._forget(name)
-        if response.headers.get(MISSING_HEADER) == "true":
+        if found is MISSING:
             raise KeyError(name)
 
     def clear(self) -> None:
@@ -122,10 +118,7 @@ class TemplateStore(MutableMapping[str, str]):
                 del self[name]
 
     def _names(self) -> list[str]:
-        response = self._transport.request("GET", "templates/")
-        raise_for_status(response)
-        names: list[str] = response.json()
-        return names
+        return protocol.keys(self._transport.request("GET", "templates/"))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names())

@@ -1,7 +1,8 @@
 """The only module that speaks HTTP: one pooled ``requests.Session`` per connection.
 
-It owns authentication, timeouts, retries with backoff and the mapping of
-answers to the exceptions of :mod:`kvpio_mapping.errors`. Work that
+It owns authentication, the deadline of each call, retries with backoff and
+the keep-alive pool; what an answer means is :mod:`kvpio_mapping.protocol`'s
+business. Work that
 ``requests`` would repeat on every call (reading proxy settings from the
 environment, merging session settings, building the auth header, parsing the
 URL) is done once, when the transport is made.
@@ -18,26 +19,28 @@ from pathlib import Path
 from typing import Any, Final
 
 import requests
+from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
+from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.connection import HTTPConnection, HTTPSConnection
 
-from .errors import (
-    AuthenticationError,
-    ConflictError,
-    KvpioTimeoutError,
-    PayloadTooLargeError,
-    PreconditionFailedError,
-    RequestError,
-    ServerError,
-    TemplateRenderError,
-    TransportError,
-)
+from . import protocol
+from .errors import AuthenticationError, KvpioTimeoutError, TransportError
 
 DEFAULT_URL: Final = "http://127.0.0.1:8000"
-DEFAULT_TIMEOUT: Final = (3.05, 30.0)
+DEFAULT_TIMEOUT: Final = 30.0
+"""Seconds one call may take, retries included."""
+DEFAULT_RETRIES: Final = 8
+CONNECT_TIMEOUT: Final = 3.05
+MAX_PAUSE: Final = 1.0
+"""The longest pause between two attempts: with the defaults the pauses add up to 4.5 s,
+which rides out a server restart (0.4 to 3 s for ``kvpio serve``)."""
+IDLE_LIMIT: Final = 2.0
+"""A pooled connection idle longer than this is closed rather than reused: servers close
+idle keep-alive connections (uvicorn after 5 s, Apache and Node after 5 s), and a request
+sent as the server closes is lost without telling whether it was applied."""
 RETRY_STATUSES: Final = frozenset({502, 503, 504})
 USER_AGENT: Final = "kvpio-mapping/0.1"
-
-Timeout = float | tuple[float, float]
 
 _live: weakref.WeakSet[Transport] = weakref.WeakSet()
 
@@ -64,6 +67,49 @@ def resolve_api_key(api_key: str | None) -> str:
     )
 
 
+class _FreshConnection(HTTPConnection):
+    """An HTTP connection the pool reuses only while it has been idle under IDLE_LIMIT."""
+
+    answered_at: float | None = None
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        response = super().getresponse(*args, **kwargs)
+        self.answered_at = time.monotonic()
+        return response
+
+    @property
+    def is_connected(self) -> bool:
+        answered = self.answered_at
+        if answered is not None and time.monotonic() - answered > IDLE_LIMIT:
+            return False
+        return super().is_connected
+
+
+class _FreshHTTPSConnection(HTTPSConnection, _FreshConnection):
+    """:class:`_FreshConnection` over TLS."""
+
+
+class _FreshPool(HTTPConnectionPool):
+    ConnectionCls = _FreshConnection
+
+
+class _FreshHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _FreshHTTPSConnection
+
+
+class _FreshAdapter(HTTPAdapter):
+    """``requests``' adapter whose pools drop connections idle over IDLE_LIMIT."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _FreshPool, "https": _FreshHTTPSPool}
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = {"http": _FreshPool, "https": _FreshHTTPSPool}
+        return manager
+
+
 class Transport:
     """Sends requests to one server with one API key, over a keep-alive pool.
 
@@ -76,8 +122,8 @@ class Transport:
         url: str | None = None,
         api_key: str | None = None,
         *,
-        timeout: Timeout = DEFAULT_TIMEOUT,
-        retries: int = 3,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
         backoff: float = 0.05,
         session: requests.Session | None = None,
         version: str = "v1",
@@ -85,7 +131,13 @@ class Transport:
         self.url = resolve_url(url)
         self.version = version
         self.api_key = resolve_api_key(api_key)
-        self.timeout = timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise TypeError(
+                f"timeout must be a number of seconds, not {type(timeout).__name__}"
+            )
+        if not timeout > 0:
+            raise ValueError(f"timeout must be above 0 seconds, not {timeout!r}")
+        self.timeout = float(timeout)
         self.retries = retries
         self.backoff = backoff
         self._own_session = session is None
@@ -94,11 +146,15 @@ class Transport:
 
     def _open(self, session: requests.Session | None) -> None:
         """Make the session and everything derived from it and the environment, once."""
-        self.session = session if session is not None else requests.Session()
+        if session is None:
+            session = requests.Session()
+            adapter = _FreshAdapter()
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        self.session = session
         self.base = f"{self.url}/{self.version}/"
         settings = self.session.merge_environment_settings(self.base, {}, None, None, None)
         self._send_options: dict[str, Any] = {
-            "timeout": self.timeout,
             "allow_redirects": False,
             "proxies": settings["proxies"],
             "verify": settings["verify"],
@@ -144,15 +200,21 @@ class Transport:
         *,
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
-        idempotent: bool = True,
+        idempotent: bool | None = None,
     ) -> requests.Response:
         """Send ``method`` to ``{url}/{version}/{target}`` and return the answer, any status.
 
         ``target`` is already percent-encoded and may carry a query string.
+        The whole call, retries included, ends within ``timeout`` seconds.
         Connection failures and 502/503/504 are retried with exponential
-        backoff when ``idempotent`` (a failure before anything was sent is
-        always retried). Raises :class:`TransportError` when no answer came.
+        backoff when the request is idempotent (``idempotent``, by default
+        :func:`kvpio_mapping.protocol.idempotent`); a failure before anything
+        was sent is always retried. Raises :class:`TransportError` when no
+        answer came.
         """
+        deadline = time.monotonic() + self.timeout
+        if idempotent is None:
+            idempotent = protocol.idempotent(method, target)
         prepared = requests.PreparedRequest()
         prepared.method = method
         prepared.url = self.base + target
@@ -165,31 +227,59 @@ class Transport:
         elif method in ("POST", "PUT"):
             prepared.headers["Content-Length"] = "0"
         prepared.body = body
+        prepared.prepare_cookies(self.session.cookies)
         prepared.hooks = {"response": []}
         attempt = 0
         while True:
+            left = deadline - time.monotonic()
+            options = self._send_options | {"timeout": (min(CONNECT_TIMEOUT, left), left)}
             try:
-                response = self.session.send(prepared, **self._send_options)
+                response = self.session.send(prepared, **options)
             except requests.Timeout as exc:
-                if attempt < self.retries and (idempotent or _nothing_sent(exc)):
-                    attempt = self._pause(attempt)
+                if self._may_retry(attempt, deadline, idempotent or _nothing_sent(exc)):
+                    attempt += 1
                     continue
                 raise KvpioTimeoutError(
-                    f"{self.url} did not answer {method} {target!r} in time: {exc}"
+                    f"{self.url} did not answer {method} {target!r} within the timeout"
+                    f" of {self.timeout:g} s: {exc}"
                 ) from exc
             except requests.RequestException as exc:
-                if attempt < self.retries and (idempotent or _nothing_sent(exc)):
-                    attempt = self._pause(attempt)
+                if self._may_retry(attempt, deadline, idempotent or _nothing_sent(exc)):
+                    attempt += 1
                     continue
+                if time.monotonic() >= deadline:
+                    raise KvpioTimeoutError(
+                        f"{self.url} did not answer {method} {target!r} within the timeout"
+                        f" of {self.timeout:g} s: {exc}"
+                    ) from exc
                 raise TransportError(f"cannot reach the server at {self.url}: {exc}") from exc
-            if response.status_code in RETRY_STATUSES and idempotent and attempt < self.retries:
-                attempt = self._pause(attempt)
+            if response.status_code in RETRY_STATUSES and self._may_retry(
+                attempt, deadline, idempotent, _retry_after(response)
+            ):
+                attempt += 1
                 continue
             return response
 
-    def _pause(self, attempt: int) -> int:
-        time.sleep(min(self.backoff * 2**attempt, 2.0))
-        return attempt + 1
+    def _may_retry(
+        self, attempt: int, deadline: float, safe: bool, wait: float | None = None
+    ) -> bool:
+        """Pause before attempt ``attempt + 1`` and say yes, if it is safe and time is left."""
+        if not safe or attempt >= self.retries:
+            return False
+        pause = min(self.backoff * 2**attempt, MAX_PAUSE) if wait is None else wait
+        if time.monotonic() + pause >= deadline:
+            return False
+        time.sleep(pause)
+        return True
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    """The seconds of a ``Retry-After`` header, if it gives a number (at most MAX_PAUSE)."""
+    value = response.headers.get("Retry-After", "")
+    try:
+        return min(max(float(value), 0.0), MAX_PAUSE)
+    except ValueError:
+        return None
 
 
 def _nothing_sent(exc: requests.RequestException) -> bool:
@@ -198,37 +288,6 @@ def _nothing_sent(exc: requests.RequestException) -> bool:
         return True
     reason = getattr(exc.args[0], "reason", None) if exc.args else None
     return type(reason).__name__ in ("NewConnectionError", "NameResolutionError")
-
-
-def raise_for_status(response: requests.Response) -> None:
-    """Turn a non-2xx/304 answer into the matching exception of :mod:`kvpio_mapping.errors`."""
-    status = response.status_code
-    if status < 400:
-        return
-    message = _error_message(response)
-    if status == 404:
-        raise AuthenticationError(f"the server does not know this API key: {message}")
-    if status == 409:
-        raise ConflictError(message, status)
-    if status == 412:
-        raise PreconditionFailedError(message, status)
-    if status == 413:
-        raise PayloadTooLargeError(message, status)
-    if status == 422:
-        raise TemplateRenderError(message, status)
-    if status < 500:
-        raise RequestError(message, status)
-    raise ServerError(f"the server failed with HTTP {status}: {message}", status)
-
-
-def _error_message(response: requests.Response) -> str:
-    try:
-        payload = response.json()
-    except ValueError:
-        return response.text[:200] or response.reason or "no message"
-    if isinstance(payload, dict) and isinstance(payload.get("error"), str):
-        return str(payload["error"])
-    return response.text[:200]
 
 
 def _reset_after_fork() -> None:

@@ -340,7 +340,7 @@ def test_import_to_a_server_that_is_down(
 ) -> None:
     (tmp_path / "in.json").write_text('{"a": 1}')
     monkeypatch.setenv("KVPIO_URL", closed_url)
-    code, _, err = run("bucket", "import", "in.json")
+    code, _, err = run("bucket", "import", "in.json", "--timeout", "0.5")
     assert code == 4
     assert err == (
         f"kvpio: import failed at batch 1 of 1: cannot reach the server at {closed_url}; "
@@ -357,7 +357,7 @@ def test_import_when_the_server_goes_away(tmp_path: Path) -> None:
         env = subprocess_env(tmp_path, KVPIO_URL=server.url, KVPIO_APIKEY=server.api_key)
         importer = subprocess.Popen(
             [sys.executable, "-m", "kvpio_mapping", "bucket", "import", "in.json",
-             "--batch-size", "1"],
+             "--batch-size", "1", "--timeout", "1"],
             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         deadline = time.monotonic() + 30
@@ -493,7 +493,7 @@ def test_wrong_api_key(tmp_path: Path, kvpio_server: Any) -> None:
 
 def test_server_down(tmp_path: Path, closed_url: str) -> None:
     env = subprocess_env(tmp_path, KVPIO_URL=closed_url, KVPIO_APIKEY="k")
-    assert kvpio("bucket", "list", env=env) == (
+    assert kvpio("--timeout", "0.5", "bucket", "list", env=env) == (
         4, "", f"kvpio: cannot reach the server at {closed_url}\n"
     )
 

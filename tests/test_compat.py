@@ -7,6 +7,7 @@ must give the same answers.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import warnings
@@ -20,6 +21,7 @@ from contract import NESTED, TEMPLATE_ROWS
 
 import kvpio_mapping.compat as compat
 from kvpio_mapping.errors import TransportError
+from kvpio_mapping.transport import Transport
 
 SETTINGS = ("api_key", "api_ver", "api_base", "load_json")
 
@@ -178,7 +180,13 @@ def test_unsupported_method(kvpio: Any) -> None:
         kvpio.Endpoint("bucket").request("put", "foo")
 
 
-def test_server_down_raises(kvpio: Any, closed_url: str) -> None:
+@pytest.fixture
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """compat's transports give up on an unreachable server after 0.5 s, not 4.5 s."""
+    monkeypatch.setattr(compat, "Transport", functools.partial(Transport, timeout=0.5))
+
+
+def test_server_down_raises(kvpio: Any, closed_url: str, quick: None) -> None:
     kvpio.api_base = closed_url
     with pytest.raises(requests.exceptions.ConnectionError):
         kvpio.Account().get()
@@ -206,7 +214,7 @@ def test_module_defaults() -> None:
     assert compat.load_json is False
 
 
-def test_connection_error_is_also_ours(closed_url: str) -> None:
+def test_connection_error_is_also_ours(closed_url: str, quick: None) -> None:
     compat.api_base = closed_url
     compat.api_key = "k"
     with pytest.raises(TransportError):

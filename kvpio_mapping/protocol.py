@@ -1,0 +1,219 @@
+"""How a client reads a kvp.io v1 answer: the rules of ``docs/protocol.md``, in one place.
+
+Every client of this package (``KVBucket``, ``TemplateStore``, ``Connection``,
+the CLI) reads answers only through these functions, so a status, a missing
+answer or a body is never interpreted two ways. They do no I/O: they take an
+answer that has already arrived (anything with ``status_code``, ``headers``,
+``content`` and ``url``, as ``requests`` and ``httpx`` responses have) and
+return what it means or raise the matching exception of
+:mod:`kvpio_mapping.errors`.
+
+Idempotence, the rule for what may be sent twice, lives here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final, Protocol
+
+from . import values
+from .errors import (
+    AuthenticationError,
+    ConflictError,
+    PayloadTooLargeError,
+    PreconditionFailedError,
+    ProtocolError,
+    RequestError,
+    ServerError,
+    TemplateRenderError,
+)
+from .paths import MISSING
+
+MISSING_HEADER: Final = "Kvpio-Missing"
+NAMES_HEADER: Final = "Kvpio-Names"
+UNKNOWN_KEY: Final = "unknown API key"
+
+
+class Answer(Protocol):
+    """What the rules need of an HTTP answer (a ``requests`` or ``httpx`` response)."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def content(self) -> bytes: ...
+    @property
+    def url(self) -> Any: ...
+
+
+class _NotModified:
+    """The type of :data:`NOT_MODIFIED`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOT_MODIFIED"
+
+
+NOT_MODIFIED: Final = _NotModified()
+"""What :func:`value` returns for the 304 of a revalidation the client asked for."""
+
+
+def idempotent(method: str, target: str) -> bool:
+    """Whether sending ``method target`` twice leaves the same state and answer as once.
+
+    Reads and writes of a value are. A pop is not (the second answer is
+    "missing"), nor is deleting a path whose last segment may be a list
+    position (the second removes the next item).
+    """
+    if method != "DELETE":
+        return True
+    path, _, query = target.partition("?")
+    if "pop=true" in query:
+        return False
+    last = path.rstrip("/").rpartition("/")[2]
+    return not (last.isascii() and last.isdigit())
+
+
+def _where(answer: Answer) -> str:
+    return str(answer.url)
+
+
+def _is_missing(answer: Answer) -> bool:
+    return answer.headers.get(MISSING_HEADER, "").lower() == "true"
+
+
+def check(answer: Answer) -> None:
+    """Raise unless ``answer`` is a success (200); 4xx and 5xx as the protocol defines them.
+
+    Only the protocol's unknown-key answer (404 ``{"error": "unknown API
+    key"}``) is an :class:`AuthenticationError`; any other 404, a redirect,
+    a 204 or an unrequested 304 is a :class:`ProtocolError`.
+    """
+    status = answer.status_code
+    if status == 200:
+        return
+    if status < 400:
+        raise ProtocolError(
+            f"{_where(answer)} answered HTTP {status}{_location(answer)},"
+            " which a kvpio v1 server never sends here"
+        )
+    message = error_message(answer)
+    if status == 404:
+        if message == UNKNOWN_KEY:
+            raise AuthenticationError(f"the server does not know this API key ({_where(answer)})")
+        raise ProtocolError(
+            f"{_where(answer)} answered 404 ({message}): the URL does not look like"
+            " a kvpio v1 server"
+        )
+    if status == 409:
+        raise ConflictError(message, status)
+    if status == 412:
+        raise PreconditionFailedError(message, status)
+    if status == 413:
+        raise PayloadTooLargeError(message, status)
+    if status == 422:
+        raise TemplateRenderError(message, status)
+    if status < 500:
+        raise RequestError(message, status)
+    raise ServerError(f"the server failed with HTTP {status}: {message}", status)
+
+
+def _location(answer: Answer) -> str:
+    location = answer.headers.get("Location")
+    return f" (to {location})" if location else ""
+
+
+def error_message(answer: Answer) -> str:
+    """The ``error`` of a JSON error body, else the start of the body as text."""
+    text = answer.content[:200].decode("utf-8", "replace")
+    try:
+        payload = values.decode(answer.content)
+    except ValueError:
+        return text or f"HTTP {answer.status_code}"
+    if isinstance(payload, dict) and isinstance(payload.get("error"), str):
+        return str(payload["error"])
+    return text
+
+
+def _decode(answer: Answer) -> Any:
+    try:
+        return values.decode(answer.content, values.READ_NESTING)
+    except ValueError as exc:
+        raise ProtocolError(f"{_where(answer)} answered a body that is not JSON: {exc}") from None
+
+
+def value(answer: Answer, revalidating: bool = False) -> Any:
+    """The JSON value a bucket read or pop answered, or ``MISSING`` for the missing answer.
+
+    ``revalidating``: the request carried ``If-None-Match``, so a 304 means
+    :data:`NOT_MODIFIED`. An empty body without ``Kvpio-Missing: true`` is a
+    :class:`ProtocolError`, never "missing".
+    """
+    if revalidating and answer.status_code == 304:
+        return NOT_MODIFIED
+    check(answer)
+    return _value_body(answer)
+
+
+def tagged(answer: Answer) -> tuple[Any, str | None]:
+    """The value (or ``MISSING``) and ETag a read answered, or that a 412 to a
+    conditional write carried (the value the write found)."""
+    if answer.status_code != 412:
+        check(answer)
+    found = _value_body(answer)
+    return found, None if found is MISSING else answer.headers.get("ETag")
+
+
+def refusal(answer: Answer) -> Any:
+    """The JSON body of a 412 to a commit (its failed checks), which nests values."""
+    try:
+        return values.decode(answer.content, values.READ_NESTING + 4)
+    except ValueError as exc:
+        raise ProtocolError(f"{_where(answer)} answered a body that is not JSON: {exc}") from None
+
+
+def _value_body(answer: Answer) -> Any:
+    """The value in the body of a value answer, or MISSING for the missing answer."""
+    if _is_missing(answer):
+        if answer.content:
+            raise ProtocolError(f"{_where(answer)} answered {MISSING_HEADER} with a body")
+        return MISSING
+    if not answer.content:
+        raise ProtocolError(
+            f"{_where(answer)} answered an empty body without {MISSING_HEADER}: true"
+        )
+    return _decode(answer)
+
+
+def document(answer: Answer, *kinds: type[Any]) -> Any:
+    """The JSON body of a listing, snapshot, account or operation answer, which must be
+    of one of ``kinds`` (exactly: a ``bool`` is not an ``int``)."""
+    check(answer)
+    found = _decode(answer)
+    if type(found) not in kinds:
+        raise ProtocolError(
+            f"{_where(answer)} answered a {type(found).__name__} where a"
+            f" {' or '.join(kind.__name__ for kind in kinds)} belongs"
+        )
+    return found
+
+
+def keys(answer: Answer) -> list[str]:
+    """The key list a listing answered (every item a ``str``)."""
+    found: list[Any] = document(answer, list)
+    if not all(type(item) is str for item in found):
+        raise ProtocolError(f"{_where(answer)} answered a key list with a key that is not text")
+    return found
+
+
+def text(answer: Answer) -> Any:
+    """The text of a template answer (rendered or source), or ``MISSING``."""
+    check(answer)
+    if _is_missing(answer):
+        return MISSING
+    try:
+        return answer.content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"{_where(answer)} answered text that is not UTF-8: {exc}") from None

@@ -1,0 +1,116 @@
+"""A loopback HTTP server of the tests' own, for answers a real kvpio server never gives.
+
+It answers every request with one canned answer (``status``, ``headers``,
+``body``), can hang (bounded), close without answering (``drop``: the answer
+is lost after the request arrived), cut an answer short, or reset a keep-alive
+connection that stayed idle, as a server closing idle connections does when
+a request races the close.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+HANG_LIMIT = 10.0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+    answered_at: float | None = None
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+    def handle_one_request(self) -> None:
+        fault = self.server.fault
+        readable, _, _ = select.select([self.connection], [], [], HANG_LIMIT)
+        if not readable or not self.connection.recv(1, socket.MSG_PEEK):
+            self.close_connection = True  # nothing came, or the client closed
+            return
+        idle = time.monotonic() - self.answered_at if self.answered_at is not None else 0.0
+        if fault.reset_idle_after is not None and idle >= fault.reset_idle_after:
+            fault.resets += 1
+            self.connection.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+            self.close_connection = True
+            return
+        super().handle_one_request()
+        self.answered_at = time.monotonic()
+
+    def _answer(self) -> None:
+        fault = self.server.fault
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        fault.requests.append((self.command, self.path))
+        if fault.hang or fault.drop:
+            if fault.hang:
+                fault.released.wait(HANG_LIMIT)
+            self.close_connection = True
+            return
+        body = fault.body
+        self.send_response(fault.status)
+        for name, value in fault.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body) + fault.short_by))
+        self.end_headers()
+        self.wfile.write(body)
+        if fault.short_by:
+            self.close_connection = True
+
+    do_GET = do_POST = do_DELETE = do_HEAD = _answer
+
+
+class Fault:
+    """What the server does with the next requests; change it between requests."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.headers: dict[str, str] = {"Content-Type": "application/json"}
+        self.body = b'"value"'
+        self.short_by = 0
+        self.hang = False
+        self.drop = False
+        self.released = threading.Event()
+        self.reset_idle_after: float | None = None
+        self.resets = 0
+        self.requests: list[tuple[str, str]] = []
+        self.url = ""
+
+    def answer(self, status: int, body: bytes = b"", **headers: str) -> None:
+        """Answer every request with ``status``, ``headers`` (``_`` for ``-``) and ``body``."""
+        self.status = status
+        self.body = body
+        self.headers = {name.replace("_", "-"): value for name, value in headers.items()}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    fault: Fault
+
+
+@contextmanager
+def fault_server() -> Iterator[Fault]:
+    """A running fault server on loopback; its :class:`Fault` has the ``url``."""
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.fault = Fault()
+    server.fault.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server.fault
+    finally:
+        server.fault.released.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(HANG_LIMIT)
