@@ -7,6 +7,7 @@ live mapping over nested data instead.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import (
     Callable,
@@ -22,6 +23,7 @@ from typing import Any, Final, TypeVar, overload
 
 from . import paths, protocol, values
 from .cache import NOT_CACHED, CacheInfo, PathCache
+from .errors import InvalidPathError
 from .paths import MISSING
 from .sharing import SharingMixin
 from .transport import DEFAULT_TIMEOUT, Transport
@@ -34,6 +36,18 @@ _IMMUTABLE: Final = frozenset({str, int, float, bool, type(None)})
 _NO_DEFAULT: Final[Any] = object()
 
 WriteListener = Callable[[str | None], None]
+
+
+class _Listing(threading.local):
+    """The values of this thread's last ``keys()`` listing not yet looked up.
+
+    ``dict(bucket)`` iterates ``keys()`` and then looks up each key; serving
+    those lookups from the listing's own snapshot makes it one request at
+    any size and ``ttl``, and one consistent state of the bucket. Any other
+    lookup, and any write, drops it.
+    """
+
+    pending: dict[str, Any] | None = None
 
 
 
@@ -65,6 +79,7 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         self._root: tuple[str, ...] = ()
         self._prefix = ""
         self._listeners: list[WriteListener] = []
+        self._listing = _Listing()
 
     # configuration, pickling, views
 
@@ -99,6 +114,7 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         view._transport = self._transport
         view._cache = self._cache
         view._listeners = self._listeners
+        view._listing = _Listing()
         view._set_root(segments)
         return view
 
@@ -126,6 +142,18 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
             paths.check(segments)
         return paths.join(segments)
 
+    def _valid(self, key: object) -> str | None:
+        """The full path of ``key``, or None for a key that can never be stored.
+
+        Reads answer such a key as ``dict`` answers an absent one (no request);
+        an unhashable key raises ``TypeError`` as it does for ``dict``.
+        """
+        try:
+            return self._full(key)
+        except (TypeError, InvalidPathError):
+            hash(key)
+            return None
+
     def _target(self, full: str) -> str:
         return "bucket/" + paths.url_quote(tuple(full.split("/")))
 
@@ -133,6 +161,7 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
     def _writing(self, path: str | None) -> Iterator[None]:
         """Forget cached reads of ``path`` (None: all) and tell listeners (template caches
         sharing the connection), whatever the write's outcome: it may have reached the server."""
+        self._listing.pending = None
         try:
             with self._cache.writing(path):
                 yield
@@ -163,6 +192,12 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         return value
 
     def __getitem__(self, key: str) -> Any:
+        pending = self._listing.pending
+        if pending is not None:
+            found = pending.pop(key, MISSING) if type(key) is str else MISSING
+            if found is not MISSING:
+                return values.copy(found)
+            self._listing.pending = None
         cache = self._cache
         if cache.enabled and type(key) is str and not self._root:
             found = cache.exact(key)
@@ -172,17 +207,22 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
                 if type(found) in _IMMUTABLE:
                     return found
                 return values.copy(found)
-        found = self._read(self._full(key))
+        found = self._lookup(key)
         if found is MISSING:
             raise KeyError(key)
         return values.copy(found)
 
+    def _lookup(self, key: object) -> Any:
+        """The shared value at ``key``, or MISSING (also for a key that can never exist)."""
+        full = self._valid(key)
+        return MISSING if full is None else self._read(full)
+
     def __contains__(self, key: object) -> bool:
-        return self._read(self._full(key)) is not MISSING
+        return self._lookup(key) is not MISSING
 
     def get(self, key: str, default: Any = None) -> Any:
         """``self[key]`` if ``key`` is present, else ``default``."""
-        found = self._read(self._full(key))
+        found = self._lookup(key)
         return default if found is MISSING else values.copy(found)
 
     def _keys(self) -> list[str]:
@@ -220,8 +260,8 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
     def keys(self) -> KeysView[str]:
         """A live view of the keys. Iterating it fetches the whole content once.
 
-        That one request also fills the cache, so ``dict(bucket)`` (which
-        iterates ``keys()`` and then looks each key up) costs one request.
+        Looking up the listed keys next (as ``dict(bucket)`` does) is answered
+        from that same content: one request, one consistent snapshot.
         """
         return _KeysView(self)
 
@@ -256,7 +296,8 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         return found
 
     def __delitem__(self, key: str) -> None:
-        if self._pop(self._full(key)) is MISSING:
+        full = self._valid(key)
+        if full is None or self._pop(full) is MISSING:
             raise KeyError(key)
 
     @overload
@@ -266,7 +307,8 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
 
     def pop(self, key: str, default: Any = _NO_DEFAULT) -> Any:
         """Remove ``key`` and return its value, atomically; ``default`` or KeyError if absent."""
-        found = self._pop(self._full(key))
+        full = self._valid(key)
+        found = MISSING if full is None else self._pop(full)
         if found is MISSING:
             if default is _NO_DEFAULT:
                 raise KeyError(key)
@@ -279,7 +321,7 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
             found = self._pop(self._full(key))
             if found is not MISSING:
                 return key, found
-        raise KeyError("popitem(): bucket is empty")
+        raise KeyError("popitem(): dictionary is empty")
 
     def setdefault(self, key: str, default: Any = None) -> Any:
         """``self[key]`` if present; else store ``default`` only if still absent, atomically.
@@ -358,6 +400,7 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
 
     def invalidate(self, path: str | None = None) -> None:
         """Drop cached reads of ``path`` (its ancestors and what is below it), or all."""
+        self._listing.pending = None
         if path is not None:
             self._cache.invalidate(self._full(path))
         else:
@@ -378,48 +421,94 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         self.close()
 
 
-class _KeysView(KeysView[str]):
-    _mapping: KVBucket
+class _View:
+    """What the three views share: their content is one snapshot per iteration.
 
+    ``list(view)`` iterates the view, then asks its ``len()`` for a size hint;
+    ``len()`` answers from the snapshot the iteration before it took (once),
+    so that costs one request.
+    """
+
+    _mapping: KVBucket
+    _taken: dict[str, Any] | None = None
+
+    def __len__(self) -> int:
+        taken, self._taken = self._taken, None
+        return len(taken) if taken is not None else len(self._mapping)
+
+    def _content(self) -> dict[str, Any]:
+        """A new snapshot for an iteration, kept for the ``len()`` that may follow."""
+        self._taken = taken = self._mapping._snapshot()
+        return taken
+
+
+class _KeysView(_View, KeysView[str]):
     def __iter__(self) -> Iterator[str]:
-        bucket = self._mapping
-        if bucket._cache.enabled:
-            return iter(bucket._snapshot())
-        return iter(bucket._keys())
+        snapshot = self._content()
+        self._mapping._listing.pending = snapshot
+        return iter(list(snapshot))
 
     def __reversed__(self) -> Iterator[str]:
-        return reversed(self._mapping._keys())
+        return reversed(list(self._content()))
 
 
-class _ItemsView(ItemsView[str, Any]):
-    _mapping: KVBucket
-
+class _ItemsView(_View, ItemsView[str, Any]):
     def __iter__(self) -> Iterator[tuple[str, Any]]:
-        return iter(values.copy(self._mapping._snapshot()).items())
+        return iter(values.copy(self._content()).items())
 
     def __reversed__(self) -> Iterator[tuple[str, Any]]:
-        snapshot: dict[str, Any] = values.copy(self._mapping._snapshot())
+        snapshot: dict[str, Any] = values.copy(self._content())
         return reversed(snapshot.items())
 
     def __contains__(self, item: object) -> bool:
         if not isinstance(item, tuple) or len(item) != 2:
             return False
         key, value = item
-        if not isinstance(key, str):
-            return False
-        found = self._mapping._read(self._mapping._full(key))
+        found = self._mapping._lookup(key)
         return found is not MISSING and bool(found == value)
 
+    # Set operations are a plain dict's items view's, on one snapshot: the same
+    # results, and the same TypeError for a value that cannot be hashed.
 
-class _ValuesView(ValuesView[Any]):
-    _mapping: KVBucket
+    def _pairs(self) -> ItemsView[str, Any]:
+        snapshot: dict[str, Any] = values.copy(self._content())
+        return snapshot.items()
 
+    def __and__(self, other: Any) -> Any:
+        return self._pairs() & other
+
+    def __rand__(self, other: Any) -> Any:
+        return other & self._pairs()
+
+    def __or__(self, other: Any) -> Any:
+        return self._pairs() | other
+
+    def __ror__(self, other: Any) -> Any:
+        return other | self._pairs()
+
+    def __sub__(self, other: Any) -> Any:
+        return self._pairs() - other
+
+    def __rsub__(self, other: Any) -> Any:
+        return other - self._pairs()
+
+    def __xor__(self, other: Any) -> Any:
+        return self._pairs() ^ other
+
+    def __rxor__(self, other: Any) -> Any:
+        return other ^ self._pairs()
+
+    def isdisjoint(self, other: Any) -> bool:
+        return self._pairs().isdisjoint(other)
+
+
+class _ValuesView(_View, ValuesView[Any]):
     def __iter__(self) -> Iterator[Any]:
-        return iter(values.copy(self._mapping._snapshot()).values())
+        return iter(values.copy(self._content()).values())
 
     def __reversed__(self) -> Iterator[Any]:
-        snapshot: dict[str, Any] = values.copy(self._mapping._snapshot())
+        snapshot: dict[str, Any] = values.copy(self._content())
         return reversed(snapshot.values())
 
     def __contains__(self, value: object) -> bool:
-        return any(item == value for item in self._mapping._snapshot().values())
+        return any(item == value for item in self._content().values())

@@ -228,11 +228,35 @@ def test_popitem_follows_insertion_order_after_a_replace_and_a_reinsert(pair):
     same(pair, call)
 
 
-def test_popitem_of_an_empty_bucket_raises_key_error(bucket):
-    with pytest.raises(KeyError):
+def test_popitem_of_an_empty_bucket_raises_dicts_key_error(bucket):
+    with pytest.raises(KeyError) as ours:
         bucket.popitem()
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError) as dicts:
         {}.popitem()
+    assert ours.value.args == dicts.value.args
+
+
+SET_OPERATIONS = {
+    "and": lambda v: v & {("a", 1)},
+    "rand": lambda v: {("a", 1)} & v,
+    "or": lambda v: v | {("z", 0)},
+    "ror": lambda v: {("z", 0)} | v,
+    "sub": lambda v: v - {("a", 1)},
+    "rsub": lambda v: {("a", 1)} - v,
+    "xor": lambda v: v ^ {("a", 1)},
+    "rxor": lambda v: {("a", 1)} ^ v,
+    "and list": lambda v: v & [("a", 1)],
+    "isdisjoint": lambda v: v.isdisjoint([("b", {"c": [1, 2]})]),
+}
+
+
+@pytest.mark.parametrize("operation", SET_OPERATIONS.values(), ids=SET_OPERATIONS.keys())
+def test_items_set_operations_answer_as_dicts_do(pair, operation):
+    """An unhashable value in the bucket makes them raise TypeError, as for dict."""
+    same(pair, lambda m: operation(m.items()))
+    bucket, model = pair
+    del bucket["b"], model["b"]
+    same(pair, lambda m: operation(m.items()))
 
 
 def test_setdefault_of_a_present_key_returns_its_value(pair):
@@ -719,9 +743,9 @@ def test_a_percent_encoded_slash_in_a_key_is_not_a_separator(bucket, other):
     assert list(other) == ["a%2Fb"]
 
 
-# invalid keys: raise and send nothing
+# keys that can never exist: reads answer as dict does for an absent key, writes refuse
 
-NON_STR_KEYS = [1, None, b"a", ("a",), 1.5]
+NON_STR_KEYS = [1, None, b"a", ("a",), 1.5, object()]
 INVALID_PATHS = [
     "",
     "a//b",
@@ -733,46 +757,71 @@ INVALID_PATHS = [
     "a/../b",
     "/".join(["s"] * 33),
     "x" * 769,
+    "lone\ud800surrogate",
 ]
 
-KEY_OPERATIONS = {
+READ_OPERATIONS = {
     "getitem": lambda b, k: b[k],
-    "setitem": lambda b, k: b.__setitem__(k, 1),
     "delitem": lambda b, k: b.__delitem__(k),
     "contains": lambda b, k: k in b,
+    "in keys": lambda b, k: k in b.keys(),  # noqa: SIM118
+    "in items": lambda b, k: (k, 1) in b.items(),
     "get": lambda b, k: b.get(k),
+    "get default": lambda b, k: b.get(k, "dflt"),
     "pop": lambda b, k: b.pop(k),
-    "pop default": lambda b, k: b.pop(k, None),
+    "pop default": lambda b, k: b.pop(k, "dflt"),
+}
+WRITE_OPERATIONS = {
+    "setitem": lambda b, k: b.__setitem__(k, 1),
     "setdefault": lambda b, k: b.setdefault(k, 1),
     "update": lambda b, k: b.update([(k, 1)]),
     "view": lambda b, k: b.view(k),
 }
 
 
-@pytest.mark.parametrize("operation", KEY_OPERATIONS.values(), ids=KEY_OPERATIONS.keys())
+def answer(operation, mapping, key):
+    """What ``operation`` returns or raises (its type and args) on ``mapping``."""
+    try:
+        return "returned", operation(mapping, key)
+    except Exception as exc:
+        return type(exc), exc.args
+
+
+@pytest.mark.parametrize("operation", READ_OPERATIONS.values(), ids=READ_OPERATIONS.keys())
+@pytest.mark.parametrize("key", NON_STR_KEYS + INVALID_PATHS, ids=lambda key: repr(key)[:14])
+def test_a_read_of_a_key_that_can_never_exist_answers_as_dict_does_and_sends_nothing(
+    bucket, sent, operation, key
+):
+    assert answer(operation, bucket, key) == answer(operation, {}, key)
+    assert sent.count == 0
+
+
+@pytest.mark.parametrize("operation", READ_OPERATIONS.values(), ids=READ_OPERATIONS.keys())
+def test_a_read_of_an_unhashable_key_raises_type_error_as_dict_does(bucket, sent, operation):
+    with pytest.raises(TypeError, match="unhashable"):
+        operation(bucket, ["a"])
+    assert sent.count == 0
+
+
+@pytest.mark.parametrize("operation", WRITE_OPERATIONS.values(), ids=WRITE_OPERATIONS.keys())
 @pytest.mark.parametrize("key", NON_STR_KEYS, ids=repr)
-def test_a_non_str_key_raises_type_error_and_sends_nothing(bucket, sent, operation, key):
+def test_a_write_with_a_non_str_key_raises_type_error_and_sends_nothing(
+    bucket, sent, operation, key
+):
     with pytest.raises(TypeError):
         operation(bucket, key)
     assert sent.count == 0
 
 
-@pytest.mark.parametrize("operation", KEY_OPERATIONS.values(), ids=KEY_OPERATIONS.keys())
+@pytest.mark.parametrize("operation", WRITE_OPERATIONS.values(), ids=WRITE_OPERATIONS.keys())
 @pytest.mark.parametrize("key", INVALID_PATHS, ids=lambda key: repr(key[:12]))
-def test_an_invalid_path_raises_invalid_path_error_and_sends_nothing(bucket, sent, operation, key):
+def test_a_write_with_an_invalid_path_raises_invalid_path_error_and_sends_nothing(
+    bucket, sent, operation, key
+):
     with pytest.raises(InvalidPathError) as raised:
         operation(bucket, key)
     assert isinstance(raised.value, ValueError)
     assert not isinstance(raised.value, KeyError)
-    assert sent.count == 0
-
-
-@pytest.mark.parametrize("operation", KEY_OPERATIONS.values(), ids=KEY_OPERATIONS.keys())
-def test_a_key_that_is_not_valid_unicode_raises_invalid_path_error_and_sends_nothing(
-    bucket, sent, operation
-):
-    with pytest.raises(InvalidPathError):
-        operation(bucket, "lone\ud800surrogate")
     assert sent.count == 0
 
 

@@ -6,6 +6,8 @@ writes are one request however many keys they touch.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from kvpio_mapping import KVBucket
@@ -184,3 +186,78 @@ def test_a_write_then_a_read_is_two_requests(cached, cached_sent):
     cached["w"] = {"a": 1}
     assert cached["w/a"] == 1
     assert cached_sent.count == 2
+
+
+# whole-bucket reads are one request at any size and ttl, and one consistent state
+
+WHOLE_READS = {
+    "dict": dict,
+    "items": lambda b: list(b.items()),
+    "values": lambda b: list(b.values()),
+    "comprehension": lambda b: {k: v for k, v in b.items()},
+    "keys then lookups": lambda b: {k: b[k] for k in b.keys()},  # noqa: SIM118
+}
+
+
+@pytest.mark.parametrize("read", WHOLE_READS.values(), ids=WHOLE_READS.keys())
+@pytest.mark.parametrize("ttl", [5.0, 0], ids=["cached", "uncached"])
+def test_a_whole_read_of_more_keys_than_the_cache_holds_is_one_request(
+    kvpio_account, count_requests, ttl, read
+):
+    bucket = KVBucket(kvpio_account.url, kvpio_account.api_key, ttl=ttl, maxsize=64)
+    model = {f"k{i}": {"n": i} for i in range(100)}
+    bucket.update(model)
+    sent = count_requests(bucket)
+    found = read(bucket)
+    assert sent.count == 1
+    assert found in (model, list(model.items()), list(model.values()))
+
+
+def test_dict_of_a_view_is_one_request(kvpio_account, count_requests):
+    bucket = KVBucket(kvpio_account.url, kvpio_account.api_key, ttl=0)
+    bucket["v"] = {f"k{i}": i for i in range(10)}
+    view = bucket.view("v")
+    sent = count_requests(bucket)
+    assert dict(view) == {f"k{i}": i for i in range(10)}
+    assert sent.count == 1
+
+
+@pytest.mark.parametrize("ttl", [5.0, 0], ids=["cached", "uncached"])
+def test_dict_is_one_snapshot_while_another_client_deletes(kvpio_account, ttl):
+    """Another client deletes keys right after the listing: dict() still has them all."""
+    bucket = KVBucket(kvpio_account.url, kvpio_account.api_key, ttl=ttl, maxsize=4)
+    other = KVBucket(kvpio_account.url, kvpio_account.api_key, ttl=0)
+    model = {f"k{i}": i for i in range(10)}
+    bucket.update(model)
+    transport = bucket._transport
+    send = transport.request
+
+    def request(method, target, **kwargs):
+        answer = send(method, target, **kwargs)
+        if method == "GET":
+            other.clear()
+        return answer
+
+    transport.request = request
+    assert dict(bucket) == model
+
+
+def test_a_lookup_after_a_write_is_not_served_from_the_listing(kvpio_account):
+    bucket = KVBucket(kvpio_account.url, kvpio_account.api_key, ttl=0)
+    bucket.update({"a": 1, "b": 2})
+    keys = iter(bucket.keys())
+    bucket["a"] = 10
+    assert [bucket[key] for key in keys] == [10, 2]
+
+
+def test_the_listing_serves_only_the_thread_that_listed(kvpio_account):
+    bucket = KVBucket(kvpio_account.url, kvpio_account.api_key, ttl=0)
+    other = KVBucket(kvpio_account.url, kvpio_account.api_key, ttl=0)
+    bucket["a"] = 1
+    list(bucket.keys())
+    other["a"] = 2
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(bucket["a"]))
+    thread.start()
+    thread.join(10)
+    assert seen == [2]
