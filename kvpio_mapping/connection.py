@@ -26,10 +26,22 @@ class Connection:
         maxsize: int = DEFAULT_MAXSIZE,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        self.transport = Transport(url, api_key, timeout=timeout)
-        self.bucket = KVBucket(transport=self.transport, ttl=ttl, maxsize=maxsize)
-        self.templates = TemplateStore(self.transport, ttl=ttl, maxsize=maxsize)
+        self._attach(Transport(url, api_key, timeout=timeout), ttl, maxsize)
+
+    def _attach(self, transport: Transport, ttl: float, maxsize: int) -> None:
+        """Make the bucket and template store over ``transport``, their caches linked."""
+        self.transport = transport
+        self.bucket = KVBucket(transport=transport, ttl=ttl, maxsize=maxsize)
+        self.templates = TemplateStore(transport, ttl=ttl, maxsize=maxsize)
         self.bucket._listeners.append(self.templates.bucket_changed)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The configuration only (a worker process opens its own connections)."""
+        cache = self.bucket._cache
+        return {"transport": self.transport, "ttl": cache.ttl, "maxsize": cache.maxsize}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._attach(state["transport"], state["ttl"], state["maxsize"])
 
     def account(self) -> dict[str, Any]:
         """The account's ``id``, ``email``, ``reads`` and ``size``."""

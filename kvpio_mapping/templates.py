@@ -38,6 +38,8 @@ class TemplateStore(MutableMapping[str, str]):
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self._transport = transport
+        self._ttl = ttl
+        self._maxsize = maxsize
         self._enabled = ttl > 0 and maxsize > 0
         self._lock = threading.Lock()
         self._timer = timer
@@ -51,6 +53,13 @@ class TemplateStore(MutableMapping[str, str]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self._transport.url!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The configuration only, as :class:`KVBucket` pickles (no cache, lock or clock)."""
+        return {"transport": self._transport, "ttl": self._ttl, "maxsize": self._maxsize}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["transport"], ttl=state["ttl"], maxsize=state["maxsize"])  # type: ignore[misc]
 
     def _target(self, name: object) -> str:
         return "templates/" + paths.url_quote(paths.parse(name))

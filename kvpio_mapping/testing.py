@@ -31,6 +31,7 @@ import contextlib
 import http.client
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,14 +65,18 @@ class RunningServer:
     db: str
     process: subprocess.Popen[str] = field(repr=False)
     stderr_path: str = field(repr=False, default="")
+    directory: str = field(repr=False, default="")
+    """The temporary directory of the server's stderr (and database, without ``db=``)."""
+    _stderr: str = field(repr=False, default="")
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def stderr(self) -> str:
-        """What the server wrote to stderr so far."""
-        return Path(self.stderr_path).read_text(errors="replace") if self.stderr_path else ""
+        """What the server wrote to stderr so far (kept after it stopped)."""
+        path = Path(self.stderr_path)
+        return path.read_text(errors="replace") if path.is_file() else self._stderr
 
     def kill(self) -> None:
         """SIGKILL the server and its workers at once (no shutdown at all)."""
@@ -89,6 +94,13 @@ class RunningServer:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+    def cleanup(self) -> None:
+        """Remove the temporary directory (with the database, unless ``db=`` put it
+        elsewhere), keeping stderr's text; :func:`run_server` does it on exit."""
+        if self.directory:
+            self._stderr = self.stderr()
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -123,7 +135,8 @@ def start_server(
     port: int = 0,
     timeout: float = START_TIMEOUT,
 ) -> RunningServer:
-    """Start ``kvpio serve`` and return once it answers; stop it with ``.stop()``."""
+    """Start ``kvpio serve`` and return once it answers; stop it with ``.stop()``, then
+    ``.cleanup()`` removes its temporary directory."""
     directory = tempfile.mkdtemp(prefix="kvpio-")
     location = str(db) if db is not None else os.path.join(directory, "kvpio.sqlite3")
     key = api_key or secrets.token_urlsafe(16)
@@ -148,7 +161,9 @@ def start_server(
     assert process.stdout is not None
     threading.Thread(target=_read_line, args=(process.stdout, found, done), daemon=True).start()
     done.wait(timeout)
-    server = RunningServer(found[0] if found else "", key, location, process, stderr_path)
+    server = RunningServer(
+        found[0] if found else "", key, location, process, stderr_path, directory
+    )
     if not found:
         if done.is_set():  # its output ended: it is exiting, let it finish
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -156,6 +171,7 @@ def start_server(
         code = process.poll()
         server.stop()
         why = f"exited with code {code}" if code is not None else f"did not start in {timeout} s"
+        server.cleanup()
         raise RuntimeError(f"kvpio serve {why}:\n{server.stderr()}")
     return server
 
@@ -214,12 +230,14 @@ class Api:
 
 @contextmanager
 def run_server(**options: Any) -> Iterator[RunningServer]:
-    """:func:`start_server` as a context manager that stops the server on exit."""
+    """:func:`start_server` as a context manager that stops the server on exit and
+    removes its temporary files (pass ``db=`` to keep the database)."""
     server = start_server(**options)
     try:
         yield server
     finally:
         server.stop()
+        server.cleanup()
 
 
 def new_account(server: RunningServer, email: str = "test@example.invalid") -> TestAccount:

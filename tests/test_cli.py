@@ -353,7 +353,7 @@ def test_import_when_the_server_goes_away(tmp_path: Path) -> None:
     """Stopped mid-import: the report matches what the database holds afterwards."""
     data = {f"k{i:04}": i for i in range(3000)}
     (tmp_path / "in.json").write_text(json.dumps(data))
-    with run_server() as server:
+    with run_server(db=tmp_path / "kv.sqlite3") as server:
         env = subprocess_env(tmp_path, KVPIO_URL=server.url, KVPIO_APIKEY=server.api_key)
         importer = subprocess.Popen(
             [sys.executable, "-m", "kvpio_mapping", "bucket", "import", "in.json",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import pickle
+
 import pytest
 from contract import TEMPLATE_ROWS
 
@@ -339,3 +342,39 @@ def test_cache_info_counts_hits_and_misses(store):
     store["t"]
     info = store.cache_info()
     assert (info.hits, info.misses, info.currsize) == (1, 1, 1)
+
+
+# pickling: a connection and a template store go to worker processes as their configuration
+
+
+def render_in_worker(conn):
+    return conn.templates["hello"], conn.account()["id"]
+
+
+def test_a_connection_pickles_as_its_configuration(kvpio_account):
+    conn = connect(kvpio_account.url, kvpio_account.api_key, ttl=3.0, maxsize=7)
+    conn.bucket["name"] = "Ada"
+    conn.templates["hello"] = "Hello {{ name }}"
+    clone = pickle.loads(pickle.dumps(conn))
+    assert clone.transport is not conn.transport
+    assert clone.transport.url == kvpio_account.url
+    assert clone.bucket._cache.ttl == 3.0 and clone.bucket._cache.maxsize == 7
+    assert clone.templates["hello"] == "Hello Ada"
+    clone.bucket["name"] = "Bob"  # the clone's bucket still drops the clone's renderings
+    assert clone.templates["hello"] == "Hello Bob"
+
+
+def test_a_template_store_pickles_as_its_configuration(conn, store):
+    store["hello"] = "Hi"
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone["hello"] == "Hi"
+    assert clone.cache_info().maxsize == store.cache_info().maxsize
+
+
+def test_a_connection_goes_to_worker_processes(kvpio_account):
+    conn = connect(kvpio_account.url, kvpio_account.api_key)
+    conn.bucket["name"] = "Ada"
+    conn.templates["hello"] = "Hello {{ name }}"
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        answers = pool.map(render_in_worker, [conn, conn], chunksize=1)
+    assert answers == [("Hello Ada", kvpio_account.id)] * 2

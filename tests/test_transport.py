@@ -470,6 +470,7 @@ def test_calls_ride_out_a_server_restart_on_the_same_port(tmp_path):
         assert bucket.pop("k") == 2
     finally:
         thread.join(30)
-        for running in restarted:
+        for running in [server, *restarted]:
             running.stop()
+            running.cleanup()
     assert down >= 1.0
