@@ -242,7 +242,7 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
             cache.store(root, found, generation)
             if type(found) is list:
                 return {str(n): item for n, item in enumerate(found, 1)}
-            return found if type(found) is dict else {}
+            return dict(found) if type(found) is dict else {}  # the cache keeps `found`
         response = self._transport.request("GET", "bucket/?values=true")
         snapshot: dict[str, Any] = protocol.document(response, dict)
         cache.store_many(iter(snapshot.items()), generation)
@@ -281,7 +281,7 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         full = self._full(key)
-        body = values.encode(value)
+        body = values.encode(value, addressable=True)
         with self._writing(full):
             protocol.check(self._transport.request("POST", self._target(full), body=body))
 
@@ -361,9 +361,11 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         if not pairs:
             return
         batch = [(self._full(key), value) for key, value in pairs]
+        for _, value in batch:
+            values.check(value, addressable=True)
         as_object = dict(batch)
         # An object is the plainer body; a repeated path needs the ordered list of pairs.
-        body = values.encode(as_object if len(as_object) == len(batch) else batch)
+        body = values.dump(as_object if len(as_object) == len(batch) else batch).encode()
         with self._writing(paths.join(self._root) or None):
             protocol.check(self._transport.request("POST", "bucket/", body=body))
 

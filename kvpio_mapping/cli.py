@@ -269,7 +269,11 @@ def cmd_bucket_set(args: argparse.Namespace) -> int:
     else:
         raise CommandError("give VALUE or --file", EXIT_USAGE)
     target = "bucket/" + _quoted(args.key)
-    _call(_transport(args), "POST", target, values.encode(value))
+    try:
+        body = values.encode(value, addressable=True)
+    except InvalidPathError as exc:
+        raise CommandError(f"cannot store {args.key}: {exc}") from None
+    _call(_transport(args), "POST", target, body)
     return EXIT_OK
 
 
@@ -336,6 +340,7 @@ def cmd_bucket_import(args: argparse.Namespace) -> int:
         segments = (*prefix, key)
         try:
             paths.check(segments)
+            values.check(value, addressable=True)
         except InvalidPathError as exc:
             raise CommandError(f"cannot import key {key!r}: {exc}; nothing was written") from None
         items.append((paths.join(segments), value))
@@ -346,7 +351,7 @@ def cmd_bucket_import(args: argparse.Namespace) -> int:
     for number, batch in enumerate(batches, 1):
         progress.update(written, number, len(batches))
         try:
-            _call(transport, "POST", "bucket/", values.encode(dict(batch)))
+            _call(transport, "POST", "bucket/", values.dump(dict(batch)).encode())
         except (CommandError, KeyboardInterrupt) as exc:
             progress.finish()
             if isinstance(exc, CommandError):

@@ -65,18 +65,23 @@ def check(segments: Path, key: str | None = None) -> None:
     if len(segments) > MAX_DEPTH:
         raise InvalidPathError(f"key path {shown} is deeper than {MAX_DEPTH} levels")
     for segment in segments:
-        if not segment:
-            raise InvalidPathError(f"key path {shown} has an empty segment")
-        if segment in (".", ".."):
-            raise InvalidPathError(f"key path {shown} has a {segment!r} segment")
-        if "\x00" in segment:
-            raise InvalidPathError(f"key path {shown} contains a NUL character")
-        if SEPARATOR in segment:
-            raise InvalidPathError(f"segment {segment!r} contains a '/'")
-        if len(segment) * 4 > MAX_SEGMENT_BYTES and len(segment.encode()) > MAX_SEGMENT_BYTES:
-            raise InvalidPathError(
-                f"a segment of key path {shown} is over {MAX_SEGMENT_BYTES} bytes"
-            )
+        check_segment(segment, shown)
+
+
+def check_segment(segment: str, shown: str | None = None) -> None:
+    """Validate one segment (also an object key inside a written value); ``shown`` is
+    the path named in the message."""
+    where = f"key path {shown}" if shown is not None else f"segment {segment!r}"
+    if not segment:
+        raise InvalidPathError(f"{where} has an empty segment")
+    if segment in (".", ".."):
+        raise InvalidPathError(f"{where} has a {segment!r} segment")
+    if "\x00" in segment:
+        raise InvalidPathError(f"{where} contains a NUL character")
+    if SEPARATOR in segment:
+        raise InvalidPathError(f"segment {segment!r} contains a '/'")
+    if len(segment) * 4 > MAX_SEGMENT_BYTES and len(segment.encode()) > MAX_SEGMENT_BYTES:
+        raise InvalidPathError(f"a segment of {where} is over {MAX_SEGMENT_BYTES} bytes")
 
 
 def join(segments: Path) -> str:

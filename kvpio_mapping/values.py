@@ -11,7 +11,8 @@ import hashlib
 import json
 from typing import Any, Final
 
-from .paths import MAX_DEPTH
+from .errors import InvalidPathError
+from .paths import MAX_DEPTH, check_segment
 
 MAX_NESTING: Final = 100
 READ_NESTING: Final = MAX_NESTING + MAX_DEPTH
@@ -22,11 +23,14 @@ _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 _SCALARS: Final = (str, int, float, bool, type(None))
 
 
-def check(value: Any, _depth: int = 0) -> None:
+def check(value: Any, addressable: bool = False, _depth: int = 0) -> None:
     """Raise ``TypeError`` or ``ValueError`` if ``value`` is not a JSON value.
 
     ``json.dumps`` alone would turn ``{1: 'a'}`` into ``{"1": "a"}`` and a
     ``float('nan')`` into ``NaN``; neither would read back as written.
+    ``addressable``: every object key must also be a valid path segment
+    (:func:`kvpio_mapping.paths.check_segment`), so that whatever is stored
+    can be read back by path; else :class:`~kvpio_mapping.errors.InvalidPathError`.
     """
     if isinstance(value, _SCALARS):
         if isinstance(value, float) and (value != value or value in (float("inf"), -float("inf"))):
@@ -40,17 +44,28 @@ def check(value: Any, _depth: int = 0) -> None:
                 raise TypeError(
                     f"object keys must be str, not {type(key).__name__} ({key!r})"
                 )
-            check(item, _depth + 1)
+            if addressable:
+                _check_key(key)
+            check(item, addressable, _depth + 1)
     elif isinstance(value, list | tuple):
         for item in value:
-            check(item, _depth + 1)
+            check(item, addressable, _depth + 1)
     else:
         raise TypeError(f"{type(value).__name__} is not a JSON value: {value!r}")
 
 
-def encode(value: Any) -> bytes:
-    """Check ``value`` and return its compact UTF-8 JSON text."""
-    check(value)
+def _check_key(key: str) -> None:
+    try:
+        check_segment(key)
+    except InvalidPathError as exc:
+        raise InvalidPathError(
+            f"object key {key!r} could not be read back by path: {exc}"
+        ) from None
+
+
+def encode(value: Any, addressable: bool = False) -> bytes:
+    """Check ``value`` (see :func:`check`) and return its compact UTF-8 JSON text."""
+    check(value, addressable)
     return _encoder.encode(value).encode()
 
 

@@ -261,3 +261,11 @@ def test_the_listing_serves_only_the_thread_that_listed(kvpio_account):
     thread.start()
     thread.join(10)
     assert seen == [2]
+
+
+def test_dict_of_a_view_leaves_the_cached_value_whole(kvpio_account):
+    bucket = KVBucket(kvpio_account.url, kvpio_account.api_key)
+    bucket["v"] = {"a": 1, "b": {"c": 2}}
+    assert dict(bucket.view("v")) == {"a": 1, "b": {"c": 2}}
+    assert bucket["v"] == {"a": 1, "b": {"c": 2}}
+    assert bucket["v/b/c"] == 2
