@@ -20,6 +20,7 @@ from .errors import (
 )
 from .sharing import Transaction, Versioned
 from .templates import TemplateStore
+from .writeback import LiveDict, LiveList, WriteBackBucket
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,8 @@ __all__ = [
     "KVBucket",
     "KvpioError",
     "KvpioTimeoutError",
+    "LiveDict",
+    "LiveList",
     "PayloadTooLargeError",
     "PreconditionFailedError",
     "ProtocolError",
@@ -43,5 +46,6 @@ __all__ = [
     "TransactionConflictError",
     "TransportError",
     "Versioned",
+    "WriteBackBucket",
     "connect",
 ]

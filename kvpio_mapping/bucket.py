@@ -51,6 +51,31 @@ class _Listing(threading.local):
 
 
 
+def update_pairs(other: Any, kwargs: Mapping[str, Any]) -> list[tuple[Any, Any]]:
+    """The ``(key, value)`` pairs ``dict.update(other, **kwargs)`` would set, in order,
+    with the same errors for an argument it would refuse."""
+    pairs: list[tuple[Any, Any]] = []
+    if isinstance(other, Mapping):
+        pairs.extend((key, other[key]) for key in other)
+    elif hasattr(other, "keys"):
+        pairs.extend((key, other[key]) for key in other.keys())  # noqa: SIM118
+    else:
+        for index, pair in enumerate(other):
+            try:
+                items = list(pair)
+            except TypeError:
+                raise TypeError(
+                    f"cannot convert update sequence element #{index} to a sequence"
+                ) from None
+            if len(items) != 2:
+                raise ValueError(
+                    f"update sequence element #{index} has length {len(items)}; 2 is required"
+                )
+            pairs.append((items[0], items[1]))
+    pairs.extend(kwargs.items())
+    return pairs
+
+
 class KVBucket(SharingMixin, MutableMapping[str, Any]):
     """A mapping of ``str`` slash paths to JSON values, stored in a kvp.io v1 bucket.
 
@@ -110,7 +135,7 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         """
         segments = self._root + paths.parse(path)
         paths.check(segments)
-        view = object.__new__(KVBucket)
+        view = object.__new__(type(self))
         view._transport = self._transport
         view._cache = self._cache
         view._listeners = self._listeners
@@ -280,10 +305,24 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
     # writes
 
     def __setitem__(self, key: str, value: Any) -> None:
-        full = self._full(key)
+        self._store(self._full(key), value)
+
+    def _store(self, full: str, value: Any) -> None:
+        """Write ``value`` at the full path ``full`` (checked first: nothing is sent if bad)."""
         body = values.encode(value, addressable=True)
         with self._writing(full):
             protocol.check(self._transport.request("POST", self._target(full), body=body))
+
+    def _store_many(self, batch: list[tuple[str, Any]], scope: str | None) -> None:
+        """Write each ``(full path, value)`` in order, in one atomic request; ``scope`` is
+        the path all of them are below (None: the whole bucket), forgotten by the cache."""
+        for _, value in batch:
+            values.check(value, addressable=True)
+        as_object = dict(batch)
+        # An object is the plainer body; a repeated path needs the ordered list of pairs.
+        body = values.dump(as_object if len(as_object) == len(batch) else batch).encode()
+        with self._writing(scope):
+            protocol.check(self._transport.request("POST", "bucket/", body=body))
 
     def _pop(self, full: str) -> Any:
         """Remove ``full`` atomically on the server and return what was there, or MISSING."""
@@ -339,35 +378,10 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Set many keys in one atomic request; nothing is sent if any key or value is invalid."""
-        pairs: list[tuple[str, Any]] = []
-        if isinstance(other, Mapping):
-            pairs.extend((key, other[key]) for key in other)
-        elif hasattr(other, "keys"):
-            pairs.extend((key, other[key]) for key in other.keys())  # noqa: SIM118
-        else:
-            for index, pair in enumerate(other):
-                try:
-                    items = list(pair)
-                except TypeError:
-                    raise TypeError(
-                        f"cannot convert update sequence element #{index} to a sequence"
-                    ) from None
-                if len(items) != 2:
-                    raise ValueError(
-                        f"update sequence element #{index} has length {len(items)}; 2 is required"
-                    )
-                pairs.append((items[0], items[1]))
-        pairs.extend(kwargs.items())
-        if not pairs:
-            return
-        batch = [(self._full(key), value) for key, value in pairs]
-        for _, value in batch:
-            values.check(value, addressable=True)
-        as_object = dict(batch)
-        # An object is the plainer body; a repeated path needs the ordered list of pairs.
-        body = values.dump(as_object if len(as_object) == len(batch) else batch).encode()
-        with self._writing(paths.join(self._root) or None):
-            protocol.check(self._transport.request("POST", "bucket/", body=body))
+        pairs = update_pairs(other, kwargs)
+        if pairs:
+            batch = [(self._full(key), value) for key, value in pairs]
+            self._store_many(batch, paths.join(self._root) or None)
 
     def clear(self) -> None:
         """Remove every key, in one request (a view's object becomes ``{}``)."""
