@@ -83,8 +83,9 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
     ``api_key`` to ``$KVPIO_APIKEY``, else the first line of ``~/.kvpio``.
     Reads are cached for ``ttl`` seconds (``ttl=0`` turns the cache off), at
     most ``maxsize`` paths (paths known missing for at most a second);
-    ``timer`` is the cache's clock. ``transport`` shares another connection's
-    session. Tuples are stored as JSON arrays and read back as
+    ``timer`` is the cache's clock. ``timeout`` is the most seconds one
+    operation may take, retries included. ``transport`` shares another
+    connection's session. Tuples are stored as JSON arrays and read back as
     lists; every read returns a fresh copy.
     """
 
