@@ -299,6 +299,10 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         """A live view of the values; iterating it costs one request."""
         return _ValuesView(self)
 
+    def _hand_out(self, content: dict[str, Any]) -> dict[str, Any]:
+        """``content`` (the caller's copy of this mapping's values) as reads hand it out."""
+        return content
+
     def copy(self) -> dict[str, Any]:
         """The whole content as a plain ``dict``, in one request."""
         return values.copy(self._snapshot())  # type: ignore[no-any-return]
@@ -458,6 +462,10 @@ class _View:
         self._taken = taken = self._mapping._snapshot()
         return taken
 
+    def _given(self) -> dict[str, Any]:
+        """A new snapshot as the caller's own values (live ones in write-back mode)."""
+        return self._mapping._hand_out(values.copy(self._content()))
+
 
 class _KeysView(_View, KeysView[str]):
     def __iter__(self) -> Iterator[str]:
@@ -471,11 +479,10 @@ class _KeysView(_View, KeysView[str]):
 
 class _ItemsView(_View, ItemsView[str, Any]):
     def __iter__(self) -> Iterator[tuple[str, Any]]:
-        return iter(values.copy(self._content()).items())
+        return iter(self._given().items())
 
     def __reversed__(self) -> Iterator[tuple[str, Any]]:
-        snapshot: dict[str, Any] = values.copy(self._content())
-        return reversed(snapshot.items())
+        return reversed(self._given().items())
 
     def __contains__(self, item: object) -> bool:
         if not isinstance(item, tuple) or len(item) != 2:
@@ -521,11 +528,10 @@ class _ItemsView(_View, ItemsView[str, Any]):
 
 class _ValuesView(_View, ValuesView[Any]):
     def __iter__(self) -> Iterator[Any]:
-        return iter(values.copy(self._content()).values())
+        return iter(self._given().values())
 
     def __reversed__(self) -> Iterator[Any]:
-        snapshot: dict[str, Any] = values.copy(self._content())
-        return reversed(snapshot.values())
+        return reversed(self._given().values())
 
     def __contains__(self, value: object) -> bool:
         return any(item == value for item in self._content().values())

@@ -312,6 +312,8 @@ class WriteBackBucket(KVBucket):
 
     Opt in to it as to ``shelve``'s ``writeback=True``; the default
     :class:`KVBucket` hands out copies. Arguments are :class:`KVBucket`'s.
+    ``[]``, ``get``, ``setdefault``, ``items()`` and ``values()`` give live
+    values; ``copy()`` and pickling give plain ones.
     """
 
     def _give(self, key: str, value: Any) -> Any:
@@ -320,6 +322,10 @@ class WriteBackBucket(KVBucket):
 
     def __getitem__(self, key: str) -> Any:
         return self._give(key, super().__getitem__(key))
+
+    def _hand_out(self, content: dict[str, Any]) -> dict[str, Any]:
+        """The values ``items()`` and ``values()`` iterate, made live."""
+        return {key: self._give(key, value) for key, value in content.items()}
 
     def get(self, key: str, default: Any = None) -> Any:
         """``self[key]`` (live) if present, else ``default``."""

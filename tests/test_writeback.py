@@ -321,3 +321,15 @@ def test_nested_mutations_of_live_values_match_a_dict_model(kvpio_server):
     run_state_machine_as_test(
         machine, settings=settings(max_examples=60, stateful_step_count=25, deadline=None)
     )
+
+
+def test_items_and_values_give_live_values(bucket, server):
+    bucket.update({"a": {"n": 1}, "b": [1]})
+    for key, value in bucket.items():
+        if key == "a":
+            value["n"] = 2
+    for value in bucket.values():
+        if isinstance(value, list):
+            value.append(2)
+    assert server.copy() == {"a": {"n": 2}, "b": [1, 2]}
+    assert type(bucket.copy()["a"]) is dict
