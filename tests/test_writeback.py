@@ -319,7 +319,7 @@ class WriteBackMachine(RuleBasedStateMachine):
 def test_nested_mutations_of_live_values_match_a_dict_model(kvpio_server):
     machine = type("Machine", (WriteBackMachine,), {"server": kvpio_server})
     run_state_machine_as_test(
-        machine, settings=settings(max_examples=60, stateful_step_count=25, deadline=None)
+        machine, settings=settings(max_examples=30, stateful_step_count=20, deadline=None)
     )
 
 
