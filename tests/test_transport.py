@@ -427,15 +427,23 @@ def test_a_hung_server_is_given_up_on_at_the_timeout_retries_included():
         assert len(fault.requests) == 1
 
 
-def test_the_cli_timeout_bounds_a_command(capsys):
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_the_cli_timeout_bounds_a_command(capsys, where):
     with fault_server() as fault:
         fault.hang = True
         started = time.monotonic()
-        argv = ["--url", fault.url, "--api-key", "k", "--timeout", "0.5", "bucket", "get", "k"]
+        argv = ["--url", fault.url, "--api-key", "k", "bucket", "get", "k"]
+        argv = [*argv, "--timeout", "0.5"] if where == "after" else ["--timeout", "0.5", *argv]
         code = main(argv)
         assert time.monotonic() - started < 1.0
     assert code == 4
     assert "did not answer in time" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "nan", "inf", "soon"])
+def test_the_cli_refuses_a_timeout_that_is_not_a_positive_number(capsys, text):
+    assert main(["--timeout", text, "account"]) == 2
+    assert "--timeout" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan")])
