@@ -30,7 +30,7 @@ from .. import paths, values
 from ..errors import InvalidPathError
 from .commits import committed_body, conditions, failed_body, parse_commit, path_operation
 from .render import Renderer, RenderError, RenderLimits, SourceTooLargeError, referenced_names
-from .storage import Storage
+from .storage import Storage, StorageBusyError, StorageError, StorageFullError
 from .storage.base import Check, CheckFailedError, Committed, ConflictError, Operation
 
 log = logging.getLogger("kvpio.server")
@@ -38,6 +38,7 @@ log = logging.getLogger("kvpio.server")
 DEFAULT_MAX_BODY: Final = 16 * 1024 * 1024
 AUTH_CACHE_SECONDS: Final = 1.0
 FLUSH_SECONDS: Final = 0.5
+RETRY_AFTER_SECONDS: Final = 1
 
 JSON_TYPE: Final = "application/json"
 TEXT_TYPE: Final = "text/plain; charset=utf-8"
@@ -51,13 +52,11 @@ T = TypeVar("T")
 App = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
 
 
-class ClientError(Exception):
-    """A 4xx answer with a JSON ``{"error": message}`` body."""
+class ClientError(falcon.HTTPError):
+    """An error answer with a JSON ``{"error": message}`` body (see :func:`_serialize_error`)."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, description=message, headers=headers)
 
 
 def _segments(raw: bytes) -> paths.Path:
@@ -147,11 +146,26 @@ class Server:
         self._pending: Counter[str] = Counter()
         self._inflight: list[Counter[str]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._disk_full = False
 
     async def write(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a storage write in the worker's write thread."""
+        """Run a storage write in the worker's write thread.
+
+        A full disk is logged once when writes start failing for it and once
+        when they succeed again, not once per request.
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, lambda: func(*args, **kwargs))
+        try:
+            result = await loop.run_in_executor(self._writer, lambda: func(*args, **kwargs))
+        except StorageFullError:
+            if not self._disk_full:
+                self._disk_full = True
+                log.error("the disk holding the database is full: writes answer 507 until freed")
+            raise
+        if self._disk_full:
+            self._disk_full = False
+            log.warning("the database accepts writes again")
+        return result
 
     def authenticate(self, req: falcon.asgi.Request) -> str:
         """The account id named by the Basic auth user name; 404 for anything else.
@@ -196,6 +210,9 @@ class Server:
         self._inflight.append(batch)
         try:
             await self.write(self.storage.add_reads, batch)
+        except StorageError:
+            self._pending.update(batch)  # counted again at the next flush
+            raise
         finally:
             self._inflight.remove(batch)
 
@@ -204,6 +221,8 @@ class Server:
             await asyncio.sleep(FLUSH_SECONDS)
             try:
                 await self.flush()
+            except StorageError:
+                pass  # kept for the next flush; a full disk is logged by write()
             except Exception:
                 log.exception("could not store read counts")
 
@@ -589,23 +608,26 @@ class OpenAPIResource:
     on_head = on_get
 
 
-async def _client_error(
-    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: ClientError, params: Any
-) -> None:
-    resp.status = exc.status
-    resp.content_type = JSON_TYPE
-    resp.data = json.dumps({"error": exc.message}, ensure_ascii=False).encode()
-    if exc.status == 413:
-        resp.set_header("Connection", "close")
-
-
 def _handler(status: int, prefix: str = "") -> Callable[..., Awaitable[None]]:
     async def handle(
         req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any
     ) -> None:
-        await _client_error(req, resp, ClientError(status, prefix + str(exc)), params)
+        raise ClientError(status, prefix + str(exc))
 
     return handle
+
+
+async def _busy(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any
+) -> None:
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    raise ClientError(503, f"{exc}: nothing was changed, try again", headers)
+
+
+async def _full(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any
+) -> None:
+    raise ClientError(507, "the server's disk is full: nothing was stored")
 
 
 async def _unexpected(
@@ -614,14 +636,17 @@ async def _unexpected(
     if isinstance(exc, falcon.HTTPError):
         raise exc
     log.exception("unexpected error on %s %s", req.method, req.path)
-    await _client_error(req, resp, ClientError(500, "internal server error"), params)
+    raise ClientError(500, "internal server error")
 
 
-def _serialize_http_error(
+def _serialize_error(
     req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: falcon.HTTPError
 ) -> None:
+    """Every error answer's body: ``{"error": message}``; a 413 also closes the connection."""
     resp.content_type = JSON_TYPE
-    resp.data = json.dumps({"error": exc.description or exc.title}).encode()
+    resp.data = json.dumps({"error": exc.description or exc.title}, ensure_ascii=False).encode()
+    if resp.status_code == 413:
+        resp.set_header("Connection", "close")
 
 
 def create_app(
@@ -648,9 +673,10 @@ def create_app(
     app.add_route("/openapi.json", OpenAPIResource())
 
     app.add_error_handler(Exception, _unexpected)
-    app.add_error_handler(ClientError, _client_error)
+    app.add_error_handler(StorageBusyError, _busy)
+    app.add_error_handler(StorageFullError, _full)
     app.add_error_handler(InvalidPathError, _handler(400))
     app.add_error_handler(ValueError, _handler(400))
     app.add_error_handler(RecursionError, _handler(400, "input nests too deeply: "))
-    app.set_error_serializer(_serialize_http_error)
+    app.set_error_serializer(_serialize_error)
     return app

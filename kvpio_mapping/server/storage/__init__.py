@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
-from .base import Account, AccountExistsError, Storage
+from .base import (
+    Account,
+    AccountExistsError,
+    Storage,
+    StorageBusyError,
+    StorageError,
+    StorageFullError,
+)
 from .memory import MemoryStorage
 
-__all__ = ["Account", "AccountExistsError", "MemoryStorage", "Storage", "open_storage"]
+__all__ = [
+    "Account",
+    "AccountExistsError",
+    "MemoryStorage",
+    "Storage",
+    "StorageBusyError",
+    "StorageError",
+    "StorageFullError",
+    "open_storage",
+]
 
 
 def open_storage(location: str) -> Storage:

@@ -43,6 +43,18 @@ class AccountExistsError(ValueError):
     """An account with that id, or that API key, exists already."""
 
 
+class StorageError(Exception):
+    """The storage could not do its work; not the caller's fault, and nothing changed."""
+
+
+class StorageBusyError(StorageError):
+    """Other writers held the database's write lock past the wait bound: try again shortly."""
+
+
+class StorageFullError(StorageError):
+    """The disk holding the database is full: the write was refused, stored data is intact."""
+
+
 @dataclass(frozen=True)
 class Account:
     """What the account endpoint tells: never the API key."""
@@ -193,7 +205,9 @@ class Storage(ABC):
     """One account-partitioned store of JSON values and templates.
 
     Implementations are safe to call from several threads and, where the
-    backend allows it, from several processes on the same database.
+    backend allows it, from several processes on the same database. A call
+    that fails for want of the database's time or space raises a
+    :class:`StorageError` and changes nothing.
     """
 
     # accounts

@@ -85,7 +85,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from json.encoder import encode_basestring
 from typing import Any, Final, NamedTuple
 
@@ -101,6 +101,8 @@ from .base import (
     Failure,
     Operation,
     Storage,
+    StorageBusyError,
+    StorageFullError,
     appendable,
     check_operation,
     failure,
@@ -269,6 +271,30 @@ def _nest(segments: Sequence[str], value: Any) -> Any:
     return value
 
 
+# SQLite's primary result codes and their messages (Python 3.10 gives only the message).
+_BUSY_CODES: Final = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
+_BUSY_MESSAGES: Final = ("database is locked", "database table is locked")
+_FULL_CODE: Final = 13  # SQLITE_FULL
+_FULL_MESSAGE: Final = "database or disk is full"
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Turn SQLite's "busy" and "full" failures into the storage's own errors."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        message = str(exc)
+        if code in _BUSY_CODES or message.startswith(_BUSY_MESSAGES):
+            raise StorageBusyError(
+                f"the database stayed locked by other writes for {BUSY_TIMEOUT_MS // 1000} s"
+            ) from exc
+        if code == _FULL_CODE or message.startswith(_FULL_MESSAGE):
+            raise StorageFullError("the disk holding the database is full") from exc
+        raise
+
+
 def _use_wal(conn: sqlite3.Connection) -> None:
     """Put the database in WAL mode, waiting out other processes doing the same.
 
@@ -347,18 +373,21 @@ class SQLiteStorage(Storage):
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken up front so concurrent writers queue on the lock."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _translated():
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # A failed COMMIT (a full disk) may leave the transaction open, or not.
+                if conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
-        finally:
-            # This connection's own commits leave data_version as it was.
-            self._local.cache.clear()
+            finally:
+                # This connection's own commits leave data_version as it was.
+                self._local.cache.clear()
 
     @contextmanager
     def _write_to(self, account: str) -> Iterator[tuple[sqlite3.Connection, int]]:
@@ -380,12 +409,13 @@ class SQLiteStorage(Storage):
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One read transaction, so the statements of a read see one snapshot."""
-        conn = self._conn()
-        conn.execute("BEGIN")
-        try:
-            yield conn
-        finally:
-            conn.execute("COMMIT")
+        with _translated():
+            conn = self._conn()
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
 
     def check(self, *, full: bool = True, seconds: float | None = None) -> list[str]:
         """SQLite's own consistency check of the file: one line per problem, ``[]`` if sound.
