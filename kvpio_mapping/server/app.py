@@ -17,8 +17,9 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any, Final, TypeVar
 from urllib.parse import quote, unquote_to_bytes
@@ -39,6 +40,11 @@ DEFAULT_MAX_BODY: Final = 16 * 1024 * 1024
 AUTH_CACHE_SECONDS: Final = 1.0
 FLUSH_SECONDS: Final = 0.5
 RETRY_AFTER_SECONDS: Final = 1
+LARGE_BODY: Final = 2**20
+"""Bytes above which a request body counts as large (see :meth:`Server.body`)."""
+LARGE_BODIES: Final = 1
+LARGE_WAIT: Final = 30.0
+READ_THREADS: Final = 2
 
 JSON_TYPE: Final = "application/json"
 TEXT_TYPE: Final = "text/plain; charset=utf-8"
@@ -47,6 +53,7 @@ _FALSE: Final = frozenset({"False", "false", "0"})
 _CACHED_AUTH_METHODS: Final = frozenset({"GET", "HEAD"})
 _PARSED_PATHS: Final = 4096
 _PARSED_PATH_BYTES: Final = 256
+_CONTAINERS: Final = (dict, list)
 
 T = TypeVar("T")
 App = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
@@ -142,6 +149,8 @@ class Server:
         self.limits = limits
         self.renderer: Renderer | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvpio-write")
+        self._reader = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="kvpio-read")
+        self._large = asyncio.Semaphore(LARGE_BODIES)
         self._auth: dict[str, tuple[str, float]] = {}
         self._pending: Counter[str] = Counter()
         self._inflight: list[Counter[str]] = []
@@ -237,6 +246,7 @@ class Server:
         if self.renderer is not None:
             self.renderer.close()
         self._writer.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
         self.storage.close()
 
     async def read_body(self, req: falcon.asgi.Request) -> bytes:
@@ -255,14 +265,52 @@ class Server:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def read_value(self, req: falcon.asgi.Request) -> Any:
-        body = await self.read_body(req)
+    @asynccontextmanager
+    async def body(self, req: falcon.asgi.Request) -> AsyncIterator[bytes]:
+        """The request body, held while it is handled.
+
+        Decoding and storing a body costs many times its size in memory, so at
+        most :data:`LARGE_BODIES` bodies over :data:`LARGE_BODY` bytes are
+        handled at once per worker; the next waits up to :data:`LARGE_WAIT`
+        seconds, then gets 503. The slot is taken once the body has arrived,
+        so a slow sender holds none.
+        """
+        data = await self.read_body(req)
+        if len(data) <= LARGE_BODY:
+            yield data
+            return
+        try:
+            await asyncio.wait_for(self._large.acquire(), LARGE_WAIT)
+        except asyncio.TimeoutError:
+            raise ClientError(
+                503,
+                f"the server is busy with other large writes for {LARGE_WAIT:g} s: try again",
+                {"Retry-After": str(RETRY_AFTER_SECONDS)},
+            ) from None
+        try:
+            yield data
+        finally:
+            self._large.release()
+
+    async def decode(self, body: bytes, max_nesting: int = values.MAX_NESTING) -> Any:
+        """The JSON value of a request body (400 if there is none); large ones off the loop."""
         if not body:
             raise ClientError(400, "a request body with a JSON value is required")
         try:
-            return values.decode(body)
+            if len(body) <= LARGE_BODY:
+                return values.decode(body, max_nesting)
+            return await asyncio.to_thread(values.decode, body, max_nesting)
         except ValueError as exc:
             raise ClientError(400, f"invalid JSON: {exc}") from None
+
+    async def read(self, func: Callable[..., T], *args: Any) -> T:
+        """Run a read that may be large (a whole bucket, a listing) in a read thread.
+
+        Small reads stay on the event loop; these would hold it for as long as
+        they take to assemble, and with it every other account's requests.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, func, *args)
 
 
 class _Middleware:
@@ -366,14 +414,14 @@ class BucketResource(_Resource):
         path = self.path(req)
         if req.query_string:
             if _flag(req, "keys"):
-                _send(req, resp, values.encode(self.storage.keys(account, path)), JSON_TYPE)
+                _send(req, resp, await self.server.read(self._keys, account, path), JSON_TYPE)
                 return
             if not path and _flag(req, "values"):
-                if _send(req, resp, self.storage.get_all(account).encode(), JSON_TYPE):
+                if _send(req, resp, await self.server.read(self._all, account), JSON_TYPE):
                     self.server.count_read(account)
                 return
         if not path:
-            _send(req, resp, values.encode(self.storage.keys(account)), JSON_TYPE)
+            _send(req, resp, await self.server.read(self._keys, account, path), JSON_TYPE)
             return
         found, revision = self.storage.read(account, path)
         _revision(resp, revision)
@@ -384,6 +432,12 @@ class BucketResource(_Resource):
             self.server.count_read(account)
 
     on_head = on_get
+
+    def _keys(self, account: str, path: paths.Path) -> bytes:
+        return values.encode(self.storage.keys(account, path))
+
+    def _all(self, account: str) -> bytes:
+        return self.storage.get_all(account).encode()
 
     async def commit(
         self,
@@ -427,18 +481,23 @@ class BucketResource(_Resource):
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         path = self.path(req)
-        value = await self.server.read_value(req)
-        if not path:
-            if req.query_string and _flag(req, "commit"):
-                committed = await self.commit(req, resp, *parse_commit(value))
-                if committed is not None:
-                    resp.content_type = JSON_TYPE
-                    resp.data = committed_body(committed)
+        server = self.server
+        async with server.body(req) as body:
+            if not path:
+                if req.query_string and _flag(req, "commit"):
+                    commit = parse_commit(await server.decode(body))
+                    committed = await self.commit(req, resp, *commit)
+                    if committed is not None:
+                        resp.content_type = JSON_TYPE
+                        resp.data = committed_body(committed)
+                    return
+                # A batch wraps its values in an object or a list of pairs: one or two levels.
+                value = await server.decode(body, values.MAX_NESTING + 2)
+                operations = await asyncio.to_thread(_batch, value)  # a large one takes a while
+                if await self.commit(req, resp, operations, []) is not None:
+                    _empty(resp)
                 return
-            operations = [Operation("set", key, item) for key, item in _batch(value)]
-            if await self.commit(req, resp, operations, []) is not None:
-                _empty(resp)
-            return
+            value = await server.decode(body)
         kind = path_operation(req.get_param("op") if req.query_string else None)
         operation = Operation(kind, path, value)
         committed = await self.commit(req, resp, [operation], self.conditions(req, path))
@@ -472,17 +531,26 @@ class BucketResource(_Resource):
             resp.data = removed.encode()
 
 
-def _batch(value: Any) -> list[tuple[paths.Path, Any]]:
-    """The pairs of a batch write: a ``{path: value}`` object or a ``[[path, value], ...]`` list."""
+def _batch(value: Any) -> list[Operation]:
+    """The sets of a batch write: a ``{path: value}`` object or a ``[[path, value], ...]`` list."""
+    pairs: Iterable[Any]
     if type(value) is dict:
-        return [(paths.parse(key), item) for key, item in value.items()]
-    if type(value) is list and all(
+        pairs = value.items()
+    elif type(value) is list and all(
         type(pair) is list and len(pair) == 2 and type(pair[0]) is str for pair in value
     ):
-        return [(paths.parse(key), item) for key, item in value]
-    raise ClientError(
-        400, "a write to the bucket root needs a JSON object of paths or a list of [path, value]"
-    )
+        pairs = value
+    else:
+        raise ClientError(
+            400,
+            "a write to the bucket root needs a JSON object of paths or a list of [path, value]",
+        )
+    batch = []
+    for key, item in pairs:
+        if type(item) in _CONTAINERS:
+            values.check(item)  # the batch was decoded allowing for its own levels
+        batch.append(Operation("set", paths.parse(key), item))
+    return batch
 
 
 class TemplatesResource(_Resource):
@@ -535,13 +603,10 @@ class TemplatesResource(_Resource):
 
     async def _overrides(self, req: falcon.asgi.Request) -> dict[str, Any]:
         """The GET body's JSON object of top-level names, or ``{}`` without a body."""
-        body = await self.server.read_body(req)
-        if not body:
-            return {}
-        try:
-            data = values.decode(body)
-        except ValueError as exc:
-            raise ClientError(400, f"invalid JSON: {exc}") from None
+        async with self.server.body(req) as body:
+            if not body:
+                return {}
+            data = await self.server.decode(body)
         if type(data) is not dict:
             raise ClientError(400, "the data for a template must be a JSON object")
         return data
@@ -551,7 +616,8 @@ class TemplatesResource(_Resource):
         name = self.name(req)
         if not name:
             raise falcon.HTTPMethodNotAllowed(["GET", "HEAD"])
-        source = await self.server.read_value(req)
+        async with self.server.body(req) as body:
+            source = await self.server.decode(body)
         if type(source) is not str:
             raise ClientError(400, "a template must be a JSON string")
         try:

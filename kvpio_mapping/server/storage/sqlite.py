@@ -126,6 +126,11 @@ BUSY_TIMEOUT_MS: Final = 10_000
 READ_CACHE_ENTRIES: Final = 1024
 """Answers of :meth:`SQLiteStorage.read` each connection keeps (see the module's notes)."""
 
+_BULK_CHUNK: Final = 10_000
+"""Top-level pairs of a batch planned and inserted at a time (bounds the rows held)."""
+_LOOKUP_CHUNK: Final = 500
+"""Paths per ``IN (...)`` lookup."""
+
 # The configuration of values.encode; values reach the storage already checked,
 # so subtrees are encoded without checking them again at every level.
 _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
@@ -218,6 +223,26 @@ class _Run(NamedTuple):
     node: _Node
     children: list[_Child]
     at: int
+
+
+def _scalar(value: Any) -> str:
+    """The compact JSON text of a checked value, without the encoder's set-up for scalars.
+
+    Scalars are most of what large batches store; the texts are the ones
+    :func:`json.dumps` gives (finite floats only reach the storage).
+    """
+    kind = type(value)
+    if kind is str:
+        return encode_basestring(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float:
+        return float.__repr__(value)
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    return _encode(value)
 
 
 def _key(segments: Sequence[str]) -> bytes:
@@ -665,7 +690,7 @@ class SQLiteStorage(Storage):
             size = 2 + joined
             rows[slot] = (path, parent, pos, split, label, None, size)
             return size
-        text = _encode(value)
+        text = _scalar(value)
         size = len(text.encode())
         rows.append((path, parent, pos, BLOB, label, text, size))
         return size
@@ -1101,7 +1126,7 @@ class SQLiteStorage(Storage):
                     failures.append(failed)
             if failures:
                 raise CheckFailedError(failures)
-            results = [self._apply(conn, account, operation) for operation in operations]
+            results = self._apply_all(conn, account, operations)
         return Committed(revision, results)
 
     def _apply(self, conn: sqlite3.Connection, account: str, operation: Operation) -> str | None:
@@ -1135,6 +1160,60 @@ class SQLiteStorage(Storage):
             for key, item in value.items():
                 self._set(conn, account, (*path, key), item, False)
         return None
+
+    def _apply_all(
+        self, conn: sqlite3.Connection, account: str, operations: Sequence[Operation]
+    ) -> list[str | None]:
+        """Apply the operations in order; consecutive top-level sets are stored in bulk.
+
+        A large batch is mostly top-level keys (``update()`` of a dict): storing
+        them a chunk at a time (one lookup, one insert) keeps the transaction,
+        which holds the write lock, short.
+        """
+        results: list[str | None] = []
+        top: dict[str, Any] = {}
+        for operation in operations:
+            if operation.kind == "set" and len(operation.path) == 1:
+                top[operation.path[0]] = operation.value
+                results.append(None)
+                if len(top) >= _BULK_CHUNK:
+                    self._set_top(conn, account, top)
+                    top = {}
+                continue
+            if top:
+                self._set_top(conn, account, top)
+                top = {}
+            results.append(self._apply(conn, account, operation))
+        if top:
+            self._set_top(conn, account, top)
+        return results
+
+    def _set_top(self, conn: sqlite3.Connection, account: str, pairs: dict[str, Any]) -> None:
+        """Store top-level ``key: value`` pairs, as :meth:`_set` would one by one."""
+        keys = [key.encode() for key in pairs]
+        found: dict[bytes, tuple[int, int]] = {}
+        for start in range(0, len(keys), _LOOKUP_CHUNK):
+            part = keys[start : start + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(part))
+            query = f"SELECT path, kind, pos FROM nodes WHERE account = ? AND path IN ({marks})"
+            for path, kind, pos in conn.execute(query, [account, *part]):
+                found[path] = (kind, pos)
+        last = conn.execute(
+            "SELECT max(pos) FROM nodes WHERE account = ? AND parent = x''", (account,)
+        ).fetchone()[0]
+        pos = 0 if last is None else int(last) + 1
+        rows: list[_NewRow] = []
+        members: list[_Member] = []
+        for path, (key, value) in zip(keys, pairs.items(), strict=True):
+            old = found.get(path)
+            if old is None:
+                self._plan(rows, members, path, pos, _label(key), value, 1)
+                pos += 1
+                continue
+            if old[0] != BLOB:
+                self._delete_below(conn, account, path)
+            self._plan(rows, members, path, old[1], _label(key), value, 1)
+        self._insert(conn, account, rows, members)
 
     def _set(
         self, conn: sqlite3.Connection, account: str, path: Path, value: Any, only_if_missing: bool
