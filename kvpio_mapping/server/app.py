@@ -30,7 +30,14 @@ import falcon.asgi
 from .. import paths, values
 from ..errors import InvalidPathError
 from .commits import committed_body, conditions, failed_body, parse_commit, path_operation
-from .render import Renderer, RenderError, RenderLimits, SourceTooLargeError, referenced_names
+from .render import (
+    RenderBusyError,
+    Renderer,
+    RenderError,
+    RenderLimits,
+    SourceTooLargeError,
+    referenced_names,
+)
 from .storage import Storage, StorageBusyError, StorageError, StorageFullError
 from .storage.base import Check, CheckFailedError, Committed, ConflictError, Operation
 
@@ -592,7 +599,9 @@ class TemplatesResource(_Resource):
         renderer = self.server.renderer
         assert renderer is not None, "the renderer starts with the app"
         try:
-            text = await renderer.render(source, context)
+            text = await renderer.render(source, context, owner=account)
+        except RenderBusyError as exc:
+            raise ClientError(503, str(exc), {"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
         except RenderError as exc:
             raise ClientError(422, str(exc)) from None
         resp.set_header("Kvpio-Names", ",".join(quote(n, safe="") for n in sorted(names)))
