@@ -113,12 +113,20 @@ def _tag_matches(header: str, tag: str) -> bool:
     return False
 
 
-def _send(req: falcon.asgi.Request, resp: falcon.asgi.Response, body: bytes, ctype: str) -> bool:
+def _send(
+    req: falcon.asgi.Request,
+    resp: falcon.asgi.Response,
+    body: bytes,
+    ctype: str,
+    tag: str | None = None,
+) -> bool:
     """Answer 200 with ``body`` and its ETag, or 304 if the client has it already.
 
+    ``tag`` is the body's ETag when it was computed already (off the event loop).
     Returns whether the body is served (a 200 to a GET), which is what counts as a read.
     """
-    tag = values.etag(body)
+    if tag is None:
+        tag = values.etag(body)
     resp.set_header("ETag", tag)
     match = req.get_header("If-None-Match")
     if match is not None and _tag_matches(match, tag):
@@ -421,14 +429,14 @@ class BucketResource(_Resource):
         path = self.path(req)
         if req.query_string:
             if _flag(req, "keys"):
-                _send(req, resp, await self.server.read(self._keys, account, path), JSON_TYPE)
+                _send(req, resp, *await self.server.read(self._keys, account, path))
                 return
             if not path and _flag(req, "values"):
-                if _send(req, resp, await self.server.read(self._all, account), JSON_TYPE):
+                if _send(req, resp, *await self.server.read(self._all, account)):
                     self.server.count_read(account)
                 return
         if not path:
-            _send(req, resp, await self.server.read(self._keys, account, path), JSON_TYPE)
+            _send(req, resp, *await self.server.read(self._keys, account, path))
             return
         found, revision = self.storage.read(account, path)
         _revision(resp, revision)
@@ -440,11 +448,15 @@ class BucketResource(_Resource):
 
     on_head = on_get
 
-    def _keys(self, account: str, path: paths.Path) -> bytes:
-        return values.encode(self.storage.keys(account, path))
+    def _keys(self, account: str, path: paths.Path) -> tuple[bytes, str, str]:
+        """The key listing at ``path``: body, content type, ETag (runs in a read thread)."""
+        body = values.encode(self.storage.keys(account, path))
+        return body, JSON_TYPE, values.etag(body)
 
-    def _all(self, account: str) -> bytes:
-        return self.storage.get_all(account).encode()
+    def _all(self, account: str) -> tuple[bytes, str, str]:
+        """The whole bucket: body, content type, ETag (runs in a read thread)."""
+        body = self.storage.get_all(account).encode()
+        return body, JSON_TYPE, values.etag(body)
 
     async def commit(
         self,
