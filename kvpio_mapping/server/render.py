@@ -9,7 +9,9 @@ Templates are hostile input. Three layers keep a render from hurting the server:
    ``str.format`` and ``%`` specs, the str padding methods (``ljust``, ``zfill``, ...) and
    the filters that amplify their input (``center``, ``indent``, ``format``, ``batch``,
    ``slice``). The output is capped while it is generated. Functions, methods and classes
-   render as empty text (their repr would show memory addresses). Growth these checks do
+   render as empty text (their repr would show memory addresses), and an output that
+   shows one anyway (inside a list, through ``|string``, ``%`` or ``format``) is refused,
+   as are such reprs in error messages. Growth these checks do
    not see (``str.replace``, concatenation in a loop) is stopped by the next two layers.
 2. Every render runs in a separate worker process: a fresh interpreter started with
    ``subprocess`` (as with the multiprocessing "spawn" context, so it is safe to start from
@@ -368,12 +370,37 @@ def _check_size(source: str, limits: RenderLimits) -> None:
         )
 
 
+# What the repr of an internal object looks like: a function, method or class, or any
+# object shown with its memory address.
+_INTERNAL_REPR = re.compile(
+    r"<(?:bound method|built-in method|built-in function|function|method-wrapper|slot wrapper"
+    r"|method|classmethod|staticmethod|class|module|generator|coroutine|cell) [^<>]*"
+    r"| at 0x[0-9A-Fa-f]+>"
+)
+_HIDDEN = "an internal object"
+
+
+def _shows_internals(text: str, source: str, context: dict[str, Any]) -> bool:
+    """Whether ``text`` holds an internal repr that its source and data do not hold already.
+
+    The sandbox hides callables only where it sees them (a whole ``{{ }}`` value); inside
+    a list, a ``|string``, a ``%`` or ``format`` they are converted by Python's repr, so the
+    finished output is checked. Text the template or its data supplies reveals nothing.
+    """
+    found = {match.group() for match in _INTERNAL_REPR.finditer(text)}
+    if not found:
+        return False
+    known = source + json.dumps(context, ensure_ascii=False)
+    return any(piece not in known for piece in found)
+
+
 def _syntax_message(exc: TemplateSyntaxError) -> str:
     return _clip(f"template syntax error on line {exc.lineno}: {exc.message}")
 
 
 def _clip(message: str) -> str:
-    """Cut a message to a bounded length and make it encodable as UTF-8."""
+    """Cut a message to a bounded length, hide internal reprs, make it encodable as UTF-8."""
+    message = _INTERNAL_REPR.sub(_HIDDEN, message)
     if len(message) > _MESSAGE_CHARS:
         message = message[: _MESSAGE_CHARS - 3] + "..."
     return message.encode("utf-8", "replace").decode("utf-8")
@@ -431,6 +458,11 @@ def _render_in_worker(
                 )
             parts.append(chunk)
         text = "".join(parts)
+        if _shows_internals(text, source, context):
+            return {
+                "error": "template not allowed: its output would show an internal object"
+                " (a function, method or class, not a value)"
+            }
         return {"text": text.encode("utf-8", "replace").decode("utf-8")}
     except MemoryError:
         return {
@@ -448,7 +480,7 @@ def _render_in_worker(
     except jinja2.TemplateError as exc:
         return {"error": _clip(f"template error: {exc}")}
     except Exception as exc:
-        return {"error": _clip(f"template failed: {type(exc).__name__}: {exc}")}
+        return {"error": _clip(f"template failed: {exc}")}
 
 
 def _read_exact(fd: int, size: int) -> bytes | None:
