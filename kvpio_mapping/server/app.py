@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import json
 import logging
 import time
@@ -209,7 +208,7 @@ class Server:
             raise ClientError(404, "unknown API key")
         try:
             user = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")[0]
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # not base64 (non-ASCII text included), or not UTF-8
             raise ClientError(404, "unknown API key") from None
         account = self.storage.authenticate(user) if user else None
         if account is None:
@@ -307,16 +306,22 @@ class Server:
         finally:
             self._large.release()
 
-    async def decode(self, body: bytes, max_nesting: int = values.MAX_NESTING) -> Any:
-        """The JSON value of a request body (400 if there is none); large ones off the loop."""
+    async def decode(self, body: bytes, wrapper: int = 0) -> Any:
+        """The JSON value of a request body (400 if there is none); large ones off the loop.
+
+        ``wrapper`` is how many levels of the body hold values rather than being one
+        (a batch's object or list of pairs): they do not count towards the nesting limit.
+        """
         if not body:
             raise ClientError(400, "a request body with a JSON value is required")
+        limit = values.MAX_NESTING + wrapper
         try:
             if len(body) <= LARGE_BODY:
-                return values.decode(body, max_nesting)
-            return await asyncio.to_thread(values.decode, body, max_nesting)
+                return values.decode(body, limit)
+            return await asyncio.to_thread(values.decode, body, limit)
         except ValueError as exc:
-            raise ClientError(400, f"invalid JSON: {exc}") from None
+            message = str(exc).replace(f"than {limit} levels", f"than {values.MAX_NESTING} levels")
+            raise ClientError(400, f"invalid JSON: {message}") from None
 
     async def read(self, func: Callable[..., T], *args: Any) -> T:
         """Run a read that may be large (a whole bucket, a listing) in a read thread.
@@ -511,7 +516,7 @@ class BucketResource(_Resource):
                         resp.data = committed_body(committed)
                     return
                 # A batch wraps its values in an object or a list of pairs: one or two levels.
-                value = await server.decode(body, values.MAX_NESTING + 2)
+                value = await server.decode(body, wrapper=2)
                 operations = await asyncio.to_thread(_batch, value)  # a large one takes a while
                 if await self.commit(req, resp, operations, []) is not None:
                     _empty(resp)
