@@ -433,10 +433,12 @@ class BucketResource(_Resource):
         account: str = req.context.account
         path = self.path(req)
         if req.query_string:
-            if _flag(req, "keys"):
+            keys = _flag(req, "keys")
+            whole = not path and _flag(req, "values")  # checked even when keys wins
+            if keys:
                 _send(req, resp, *await self.server.read(self._keys, account, path))
                 return
-            if not path and _flag(req, "values"):
+            if whole:
                 if _send(req, resp, *await self.server.read(self._all, account)):
                     self.server.count_read(account)
                 return
@@ -577,6 +579,18 @@ def _batch(value: Any) -> list[Operation]:
     return batch
 
 
+class TemplateListResource(_Resource):
+    """``/v1/templates/``: the names only, so OPTIONS and 405 offer just GET and HEAD."""
+
+    prefix = b"/v1/templates"
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        account: str = req.context.account
+        _send(req, resp, values.encode(self.storage.list_templates(account)), JSON_TYPE)
+
+    on_head = on_get
+
+
 class TemplatesResource(_Resource):
     prefix = b"/v1/templates"
 
@@ -586,9 +600,6 @@ class TemplatesResource(_Resource):
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         account: str = req.context.account
         name = self.name(req)
-        if not name:
-            _send(req, resp, values.encode(self.storage.list_templates(account)), JSON_TYPE)
-            return
         raw = _flag(req, "raw") if req.query_string else False
         overrides = await self._overrides(req)
         source = self.storage.get_template(account, name)
@@ -640,8 +651,6 @@ class TemplatesResource(_Resource):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         account: str = req.context.account
         name = self.name(req)
-        if not name:
-            raise falcon.HTTPMethodNotAllowed(["GET", "HEAD"])
         async with self.server.body(req) as body:
             source = await self.server.decode(body)
         if type(source) is not str:
@@ -658,8 +667,6 @@ class TemplatesResource(_Resource):
     async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         account: str = req.context.account
         name = self.name(req)
-        if not name:
-            raise falcon.HTTPMethodNotAllowed(["GET", "HEAD"])
         if _flag(req, "pop"):
             source = await self.server.write(self._pop, account, name)
             if source is None:
@@ -759,8 +766,9 @@ def create_app(
     app.add_route("/v1/bucket", bucket)
     app.add_route("/v1/bucket/", bucket)
     app.add_route("/v1/bucket/{path:path}", bucket)
-    app.add_route("/v1/templates", templates)
-    app.add_route("/v1/templates/", templates)
+    template_list = TemplateListResource(server)
+    app.add_route("/v1/templates", template_list)
+    app.add_route("/v1/templates/", template_list)
     app.add_route("/v1/templates/{path:path}", templates)
     app.add_route("/openapi.json", OpenAPIResource())
 

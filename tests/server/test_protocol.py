@@ -599,3 +599,13 @@ def test_update_of_a_value_at_the_nesting_limit(kvpio_account: TestAccount) -> N
     deepest = _nested(values.MAX_NESTING)
     bucket.update({"a": deepest, "b": 1})
     assert KVBucket(kvpio_account.url, kvpio_account.api_key)["a"] == deepest
+
+
+@pytest.mark.parametrize(
+    "url", ["/v1/account/", "/v1/bucket/", "/v1/bucket/a", "/v1/templates/", "/v1/templates/t"]
+)
+def test_options_offers_exactly_the_methods_the_url_takes(api: Api, url: str) -> None:
+    offered = {m.strip() for m in api.request("OPTIONS", url).headers["Allow"].split(",")}
+    for method in ("GET", "HEAD", "POST", "DELETE", "PUT", "PATCH"):
+        status = api.request(method, url, data=b'"x"').status_code
+        assert (status != 405) == (method in offered), (method, status, offered)
