@@ -50,7 +50,7 @@ LARGE_BODY: Final = 2**20
 """Bytes above which a request body counts as large (see :meth:`Server.body`)."""
 LARGE_BODIES: Final = 1
 LARGE_WAIT: Final = 30.0
-READ_THREADS: Final = 2
+READ_THREADS: Final = 1
 
 JSON_TYPE: Final = "application/json"
 TEXT_TYPE: Final = "text/plain; charset=utf-8"
