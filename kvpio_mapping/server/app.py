@@ -3,9 +3,11 @@
 Resources are thin: they turn a request into calls on the
 :class:`~kvpio_mapping.server.storage.Storage` interface. Paths are parsed
 from the raw request path (split on ``/`` first, then percent-decoded), so an
-encoded ``%2F`` can never become a separator. Reads run on the event loop;
-writes, which may wait on the database's write lock, run in one thread per
-worker so they never block it.
+encoded ``%2F`` can never become a separator. Small reads run on the event
+loop; reads that may be large (a whole bucket, a key listing) run in a read
+thread, and writes, which may wait on the database's write lock, in one
+write thread per worker, so neither holds up other accounts' requests.
+Storage errors of the storage's own (busy, disk full) become 503 and 507.
 """
 
 from __future__ import annotations
