@@ -22,6 +22,7 @@ columns of one run rather than runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
@@ -112,7 +113,7 @@ def timed(call: Callable[[], Any]) -> Callable[[], float]:
 def batch(server: RunningServer, keys: int) -> dict[str, str]:
     big, writer, reader = session(server), session(server), session(server)
     reader.post(server.url + "/v1/bucket/small", json="tiny")
-    body = json.dumps({f"{i:x}": i for i in range(keys)}).encode()
+    body = json.dumps({f"{i:x}": i for i in range(keys)}, separators=(",", ":")).encode()
     statuses: list[int] = []
     write_times: list[float] = []
 
@@ -157,8 +158,7 @@ def large_reads(server: RunningServer) -> dict[str, str]:
     body = json.dumps({f"key{i:06d}": {"n": i, "s": "x" * 8} for i in range(BIG_READ_KEYS)})
     assert big.post(server.url + "/v1/bucket/", data=body.encode(), timeout=SECONDS).ok
     reader.post(server.url + "/v1/bucket/small", json="tiny")
-    key = str(big.auth[0])  # type: ignore[index]
-    load = lambda: _read_whole(server.url, key, 3)  # noqa: E731
+    load = functools.partial(_read_whole, server.url, str(big.auth[0]), 3)  # type: ignore[index]
     processes = ProcessPoolExecutor(8, mp_context=multiprocessing.get_context("fork"))
     read = timed(lambda: reader.get(server.url + "/v1/bucket/small", timeout=SECONDS))
     samples, _ = probe_while(load, 8, read, processes)

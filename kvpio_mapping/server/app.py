@@ -51,7 +51,7 @@ RETRY_AFTER_SECONDS: Final = 1
 LARGE_BODY: Final = 2**20
 """Bytes above which a request body counts as large (see :meth:`Server.body`)."""
 LARGE_BODIES: Final = 1
-LARGE_WAIT: Final = 30.0
+LARGE_WAIT: Final = 20.0  # below the clients' 30 s read timeout, so they see the 503
 READ_THREADS: Final = 1
 
 JSON_TYPE: Final = "application/json"

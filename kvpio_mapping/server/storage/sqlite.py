@@ -130,6 +130,7 @@ _BULK_CHUNK: Final = 10_000
 """Top-level pairs of a batch planned and inserted at a time (bounds the rows held)."""
 _LOOKUP_CHUNK: Final = 500
 """Paths per ``IN (...)`` lookup."""
+_CONTAINERS: Final = (dict, list)
 
 # The configuration of values.encode; values reach the storage already checked,
 # so subtrees are encoded without checking them again at every level.
@@ -1207,12 +1208,17 @@ class SQLiteStorage(Storage):
         for path, (key, value) in zip(keys, pairs.items(), strict=True):
             old = found.get(path)
             if old is None:
-                self._plan(rows, members, path, pos, _label(key), value, 1)
+                at = pos
                 pos += 1
-                continue
-            if old[0] != BLOB:
-                self._delete_below(conn, account, path)
-            self._plan(rows, members, path, old[1], _label(key), value, 1)
+            else:
+                at = old[1]
+                if old[0] != BLOB:
+                    self._delete_below(conn, account, path)
+            if type(value) in _CONTAINERS:
+                self._plan(rows, members, path, at, _label(key), value, 1)
+            else:
+                text = _scalar(value)
+                rows.append((path, b"", at, BLOB, _label(key), text, len(text.encode())))
         self._insert(conn, account, rows, members)
 
     def _set(
