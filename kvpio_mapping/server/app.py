@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -28,7 +29,10 @@ import falcon.asgi
 
 from .. import paths, values
 from ..errors import InvalidPathError
+from . import metrics
 from .commits import committed_body, conditions, failed_body, parse_commit, path_operation
+from .health import HealthResource, ReadyResource
+from .logs import AccessLog
 from .render import Renderer, RenderError, RenderLimits, SourceTooLargeError, referenced_names
 from .storage import Storage
 from .storage.base import Check, CheckFailedError, Committed, ConflictError, Operation
@@ -147,6 +151,8 @@ class Server:
         self._pending: Counter[str] = Counter()
         self._inflight: list[Counter[str]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self.auth_hits = 0
+        self.auth_misses = 0
 
     async def write(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a storage write in the worker's write thread."""
@@ -165,7 +171,9 @@ class Server:
         now = time.monotonic()
         cached = self._auth.get(header)
         if cached is not None and cached[1] > now and req.method in _CACHED_AUTH_METHODS:
+            self.auth_hits += 1
             return cached[0]
+        self.auth_misses += 1
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() != "basic":
             raise ClientError(404, "unknown API key")
@@ -613,6 +621,8 @@ async def _unexpected(
 ) -> None:
     if isinstance(exc, falcon.HTTPError):
         raise exc
+    if isinstance(exc, (sqlite3.Error, OSError)):
+        metrics.STORAGE_ERRORS.inc()
     log.exception("unexpected error on %s %s", req.method, req.path)
     await _client_error(req, resp, ClientError(500, "internal server error"), params)
 
@@ -629,7 +639,8 @@ def create_app(
 ) -> App:
     """The ASGI app serving ``storage``; one per worker process."""
     server = Server(storage, max_body, limits if limits is not None else RenderLimits())
-    app: App = falcon.asgi.App(middleware=[_Middleware(server)], cors_enable=False)
+    middleware: list[Any] = [AccessLog(), metrics.Metrics(server), _Middleware(server)]
+    app: App = falcon.asgi.App(middleware=middleware, cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = False
     app.req_options.auto_parse_qs_csv = False
     app.resp_options.default_media_type = JSON_TYPE
@@ -646,6 +657,9 @@ def create_app(
     app.add_route("/v1/templates/", templates)
     app.add_route("/v1/templates/{path:path}", templates)
     app.add_route("/openapi.json", OpenAPIResource())
+    app.add_route("/healthz", HealthResource())
+    app.add_route("/readyz", ReadyResource(server))
+    app.add_route("/metrics", metrics.MetricsResource())
 
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(ClientError, _client_error)
