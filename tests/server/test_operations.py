@@ -137,13 +137,16 @@ def test_access_log_has_one_plain_line_per_request_without_the_api_key(tmp_path:
     with run_server(db=tmp_path / "kv.sqlite3", options=["--access-log"]) as server:
         requests.get(server.url + "/v1/bucket/a%20b", auth=(server.api_key, ""), timeout=10)
         requests.get(server.url + "/v1/bucket/a", auth=("wrong", ""), timeout=10)
+        proxied = {"X-Forwarded-For": "203.0.113.7"}  # a local reverse proxy says who asked
+        requests.get(server.url + "/healthz", headers=proxied, timeout=10)
     lines = [line for line in server.stderr().splitlines() if "kvpio.access" in line]
-    assert len(lines) == 3  # the start-up probe, and the two requests
+    assert len(lines) == 4  # the start-up probe, and the three requests
     assert lines[1].endswith(
         "INFO kvpio.access: client=127.0.0.1 method=GET path=/v1/bucket/a b status=200"
         f" duration_ms={lines[1].split('duration_ms=')[1].split()[0]} account=default"
     )
     assert "status=404" in lines[2] and lines[2].endswith("account=-")
+    assert "client=203.0.113.7 method=GET path=/healthz status=200" in lines[3]
     assert server.api_key not in server.stderr()
 
 
