@@ -31,6 +31,7 @@ from .errors import (
 )
 from .paths import MISSING
 from .server.commands import add_commands
+from .terminal import NotConfirmed, confirm, is_terminal
 from .transport import DEFAULT_TIMEOUT, DEFAULT_URL, Transport
 
 EXIT_OK: Final = 0
@@ -60,7 +61,7 @@ exit status:
   {EXIT_OK}    success
   {EXIT_FAILED}    the command failed: no such key or template, input the server
        refused (its message is shown), a local file or JSON that is not valid
-  {EXIT_USAGE}    the command line is wrong
+  {EXIT_USAGE}    the command line is wrong, or a destructive command was not confirmed
   {EXIT_AUTH}    no API key was given, or the server does not know it
   {EXIT_UNREACHABLE}    the server cannot be reached, did not answer in time, failed (5xx),
        or is not a kvpio v1 server
@@ -88,16 +89,9 @@ def format_json(value: Any, pretty: bool) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _is_terminal(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 def print_json(value: Any) -> None:
     """Print a value to stdout, pretty when stdout is a terminal."""
-    sys.stdout.write(format_json(value, _is_terminal(sys.stdout)) + "\n")
+    sys.stdout.write(format_json(value, is_terminal(sys.stdout)) + "\n")
 
 
 def print_text(text: str) -> None:
@@ -113,7 +107,7 @@ class Progress:
     def __init__(self, total: int, stream: TextIO) -> None:
         self.total = total
         self.stream = stream
-        self.enabled = _is_terminal(stream) and total > 0
+        self.enabled = is_terminal(stream) and total > 0
 
     def update(self, done: int, batch: int, batches: int) -> None:
         """Redraw the bar for ``done`` of ``total`` keys."""
@@ -240,8 +234,20 @@ def cmd_account(args: argparse.Namespace) -> int:
 
 
 def cmd_bucket_list(args: argparse.Namespace) -> int:
-    """Print the bucket's top-level keys."""
-    print_json(_call(_transport(args), "GET", "bucket/", read=protocol.keys))
+    """Print the bucket's top-level keys, or the child keys at PATH."""
+    target = "bucket/" if args.path is None else "bucket/" + _quoted(args.path) + "?keys=true"
+    print_json(_call(_transport(args), "GET", target, read=protocol.keys))
+    return EXIT_OK
+
+
+def cmd_bucket_clear(args: argparse.Namespace) -> int:
+    """Delete every key of the bucket (its templates stay)."""
+    transport = _transport(args)
+    try:
+        confirm(f"Delete every key in the bucket at {transport.url}?", args.yes)
+    except NotConfirmed as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    _call(transport, "DELETE", "bucket/?all=true")
     return EXIT_OK
 
 
@@ -520,8 +526,13 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "bucket", "read and write key/value pairs",
         "  kvpio bucket set foo '{\"bar\": [1, 2]}'\n  kvpio bucket get foo/bar/2",
     )
-    _add(bucket, "list", cmd_bucket_list, "list the bucket's top-level keys",
-         "  kvpio bucket list", conn)
+    blist = _add(
+        bucket, "list", cmd_bucket_list, "list the bucket's top-level keys, or those at PATH",
+        "  kvpio bucket list\n  kvpio bucket list users/ada\n\n"
+        "On a list the keys are its 1-based positions; a scalar or a missing PATH has none.",
+        conn,
+    )
+    blist.add_argument("path", metavar="PATH", nargs="?", help="list the child keys at PATH")
     get = _add(
         bucket, "get", cmd_bucket_get, "print the value at KEY as JSON",
         "  kvpio bucket get foo/bar/baz\n\n"
@@ -546,6 +557,15 @@ def build_parser() -> argparse.ArgumentParser:
         "  kvpio bucket del foo/bar", conn,
     )
     delp.add_argument("key", metavar="KEY")
+    clear = _add(
+        bucket, "clear", cmd_bucket_clear, "delete every key of the bucket (templates stay)",
+        "  kvpio bucket clear          # asks first on a terminal\n"
+        "  kvpio bucket clear --yes    # in a script",
+        conn,
+    )
+    clear.add_argument(
+        "--yes", action="store_true", help="do not ask (needed when not on a terminal)"
+    )
     export = _add(
         bucket, "export", cmd_bucket_export,
         "print the whole bucket, or the value at PATH, as JSON",

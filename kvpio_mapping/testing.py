@@ -39,7 +39,7 @@ import tempfile
 import threading
 import uuid
 from base64 import b64encode
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,9 +134,13 @@ def start_server(
     host: str = "127.0.0.1",
     port: int = 0,
     timeout: float = START_TIMEOUT,
+    options: Sequence[str] = (),
 ) -> RunningServer:
     """Start ``kvpio serve`` and return once it answers; stop it with ``.stop()``, then
-    ``.cleanup()`` removes its temporary directory."""
+    ``.cleanup()`` removes its temporary directory.
+
+    ``options`` are more ``kvpio serve`` arguments, e.g. ``["--access-log"]``.
+    """
     directory = tempfile.mkdtemp(prefix="kvpio-")
     location = str(db) if db is not None else os.path.join(directory, "kvpio.sqlite3")
     key = api_key or secrets.token_urlsafe(16)
@@ -151,6 +155,7 @@ def start_server(
         command += ["--header-timeout", str(header_timeout)]
     if max_connections is not None:
         command += ["--max-connections", str(max_connections)]
+    command += options
     stderr_path = os.path.join(directory, "stderr.log")
     with open(stderr_path, "w") as stderr:
         process = subprocess.Popen(

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from terminal_session import on_terminal
 
 from kvpio_mapping import cli
 from kvpio_mapping.testing import new_account, run_server
@@ -91,6 +92,41 @@ def test_set_get_list_del(run: Any) -> None:
     assert run("bucket", "del", "foo") == (0, "", "")
     assert run("bucket", "del", "foo") == (0, "", "")  # deleting what is missing is fine
     assert run("bucket", "list") == (0, '["list"]\n', "")
+
+
+def test_bucket_list_at_a_path(run: Any) -> None:
+    assert run("bucket", "set", "users", '{"ada": {"born": 1815}, "a b": [1, 2]}')[0] == 0
+    assert run("bucket", "list", "users") == (0, '["ada", "a b"]\n', "")
+    assert run("bucket", "list", "users/a b") == (0, '["1", "2"]\n', "")
+    assert run("bucket", "list", "users/ada/born") == (0, "[]\n", "")  # a scalar has none
+    assert run("bucket", "list", "nobody") == (0, "[]\n", "")
+    assert run("bucket", "list") == (0, '["users"]\n', "")
+
+
+def test_bucket_clear_in_a_script_needs_yes(run: Any) -> None:
+    assert run("bucket", "set", "a", "1")[0] == 0
+    assert run("template", "set", "t", "{{ a }}")[0] == 0
+    assert run("bucket", "clear") == (
+        2, "", "kvpio: not on a terminal, so nobody can confirm: pass --yes\n"
+    )
+    assert run("bucket", "list") == (0, '["a"]\n', "")
+    assert run("bucket", "clear", "--yes") == (0, "", "")
+    assert run("bucket", "list") == (0, "[]\n", "")
+    assert run("template", "list")[1] == '["t"]\n'  # templates stay
+
+
+def test_bucket_clear_on_a_terminal_asks_first(kvpio_account: Any, tmp_path: Path) -> None:
+    env = subprocess_env(
+        tmp_path, KVPIO_URL=kvpio_account.url, KVPIO_APIKEY=kvpio_account.api_key
+    )
+    assert kvpio("bucket", "set", "k", "1", env=env)[0] == 0
+    code, shown = on_terminal("bucket", "clear", answer="no", env=env)
+    assert code == 2
+    assert f"Delete every key in the bucket at {kvpio_account.url}? [y/N] " in shown
+    assert shown.endswith("kvpio: not confirmed; nothing changed\n")
+    assert kvpio("bucket", "list", env=env)[1] == '["k"]\n'
+    assert on_terminal("bucket", "clear", answer="y", env=env)[0] == 0
+    assert kvpio("bucket", "list", env=env)[1] == "[]\n"
 
 
 def test_set_value_that_is_not_json_is_a_string(run: Any) -> None:

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import json
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -30,7 +31,10 @@ import falcon.asgi
 
 from .. import paths, values
 from ..errors import InvalidPathError
+from . import metrics
 from .commits import committed_body, conditions, failed_body, parse_commit, path_operation
+from .health import HealthResource, ReadyResource
+from .logs import AccessLog
 from .render import (
     RenderBusyError,
     Renderer,
@@ -172,6 +176,8 @@ class Server:
         self._inflight: list[Counter[str]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._disk_full = False
+        self.auth_hits = 0
+        self.auth_misses = 0
 
     async def write(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a storage write in the worker's write thread.
@@ -204,7 +210,9 @@ class Server:
         now = time.monotonic()
         cached = self._auth.get(header)
         if cached is not None and cached[1] > now and req.method in _CACHED_AUTH_METHODS:
+            self.auth_hits += 1
             return cached[0]
+        self.auth_misses += 1
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() != "basic":
             raise ClientError(404, "unknown API key")
@@ -721,6 +729,7 @@ def _handler(status: int, prefix: str = "") -> Callable[..., Awaitable[None]]:
 async def _busy(
     req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any
 ) -> None:
+    metrics.STORAGE_ERRORS.inc()
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     raise ClientError(503, f"{exc}: nothing was changed, try again", headers)
 
@@ -728,6 +737,7 @@ async def _busy(
 async def _full(
     req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any
 ) -> None:
+    metrics.STORAGE_ERRORS.inc()
     raise ClientError(507, "the server's disk is full: nothing was stored")
 
 
@@ -736,6 +746,8 @@ async def _unexpected(
 ) -> None:
     if isinstance(exc, falcon.HTTPError):
         raise exc
+    if isinstance(exc, (sqlite3.Error, OSError)):
+        metrics.STORAGE_ERRORS.inc()
     log.exception("unexpected error on %s %s", req.method, req.path)
     raise ClientError(500, "internal server error")
 
@@ -755,7 +767,8 @@ def create_app(
 ) -> App:
     """The ASGI app serving ``storage``; one per worker process."""
     server = Server(storage, max_body, limits if limits is not None else RenderLimits())
-    app: App = falcon.asgi.App(middleware=[_Middleware(server)], cors_enable=False)
+    middleware: list[Any] = [AccessLog(), metrics.Metrics(server), _Middleware(server)]
+    app: App = falcon.asgi.App(middleware=middleware, cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = False
     app.req_options.auto_parse_qs_csv = False
     app.resp_options.default_media_type = JSON_TYPE
@@ -773,6 +786,9 @@ def create_app(
     app.add_route("/v1/templates/", template_list)
     app.add_route("/v1/templates/{path:path}", templates)
     app.add_route("/openapi.json", OpenAPIResource())
+    app.add_route("/healthz", HealthResource())
+    app.add_route("/readyz", ReadyResource(server))
+    app.add_route("/metrics", metrics.MetricsResource())
 
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(StorageBusyError, _busy)

@@ -12,6 +12,9 @@ import sys
 from importlib.util import find_spec
 from typing import Any
 
+from ..terminal import NotConfirmed, confirm, print_table
+from .logs import FORMATS, LEVELS
+
 _DB_HELP = (
     "database file (default: $KVPIO_DB, else "
     "${XDG_DATA_HOME:-~/.local/share}/kvpio/kvpio.sqlite3); 'memory:' keeps nothing"
@@ -31,10 +34,18 @@ def add_commands(subparsers: Any) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port, 0 picks a free one")
     serve.add_argument("--db", help=_DB_HELP)
-    serve.add_argument(
+    keys = serve.add_mutually_exclusive_group()
+    keys.add_argument(
         "--api-key",
         default=os.environ.get("KVPIO_APIKEY"),
         help="make sure an account with this API key exists (default: $KVPIO_APIKEY)",
+    )
+    keys.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        default=os.environ.get("KVPIO_APIKEY_FILE"),
+        help="as --api-key, the key read from FILE's first line, so it is not seen in `ps`"
+        " (default: $KVPIO_APIKEY_FILE)",
     )
     serve.add_argument(
         "--workers", type=int, default=None, help="worker processes (2; 1 with --db memory:)"
@@ -57,6 +68,32 @@ def add_commands(subparsers: Any) -> None:
         default=None,
         help="open connections per worker (default: the open-file limit less a tenth)",
     )
+    serve.add_argument(
+        "--sync",
+        choices=("normal", "full"),
+        default="normal",
+        help="SQLite durability: normal survives the server being killed, full also a power"
+        " loss, at some write speed (%(default)s)",
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=LEVELS,
+        default="warning",
+        help="least severe line logged (%(default)s)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="plain",
+        help="log lines as plain text or one JSON object each (%(default)s)",
+    )
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per request: method, path, status, duration, account",
+    )
+    serve.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
+    serve.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     serve.set_defaults(func=_serve)
 
     accounts = subparsers.add_parser("accounts", help="manage the server's accounts")
@@ -67,11 +104,18 @@ def add_commands(subparsers: Any) -> None:
     create.add_argument("--api-key", help="use this key instead of a random one")
     create.add_argument("--db", help=_DB_HELP)
     create.set_defaults(func=_create)
-    listing = actions.add_parser("list", help="list accounts: id, email, reads, size")
+    listing = actions.add_parser(
+        "list",
+        help="list accounts: id, email, reads, size",
+        description="List accounts: aligned under a header on a terminal, tab-separated in a pipe.",
+    )
     listing.add_argument("--db", help=_DB_HELP)
     listing.set_defaults(func=_list)
     delete = actions.add_parser("delete", help="delete an account with all its data")
     delete.add_argument("name", help="account name")
+    delete.add_argument(
+        "--yes", action="store_true", help="do not ask (needed when not on a terminal)"
+    )
     delete.add_argument("--db", help=_DB_HELP)
     delete.set_defaults(func=_delete)
 
@@ -84,28 +128,58 @@ def add_commands(subparsers: Any) -> None:
     )
     check.add_argument("--db", help=_DB_HELP)
     check.set_defaults(func=_check)
+    backup = db_actions.add_parser(
+        "backup",
+        help="copy the database, consistent as of one moment, into the new file DEST",
+        description=(
+            "Copy the database into the new file DEST with SQLite's online backup, safe while"
+            " the server runs and writes. Restore by stopping the server and serving the copy"
+            " (--db DEST), or moving it over the database file."
+        ),
+    )
+    backup.add_argument("dest", metavar="DEST", help="the backup file to create")
+    backup.add_argument("--db", help=_DB_HELP)
+    backup.set_defaults(func=_backup)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
-    missing = [name for name in ("falcon", "uvicorn", "jinja2") if find_spec(name) is None]
+    modules = ("falcon", "uvicorn", "jinja2", "prometheus_client")
+    missing = [name for name in modules if find_spec(name) is None]
     if missing:
         sys.stderr.write(
             f"kvpio serve: needs the server extra ({', '.join(missing)} missing):"
             " pip install 'kvpio-mapping[server]'\n"
         )
         return 1
+    api_key = args.api_key
+    if args.api_key_file:
+        try:
+            with open(args.api_key_file, encoding="utf-8") as file:
+                api_key = file.readline().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            sys.stderr.write(f"kvpio serve: cannot read the API key file: {exc}\n")
+            return 2
+        if not api_key:
+            sys.stderr.write(f"kvpio serve: the first line of {args.api_key_file} is empty\n")
+            return 2
     return serve(
         host=args.host,
         port=args.port,
         db=args.db,
-        api_key=args.api_key,
+        api_key=api_key,
         workers=args.workers,
         max_body=args.max_body,
         render_timeout=args.render_timeout,
         header_timeout=args.header_timeout,
         max_connections=args.max_connections,
+        sync=args.sync,
+        log_level=args.log_level,
+        log_format=args.log_format,
+        access_log=args.access_log,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
 
 
@@ -142,10 +216,11 @@ def _list(args: argparse.Namespace) -> int:
     if storage is None:
         return 1
     try:
-        for account in storage.list_accounts():
-            print(f"{account.id}\t{account.email}\t{account.reads}\t{account.size}")
+        accounts = storage.list_accounts()
     finally:
         storage.close()
+    rows = [(account.id, account.email, account.reads, account.size) for account in accounts]
+    print_table(("ID", "EMAIL", "READS", "SIZE"), rows)
     return 0
 
 
@@ -154,12 +229,19 @@ def _delete(args: argparse.Namespace) -> int:
     if storage is None:
         return 1
     try:
-        existed = storage.delete_account(args.name)
+        if storage.account(args.name) is None:
+            sys.stderr.write(f"kvpio accounts delete: no account {args.name!r}\n")
+            return 1
+        try:
+            confirm(f"Delete the account {args.name!r} and all its data?", args.yes)
+        except NotConfirmed as exc:
+            sys.stderr.write(f"kvpio accounts delete: {exc}\n")
+            return 2
+        if not storage.delete_account(args.name):
+            sys.stderr.write(f"kvpio accounts delete: no account {args.name!r}\n")
+            return 1
     finally:
         storage.close()
-    if not existed:
-        sys.stderr.write(f"kvpio accounts delete: no account {args.name!r}\n")
-        return 1
     return 0
 
 
@@ -183,4 +265,32 @@ def _check(args: argparse.Namespace) -> int:
         sys.stderr.write(f"kvpio db check: {damage_report(location, problems)}\n")
         return 1
     print(f"{location}: ok")
+    return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from .database import resolve_db
+    from .storage.sqlite import SQLiteStorage
+
+    location = resolve_db(args.db)
+    storage = _open(args, "db backup")
+    if storage is None:
+        return 1
+    dest = os.path.abspath(os.path.expanduser(args.dest))
+    try:
+        if not isinstance(storage, SQLiteStorage):
+            sys.stderr.write(f"kvpio db backup: {location} keeps nothing to back up\n")
+            return 1
+        storage.backup(dest)
+    except FileExistsError:
+        sys.stderr.write(f"kvpio db backup: {dest} exists; a backup never overwrites a file\n")
+        return 1
+    except (OSError, sqlite3.Error) as exc:
+        sys.stderr.write(f"kvpio db backup: cannot back up {location} to {dest}: {exc}\n")
+        return 1
+    finally:
+        storage.close()
+    print(f"{location} backed up to {dest} ({os.path.getsize(dest)} bytes)")
     return 0

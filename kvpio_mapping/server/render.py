@@ -730,7 +730,14 @@ class Renderer:
         # Waiting renders by owner; owners are served in turn (the dict's order).
         self._waiters: dict[str, collections.deque[asyncio.Future[_Worker]]] = {}
         self._closed = False
+        self.killed = 0
+        """Workers killed so far (over time, over memory, broken): for the server's metrics."""
         self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._dying)
+
+    @property
+    def waiting(self) -> int:
+        """Renders waiting in line for a free worker now."""
+        return len(self._waiters)
 
     def __enter__(self) -> Renderer:
         return self
@@ -896,6 +903,7 @@ class Renderer:
         if worker in self._workers:
             self._workers.discard(worker)
             self._dying.append(worker)
+            self.killed += 1
         if self._closed:
             return
         self._reap()

@@ -188,13 +188,13 @@ def test_accounts_command_creates_lists_and_deletes(kvpio_server: RunningServer)
     assert _accounts(kvpio_server, "create", "--id", name, "--email", "x").returncode == 1
 
     api.get("/v1/bucket/k")
-    assert _accounts(kvpio_server, "delete", name).returncode == 0
+    assert _accounts(kvpio_server, "delete", name, "--yes").returncode == 0
     assert api.post("/v1/bucket/k", json=2).status_code == 404
     assert api.post("/v1/templates/t", json="x").status_code == 404
     time.sleep(1.2)
     assert api.get("/v1/account/").status_code == 404
     assert api.get("/v1/bucket/k").status_code == 404
-    assert _accounts(kvpio_server, "delete", name).returncode == 1
+    assert _accounts(kvpio_server, "delete", name, "--yes").returncode == 1
 
 
 _SEGMENT_BYTES = st.binary(min_size=0, max_size=12).map(

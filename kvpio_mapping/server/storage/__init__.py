@@ -24,10 +24,13 @@ __all__ = [
 ]
 
 
-def open_storage(location: str) -> Storage:
-    """Open ``memory:`` or a SQLite database file (a path or ``sqlite:///path``)."""
+def open_storage(location: str, *, sync: str = "normal") -> Storage:
+    """Open ``memory:`` or a SQLite database file (a path or ``sqlite:///path``).
+
+    ``sync`` is SQLite's ``synchronous`` setting, ``normal`` or ``full``.
+    """
     if location == "memory:":
         return MemoryStorage()
     from .sqlite import SQLiteStorage
 
-    return SQLiteStorage(location.removeprefix("sqlite://"))
+    return SQLiteStorage(location.removeprefix("sqlite://"), sync=sync)

@@ -210,6 +210,10 @@ class Storage(ABC):
     :class:`StorageError` and changes nothing.
     """
 
+    read_cache_hits = 0
+    """Reads answered from a cache of the backend's own (for the server's metrics)."""
+    read_cache_misses = 0
+
     # accounts
 
     @abstractmethod
@@ -335,6 +339,9 @@ class Storage(ABC):
     @abstractmethod
     def list_templates(self, account: str) -> list[str]:
         """Template names, in insertion order."""
+
+    def ready(self) -> None:  # noqa: B027 - nothing to check for backends in memory
+        """Return once the storage could take a write now; raise why it could not."""
 
     def close(self) -> None:  # noqa: B027 - optional for backends holding nothing
         """Release connections; the storage is not used afterwards."""

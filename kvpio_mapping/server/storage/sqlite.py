@@ -62,8 +62,9 @@ subtrees).
 Every write is one ``BEGIN IMMEDIATE`` transaction that starts by raising
 the account's ``revision`` (so a write that fails or is refused takes the
 raise back with everything else), committed before the
-call returns; with WAL and ``synchronous=NORMAL`` an acknowledged write
-survives the process being killed. Each thread uses its own connection.
+call returns; with WAL and ``synchronous=NORMAL`` (the default) an
+acknowledged write survives the process being killed, and with ``FULL``
+also a power loss or an operating system crash. Each thread uses its own connection.
 
 Each connection keeps the texts of its last :data:`READ_CACHE_ENTRIES`
 :meth:`SQLiteStorage.read` answers (text and revision) of at most a blob's size. An entry is used
@@ -339,6 +340,10 @@ def _use_wal(conn: sqlite3.Connection) -> None:
             time.sleep(0.01)
 
 
+SYNC_MODES: Final = ("normal", "full")
+"""SQLite ``synchronous`` settings offered: see "Durability" in README.md for what each survives."""
+
+
 class SQLiteStorage(Storage):
     """Accounts, values and templates in one SQLite file (WAL mode).
 
@@ -347,8 +352,13 @@ class SQLiteStorage(Storage):
     few bytes to tens of megabytes.
     """
 
-    def __init__(self, path: str, *, blob_threshold: int = BLOB_THRESHOLD) -> None:
+    def __init__(
+        self, path: str, *, blob_threshold: int = BLOB_THRESHOLD, sync: str = "normal"
+    ) -> None:
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
         self._path = os.fspath(path)
+        self._sync = sync
         self._threshold = blob_threshold
         self._merge_below = blob_threshold // 2
         self._run_item = blob_threshold // 8
@@ -387,7 +397,7 @@ class SQLiteStorage(Storage):
             )
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             _use_wal(conn)
-            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA synchronous = {self._sync.upper()}")
             self._local.conn = conn
             self._local.pid = os.getpid()
             self._local.cache = OrderedDict()
@@ -468,6 +478,34 @@ class SQLiteStorage(Storage):
         if text == "ok":
             return []
         return [line for line in text.splitlines() if line and not line.startswith("***")]
+
+    def ready(self) -> None:
+        """Take the write lock and let it go: the file is there, writable and not stuck."""
+        with self._write():
+            pass
+
+    def backup(self, destination: str) -> None:
+        """Copy the whole database, as of one moment, into the new file ``destination``.
+
+        SQLite's online backup in one step: it reads one snapshot, which in
+        WAL mode never blocks writers (a stepwise backup restarts whenever
+        another connection writes, so under steady writes it may never end).
+        The copy is made beside ``destination`` and renamed into place, so a
+        file at ``destination`` is always a whole backup.
+        """
+        if os.path.exists(destination):
+            raise FileExistsError(f"{destination} exists")
+        partial = f"{destination}.partial-{os.getpid()}"
+        target = sqlite3.connect(partial)
+        try:
+            self._conn().backup(target)
+            target.execute("PRAGMA journal_mode = DELETE")
+        except BaseException:
+            target.close()
+            os.unlink(partial)
+            raise
+        target.close()
+        os.replace(partial, destination)
 
     def close(self) -> None:
         with self._connections_lock:
@@ -1022,7 +1060,9 @@ class SQLiteStorage(Storage):
             found = cache.get(key)
             if found is not None:
                 cache.move_to_end(key)
+                self.read_cache_hits += 1
                 return found
+        self.read_cache_misses += 1
         with self._read() as conn:
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             if version != local.version:
