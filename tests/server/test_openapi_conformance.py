@@ -50,6 +50,9 @@ def test_the_document_declares_every_operation_the_server_routes(served: Running
         "GET /v1/templates/{name}",
         "POST /v1/templates/{name}",
         "DELETE /v1/templates/{name}",
+        "GET /healthz",
+        "GET /readyz",
+        "GET /metrics",
     }
 
 
