@@ -43,7 +43,13 @@ from .render import (
     SourceTooLargeError,
     referenced_names,
 )
-from .storage import Storage, StorageBusyError, StorageError, StorageFullError
+from .storage import (
+    Storage,
+    StorageBusyError,
+    StorageError,
+    StorageFullError,
+    UnknownAccountError,
+)
 from .storage.base import Check, CheckFailedError, Committed, ConflictError, Operation
 
 log = logging.getLogger("kvpio.server")
@@ -741,6 +747,13 @@ async def _full(
     raise ClientError(507, "the server's disk is full: nothing was stored")
 
 
+async def _unknown_account(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any
+) -> None:
+    """The account went away between authentication and the storage call."""
+    raise ClientError(404, "unknown API key")
+
+
 async def _unexpected(
     req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any
 ) -> None:
@@ -793,6 +806,7 @@ def create_app(
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(StorageBusyError, _busy)
     app.add_error_handler(StorageFullError, _full)
+    app.add_error_handler(UnknownAccountError, _unknown_account)
     app.add_error_handler(InvalidPathError, _handler(400))
     app.add_error_handler(ValueError, _handler(400))
     app.add_error_handler(RecursionError, _handler(400, "input nests too deeply: "))

@@ -9,6 +9,7 @@ from .base import (
     StorageBusyError,
     StorageError,
     StorageFullError,
+    UnknownAccountError,
 )
 from .memory import MemoryStorage
 
@@ -20,6 +21,7 @@ __all__ = [
     "StorageBusyError",
     "StorageError",
     "StorageFullError",
+    "UnknownAccountError",
     "open_storage",
 ]
 

@@ -43,6 +43,10 @@ class AccountExistsError(ValueError):
     """An account with that id, or that API key, exists already."""
 
 
+class UnknownAccountError(KeyError):
+    """No account has that id (say, it was deleted while a request was on its way)."""
+
+
 class StorageError(Exception):
     """The storage could not do its work; not the caller's fault, and nothing changed."""
 
@@ -192,8 +196,10 @@ def hash_key(api_key: str) -> str:
 
 
 def new_key() -> str:
-    """A fresh random API key."""
-    return secrets.token_urlsafe(24)
+    """A fresh random API key, never starting with ``-`` (a command line would read an option)."""
+    while (key := secrets.token_urlsafe(24)).startswith("-"):
+        pass
+    return key
 
 
 def same_digest(a: str, b: str) -> bool:

@@ -104,6 +104,7 @@ from .base import (
     Storage,
     StorageBusyError,
     StorageFullError,
+    UnknownAccountError,
     appendable,
     check_operation,
     failure,
@@ -429,7 +430,7 @@ class SQLiteStorage(Storage):
     def _write_to(self, account: str) -> Iterator[tuple[sqlite3.Connection, int]]:
         """A write transaction on an existing account, and the revision it makes.
 
-        ``KeyError`` if there is no such account, checked inside the
+        :class:`UnknownAccountError` if there is no such account, checked inside the
         transaction, so a write racing the account's deletion (say, from
         another process) cannot leave values behind.
         """
@@ -439,7 +440,7 @@ class SQLiteStorage(Storage):
                 (account,),
             ).fetchone()
             if row is None:
-                raise KeyError(account)
+                raise UnknownAccountError(account)
             yield conn, int(row[0])
 
     @contextmanager
