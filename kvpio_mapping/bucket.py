@@ -18,12 +18,12 @@ from collections.abc import (
     MutableMapping,
     ValuesView,
 )
-from contextlib import contextmanager
 from typing import Any, Final, TypeVar, overload
 
-from . import paths, protocol, values
+from . import operations, paths, values
 from .cache import NOT_CACHED, CacheInfo, PathCache
 from .errors import InvalidPathError
+from .operations import ClientState, Flow, run
 from .paths import MISSING
 from .sharing import SharingMixin
 from .transport import DEFAULT_TIMEOUT, Transport
@@ -34,8 +34,6 @@ DEFAULT_MAXSIZE: Final = 1024
 _T = TypeVar("_T")
 _IMMUTABLE: Final = frozenset({str, int, float, bool, type(None)})
 _NO_DEFAULT: Final[Any] = object()
-
-WriteListener = Callable[[str | None], None]
 
 
 class _Listing(threading.local):
@@ -100,12 +98,24 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         transport: Transport | None = None,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._transport = transport or Transport(url, api_key, timeout=timeout)
-        self._cache = PathCache(ttl, maxsize, timer=timer)
+        cache = PathCache(ttl, maxsize, timer=timer)
+        self._state = ClientState(transport or Transport(url, api_key, timeout=timeout), cache)
         self._root: tuple[str, ...] = ()
         self._prefix = ""
-        self._listeners: list[WriteListener] = []
         self._listing = _Listing()
+
+    @property
+    def _transport(self) -> Transport:
+        return self._state.transport  # type: ignore[no-any-return]
+
+    @property
+    def _cache(self) -> PathCache:
+        return self._state.cache
+
+    @property
+    def state(self) -> ClientState:
+        """The connection, cache and write listeners this mapping shares with its views."""
+        return self._state
 
     # configuration, pickling, views
 
@@ -137,9 +147,7 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         segments = self._root + paths.parse(path)
         paths.check(segments)
         view = object.__new__(type(self))
-        view._transport = self._transport
-        view._cache = self._cache
-        view._listeners = self._listeners
+        view._state = self._state
         view._listing = _Listing()
         view._set_root(segments)
         return view
@@ -180,42 +188,17 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
             hash(key)
             return None
 
-    def _target(self, full: str) -> str:
-        return "bucket/" + paths.url_quote(tuple(full.split("/")))
-
-    @contextmanager
-    def _writing(self, path: str | None) -> Iterator[None]:
-        """Forget cached reads of ``path`` (None: all) and tell listeners (template caches
-        sharing the connection), whatever the write's outcome: it may have reached the server."""
+    def _run(self, flow: Flow[_T]) -> _T:
+        """Drive an operation of :mod:`kvpio_mapping.operations` over the transport; any
+        operation drops this thread's pending listing (a write may change it)."""
         self._listing.pending = None
-        try:
-            with self._cache.writing(path):
-                yield
-        finally:
-            for listener in self._listeners:
-                listener(path)
+        return run(flow, self._state.transport.send)
 
     # reads
 
     def _read(self, full: str) -> Any:
         """The shared (uncopied) value at ``full``, or MISSING: cache first, else one GET."""
-        cache = self._cache
-        if cache.enabled:
-            found = cache.lookup(full)
-            if found is not NOT_CACHED:
-                return found
-        generation = cache.generation
-        stale = cache.stale(full) if cache.enabled else None
-        headers = {"If-None-Match": stale[0]} if stale else None
-        response = self._transport.request("GET", self._target(full), headers=headers)
-        etag: str | None
-        value = protocol.value(response, revalidating=stale is not None)
-        if value is protocol.NOT_MODIFIED and stale:
-            etag, value = stale
-        else:
-            etag = response.headers.get("ETag")
-        cache.store(full, value, generation, etag)
-        return value
+        return self._run(operations.read(self._state, full))
 
     def __getitem__(self, key: str) -> Any:
         pending = self._listing.pending
@@ -253,26 +236,11 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
 
     def _keys(self) -> list[str]:
         """Child keys of this mapping's root, in one request."""
-        target = "bucket/"
-        if self._root:
-            target = self._target(paths.join(self._root)) + "?keys=true"
-        return protocol.keys(self._transport.request("GET", target))
+        return self._run(operations.keys(self.path))
 
     def _snapshot(self) -> dict[str, Any]:
         """This mapping's whole content in one request, warming the cache with it."""
-        cache = self._cache
-        generation = cache.generation
-        if self._root:
-            root = paths.join(self._root)
-            found = protocol.value(self._transport.request("GET", self._target(root)))
-            cache.store(root, found, generation)
-            if type(found) is list:
-                return {str(n): item for n, item in enumerate(found, 1)}
-            return dict(found) if type(found) is dict else {}  # the cache keeps `found`
-        response = self._transport.request("GET", "bucket/?values=true")
-        snapshot: dict[str, Any] = protocol.document(response, dict)
-        cache.store_many(iter(snapshot.items()), generation)
-        return snapshot
+        return self._run(operations.snapshot(self._state, self.path))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys())
@@ -314,30 +282,16 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
 
     def _store(self, full: str, value: Any) -> None:
         """Write ``value`` at the full path ``full`` (checked first: nothing is sent if bad)."""
-        body = values.encode(value, addressable=True)
-        with self._writing(full):
-            protocol.check(self._transport.request("POST", self._target(full), body=body))
+        self._run(operations.store(self._state, full, value))
 
     def _store_many(self, batch: list[tuple[str, Any]], scope: str | None) -> None:
         """Write each ``(full path, value)`` in order, in one atomic request; ``scope`` is
         the path all of them are below (None: the whole bucket), forgotten by the cache."""
-        for _, value in batch:
-            values.check(value, addressable=True)
-        as_object = dict(batch)
-        # An object is the plainer body; a repeated path needs the ordered list of pairs.
-        body = values.dump(as_object if len(as_object) == len(batch) else batch).encode()
-        with self._writing(scope):
-            protocol.check(self._transport.request("POST", "bucket/", body=body))
+        self._run(operations.store_many(self._state, batch, scope))
 
     def _pop(self, full: str) -> Any:
         """Remove ``full`` atomically on the server and return what was there, or MISSING."""
-        parent, _, last = full.rpartition("/")
-        # Removing a list item moves the later items up: forget all of the parent.
-        stale = parent if parent and last.isascii() and last.isdigit() else full
-        with self._writing(stale):
-            response = self._transport.request("DELETE", self._target(full) + "?pop=true")
-            found = protocol.value(response)
-        return found
+        return self._run(operations.pop(self._state, full))
 
     def __delitem__(self, key: str) -> None:
         full = self._valid(key)
@@ -361,11 +315,8 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
 
     def popitem(self) -> tuple[str, Any]:
         """Remove and return the last-inserted ``(key, value)`` pair; KeyError if empty."""
-        for key in reversed(self._keys()):
-            found = self._pop(self._full(key))
-            if found is not MISSING:
-                return key, found
-        raise KeyError("popitem(): dictionary is empty")
+        key, found = self._run(operations.popitem(self._state, self.path, self._full))
+        return key, found
 
     def setdefault(self, key: str, default: Any = None) -> Any:
         """``self[key]`` if present; else store ``default`` only if still absent, atomically.
@@ -374,12 +325,8 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         stored ``default``, or the value a concurrent writer got there first
         (which the refusal carries: no second read).
         """
-        full = self._full(key)
-        found = self._read(full)
-        if found is not MISSING:
-            return values.copy(found)
-        stored, current = self._write_if("POST", full, values.encode(default), None)
-        return default if stored else values.copy(current)
+        found = self._run(operations.setdefault(self._state, self._full(key), default))
+        return found if found is default else values.copy(found)
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Set many keys in one atomic request; nothing is sent if any key or value is invalid."""
@@ -390,14 +337,7 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
 
     def clear(self) -> None:
         """Remove every key, in one request (a view's object becomes ``{}``)."""
-        if self._root:
-            root = paths.join(self._root)
-            with self._writing(root):
-                response = self._transport.request("POST", self._target(root), body=b"{}")
-                protocol.check(response)
-            return
-        with self._writing(None):
-            protocol.check(self._transport.request("DELETE", "bucket/?all=true"))
+        self._run(operations.clear(self._state, self.path))
 
     def __ior__(self, other: Any) -> KVBucket:
         self.update(other)

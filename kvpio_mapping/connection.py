@@ -33,11 +33,11 @@ class Connection:
         self.transport = transport
         self.bucket = KVBucket(transport=transport, ttl=ttl, maxsize=maxsize)
         self.templates = TemplateStore(transport, ttl=ttl, maxsize=maxsize)
-        self.bucket._listeners.append(self.templates.bucket_changed)
+        self.bucket.state.add_listener(self.templates.bucket_changed)
 
     def __getstate__(self) -> dict[str, Any]:
         """The configuration only (a worker process opens its own connections)."""
-        cache = self.bucket._cache
+        cache = self.bucket.state.cache
         return {"transport": self.transport, "ttl": cache.ttl, "maxsize": cache.maxsize}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -45,7 +45,7 @@ class Connection:
 
     def account(self) -> dict[str, Any]:
         """The account's ``id``, ``email``, ``reads`` and ``size``."""
-        info: dict[str, Any] = protocol.document(self.transport.request("GET", "account/"), dict)
+        info: dict[str, Any] = protocol.document(self.transport.send(protocol.account()), dict)
         return info
 
     def close(self) -> None:

@@ -1,12 +1,13 @@
-"""How a client reads a kvp.io v1 answer: the rules of ``docs/protocol.md``, in one place.
+"""The kvp.io v1 wire protocol of ``docs/protocol.md`` from the client's side, with no I/O.
 
-Every client of this package (``KVBucket``, ``TemplateStore``, ``Connection``,
-the CLI) reads answers only through these functions, so a status, a missing
-answer or a body is never interpreted two ways. They do no I/O: they take an
-answer that has already arrived (anything with ``status_code``, ``headers``,
-``content`` and ``url``, as ``requests`` and ``httpx`` responses have) and
-return what it means or raise the matching exception of
-:mod:`kvpio_mapping.errors`.
+Every client of this package (``KVBucket``, ``AsyncKVBucket``, the template
+stores, ``Connection``, the CLI, ``compat``) builds its requests with the
+:class:`Request` builders here and reads answers only through the readers
+here, so an operation is spelled once and a status, a missing answer or a
+body is never interpreted two ways. Readers take an answer that has already
+arrived (anything with ``status_code``, ``headers``, ``content`` and
+``url``, as ``requests`` and ``httpx`` responses have) and return what it
+means or raise the matching exception of :mod:`kvpio_mapping.errors`.
 
 Idempotence, the rule for what may be sent twice, lives here too.
 """
@@ -14,9 +15,10 @@ Idempotence, the rule for what may be sent twice, lives here too.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
+from urllib.parse import unquote
 
-from . import values
+from . import paths, values
 from .errors import (
     AuthenticationError,
     ConflictError,
@@ -58,6 +60,117 @@ class _NotModified:
 
 NOT_MODIFIED: Final = _NotModified()
 """What :func:`value` returns for the 304 of a revalidation the client asked for."""
+
+
+class Request(NamedTuple):
+    """One request to send: ``target`` is percent-encoded below ``/v1/`` (query included);
+    ``idempotent`` None means :func:`idempotent` decides whether it may be resent."""
+
+    method: str
+    target: str
+    body: bytes | None = None
+    headers: Mapping[str, str] | None = None
+    idempotent: bool | None = None
+
+
+# building requests, one builder per operation
+
+
+def bucket_target(full: str) -> str:
+    """The target of the valid full path ``full`` (``''``: the whole bucket)."""
+    return "bucket/" + paths.url_quote(tuple(full.split("/"))) if full else "bucket/"
+
+
+def read(full: str, etag: str | None = None) -> Request:
+    """Read the value at ``full``; with ``etag``, revalidate a copy that has it."""
+    headers = {"If-None-Match": etag} if etag else None
+    return Request("GET", bucket_target(full), headers=headers)
+
+
+def list_keys(root: str = "") -> Request:
+    """List the keys of the bucket, or of the object at ``root``."""
+    return Request("GET", bucket_target(root) + "?keys=true" if root else "bucket/")
+
+
+def snapshot() -> Request:
+    """Read the whole bucket as one object."""
+    return Request("GET", "bucket/?values=true")
+
+
+def write(full: str, body: bytes) -> Request:
+    """Store the encoded value ``body`` at ``full``."""
+    return Request("POST", bucket_target(full), body=body)
+
+
+def write_many(pairs: list[tuple[str, Any]]) -> Request:
+    """Store each ``(full path, checked value)`` in order, atomically."""
+    as_object = dict(pairs)
+    # An object is the plainer body; a repeated path needs the ordered list of pairs.
+    body = values.dump(as_object if len(as_object) == len(pairs) else pairs).encode()
+    return Request("POST", "bucket/", body=body)
+
+
+def pop(full: str) -> Request:
+    """Remove ``full`` and answer what was there."""
+    return Request("DELETE", bucket_target(full) + "?pop=true")
+
+
+def delete(full: str) -> Request:
+    """Remove ``full`` (no answer body)."""
+    return Request("DELETE", bucket_target(full))
+
+
+def clear(root: str = "") -> Request:
+    """Empty the bucket, or make the object at ``root`` ``{}``."""
+    if root:
+        return Request("POST", bucket_target(root), body=b"{}")
+    return Request("DELETE", "bucket/?all=true")
+
+
+def operate(full: str, op: str, body: bytes) -> Request:
+    """An atomic ``increment``, ``append`` or ``merge`` at ``full`` (never resent)."""
+    return Request("POST", f"{bucket_target(full)}?op={op}", body=body, idempotent=False)
+
+
+def write_if(method: str, full: str, body: bytes | None, etag: str | None) -> Request:
+    """A write (``POST``) or delete that applies only if ``full`` has ``etag`` (None: absent)."""
+    headers = {"If-None-Match": "*"} if etag is None else {"If-Match": etag}
+    return Request(method, bucket_target(full), body=body, headers=headers, idempotent=False)
+
+
+def commit(body: bytes) -> Request:
+    """A transaction's commit (never resent)."""
+    return Request("POST", "bucket/?commit=true", body=body, idempotent=False)
+
+
+def account() -> Request:
+    """The account's details."""
+    return Request("GET", "account/")
+
+
+def template_target(name: object) -> str:
+    """The target of the template ``name`` (checked as a path)."""
+    return "templates/" + paths.url_quote(paths.parse(name))
+
+
+def template(name: object, *, raw: bool = False, data: bytes | None = None) -> Request:
+    """Read the template ``name``: rendered (with ``data`` overriding names), or its source."""
+    return Request("GET", template_target(name) + f"?raw={raw}", body=data)
+
+
+def list_templates() -> Request:
+    """List the template names."""
+    return Request("GET", "templates/")
+
+
+def write_template(name: object, source: str) -> Request:
+    """Store the template source ``source`` as ``name``."""
+    return Request("POST", template_target(name), body=values.encode(source))
+
+
+def pop_template(name: object) -> Request:
+    """Remove the template ``name`` and answer its source."""
+    return Request("DELETE", template_target(name) + "?pop=true")
 
 
 def idempotent(method: str, target: str) -> bool:
@@ -206,6 +319,12 @@ def keys(answer: Answer) -> list[str]:
     if not all(type(item) is str for item in found):
         raise ProtocolError(f"{_where(answer)} answered a key list with a key that is not text")
     return found
+
+
+def template_names(answer: Answer) -> frozenset[str]:
+    """The top-level names a rendering used (``Kvpio-Names``)."""
+    header = answer.headers.get(NAMES_HEADER, "")
+    return frozenset(unquote(item) for item in header.split(",") if item)
 
 
 def text(answer: Answer) -> Any:

@@ -4,26 +4,22 @@ The client side of docs/protocol.md, "Safe sharing". :class:`SharingMixin`
 gives :class:`~kvpio_mapping.KVBucket` its ``increment``, ``append``,
 ``merge``, ``versioned``, ``set_if``, ``delete_if`` and ``transact``;
 :class:`Transaction` is the mapping a transaction's function works on.
-Request bodies are built and answers read by the small pure functions at
-the top, apart from the I/O.
+The operations themselves are flows of :mod:`kvpio_mapping.operations`
+(the commit's is :meth:`TransactionState.commit`), which the async client
+drives too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, MutableMapping
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar, overload
 
-from . import paths, protocol, values
+from . import operations, paths, protocol, values
 from .cache import NOT_CACHED
 from .errors import ConflictError, TransactionConflictError
+from .operations import ClientState, Flow
 from .paths import MISSING
-
-if TYPE_CHECKING:
-    from requests import Response
-
-    from .cache import PathCache
-    from .transport import Transport
+from .protocol import Answer
 
 DEFAULT_RETRIES: Final = 100
 """How many times :meth:`SharingMixin.transact` runs a function again after a conflict.
@@ -65,7 +61,7 @@ def commit_body(checks: dict[str, str | None], operations: list[_Operation]) -> 
     )
 
 
-def failed_checks(response: Response) -> dict[str, tuple[Any, str | None]]:
+def failed_checks(response: Answer) -> dict[str, tuple[Any, str | None]]:
     """Path -> (current value or MISSING, ETag) of each check a 412 to a commit names."""
     failed: dict[str, tuple[Any, str | None]] = {}
     for entry in protocol.refusal(response)["failed"]:
@@ -73,22 +69,32 @@ def failed_checks(response: Response) -> dict[str, tuple[Any, str | None]]:
     return failed
 
 
-def _number(by: Any) -> None:
-    if type(by) not in (int, float):
-        raise TypeError(f"an increment needs an int or a float, not {type(by).__name__}")
-    values.check(by)
+def make_versioned(key: str, value: Any, etag: str | None) -> Versioned:
+    """The caller's copy of ``value`` with its ETag; KeyError if it is MISSING."""
+    if value is MISSING:
+        raise KeyError(key)
+    assert etag is not None
+    return Versioned(values.copy(value), etag)
+
+
+def conflict(retries: int, seeds: dict[str, tuple[Any, str | None]]) -> TransactionConflictError:
+    """The error of a transaction that lost all of its ``retries + 1`` attempts."""
+    shown = ", ".join(repr(path) for path in seeds)
+    return TransactionConflictError(
+        f"the transaction met a conflicting write on each of its {retries + 1} attempts"
+        f" (last at {shown}); nothing of it was written",
+        retries + 1,
+    )
 
 
 class SharingMixin:
     """The safe-sharing methods of :class:`~kvpio_mapping.KVBucket`."""
 
     if TYPE_CHECKING:
-        _transport: Transport
-        _cache: PathCache
+        _state: ClientState
 
         def _full(self, key: object) -> str: ...
-        def _target(self, full: str) -> str: ...
-        def _writing(self, path: str | None) -> AbstractContextManager[None]: ...
+        def _run(self, flow: Flow[_T]) -> _T: ...
 
     # atomic operations
 
@@ -99,21 +105,8 @@ class SharingMixin:
         one another. :class:`~kvpio_mapping.ConflictError` if the value there
         is not a number.
         """
-        _number(by)
-        full = self._full(key)
-        cache = self._cache
-        generation = cache.generation
-        with self._writing(full):
-            response = self._transport.request(
-                "POST",
-                self._target(full) + "?op=increment",
-                body=values.encode(by),
-                idempotent=False,
-            )
-            total = protocol.document(response, int, float)
-        # The write's own invalidation is the only one expected since ``generation``.
-        cache.store(full, total, generation + 1, values.etag(response.content))
-        return total
+        operations.check_number(by)
+        return self._run(operations.increment(self._state, self._full(key), by))
 
     def append(self, key: str, value: Any) -> int:
         """Add ``value`` at the end of the list at ``key`` (missing counts as ``[]``).
@@ -122,14 +115,7 @@ class SharingMixin:
         One request, atomic. :class:`~kvpio_mapping.ConflictError` if the
         value there is not a list.
         """
-        full = self._full(key)
-        body = values.encode(value)
-        with self._writing(full):
-            response = self._transport.request(
-                "POST", self._target(full) + "?op=append", body=body, idempotent=False
-            )
-            position: int = protocol.document(response, int)
-        return position
+        return self._run(operations.append(self._state, self._full(key), value))
 
     def merge(self, key: str, members: dict[str, Any]) -> None:
         """Set each member of ``members`` below the object at ``key`` in one atomic request.
@@ -137,35 +123,14 @@ class SharingMixin:
         Other members stay (a shallow merge); missing counts as ``{}``.
         :class:`~kvpio_mapping.ConflictError` if the value there is not an object.
         """
-        full = self._full(key)
-        if type(members) is not dict:
-            raise TypeError(f"merge needs a dict, not {type(members).__name__}")
-        for name in members:
-            paths.parse(name)
-        body = values.encode(members)
-        with self._writing(full):
-            response = self._transport.request(
-                "POST", self._target(full) + "?op=merge", body=body, idempotent=False
-            )
-            protocol.check(response)
+        self._run(operations.merge(self._state, self._full(key), members))
 
     # conditional reads and writes
 
     def versioned(self, key: str) -> Versioned:
         """The value at ``key`` with its ETag (from the cache when fresh); KeyError if absent."""
-        full = self._full(key)
-        cache = self._cache
-        found: Any = cache.tagged(full, exact=True) if cache.enabled else NOT_CACHED
-        if found is NOT_CACHED:
-            generation = cache.generation
-            value, etag = protocol.tagged(self._transport.request("GET", self._target(full)))
-            cache.store(full, value, generation, etag)
-        else:
-            _where, value, etag = found
-        if value is MISSING:
-            raise KeyError(key)
-        assert etag is not None
-        return Versioned(values.copy(value), etag)
+        value, etag = self._run(operations.versioned(self._state, self._full(key)))
+        return make_versioned(key, value, etag)
 
     def set_if(self, key: str, value: Any, etag: str | None) -> bool:
         """Store ``value`` at ``key`` only if its value still has ``etag`` (None: if absent).
@@ -176,41 +141,14 @@ class SharingMixin:
         """
         full = self._full(key)
         body = values.encode(value)
-        stored, _current = self._write_if("POST", full, body, etag)
+        stored, _current = self._run(operations.write_if(self._state, "POST", full, body, etag))
         return stored
 
     def delete_if(self, key: str, etag: str) -> bool:
         """Delete ``key`` only if its value still has ``etag``; whether it did."""
-        deleted, _current = self._write_if("DELETE", self._full(key), None, etag)
+        full = self._full(key)
+        deleted, _current = self._run(operations.write_if(self._state, "DELETE", full, None, etag))
         return deleted
-
-    def _write_if(
-        self, method: str, full: str, body: bytes | None, etag: str | None
-    ) -> tuple[bool, Any]:
-        """A write that applies only if ``full`` has ``etag`` (None: nothing there).
-
-        Returns whether it applied and, if not, the current value (or
-        MISSING) the 412 carried; the cache learns the outcome either way.
-        """
-        cache = self._cache
-        generation = cache.generation
-        headers = {"If-None-Match": "*"} if etag is None else {"If-Match": etag}
-        with self._writing(full):
-            response = self._transport.request(
-                method, self._target(full), body=body, headers=headers, idempotent=False
-            )
-            if response.status_code == 412:
-                current, tag = protocol.tagged(response)
-            else:
-                protocol.check(response)
-        if response.status_code == 412:
-            cache.store(full, current, generation + 1, tag)
-            return False, current
-        if body is None:
-            cache.store(full, MISSING, generation + 1)
-        else:
-            cache.store(full, values.decode(body), generation + 1, values.etag(body))
-        return True, MISSING
 
     # transactions
 
@@ -231,16 +169,11 @@ class SharingMixin:
         for _attempt in range(retries + 1):
             tx = Transaction(self, seeds)
             result = fn(tx)
-            failed = tx._commit()
+            failed = self._run(tx.commit())
             if failed is None:
                 return result
             seeds = failed
-        shown = ", ".join(repr(path) for path in seeds)
-        raise TransactionConflictError(
-            f"the transaction met a conflicting write on each of its {retries + 1} attempts"
-            f" (last at {shown}); nothing of it was written",
-            retries + 1,
-        )
+        raise conflict(retries, seeds)
 
     @overload
     def transactional(
@@ -274,16 +207,14 @@ def _within(path: str, top: str) -> bool:
     return path == top or path.startswith(top + "/")
 
 
-class Transaction(MutableMapping[str, Any]):
-    """What a transaction's function sees: the bucket as of its reads, plus its own writes.
+class TransactionState:
+    """What a transaction of either client records and buffers, and its flows.
 
     Reads record the ETag of what they saw (the checks of the commit);
-    writes are buffered until the function returns. Listing keys is not
-    offered (no ETag covers the whole bucket): read an object and list its
-    keys instead, ``tx["users"].keys()``.
+    writes are buffered until the function returns.
     """
 
-    def __init__(self, bucket: SharingMixin, seeds: dict[str, tuple[Any, str | None]]) -> None:
+    def __init__(self, bucket: Any, seeds: dict[str, tuple[Any, str | None]]) -> None:
         self._bucket = bucket
         self._seeds = seeds
         self._seen: dict[str, tuple[Any, str | None]] = {}
@@ -292,7 +223,7 @@ class Transaction(MutableMapping[str, Any]):
 
     # reads
 
-    def _base(self, full: str) -> Any:
+    def _base(self, full: str) -> Flow[Any]:
         """The value at ``full`` in the bucket (shared, or MISSING), recording what it checks."""
         where = full
         while True:
@@ -304,8 +235,8 @@ class Transaction(MutableMapping[str, Any]):
             if "/" not in where:
                 break
             where = where.rsplit("/", 1)[0]
-        bucket = self._bucket
-        cache = bucket._cache
+        state: ClientState = self._bucket._state
+        cache = state.cache
         if cache.enabled:
             cached = cache.tagged(full)
             if cached is not NOT_CACHED:
@@ -313,19 +244,19 @@ class Transaction(MutableMapping[str, Any]):
                 self._seen[where] = (value, etag)
                 return paths.get_in(value, _rest(full, where))
         generation = cache.generation
-        value, etag = protocol.tagged(bucket._transport.request("GET", bucket._target(full)))
+        value, etag = protocol.tagged((yield protocol.read(full)))
         cache.store(full, value, generation, etag)
         self._seen[full] = (value, etag)
         return value
 
-    def _value(self, full: str) -> Any:
+    def _value(self, full: str) -> Flow[Any]:
         """The value at ``full`` with this transaction's writes applied (shared, or MISSING)."""
         touching = [op for op in self._operations if _within(op[1], full) or _within(full, op[1])]
         if not touching:
-            return self._base(full)
+            return (yield from self._base(full))
         top = min([full, *(op[1] for op in touching if _within(full, op[1]))], key=len)
         root: dict[str, Any] = {}
-        base = self._base(top)
+        base = yield from self._base(top)
         segments = tuple(top.split("/"))
         if base is not MISSING:
             paths.set_in(root, segments, values.copy(base))
@@ -333,20 +264,21 @@ class Transaction(MutableMapping[str, Any]):
             _apply(root, operation)
         return paths.get_in(root, tuple(full.split("/")))
 
-    def __getitem__(self, key: str) -> Any:
-        found = self._value(self._bucket._full(key))
+    def _lookup(self, key: str) -> Flow[Any]:
+        """The caller's copy of the value at ``key`` as this transaction sees it; KeyError."""
+        found = yield from self._value(self._bucket._full(key))
         if found is MISSING:
             raise KeyError(key)
         return values.copy(found)
 
-    def __contains__(self, key: object) -> bool:
-        return self._value(self._bucket._full(key)) is not MISSING
+    def _present(self, key: object) -> Flow[bool]:
+        return (yield from self._value(self._bucket._full(key))) is not MISSING
 
-    def __iter__(self) -> Iterator[str]:
-        raise TypeError("a transaction does not list keys: read an object and list its keys")
-
-    def __len__(self) -> int:
-        raise TypeError("a transaction does not count keys: read an object and count its keys")
+    def _removal(self, key: str) -> Flow[None]:
+        """Buffer the delete of ``key``; KeyError if it is not there."""
+        if not (yield from self._present(key)):
+            raise KeyError(key)
+        self._write("delete", key, None)
 
     # writes
 
@@ -360,14 +292,9 @@ class Transaction(MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         self._write("set", key, value)
 
-    def __delitem__(self, key: str) -> None:
-        if self._value(self._bucket._full(key)) is MISSING:
-            raise KeyError(key)
-        self._write("delete", key, None)
-
     def increment(self, key: str, by: int | float = 1) -> None:
         """Add ``by`` to the number at ``key`` when the transaction commits."""
-        _number(by)
+        operations.check_number(by)
         self._write("increment", key, by)
 
     def append(self, key: str, value: Any) -> None:
@@ -376,39 +303,37 @@ class Transaction(MutableMapping[str, Any]):
 
     # commit
 
-    def _commit(self) -> dict[str, tuple[Any, str | None]] | None:
+    def commit(self) -> Flow[dict[str, tuple[Any, str | None]] | None]:
         """Send the writes with the reads as checks; the failed checks' values on a conflict.
 
         A transaction that wrote nothing sends nothing.
         """
         self._done = True
-        operations = self._operations
-        if not operations:
+        pending = self._operations
+        if not pending:
             return None
-        bucket = self._bucket
-        cache = bucket._cache
+        state: ClientState = self._bucket._state
+        cache = state.cache
         checks = {path: etag for path, (_value, etag) in self._seen.items()}
-        body = commit_body(checks, operations)
-        written = list(dict.fromkeys(path for _kind, path, _value in operations))
+        request = protocol.commit(commit_body(checks, pending))
+        written = list(dict.fromkeys(path for _kind, path, _value in pending))
         generation = cache.generation
         try:
-            response = bucket._transport.request(
-                "POST", "bucket/?commit=true", body=body, idempotent=False
-            )
+            answer = yield request
         except BaseException:
-            _forget(bucket, written)  # the commit may have reached the server
+            _forget(state, written)  # the commit may have reached the server
             raise
-        if response.status_code == 412:
+        if answer.status_code == 412:
             # Refused, so nothing changed: what the cache holds stays right.
-            failed = failed_checks(response)
+            failed = failed_checks(answer)
             for path, (value, etag) in failed.items():
                 cache.store(path, value, generation, etag)
             return failed
-        _forget(bucket, written)
-        results = protocol.document(response, dict)["results"]
+        _forget(state, written)
+        results = protocol.document(answer, dict)["results"]
         generation += len(written)
-        for index, (kind, path, value) in enumerate(operations):
-            later = operations[index + 1 :]
+        for index, (kind, path, value) in enumerate(pending):
+            later = pending[index + 1 :]
             if any(_within(path, other) or _within(other, path) for _k, other, _v in later):
                 continue
             if kind == "set":
@@ -419,10 +344,35 @@ class Transaction(MutableMapping[str, Any]):
         return None
 
 
-def _forget(bucket: SharingMixin, written: list[str]) -> None:
-    """Drop cached reads of each written path and tell the bucket's write listeners."""
+class Transaction(TransactionState, MutableMapping[str, Any]):
+    """What a transaction's function sees: the bucket as of its reads, plus its own writes.
+
+    Reads record the ETag of what they saw (the checks of the commit);
+    writes are buffered until the function returns. Listing keys is not
+    offered (no ETag covers the whole bucket): read an object and list its
+    keys instead, ``tx["users"].keys()``.
+    """
+
+    def __getitem__(self, key: str) -> Any:
+        return self._bucket._run(self._lookup(key))
+
+    def __contains__(self, key: object) -> bool:
+        return self._bucket._run(self._present(key))  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[str]:
+        raise TypeError("a transaction does not list keys: read an object and list its keys")
+
+    def __len__(self) -> int:
+        raise TypeError("a transaction does not count keys: read an object and count its keys")
+
+    def __delitem__(self, key: str) -> None:
+        self._bucket._run(self._removal(key))
+
+
+def _forget(state: ClientState, written: list[str]) -> None:
+    """Drop cached reads of each written path and tell the write listeners."""
     for path in written:
-        with bucket._writing(path):
+        with state.writing(path):
             pass
 
 

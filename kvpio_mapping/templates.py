@@ -9,11 +9,10 @@ import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import suppress
 from typing import Any
-from urllib.parse import unquote
 
 from cachetools import TTLCache
 
-from . import paths, protocol, values
+from . import protocol, values
 from .cache import CacheInfo
 from .paths import MISSING
 from .transport import Transport
@@ -61,18 +60,15 @@ class TemplateStore(MutableMapping[str, str]):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["transport"], ttl=state["ttl"], maxsize=state["maxsize"])  # type: ignore[misc]
 
-    def _target(self, name: object) -> str:
-        return "templates/" + paths.url_quote(paths.parse(name))
-
-    def _get(self, name: str, query: str, body: bytes | None = None) -> tuple[str, frozenset[str]]:
-        """GET a template; KeyError if there is none."""
-        response = self._transport.request("GET", self._target(name) + query, body=body)
+    def _get(
+        self, name: str, *, raw: bool = False, data: bytes | None = None
+    ) -> tuple[str, frozenset[str]]:
+        """Read a template (rendered, or its source); KeyError if there is none."""
+        response = self._transport.send(protocol.template(name, raw=raw, data=data))
         found = protocol.text(response)
         if found is MISSING:
             raise KeyError(name)
-        header = response.headers.get(protocol.NAMES_HEADER, "")
-        names = frozenset(unquote(item) for item in header.split(",") if item)
-        return found, names
+        return found, protocol.template_names(response)
 
     def __getitem__(self, name: str) -> str:
         if self._enabled:
@@ -83,7 +79,7 @@ class TemplateStore(MutableMapping[str, str]):
                     return cached[0]
                 self._misses += 1
                 generation = self._generation
-        text, names = self._get(name, "?raw=False")
+        text, names = self._get(name)
         if self._enabled:
             with self._lock:
                 if generation == self._generation:
@@ -96,25 +92,25 @@ class TemplateStore(MutableMapping[str, str]):
             return self[name]
         if not isinstance(data, dict):
             raise TypeError(f"data must be a dict, not {type(data).__name__}")
-        return self._get(name, "?raw=False", values.encode(data))[0]
+        return self._get(name, data=values.encode(data))[0]
 
     def source(self, name: str) -> str:
         """The template's stored source, unrendered."""
-        return self._get(name, "?raw=True")[0]
+        return self._get(name, raw=True)[0]
 
     def __setitem__(self, name: str, source: str) -> None:
         if not isinstance(source, str):
             raise TypeError(f"a template source must be str, not {type(source).__name__}")
-        target = self._target(name)
+        request = protocol.write_template(name, source)
         try:
-            protocol.check(self._transport.request("POST", target, body=values.encode(source)))
+            protocol.check(self._transport.send(request))
         finally:
             self._forget(name)
 
     def __delitem__(self, name: str) -> None:
-        target = self._target(name)
+        request = protocol.pop_template(name)
         try:
-            found = protocol.text(self._transport.request("DELETE", target + "?pop=true"))
+            found = protocol.text(self._transport.send(request))
         finally:
             self._forget(name)
         if found is MISSING:
@@ -127,7 +123,7 @@ class TemplateStore(MutableMapping[str, str]):
                 del self[name]
 
     def _names(self) -> list[str]:
-        return protocol.keys(self._transport.request("GET", "templates/"))
+        return protocol.keys(self._transport.send(protocol.list_templates()))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names())
@@ -137,7 +133,7 @@ class TemplateStore(MutableMapping[str, str]):
 
     def __contains__(self, name: object) -> bool:
         try:
-            self._get(name, "?raw=True")  # type: ignore[arg-type]
+            self._get(name, raw=True)  # type: ignore[arg-type]
         except KeyError:
             return False
         return True

@@ -131,13 +131,7 @@ class Transport:
         self.url = resolve_url(url)
         self.version = version
         self.api_key = resolve_api_key(api_key)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise TypeError(
-                f"timeout must be a number of seconds, not {type(timeout).__name__}"
-            )
-        if not timeout > 0:
-            raise ValueError(f"timeout must be above 0 seconds, not {timeout!r}")
-        self.timeout = float(timeout)
+        self.timeout = check_timeout(timeout)
         self.retries = retries
         self.backoff = backoff
         self._own_session = session is None
@@ -161,10 +155,9 @@ class Transport:
             "cert": settings["cert"],
             "stream": False,
         }
-        token = base64.b64encode(f"{self.api_key}:".encode()).decode()
         headers: CaseInsensitiveDict[str | bytes] = CaseInsensitiveDict(self.session.headers)
         headers["User-Agent"] = USER_AGENT
-        headers["Authorization"] = f"Basic {token}"
+        headers["Authorization"] = authorization(self.api_key)
         headers["Accept"] = "application/json, text/plain"
         self._headers = headers
 
@@ -192,6 +185,16 @@ class Transport:
 
     def __repr__(self) -> str:
         return f"<Transport {self.url}>"
+
+    def send(self, request: protocol.Request) -> requests.Response:
+        """Send a request built by :mod:`kvpio_mapping.protocol`; see :meth:`request`."""
+        return self.request(
+            request.method,
+            request.target,
+            body=request.body,
+            headers=request.headers,
+            idempotent=request.idempotent,
+        )
 
     def request(
         self,
@@ -254,7 +257,7 @@ class Transport:
                     ) from exc
                 raise TransportError(f"cannot reach the server at {self.url}: {exc}") from exc
             if response.status_code in RETRY_STATUSES and self._may_retry(
-                attempt, deadline, idempotent, _retry_after(response)
+                attempt, deadline, idempotent, retry_after(response)
             ):
                 attempt += 1
                 continue
@@ -264,22 +267,51 @@ class Transport:
         self, attempt: int, deadline: float, safe: bool, wait: float | None = None
     ) -> bool:
         """Pause before attempt ``attempt + 1`` and say yes, if it is safe and time is left."""
-        if not safe or attempt >= self.retries:
-            return False
-        pause = min(self.backoff * 2**attempt, MAX_PAUSE) if wait is None else wait
-        if time.monotonic() + pause >= deadline:
+        pause = retry_pause(self, attempt, deadline, safe, wait)
+        if pause is None:
             return False
         time.sleep(pause)
         return True
 
 
-def _retry_after(response: requests.Response) -> float | None:
+def retry_pause(
+    settings: Any, attempt: int, deadline: float, safe: bool, wait: float | None = None
+) -> float | None:
+    """How long to pause before attempt ``attempt + 1``, or None if it must not be made.
+
+    The one retry rule of both transports: only a ``safe`` request, at most
+    ``settings.retries`` times, exponential from ``settings.backoff`` up to
+    MAX_PAUSE (or the server's ``wait``), and never past the ``deadline``.
+    """
+    if not safe or attempt >= settings.retries:
+        return None
+    pause = min(settings.backoff * 2**attempt, MAX_PAUSE) if wait is None else wait
+    if time.monotonic() + pause >= deadline:
+        return None
+    return float(pause)
+
+
+def check_timeout(timeout: object) -> float:
+    """``timeout`` as seconds, refused unless a number above 0."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be above 0 seconds, not {timeout!r}")
+    return float(timeout)
+
+
+def retry_after(response: protocol.Answer) -> float | None:
     """The seconds of a ``Retry-After`` header, if it gives a number (at most MAX_PAUSE)."""
     value = response.headers.get("Retry-After", "")
     try:
         return min(max(float(value), 0.0), MAX_PAUSE)
     except ValueError:
         return None
+
+
+def authorization(api_key: str) -> str:
+    """The ``Authorization`` header of ``api_key`` (HTTP Basic, the key as user name)."""
+    return "Basic " + base64.b64encode(f"{api_key}:".encode()).decode()
 
 
 def _nothing_sent(exc: requests.RequestException) -> bool:

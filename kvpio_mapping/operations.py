@@ -1,0 +1,268 @@
+"""The bucket's operations as sans-IO flows, and the client state its mappings share.
+
+Each operation is a generator that yields the :class:`~kvpio_mapping.protocol.Request`
+it needs sent, receives the answer, keeps the cache right and returns the
+result; it does no I/O. :func:`run` drives a flow over a blocking transport
+and :func:`run_async` over an asyncio one, so ``KVBucket`` and
+``AsyncKVBucket`` share every rule of when to ask the server, what to ask
+and what the cache may keep (as httpx drives its auth flows, and h11 speaks
+HTTP, with no I/O of their own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Generator, Iterator
+from contextlib import contextmanager
+from typing import Any, Final, TypeVar
+
+from . import paths, protocol, values
+from .cache import NOT_CACHED, PathCache
+from .paths import MISSING
+from .protocol import Answer, Request
+
+_T = TypeVar("_T")
+Flow = Generator[Request, Answer, _T]
+"""An operation: yields requests, is sent their answers, returns its result."""
+WriteListener = Callable[[str | None], None]
+"""Called with the full path of each write (None: the whole bucket), whatever its outcome."""
+
+COUNTER_KINDS: Final = (int, float)
+
+
+class ClientState:
+    """What a bucket, its views, its template store and its connection share.
+
+    The transport (blocking or asyncio), the path cache, and the listeners
+    told of every write, so a cache elsewhere (rendered templates) can drop
+    what the write made stale.
+    """
+
+    def __init__(self, transport: Any, cache: PathCache) -> None:
+        self.transport = transport
+        self.cache = cache
+        self.listeners: list[WriteListener] = []
+
+    def add_listener(self, listener: WriteListener) -> None:
+        """Call ``listener(path)`` after each write through this state (None: all paths)."""
+        self.listeners.append(listener)
+
+    @contextmanager
+    def writing(self, path: str | None) -> Iterator[None]:
+        """Forget cached reads of ``path`` (None: all) and tell the listeners, whatever the
+        write's outcome: it may have reached the server."""
+        try:
+            with self.cache.writing(path):
+                yield
+        finally:
+            for listener in self.listeners:
+                listener(path)
+
+
+def run(flow: Flow[_T], send: Callable[[Request], Any]) -> _T:
+    """Drive ``flow`` to its result, sending each request with the blocking ``send``."""
+    try:
+        request = next(flow)
+        while True:
+            try:
+                answer = send(request)
+            except BaseException as exc:
+                request = flow.throw(exc)
+            else:
+                request = flow.send(answer)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def run_async(flow: Flow[_T], send: Callable[[Request], Awaitable[Any]]) -> _T:
+    """Drive ``flow`` to its result, awaiting ``send`` for each request."""
+    try:
+        request = next(flow)
+        while True:
+            try:
+                answer = await send(request)
+            except BaseException as exc:
+                request = flow.throw(exc)
+            else:
+                request = flow.send(answer)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+# reads
+
+
+def read(state: ClientState, full: str) -> Flow[Any]:
+    """The shared (uncopied) value at ``full``, or MISSING: cache first, else one GET
+    (revalidating an expired copy whose ETag is known)."""
+    cache = state.cache
+    if cache.enabled:
+        found = cache.lookup(full)
+        if found is not NOT_CACHED:
+            return found
+    generation = cache.generation
+    stale = cache.stale(full) if cache.enabled else None
+    answer = yield protocol.read(full, stale[0] if stale else None)
+    etag: str | None
+    value = protocol.value(answer, revalidating=stale is not None)
+    if value is protocol.NOT_MODIFIED and stale:
+        etag, value = stale
+    else:
+        etag = answer.headers.get("ETag")
+    cache.store(full, value, generation, etag)
+    return value
+
+
+def keys(root: str) -> Flow[list[str]]:
+    """The child keys of the bucket or of the object at ``root``, in one request."""
+    return protocol.keys((yield protocol.list_keys(root)))
+
+
+def snapshot(state: ClientState, root: str) -> Flow[dict[str, Any]]:
+    """The content below ``root`` (a list's items by 1-based position) in one request,
+    warming the cache with it. The values are shared: copy what is handed out."""
+    cache = state.cache
+    generation = cache.generation
+    if root:
+        found = protocol.value((yield protocol.read(root)))
+        cache.store(root, found, generation)
+        if type(found) is list:
+            return {str(n): item for n, item in enumerate(found, 1)}
+        return dict(found) if type(found) is dict else {}  # the cache keeps `found`
+    content: dict[str, Any] = protocol.document((yield protocol.snapshot()), dict)
+    cache.store_many(iter(content.items()), generation)
+    return content
+
+
+def versioned(state: ClientState, full: str) -> Flow[tuple[Any, str | None]]:
+    """The value (or MISSING) at exactly ``full`` with its ETag, from the cache when fresh."""
+    cache = state.cache
+    found: Any = cache.tagged(full, exact=True) if cache.enabled else NOT_CACHED
+    if found is not NOT_CACHED:
+        _where, value, etag = found
+        return value, etag
+    generation = cache.generation
+    value, etag = protocol.tagged((yield protocol.read(full)))
+    cache.store(full, value, generation, etag)
+    return value, etag
+
+
+# writes
+
+
+def store(state: ClientState, full: str, value: Any) -> Flow[None]:
+    """Write ``value`` at ``full`` (checked first: nothing is sent if bad)."""
+    body = values.encode(value, addressable=True)
+    with state.writing(full):
+        protocol.check((yield protocol.write(full, body)))
+
+
+def store_many(state: ClientState, batch: list[tuple[str, Any]], scope: str | None) -> Flow[None]:
+    """Write each ``(full path, value)`` in order, in one atomic request; ``scope`` is the
+    path all of them are below (None: the whole bucket), forgotten by the cache."""
+    for _, value in batch:
+        values.check(value, addressable=True)
+    request = protocol.write_many(batch)
+    with state.writing(scope):
+        protocol.check((yield request))
+
+
+def pop(state: ClientState, full: str) -> Flow[Any]:
+    """Remove ``full`` atomically on the server and return what was there, or MISSING."""
+    parent, _, last = full.rpartition("/")
+    # Removing a list item moves the later items up: forget all of the parent.
+    stale = parent if parent and last.isascii() and last.isdigit() else full
+    with state.writing(stale):
+        return protocol.value((yield protocol.pop(full)))
+
+
+def clear(state: ClientState, root: str) -> Flow[None]:
+    """Remove every key (below ``root``, whose object becomes ``{}``)."""
+    with state.writing(root or None):
+        protocol.check((yield protocol.clear(root)))
+
+
+def check_number(by: Any) -> None:
+    """Refuse an increment that is not an int or a float, or not a JSON number."""
+    if type(by) not in COUNTER_KINDS:
+        raise TypeError(f"an increment needs an int or a float, not {type(by).__name__}")
+    values.check(by)
+
+
+def increment(state: ClientState, full: str, by: int | float) -> Flow[Any]:
+    """Add ``by`` to the number at ``full`` atomically; the new number, which the cache keeps."""
+    check_number(by)
+    cache = state.cache
+    generation = cache.generation
+    with state.writing(full):
+        answer = yield protocol.operate(full, "increment", values.encode(by))
+        total = protocol.document(answer, *COUNTER_KINDS)
+    # The write's own invalidation is the only one expected since ``generation``.
+    cache.store(full, total, generation + 1, values.etag(answer.content))
+    return total
+
+
+def append(state: ClientState, full: str, value: Any) -> Flow[int]:
+    """Add ``value`` at the end of the list at ``full``; its 1-based position."""
+    body = values.encode(value)
+    with state.writing(full):
+        position: int = protocol.document((yield protocol.operate(full, "append", body)), int)
+    return position
+
+
+def merge(state: ClientState, full: str, members: dict[str, Any]) -> Flow[None]:
+    """Set each member of ``members`` below the object at ``full``, atomically."""
+    if type(members) is not dict:
+        raise TypeError(f"merge needs a dict, not {type(members).__name__}")
+    for name in members:
+        paths.parse(name)
+    body = values.encode(members)
+    with state.writing(full):
+        protocol.check((yield protocol.operate(full, "merge", body)))
+
+
+def write_if(
+    state: ClientState, method: str, full: str, body: bytes | None, etag: str | None
+) -> Flow[tuple[bool, Any]]:
+    """A write that applies only if ``full`` has ``etag`` (None: nothing there).
+
+    Returns whether it applied and, if not, the current value (or MISSING)
+    the 412 carried; the cache learns the outcome either way.
+    """
+    cache = state.cache
+    generation = cache.generation
+    with state.writing(full):
+        answer = yield protocol.write_if(method, full, body, etag)
+        if answer.status_code == 412:
+            current, tag = protocol.tagged(answer)
+        else:
+            protocol.check(answer)
+    if answer.status_code == 412:
+        cache.store(full, current, generation + 1, tag)
+        return False, current
+    if body is None:
+        cache.store(full, MISSING, generation + 1)
+    else:
+        cache.store(full, values.decode(body), generation + 1, values.etag(body))
+    return True, MISSING
+
+
+def setdefault(state: ClientState, full: str, default: Any) -> Flow[Any]:
+    """The shared value at ``full`` if present; else store ``default`` only if still
+    absent, atomically, and return it, or what a concurrent writer stored first."""
+    found = yield from read(state, full)
+    if found is not MISSING:
+        return found
+    stored, current = yield from write_if(state, "POST", full, values.encode(default), None)
+    return default if stored else current
+
+
+def popitem(
+    state: ClientState, root: str, full_of: Callable[[str], str]
+) -> Flow[tuple[str, Any]]:
+    """Remove and return the last ``(key, value)`` below ``root`` (``full_of`` gives a
+    key's full path); KeyError if empty."""
+    for key in reversed((yield from keys(root))):
+        found = yield from pop(state, full_of(key))
+        if found is not MISSING:
+            return key, found
+    raise KeyError("popitem(): dictionary is empty")
