@@ -21,9 +21,8 @@ from collections.abc import (
 from typing import Any, Final, TypeVar, overload
 
 from . import operations, paths, values
-from .cache import NOT_CACHED, CacheInfo, PathCache
-from .errors import InvalidPathError
-from .operations import ClientState, Flow, run
+from .cache import NOT_CACHED, PathCache
+from .operations import ClientState, Flow, Rooted, run
 from .paths import MISSING
 from .sharing import SharingMixin
 from .transport import DEFAULT_TIMEOUT, Transport
@@ -74,7 +73,7 @@ def update_pairs(other: Any, kwargs: Mapping[str, Any]) -> list[tuple[Any, Any]]
     return pairs
 
 
-class KVBucket(SharingMixin, MutableMapping[str, Any]):
+class KVBucket(SharingMixin, Rooted, MutableMapping[str, Any]):
     """A mapping of ``str`` slash paths to JSON values, stored in a kvp.io v1 bucket.
 
     ``url`` defaults to ``$KVPIO_URL``, else ``http://127.0.0.1:8000``;
@@ -100,8 +99,6 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
     ) -> None:
         cache = PathCache(ttl, maxsize, timer=timer)
         self._state = ClientState(transport or Transport(url, api_key, timeout=timeout), cache)
-        self._root: tuple[str, ...] = ()
-        self._prefix = ""
         self._listing = _Listing()
 
     @property
@@ -111,11 +108,6 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
     @property
     def _cache(self) -> PathCache:
         return self._state.cache
-
-    @property
-    def state(self) -> ClientState:
-        """The connection, cache and write listeners this mapping shares with its views."""
-        return self._state
 
     # configuration, pickling, views
 
@@ -131,11 +123,7 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         self.__init__(  # type: ignore[misc]
             transport=state["transport"], ttl=state["ttl"], maxsize=state["maxsize"]
         )
-        self._set_root(state["root"])
-
-    def _set_root(self, root: tuple[str, ...]) -> None:
-        self._root = root
-        self._prefix = paths.join(root) + "/" if root else ""
+        self._root = state["root"]
 
     def view(self, path: str) -> KVBucket:
         """A live mapping over the object at ``path``: ``view('cfg')['x'] = 1`` writes ``cfg/x``.
@@ -144,49 +132,9 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         object's keys (a list's positions ``'1'``..``'n'``); it is empty while
         nothing, or a scalar, is at ``path``.
         """
-        segments = self._root + paths.parse(path)
-        paths.check(segments)
-        view = object.__new__(type(self))
-        view._state = self._state
+        view: KVBucket = self._viewed(path)
         view._listing = _Listing()
-        view._set_root(segments)
         return view
-
-    @property
-    def url(self) -> str:
-        """The server's base URL."""
-        return self._transport.url
-
-    @property
-    def path(self) -> str:
-        """The path this mapping is rooted at (``''`` for the whole bucket)."""
-        return paths.join(self._root)
-
-    def __repr__(self) -> str:
-        root = f", path={self.path!r}" if self._root else ""
-        return f"{type(self).__name__}(url={self.url!r}{root})"
-
-    # paths
-
-    def _full(self, key: object) -> str:
-        """The validated full path of ``key`` below this mapping's root."""
-        segments = paths.parse(key)
-        if self._root:
-            segments = self._root + segments
-            paths.check(segments)
-        return paths.join(segments)
-
-    def _valid(self, key: object) -> str | None:
-        """The full path of ``key``, or None for a key that can never be stored.
-
-        Reads answer such a key as ``dict`` answers an absent one (no request);
-        an unhashable key raises ``TypeError`` as it does for ``dict``.
-        """
-        try:
-            return self._full(key)
-        except (TypeError, InvalidPathError):
-            hash(key)
-            return None
 
     def _run(self, flow: Flow[_T]) -> _T:
         """Drive an operation of :mod:`kvpio_mapping.operations` over the transport; any
@@ -362,14 +310,7 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
     def invalidate(self, path: str | None = None) -> None:
         """Drop cached reads of ``path`` (its ancestors and what is below it), or all."""
         self._listing.pending = None
-        if path is not None:
-            self._cache.invalidate(self._full(path))
-        else:
-            self._cache.invalidate(paths.join(self._root) or None)
-
-    def cache_info(self) -> CacheInfo:
-        """Hits, misses, maximum and current size of the read cache."""
-        return self._cache.info()
+        super().invalidate(path)
 
     def close(self) -> None:
         """Close the pooled connections (they reopen if the bucket is used again)."""

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from typing import Any, Final, TypeVar
 
 from . import paths, protocol, values
-from .cache import NOT_CACHED, PathCache
+from .cache import NOT_CACHED, CacheInfo, PathCache
+from .errors import InvalidPathError
 from .paths import MISSING
 from .protocol import Answer, Request
 
@@ -56,6 +57,73 @@ class ClientState:
         finally:
             for listener in self.listeners:
                 listener(path)
+
+
+class Rooted:
+    """What both bucket clients and their views share: the client state and a root path.
+
+    A view is the same client over the object at a path below the root.
+    """
+
+    _state: ClientState
+    _root: paths.Path = ()
+
+    def _viewed(self, path: str) -> Any:
+        """A new mapping of this class over ``path`` below this one's root, sharing the state."""
+        segments = self._root + paths.parse(path)
+        paths.check(segments)
+        view = object.__new__(type(self))
+        view._state = self._state
+        view._root = segments
+        return view
+
+    @property
+    def state(self) -> ClientState:
+        """The connection, cache and write listeners this mapping shares with its views."""
+        return self._state
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return str(self._state.transport.url)
+
+    @property
+    def path(self) -> str:
+        """The path this mapping is rooted at (``''`` for the whole bucket)."""
+        return paths.join(self._root)
+
+    def __repr__(self) -> str:
+        root = f", path={self.path!r}" if self._root else ""
+        return f"{type(self).__name__}(url={self.url!r}{root})"
+
+    def _full(self, key: object) -> str:
+        """The validated full path of ``key`` below this mapping's root."""
+        segments = paths.parse(key)
+        if self._root:
+            segments = self._root + segments
+            paths.check(segments)
+        return paths.join(segments)
+
+    def _valid(self, key: object) -> str | None:
+        """The full path of ``key``, or None for a key that can never be stored.
+
+        Reads answer such a key as ``dict`` answers an absent one (no request);
+        an unhashable key raises ``TypeError`` as it does for ``dict``.
+        """
+        try:
+            return self._full(key)
+        except (TypeError, InvalidPathError):
+            hash(key)
+            return None
+
+    def invalidate(self, path: str | None = None) -> None:
+        """Drop cached reads of ``path`` (its ancestors and what is below it), or all."""
+        cache = self._state.cache
+        cache.invalidate(self._full(path) if path is not None else self.path or None)
+
+    def cache_info(self) -> CacheInfo:
+        """Hits, misses, maximum and current size of the read cache."""
+        return self._state.cache.info()
 
 
 def run(flow: Flow[_T], send: Callable[[Request], Any]) -> _T:
@@ -112,9 +180,14 @@ def read(state: ClientState, full: str) -> Flow[Any]:
     return value
 
 
+def keys_of(request: Request) -> Flow[list[str]]:
+    """The key list a listing request answers."""
+    return protocol.keys((yield request))
+
+
 def keys(root: str) -> Flow[list[str]]:
     """The child keys of the bucket or of the object at ``root``, in one request."""
-    return protocol.keys((yield protocol.list_keys(root)))
+    return (yield from keys_of(protocol.list_keys(root)))
 
 
 def snapshot(state: ClientState, root: str) -> Flow[dict[str, Any]]:

@@ -8,14 +8,160 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import suppress
-from typing import Any
+from typing import Any, TypeVar
 
 from cachetools import TTLCache
 
-from . import protocol, values
+from . import operations, protocol, values
 from .cache import CacheInfo
+from .operations import Flow, run
 from .paths import MISSING
 from .transport import Transport
+
+_T = TypeVar("_T")
+
+
+class RenderCache:
+    """Rendered texts by template name, each for ``ttl`` seconds, never older than a write.
+
+    Each text is kept with the top-level names its rendering used, so a
+    write to the bucket drops exactly the renderings it may change; a
+    generation counter stops a rendering fetched before a write from being
+    stored after it. Thread-safe; both template stores use it.
+    """
+
+    def __init__(self, ttl: float, maxsize: int, timer: Callable[[], float]) -> None:
+        self.ttl = ttl
+        self.maxsize = maxsize
+        self.enabled = ttl > 0 and maxsize > 0
+        self.timer = timer
+        self.lock = threading.Lock()
+        self._renders: TTLCache[str, tuple[str, frozenset[str]]] = TTLCache(
+            max(maxsize, 1), ttl, timer=timer
+        )
+        self._generation = 0
+        self._hits = 0
+        self._misses = 0
+        _live[id(self)] = self
+
+    def lookup(self, name: str) -> tuple[str | None, int]:
+        """The cached text of ``name`` (None on a miss) and the generation to store under."""
+        with self.lock:
+            cached = self._renders.get(name)
+            if cached is not None:
+                self._hits += 1
+                return cached[0], self._generation
+            self._misses += 1
+            return None, self._generation
+
+    def store(self, name: str, text: str, used: frozenset[str], generation: int) -> None:
+        """Keep ``text`` unless something was written since ``generation``."""
+        if self.enabled:
+            with self.lock:
+                if generation == self._generation:
+                    self._renders[name] = (text, used)
+
+    def forget(self, name: str) -> None:
+        """Drop the rendering of ``name`` (its source was written)."""
+        with self.lock:
+            self._generation += 1
+            self._renders.pop(name, None)
+
+    def bucket_changed(self, path: str | None) -> None:
+        """Drop renderings that used the top-level key written at ``path`` (all if None)."""
+        with self.lock:
+            self._generation += 1
+            if path is None:
+                self._renders.clear()
+                return
+            top = path.split("/", 1)[0]
+            for name in [n for n, (_, used) in self._renders.items() if top in used]:
+                self._renders.pop(name, None)
+
+    def info(self) -> CacheInfo:
+        """Hits, misses, maximum and current size."""
+        with self.lock:
+            size = len(self._renders)
+            return CacheInfo(self._hits, self._misses, int(self._renders.maxsize), size)
+
+    def _after_fork(self) -> None:
+        """Start empty with a new lock: another thread of the parent may have held the old one."""
+        self.lock = threading.Lock()
+        self._renders = TTLCache(max(self.maxsize, 1), self.ttl, timer=self.timer)
+
+
+# The template operations as flows (see kvpio_mapping.operations), for both stores.
+
+
+def _fetch(name: object, raw: bool = False, data: bytes | None = None) -> Flow[Any]:
+    """A template's text (rendered, or its source) and the names it used; KeyError if none."""
+    answer = yield protocol.template(name, raw=raw, data=data)
+    found = protocol.text(answer)
+    if found is MISSING:
+        raise KeyError(name)
+    return found, protocol.template_names(answer)
+
+
+def rendered(cache: RenderCache, name: str, data: dict[str, Any] | None = None) -> Flow[str]:
+    """``name`` rendered with the bucket's data (cached), or with ``data`` overriding
+    top-level names (not cached)."""
+    if data is not None:
+        if not isinstance(data, dict):
+            raise TypeError(f"data must be a dict, not {type(data).__name__}")
+        text, _used = yield from _fetch(name, data=values.encode(data))
+        return text  # type: ignore[no-any-return]
+    generation = 0
+    if cache.enabled:
+        cached, generation = cache.lookup(name)
+        if cached is not None:
+            return cached
+    text, used = yield from _fetch(name)
+    cache.store(name, text, used, generation)
+    return text  # type: ignore[no-any-return]
+
+
+def source(name: str) -> Flow[str]:
+    """The template's stored source, unrendered."""
+    text, _used = yield from _fetch(name, raw=True)
+    return text  # type: ignore[no-any-return]
+
+
+def exists(name: object) -> Flow[bool]:
+    """Whether a template ``name`` is stored."""
+    try:
+        yield from _fetch(name, raw=True)
+    except KeyError:
+        return False
+    return True
+
+
+def store(cache: RenderCache, name: str, text: str) -> Flow[None]:
+    """Store the source ``text`` as ``name``."""
+    if not isinstance(text, str):
+        raise TypeError(f"a template source must be str, not {type(text).__name__}")
+    request = protocol.write_template(name, text)
+    try:
+        protocol.check((yield request))
+    finally:
+        cache.forget(name)
+
+
+def remove(cache: RenderCache, name: str) -> Flow[None]:
+    """Delete the template ``name``; KeyError if there is none."""
+    request = protocol.pop_template(name)
+    try:
+        found = protocol.text((yield request))
+    finally:
+        cache.forget(name)
+    if found is MISSING:
+        raise KeyError(name)
+
+
+def clear(cache: RenderCache) -> Flow[None]:
+    """Delete every template, without rendering them (one may not render)."""
+    for name in (yield from operations.keys_of(protocol.list_templates())):
+        with suppress(KeyError):  # deleted meanwhile
+            yield from remove(cache, name)
 
 
 class TemplateStore(MutableMapping[str, str]):
@@ -37,128 +183,62 @@ class TemplateStore(MutableMapping[str, str]):
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self._transport = transport
-        self._ttl = ttl
-        self._maxsize = maxsize
-        self._enabled = ttl > 0 and maxsize > 0
-        self._lock = threading.Lock()
-        self._timer = timer
-        self._renders: TTLCache[str, tuple[str, frozenset[str]]] = TTLCache(
-            max(maxsize, 1), ttl, timer=timer
-        )
-        _live[id(self)] = self
-        self._generation = 0
-        self._hits = 0
-        self._misses = 0
+        self._cache = RenderCache(ttl, maxsize, timer)
+
+    @property
+    def _lock(self) -> threading.Lock:
+        return self._cache.lock
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self._transport.url!r})"
 
     def __getstate__(self) -> dict[str, Any]:
         """The configuration only, as :class:`KVBucket` pickles (no cache, lock or clock)."""
-        return {"transport": self._transport, "ttl": self._ttl, "maxsize": self._maxsize}
+        cache = self._cache
+        return {"transport": self._transport, "ttl": cache.ttl, "maxsize": cache.maxsize}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["transport"], ttl=state["ttl"], maxsize=state["maxsize"])  # type: ignore[misc]
 
-    def _get(
-        self, name: str, *, raw: bool = False, data: bytes | None = None
-    ) -> tuple[str, frozenset[str]]:
-        """Read a template (rendered, or its source); KeyError if there is none."""
-        response = self._transport.send(protocol.template(name, raw=raw, data=data))
-        found = protocol.text(response)
-        if found is MISSING:
-            raise KeyError(name)
-        return found, protocol.template_names(response)
+    def _run(self, flow: Flow[_T]) -> _T:
+        return run(flow, self._transport.send)
 
     def __getitem__(self, name: str) -> str:
-        if self._enabled:
-            with self._lock:
-                cached = self._renders.get(name)
-                if cached is not None:
-                    self._hits += 1
-                    return cached[0]
-                self._misses += 1
-                generation = self._generation
-        text, names = self._get(name)
-        if self._enabled:
-            with self._lock:
-                if generation == self._generation:
-                    self._renders[name] = (text, names)
-        return text
+        return self._run(rendered(self._cache, name))
 
     def render(self, name: str, data: dict[str, Any] | None = None) -> str:
         """Render ``name`` with ``data`` supplying or overriding top-level names (not cached)."""
-        if data is None:
-            return self[name]
-        if not isinstance(data, dict):
-            raise TypeError(f"data must be a dict, not {type(data).__name__}")
-        return self._get(name, data=values.encode(data))[0]
+        return self._run(rendered(self._cache, name, data))
 
     def source(self, name: str) -> str:
         """The template's stored source, unrendered."""
-        return self._get(name, raw=True)[0]
+        return self._run(source(name))
 
-    def __setitem__(self, name: str, source: str) -> None:
-        if not isinstance(source, str):
-            raise TypeError(f"a template source must be str, not {type(source).__name__}")
-        request = protocol.write_template(name, source)
-        try:
-            protocol.check(self._transport.send(request))
-        finally:
-            self._forget(name)
+    def __setitem__(self, name: str, text: str) -> None:
+        self._run(store(self._cache, name, text))
 
     def __delitem__(self, name: str) -> None:
-        request = protocol.pop_template(name)
-        try:
-            found = protocol.text(self._transport.send(request))
-        finally:
-            self._forget(name)
-        if found is MISSING:
-            raise KeyError(name)
+        self._run(remove(self._cache, name))
 
     def clear(self) -> None:
         """Delete every template, without rendering them (one may not render)."""
-        for name in self._names():
-            with suppress(KeyError):  # deleted meanwhile
-                del self[name]
-
-    def _names(self) -> list[str]:
-        return protocol.keys(self._transport.send(protocol.list_templates()))
+        self._run(clear(self._cache))
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._names())
+        return iter(self._run(operations.keys_of(protocol.list_templates())))
 
     def __len__(self) -> int:
-        return len(self._names())
+        return len(self._run(operations.keys_of(protocol.list_templates())))
 
     def __contains__(self, name: object) -> bool:
-        try:
-            self._get(name, raw=True)  # type: ignore[arg-type]
-        except KeyError:
-            return False
-        return True
-
-    def _after_fork(self) -> None:
-        """Start empty with a new lock: another thread of the parent may have held the old one."""
-        self._lock = threading.Lock()
-        renders = self._renders
-        self._renders = TTLCache(renders.maxsize, renders.ttl, timer=self._timer)
+        return self._run(exists(name))
 
     def _forget(self, name: str) -> None:
-        with self._lock:
-            self._generation += 1
-            self._renders.pop(name, None)
+        self._cache.forget(name)
 
     def bucket_changed(self, path: str | None) -> None:
         """Drop renderings that used the top-level key written at ``path`` (all if None)."""
-        with self._lock:
-            self._generation += 1
-            if path is None:
-                self._renders.clear()
-                return
-            top = path.split("/", 1)[0]
-            for name in [n for n, (_, used) in self._renders.items() if top in used]:
-                self._renders.pop(name, None)
+        self._cache.bucket_changed(path)
 
     def invalidate(self, name: str | None = None) -> None:
         """Drop the cached rendering of ``name``, or all of them."""
@@ -169,13 +249,10 @@ class TemplateStore(MutableMapping[str, str]):
 
     def cache_info(self) -> CacheInfo:
         """Hits, misses, maximum and current size of the rendered-text cache."""
-        with self._lock:
-            size = len(self._renders)
-            return CacheInfo(self._hits, self._misses, int(self._renders.maxsize), size)
+        return self._cache.info()
 
 
-# By id: a mapping is unhashable, so it cannot be in a WeakSet.
-_live: weakref.WeakValueDictionary[int, TemplateStore] = weakref.WeakValueDictionary()
+_live: weakref.WeakValueDictionary[int, RenderCache] = weakref.WeakValueDictionary()
 
 
 def _reset_after_fork() -> None:
