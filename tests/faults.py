@@ -1,10 +1,11 @@
 """A loopback HTTP server of the tests' own, for answers a real kvpio server never gives.
 
 It answers every request with one canned answer (``status``, ``headers``,
-``body``), can hang (bounded), close without answering (``drop``: the answer
-is lost after the request arrived), cut an answer short, or reset a keep-alive
-connection that stayed idle, as a server closing idle connections does when
-a request races the close.
+``body``), can answer each request ``delay`` seconds late (a distant server,
+for what concurrency gains), can hang (bounded), close without answering
+(``drop``: the answer is lost after the request arrived), cut an answer
+short, or reset a keep-alive connection that stayed idle, as a server
+closing idle connections does when a request races the close.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class _Handler(BaseHTTPRequestHandler):
         if length:
             self.rfile.read(length)
         fault.requests.append((self.command, self.path))
+        if fault.delay:
+            time.sleep(fault.delay)
         if fault.hang or fault.drop:
             if fault.hang:
                 fault.released.wait(HANG_LIMIT)
@@ -79,6 +82,7 @@ class Fault:
         self.headers: dict[str, str] = {"Content-Type": "application/json"}
         self.body = b'"value"'
         self.short_by = 0
+        self.delay = 0.0
         self.hang = False
         self.drop = False
         self.released = threading.Event()
@@ -96,6 +100,7 @@ class Fault:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128
     fault: Fault
 
 

@@ -1,0 +1,87 @@
+"""``AsyncTemplateStore``: the template store of :class:`~kvpio_mapping.TemplateStore`
+for asyncio code, running the same template flows with the same rendered-text cache."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from . import operations, protocol
+from .operations import Flow, run_async
+from .templates import RenderCache, clear, exists, remove, rendered, source, store
+
+_T = TypeVar("_T")
+
+
+class AsyncTemplateStore:
+    """Templates by name: ``await store.get('page')`` is the page rendered with the bucket's data.
+
+    ``transport`` is an :class:`~kvpio_mapping.async_transport.AsyncTransport`;
+    ``ttl``, ``maxsize`` and ``timer`` configure the rendered-text cache as
+    for :class:`~kvpio_mapping.TemplateStore`.
+    """
+
+    def __init__(
+        self,
+        transport: Any,
+        *,
+        ttl: float = 5.0,
+        maxsize: int = 256,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._transport = transport
+        self._cache = RenderCache(ttl, maxsize, timer)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={self._transport.url!r})"
+
+    async def _run(self, flow: Flow[_T]) -> _T:
+        return await run_async(flow, self._transport.send)
+
+    async def get(self, name: str) -> str:
+        """``name`` rendered with the bucket's data (cached); KeyError if there is none."""
+        return await self._run(rendered(self._cache, name))
+
+    async def render(self, name: str, data: dict[str, Any] | None = None) -> str:
+        """Render ``name`` with ``data`` supplying or overriding top-level names (not cached)."""
+        return await self._run(rendered(self._cache, name, data))
+
+    async def source(self, name: str) -> str:
+        """The template's stored source, unrendered."""
+        return await self._run(source(name))
+
+    async def set(self, name: str, text: str) -> None:
+        """Store the template source ``text`` as ``name``."""
+        await self._run(store(self._cache, name, text))
+
+    async def delete(self, name: str) -> None:
+        """Delete the template ``name``; KeyError if there is none."""
+        await self._run(remove(self._cache, name))
+
+    async def contains(self, name: object) -> bool:
+        """Whether a template ``name`` is stored."""
+        return await self._run(exists(name))
+
+    async def names(self) -> list[str]:
+        """The template names, in one request."""
+        return await self._run(operations.keys_of(protocol.list_templates()))
+
+    async def clear(self) -> None:
+        """Delete every template, without rendering them (one may not render)."""
+        await self._run(clear(self._cache))
+
+    def bucket_changed(self, path: str | None) -> None:
+        """Drop renderings that used the top-level key written at ``path`` (all if None)."""
+        self._cache.bucket_changed(path)
+
+    def invalidate(self, name: str | None = None) -> None:
+        """Drop the cached rendering of ``name``, or all of them."""
+        if name is None:
+            self._cache.bucket_changed(None)
+        else:
+            self._cache.forget(name)
+
+    def cache_info(self) -> Any:
+        """Hits, misses, maximum and current size of the rendered-text cache."""
+        return self._cache.info()

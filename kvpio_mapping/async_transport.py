@@ -1,0 +1,150 @@
+"""The asyncio counterpart of :mod:`kvpio_mapping.transport`, on ``httpx.AsyncClient``.
+
+The only module that imports ``httpx`` (the ``async`` extra). It keeps the
+blocking transport's rules: the same configuration and defaults, one
+deadline per call with retries included, the same retry rule
+(:func:`~kvpio_mapping.transport.retry_pause`) and the same idle limit on
+pooled connections; pauses are ``asyncio.sleep``, so the event loop runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+
+from . import protocol
+from .errors import KvpioTimeoutError, TransportError
+from .transport import (
+    CONNECT_TIMEOUT,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    IDLE_LIMIT,
+    RETRY_STATUSES,
+    USER_AGENT,
+    authorization,
+    check_timeout,
+    resolve_api_key,
+    resolve_url,
+    retry_after,
+    retry_pause,
+)
+
+_NOTHING_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+"""Failures before any byte of the request reached the server (safe to resend)."""
+
+
+class AsyncTransport:
+    """Sends requests to one server with one API key, over an ``httpx.AsyncClient`` pool.
+
+    Use it from one event loop; pickling keeps only the configuration.
+    ``client`` shares an ``httpx.AsyncClient`` of the caller's (not closed by
+    :meth:`aclose`).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = 0.05,
+        client: httpx.AsyncClient | None = None,
+        version: str = "v1",
+    ) -> None:
+        self.url = resolve_url(url)
+        self.version = version
+        self.api_key = resolve_api_key(api_key)
+        self.timeout = check_timeout(timeout)
+        self.retries = retries
+        self.backoff = backoff
+        self.base = f"{self.url}/{version}/"
+        self._own_client = client is None
+        self.client = client or httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=100, keepalive_expiry=IDLE_LIMIT),
+            follow_redirects=False,
+        )
+        self._headers = {
+            "User-Agent": USER_AGENT,
+            "Authorization": authorization(self.api_key),
+            "Accept": "application/json, text/plain",
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "api_key": self.api_key,
+            "timeout": self.timeout,
+            "retries": self.retries,
+            "backoff": self.backoff,
+            "version": self.version,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"<AsyncTransport {self.url}>"
+
+    async def aclose(self) -> None:
+        """Close the pooled connections of a client this transport made."""
+        if self._own_client:
+            await self.client.aclose()
+
+    async def send(self, request: protocol.Request) -> httpx.Response:
+        """Send ``request`` and return the answer, any status, within ``timeout`` seconds.
+
+        Connection failures and 502/503/504 are retried with backoff when the
+        request may be resent (``request.idempotent``, by default
+        :func:`kvpio_mapping.protocol.idempotent`); a failure before anything
+        was sent always may. Raises :class:`TransportError` when no answer came.
+        """
+        method, target, body = request.method, request.target, request.body
+        deadline = time.monotonic() + self.timeout
+        idempotent = request.idempotent
+        if idempotent is None:
+            idempotent = protocol.idempotent(method, target)
+        headers = self._headers.copy()
+        if request.headers:
+            headers.update(request.headers)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        url = self.base + target
+        attempt = 0
+        while True:
+            left = max(deadline - time.monotonic(), 0.001)
+            timeout = httpx.Timeout(left, connect=min(CONNECT_TIMEOUT, left))
+            try:
+                response = await self.client.request(
+                    method, url, content=body, headers=headers, timeout=timeout
+                )
+            except httpx.TransportError as exc:
+                safe = idempotent or isinstance(exc, _NOTHING_SENT)
+                if await self._may_retry(attempt, deadline, safe):
+                    attempt += 1
+                    continue
+                if isinstance(exc, httpx.TimeoutException) or time.monotonic() >= deadline:
+                    raise KvpioTimeoutError(
+                        f"{self.url} did not answer {method} {target!r} within the timeout"
+                        f" of {self.timeout:g} s: {exc!r}"
+                    ) from exc
+                raise TransportError(f"cannot reach the server at {self.url}: {exc!r}") from exc
+            if response.status_code in RETRY_STATUSES and await self._may_retry(
+                attempt, deadline, idempotent, retry_after(response)
+            ):
+                attempt += 1
+                continue
+            return response
+
+    async def _may_retry(
+        self, attempt: int, deadline: float, safe: bool, wait: float | None = None
+    ) -> bool:
+        """Pause before attempt ``attempt + 1`` and say yes, if it is safe and time is left."""
+        pause = retry_pause(self, attempt, deadline, safe, wait)
+        if pause is None:
+            return False
+        await asyncio.sleep(pause)
+        return True
