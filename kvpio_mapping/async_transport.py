@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
@@ -32,6 +32,9 @@ from .transport import (
     retry_pause,
 )
 
+MAX_CONNECTIONS: Final = 100
+"""Connections the pool opens to the server at most, and keeps while they stay fresh: a
+batch of concurrent calls reuses the connections the previous batch opened."""
 _NOTHING_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 """Failures before any byte of the request reached the server (safe to resend)."""
 
@@ -64,7 +67,11 @@ class AsyncTransport:
         self.base = f"{self.url}/{version}/"
         self._own_client = client is None
         self.client = client or httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=100, keepalive_expiry=IDLE_LIMIT),
+            limits=httpx.Limits(
+                max_connections=MAX_CONNECTIONS,
+                max_keepalive_connections=MAX_CONNECTIONS,
+                keepalive_expiry=IDLE_LIMIT,
+            ),
             follow_redirects=False,
         )
         self._headers = {

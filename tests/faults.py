@@ -25,6 +25,7 @@ HANG_LIMIT = 10.0
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes
     server: _Server
     answered_at: float | None = None
 
