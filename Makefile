@@ -26,6 +26,7 @@ test: lint
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/client_bench.py
+	$(PY) benchmarks/async_bench.py
 	$(PY) benchmarks/server_bench.py
 	$(PY) benchmarks/storage_bench.py
 	$(PY) benchmarks/sharing_bench.py
