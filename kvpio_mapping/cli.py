@@ -143,18 +143,16 @@ def _transport(args: argparse.Namespace) -> Transport:
 
 def _call(
     transport: Transport,
-    method: str,
-    target: str,
-    body: bytes | None = None,
+    request: protocol.Request,
     read: Callable[[requests.Response], Any] = protocol.check,
 ) -> Any:
-    """Send one request and return what ``read`` (a :mod:`~kvpio_mapping.protocol` rule)
-    makes of the answer; any failure becomes a :class:`CommandError`.
+    """Send a request :mod:`~kvpio_mapping.protocol` built and return what ``read`` (one of
+    its rules) makes of the answer; any failure becomes a :class:`CommandError`.
 
     The transport resends only what is safe to send twice (never a list item's delete).
     """
     try:
-        return read(transport.request(method, target, body=body))
+        return read(transport.send(request))
     except KvpioError as exc:
         raise _command_error(exc, transport.url) from None
 
@@ -193,10 +191,10 @@ def _maybe_sent(exc: TransportError) -> bool:
     return type(reason).__name__ not in ("NewConnectionError", "NameResolutionError")
 
 
-def _quoted(key: str) -> str:
-    """``key`` as a URL path, every segment percent-encoded; invalid paths fail here."""
+def _path(key: str) -> str:
+    """``key`` as a checked full path; invalid paths fail here."""
     try:
-        return paths.url_quote(paths.parse(key))
+        return paths.join(paths.parse(key))
     except InvalidPathError as exc:
         raise CommandError(str(exc)) from None
 
@@ -229,14 +227,14 @@ def _read_json_file(name: str) -> Any:
 
 def cmd_account(args: argparse.Namespace) -> int:
     """Print the account's id, email, reads and size."""
-    print_json(_call(_transport(args), "GET", "account/", read=_object))
+    print_json(_call(_transport(args), protocol.account(), read=_object))
     return EXIT_OK
 
 
 def cmd_bucket_list(args: argparse.Namespace) -> int:
     """Print the bucket's top-level keys, or the child keys at PATH."""
-    target = "bucket/" if args.path is None else "bucket/" + _quoted(args.path) + "?keys=true"
-    print_json(_call(_transport(args), "GET", target, read=protocol.keys))
+    request = protocol.list_keys("" if args.path is None else _path(args.path))
+    print_json(_call(_transport(args), request, read=protocol.keys))
     return EXIT_OK
 
 
@@ -247,14 +245,13 @@ def cmd_bucket_clear(args: argparse.Namespace) -> int:
         confirm(f"Delete every key in the bucket at {transport.url}?", args.yes)
     except NotConfirmed as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
-    _call(transport, "DELETE", "bucket/?all=true")
+    _call(transport, protocol.clear())
     return EXIT_OK
 
 
 def cmd_bucket_get(args: argparse.Namespace) -> int:
     """Print the value at KEY."""
-    target = "bucket/" + _quoted(args.key)
-    found = _call(_transport(args), "GET", target, read=protocol.value)
+    found = _call(_transport(args), protocol.read(_path(args.key)), read=protocol.value)
     if found is MISSING:
         raise CommandError(f"no such key: {args.key}")
     print_json(found)
@@ -274,18 +271,18 @@ def cmd_bucket_set(args: argparse.Namespace) -> int:
             value = args.value
     else:
         raise CommandError("give VALUE or --file", EXIT_USAGE)
-    target = "bucket/" + _quoted(args.key)
+    full = _path(args.key)
     try:
         body = values.encode(value, addressable=True)
     except InvalidPathError as exc:
         raise CommandError(f"cannot store {args.key}: {exc}") from None
-    _call(_transport(args), "POST", target, body)
+    _call(_transport(args), protocol.write(full, body))
     return EXIT_OK
 
 
 def cmd_bucket_del(args: argparse.Namespace) -> int:
     """Delete KEY and everything below it."""
-    _call(_transport(args), "DELETE", "bucket/" + _quoted(args.key))
+    _call(_transport(args), protocol.delete(_path(args.key)))
     return EXIT_OK
 
 
@@ -293,9 +290,9 @@ def cmd_bucket_export(args: argparse.Namespace) -> int:
     """Print (or write to --output) the whole bucket, or the value at PATH, as JSON."""
     transport = _transport(args)
     if args.path is None:
-        value = _call(transport, "GET", "bucket/?values=true", read=_object)
+        value = _call(transport, protocol.snapshot(), read=_object)
     else:
-        value = _call(transport, "GET", "bucket/" + _quoted(args.path), read=protocol.value)
+        value = _call(transport, protocol.read(_path(args.path)), read=protocol.value)
         if value is MISSING:
             raise CommandError(f"no such key: {args.path}")
     if args.output is None or args.output == "-":
@@ -357,7 +354,7 @@ def cmd_bucket_import(args: argparse.Namespace) -> int:
     for number, batch in enumerate(batches, 1):
         progress.update(written, number, len(batches))
         try:
-            _call(transport, "POST", "bucket/", values.dump(dict(batch)).encode())
+            _call(transport, protocol.write_many(batch))
         except (CommandError, KeyboardInterrupt) as exc:
             progress.finish()
             if isinstance(exc, CommandError):
@@ -380,7 +377,7 @@ def cmd_bucket_import(args: argparse.Namespace) -> int:
 
 def cmd_template_list(args: argparse.Namespace) -> int:
     """Print the names of the stored templates."""
-    print_json(_call(_transport(args), "GET", "templates/", read=protocol.keys))
+    print_json(_call(_transport(args), protocol.list_templates(), read=protocol.keys))
     return EXIT_OK
 
 
@@ -392,8 +389,8 @@ def cmd_template_get(args: argparse.Namespace) -> int:
         if not isinstance(data, dict):
             raise CommandError("--data must be a JSON object of names to values")
         body = values.encode(data)
-    target = f"templates/{_quoted(args.name)}?raw={args.raw}"
-    found = _call(_transport(args), "GET", target, body, read=protocol.text)
+    request = protocol.template(_path(args.name), raw=args.raw, data=body)
+    found = _call(_transport(args), request, read=protocol.text)
     if found is MISSING:
         raise CommandError(f"no such template: {args.name}")
     print_text(found)
@@ -402,14 +399,13 @@ def cmd_template_get(args: argparse.Namespace) -> int:
 
 def cmd_template_set(args: argparse.Namespace) -> int:
     """Store TEMPLATE under NAME."""
-    target = "templates/" + _quoted(args.name)
-    _call(_transport(args), "POST", target, values.encode(args.template))
+    _call(_transport(args), protocol.write_template(_path(args.name), args.template))
     return EXIT_OK
 
 
 def cmd_template_del(args: argparse.Namespace) -> int:
     """Delete template NAME."""
-    _call(_transport(args), "DELETE", "templates/" + _quoted(args.name))
+    _call(_transport(args), protocol.delete_template(_path(args.name)))
     return EXIT_OK
 
 

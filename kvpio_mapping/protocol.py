@@ -168,6 +168,11 @@ def write_template(name: object, source: str) -> Request:
     return Request("POST", template_target(name), body=values.encode(source))
 
 
+def delete_template(name: object) -> Request:
+    """Remove the template ``name`` (no answer body)."""
+    return Request("DELETE", template_target(name))
+
+
 def pop_template(name: object) -> Request:
     """Remove the template ``name`` and answer its source."""
     return Request("DELETE", template_target(name) + "?pop=true")
