@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from . import operations, values
+from .async_transport import AsyncTransport
 from .bucket import DEFAULT_MAXSIZE, DEFAULT_TTL, update_pairs
 from .cache import PathCache
 from .operations import ClientState, Flow, Rooted, run_async
@@ -42,13 +43,10 @@ class AsyncKVBucket(Rooted):
         ttl: float = DEFAULT_TTL,
         maxsize: int = DEFAULT_MAXSIZE,
         timeout: float = DEFAULT_TIMEOUT,
-        transport: Any = None,
+        transport: AsyncTransport | None = None,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        if transport is None:
-            from .async_transport import AsyncTransport
-
-            transport = AsyncTransport(url, api_key, timeout=timeout)
+        transport = transport or AsyncTransport(url, api_key, timeout=timeout)
         self._state = ClientState(transport, PathCache(ttl, maxsize, timer=timer))
 
     def view(self, path: str) -> AsyncKVBucket:

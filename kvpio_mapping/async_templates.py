@@ -8,6 +8,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from . import operations, protocol
+from .async_transport import AsyncTransport
+from .cache import CacheInfo
 from .operations import Flow, run_async
 from .templates import RenderCache, clear, exists, remove, rendered, source, store
 
@@ -24,7 +26,7 @@ class AsyncTemplateStore:
 
     def __init__(
         self,
-        transport: Any,
+        transport: AsyncTransport,
         *,
         ttl: float = 5.0,
         maxsize: int = 256,
@@ -82,6 +84,6 @@ class AsyncTemplateStore:
         else:
             self._cache.forget(name)
 
-    def cache_info(self) -> Any:
+    def cache_info(self) -> CacheInfo:
         """Hits, misses, maximum and current size of the rendered-text cache."""
         return self._cache.info()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -112,3 +114,20 @@ def test_100_concurrent_misses_take_far_less_than_100_sequential(kvpio_account: 
         concurrent = asyncio.run(gets(fault.url, True))
     assert sequential > 1.0
     assert concurrent < sequential / 4
+
+
+def test_without_httpx_the_blocking_client_works_and_the_async_one_names_its_extra() -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['httpx'] = None\n"
+        "import kvpio_mapping\n"
+        "assert kvpio_mapping.KVBucket and kvpio_mapping.connect\n"
+        "try:\n"
+        "    kvpio_mapping.AsyncKVBucket\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout == "AsyncKVBucket needs httpx: pip install 'kvpio-mapping[async]'\n"
