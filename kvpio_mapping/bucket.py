@@ -99,6 +99,7 @@ class KVBucket(SharingMixin, Rooted, MutableMapping[str, Any]):
     ) -> None:
         cache = PathCache(ttl, maxsize, timer=timer)
         self._state = ClientState(transport or Transport(url, api_key, timeout=timeout), cache)
+        self._root = ()
         self._listing = _Listing()
 
     @property
@@ -155,7 +156,7 @@ class KVBucket(SharingMixin, Rooted, MutableMapping[str, Any]):
             if found is not MISSING:
                 return values.copy(found)
             self._listing.pending = None
-        cache = self._cache
+        cache = self._state.cache
         if cache.enabled and type(key) is str and not self._root:
             found = cache.exact(key)
             if found is not NOT_CACHED:
