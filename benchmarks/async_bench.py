@@ -110,7 +110,7 @@ async def bench_round_trips(url: str, api_key: str) -> None:
             headers = {"Content-Type": "application/json"}
             return (await client.post(target, content=body, auth=auth, headers=headers)).content
 
-        number = 200
+        number = 300
         ours, base = await side_by_side(lambda: bucket.get("k"), base_get, number)
         row("miss (GET)", ours, base, "httpx.AsyncClient().get", "<= 1.1x", ours <= 1.1 * base)
         ours, base = await side_by_side(lambda: bucket.set("k", value), base_post, number)

@@ -66,7 +66,12 @@ class AsyncTransport:
         self.backoff = backoff
         self.base = f"{self.url}/{version}/"
         self._own_client = client is None
+        whole = httpx.Timeout(self.timeout, connect=min(CONNECT_TIMEOUT, self.timeout))
+        # The first attempt has the whole timeout: our own client has it as its default,
+        # which spares httpx merging a timeout into every request.
+        self._first: Any = httpx.USE_CLIENT_DEFAULT if client is None else whole
         self.client = client or httpx.AsyncClient(
+            timeout=whole,
             limits=httpx.Limits(
                 max_connections=MAX_CONNECTIONS,
                 max_keepalive_connections=MAX_CONNECTIONS,
@@ -121,9 +126,8 @@ class AsyncTransport:
             headers["Content-Type"] = "application/json"
         url = self.base + target
         attempt = 0
+        timeout = self._first
         while True:
-            left = max(deadline - time.monotonic(), 0.001)
-            timeout = httpx.Timeout(left, connect=min(CONNECT_TIMEOUT, left))
             try:
                 response = await self.client.request(
                     method, url, content=body, headers=headers, timeout=timeout
@@ -132,6 +136,7 @@ class AsyncTransport:
                 safe = idempotent or isinstance(exc, _NOTHING_SENT)
                 if await self._may_retry(attempt, deadline, safe):
                     attempt += 1
+                    timeout = _left(deadline)
                     continue
                 if isinstance(exc, httpx.TimeoutException) or time.monotonic() >= deadline:
                     raise KvpioTimeoutError(
@@ -143,6 +148,7 @@ class AsyncTransport:
                 attempt, deadline, idempotent, retry_after(response)
             ):
                 attempt += 1
+                timeout = _left(deadline)
                 continue
             return response
 
@@ -155,3 +161,9 @@ class AsyncTransport:
             return False
         await asyncio.sleep(pause)
         return True
+
+
+def _left(deadline: float) -> httpx.Timeout:
+    """The timeout of an attempt that must end by ``deadline``."""
+    left = max(deadline - time.monotonic(), 0.001)
+    return httpx.Timeout(left, connect=min(CONNECT_TIMEOUT, left))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from kvpio_mapping import (
     ConflictError,
     InvalidPathError,
     KVBucket,
+    KvpioTimeoutError,
     ProtocolError,
     ServerError,
     TransportError,
@@ -416,6 +418,16 @@ def test_no_server_is_a_transport_error(make: Make, closed_url: str) -> None:
     client = make(url=closed_url, timeout=0.5)
     with pytest.raises(TransportError):
         client.get("k")
+
+
+def test_a_server_that_never_answers_times_out_within_the_deadline(make: Make) -> None:
+    with fault_server() as fault:
+        fault.hang = True
+        client = make(url=fault.url, timeout=0.5, ttl=0)
+        start = time.monotonic()
+        with pytest.raises(KvpioTimeoutError):
+            client.get("k")
+        assert time.monotonic() - start < 2.0
 
 
 def test_a_read_is_retried_after_a_503_and_an_increment_is_not(make: Make) -> None:
