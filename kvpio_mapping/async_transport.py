@@ -67,10 +67,17 @@ class AsyncTransport:
         self.base = f"{self.url}/{version}/"
         self._own_client = client is None
         whole = httpx.Timeout(self.timeout, connect=min(CONNECT_TIMEOUT, self.timeout))
-        # The first attempt has the whole timeout: our own client has it as its default,
-        # which spares httpx merging a timeout into every request.
+        fixed = {
+            "User-Agent": USER_AGENT,
+            "Authorization": authorization(self.api_key),
+            "Accept": "application/json, text/plain",
+        }
+        # Our own client has the whole timeout (the first attempt's) and the fixed headers
+        # as its defaults, which spares httpx merging them into every request.
         self._first: Any = httpx.USE_CLIENT_DEFAULT if client is None else whole
+        self._headers: dict[str, str] | None = None if client is None else fixed
         self.client = client or httpx.AsyncClient(
+            headers=fixed,
             timeout=whole,
             limits=httpx.Limits(
                 max_connections=MAX_CONNECTIONS,
@@ -79,11 +86,6 @@ class AsyncTransport:
             ),
             follow_redirects=False,
         )
-        self._headers = {
-            "User-Agent": USER_AGENT,
-            "Authorization": authorization(self.api_key),
-            "Accept": "application/json, text/plain",
-        }
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -119,11 +121,11 @@ class AsyncTransport:
         idempotent = request.idempotent
         if idempotent is None:
             idempotent = protocol.idempotent(method, target)
-        headers = self._headers.copy()
-        if request.headers:
-            headers.update(request.headers)
-        if body is not None:
-            headers["Content-Type"] = "application/json"
+        headers: dict[str, str] | None = self._headers
+        if request.headers or body is not None:
+            headers = {**(self._headers or {}), **(request.headers or {})}
+            if body is not None:
+                headers["Content-Type"] = "application/json"
         url = self.base + target
         attempt = 0
         timeout = self._first
