@@ -7,7 +7,7 @@
    for context.
 2. 100 concurrent misses (``asyncio.gather``) against the blocking
    ``KVBucket`` doing the same 100 misses in sequence: on one that answers
-   10 ms late, as a distant server does (target: at least 5x faster), and on
+   20 ms late, as a distant server does (target: at least 5x faster), and on
    the local server (context: on loopback nothing is waited for, so the cost
    is the client's own work, and httpx's per-request work is larger than
    that of the blocking client's tuned ``requests`` path).
@@ -34,7 +34,7 @@ from kvpio_mapping import AsyncKVBucket, KVBucket
 from kvpio_mapping.testing import run_server
 
 ROUNDS = 7
-DELAY = 0.01
+DELAY = 0.02
 
 
 class _Late(BaseHTTPRequestHandler):

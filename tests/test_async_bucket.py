@@ -96,7 +96,8 @@ def test_the_event_loop_runs_on_during_1000_mixed_operations(kvpio_account: Any)
     assert theirs > 5 * ours
 
 
-def test_100_concurrent_misses_take_far_less_than_100_sequential(kvpio_account: Any) -> None:
+@pytest.mark.slow
+def test_100_concurrent_misses_take_far_less_than_100_sequential() -> None:
     async def gets(url: str, concurrent: bool) -> float:
         async with AsyncKVBucket(url, "key", ttl=0) as bucket:
             await bucket.get("warm")
@@ -109,10 +110,12 @@ def test_100_concurrent_misses_take_far_less_than_100_sequential(kvpio_account: 
             return time.perf_counter() - start
 
     with fault_server() as fault:
-        fault.delay = 0.01  # a server 10 ms away
+        fault.delay = 0.02  # a server 20 ms away
         sequential = asyncio.run(gets(fault.url, False))
         concurrent = asyncio.run(gets(fault.url, True))
-    assert sequential > 1.0
+    # About 20 ms plus the client's own work for 100 requests (0.1 to 0.4 s on a loaded
+    # 2-core machine) against at least 2 s.
+    assert sequential > 2.0
     assert concurrent < sequential / 4
 
 
