@@ -30,12 +30,17 @@ from kvpio_mapping.errors import InvalidPathError
 from kvpio_mapping.paths import MISSING, Path, delete_in, get_in, set_in
 from kvpio_mapping.server.storage import AccountExistsError, MemoryStorage, Storage
 from kvpio_mapping.server.storage.base import (
+    CHANGE_LOG_REVISIONS,
+    LOGGED_TEXT,
+    Change,
+    Changes,
     Check,
     CheckFailedError,
     Committed,
     ConflictError,
     Failure,
     Operation,
+    UnknownAccountError,
 )
 from kvpio_mapping.server.storage.sqlite import BLOB_THRESHOLD, SQLiteStorage
 
@@ -924,7 +929,8 @@ def test_sqlite_leaf_write_in_large_document_changes_few_rows(tmp_path: FilePath
     before = conn.total_changes
     storage.set("a", p("doc/users/u100/profile/age"), 1)
     storage.set("a", p("doc/users/u200/history/4"), {"at": 0, "what": "new"})
-    assert conn.total_changes - before <= 8
+    # Eight tree rows at most, and one change-log row per write.
+    assert conn.total_changes - before <= 8 + 2
     storage.close()
 
 
@@ -1250,6 +1256,34 @@ class Model:
         return (self.revision, results)
 
 
+def replay(changes: list[Change], history: dict[int, Any]) -> Any:
+    """The bucket a follower of the log rebuilds from ``{}``.
+
+    ``history`` holds the bucket after each revision: a ``reread`` takes the
+    value there, as a follower reading it at once would.
+    """
+    data: Any = {}
+    for change in changes:
+        if change.kind == "put":
+            assert change.text is not None
+            if change.path:
+                set_in(data, change.path, json.loads(change.text))
+            else:
+                data = json.loads(change.text)
+        elif change.kind == "delete":
+            if change.path:
+                delete_in(data, change.path)
+            else:
+                data = {}
+        elif change.kind == "reread":
+            found = get_in(history[change.revision], change.path)
+            if found is MISSING:
+                delete_in(data, change.path)
+            else:
+                set_in(data, change.path, values.copy(found))
+    return data
+
+
 def _commit(
     storage: Storage, account: str, operations: list[Operation], checks: list[Check]
 ) -> object:
@@ -1289,6 +1323,7 @@ def test_random_atomic_commits_agree_with_a_model(
     for backend in random_backends:
         backend.create_account(account, "", account)
     model = Model()
+    history: dict[int, Any] = {0: {}}
     for operations, wanted in commits:
         # Each check expects what is there now, nothing, or anything, at random.
         checks = []
@@ -1299,9 +1334,13 @@ def test_random_atomic_commits_agree_with_a_model(
         expected = model.commit(operations, checks)
         for backend in random_backends:
             assert _commit(backend, account, operations, checks) == expected, (operations, checks)
+        history[model.revision] = values.copy(model.data)
     whole = j(model.data)
     for backend in random_backends:
         assert backend.read(account, ()) == (whole, model.revision)
+        logged = backend.changes(account, 0)
+        assert logged.complete and logged.revision == model.revision
+        assert j(replay(logged.changes, history)) == whole
 
 
 def test_sqlite_database_made_before_revisions_gains_them(tmp_path: FilePath) -> None:
@@ -1318,5 +1357,147 @@ def test_sqlite_database_made_before_revisions_gains_them(tmp_path: FilePath) ->
         assert storage.revision("old") == 0
         assert storage.commit("old", [Operation("increment", p("n"), 1)]).revision == 1
         assert storage.read("old", p("n")) == ("1", 1)
+    finally:
+        storage.close()
+
+
+# the change log
+
+
+def test_change_log_starts_empty_and_complete(storage: Storage, acct: str) -> None:
+    assert storage.changes(acct, 0) == Changes(0, [], True)
+
+
+def test_change_log_holds_each_write_with_its_revision(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("a/b"), {"c": 1})
+    storage.delete(acct, p("a/b/c"))
+    storage.commit(acct, [Operation("increment", p("n"), 2), Operation("append", p("l"), "x")])
+    storage.commit(acct, [Operation("append", p("l"), "y"), Operation("merge", p("m"), {"k": 1})])
+    storage.clear(acct)
+    assert storage.changes(acct, 0) == Changes(
+        5,
+        [
+            Change(1, "put", p("a/b"), '{"c":1}'),
+            Change(2, "delete", p("a/b/c"), None),
+            Change(3, "put", p("n"), "2"),
+            Change(3, "put", p("l"), '["x"]'),
+            Change(4, "put", p("l/2"), '"y"'),
+            Change(4, "put", p("m/k"), "1"),
+            Change(5, "delete", (), None),
+        ],
+        True,
+    )
+
+
+def test_change_log_answers_after_a_revision(storage: Storage, acct: str) -> None:
+    for n in range(4):
+        storage.set(acct, p("n"), n)
+    assert storage.changes(acct, 2) == Changes(
+        4, [Change(3, "put", p("n"), "2"), Change(4, "put", p("n"), "3")], True
+    )
+    assert storage.changes(acct, 4) == Changes(4, [], True)
+
+
+def test_change_log_logs_templates(storage: Storage, acct: str) -> None:
+    storage.set_template(acct, "page/home", "{{ a }}")
+    storage.delete_template(acct, "page/home")
+    assert storage.changes(acct, 0).changes == [
+        Change(1, "template", ("page/home",), "{{ a }}"),
+        Change(2, "template", ("page/home",), None),
+    ]
+
+
+def test_change_log_asks_to_reread_a_value_too_long_to_log(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("big"), "x" * LOGGED_TEXT)
+    assert storage.changes(acct, 0).changes == [Change(1, "reread", p("big"), None)]
+
+
+def test_failed_commits_log_nothing(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("s"), "text")
+    with pytest.raises(ConflictError):
+        storage.commit(acct, [Operation("set", p("t"), 1), Operation("increment", p("s"), 1)])
+    assert not storage.set(acct, p("s"), 2, only_if_missing=True)
+    assert storage.changes(acct, 0) == Changes(1, [Change(1, "put", p("s"), '"text"')], True)
+
+
+def test_change_log_answers_whole_revisions_in_batches(storage: Storage, acct: str) -> None:
+    storage.commit(acct, [Operation("set", (f"k{n}",), n) for n in range(5)])
+    storage.set(acct, p("after"), 1)
+    first = storage.changes(acct, 0, limit=2)
+    assert (first.revision, len(first.changes), first.complete) == (1, 5, True)
+    assert storage.changes(acct, first.revision, limit=2).changes == [
+        Change(2, "put", p("after"), "1")
+    ]
+
+
+def test_change_log_keeps_a_bounded_number_of_revisions(storage: Storage, acct: str) -> None:
+    for n in range(CHANGE_LOG_REVISIONS + 3):
+        storage.set(acct, p("n"), n)
+    last = CHANGE_LOG_REVISIONS + 3
+    assert storage.changes(acct, 2) == Changes(last, [], False)
+    kept = storage.changes(acct, 3, limit=10 * CHANGE_LOG_REVISIONS)
+    assert kept.complete and len(kept.changes) == CHANGE_LOG_REVISIONS
+
+
+def test_change_log_refuses_a_revision_ahead_of_the_account(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("n"), 1)
+    assert storage.changes(acct, 5) == Changes(1, [], False)
+
+
+def test_change_log_of_an_unknown_or_deleted_account_raises(storage: Storage, acct: str) -> None:
+    with pytest.raises(UnknownAccountError):
+        storage.changes("nobody", 0)
+    storage.delete_account(acct)
+    with pytest.raises(UnknownAccountError):
+        storage.changes(acct, 0)
+
+
+def test_sqlite_processes_writing_one_file_log_every_revision(tmp_path: FilePath) -> None:
+    db = str(tmp_path / "shared.sqlite3")
+    SQLiteStorage(db).create_account("a", "", "a-key")
+    script = (
+        "import sys\n"
+        "from kvpio_mapping.server.storage.sqlite import SQLiteStorage\n"
+        "s = SQLiteStorage(sys.argv[1])\n"
+        "for n in range(50):\n"
+        "    s.set('a', (sys.argv[2],), n)\n"
+    )
+    writers = [
+        subprocess.Popen([sys.executable, "-c", script, db, f"w{w}"], cwd=ROOT) for w in range(3)
+    ]
+    for writer in writers:
+        assert writer.wait(timeout=60) == 0
+    storage = SQLiteStorage(db)
+    try:
+        logged = storage.changes("a", 0)
+        assert logged.complete and logged.revision == 150
+        assert [change.revision for change in logged.changes] == list(range(1, 151))
+        for w in range(3):
+            mine = [change.text for change in logged.changes if change.path == (f"w{w}",)]
+            assert mine == [str(n) for n in range(50)]
+    finally:
+        storage.close()
+
+
+def test_sqlite_database_made_before_the_change_log_starts_it_at_its_revision(
+    tmp_path: FilePath,
+) -> None:
+    db = str(tmp_path / "old.sqlite3")
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TABLE accounts (id TEXT PRIMARY KEY, email TEXT NOT NULL,"
+            " key_digest TEXT NOT NULL UNIQUE, reads INTEGER NOT NULL DEFAULT 0,"
+            " revision INTEGER NOT NULL DEFAULT 0)"
+        )
+        conn.execute(
+            "INSERT INTO accounts (id, email, key_digest, revision) VALUES ('old', '', 'x', 7)"
+        )
+    conn.close()
+    storage = SQLiteStorage(db)
+    try:
+        assert storage.changes("old", 6) == Changes(7, [], False)
+        assert storage.changes("old", 7) == Changes(7, [], True)
+        storage.set("old", p("n"), 1)
+        assert storage.changes("old", 7) == Changes(8, [Change(8, "put", p("n"), "1")], True)
     finally:
         storage.close()

@@ -10,6 +10,11 @@ Every account has a *revision*: a counter that every committed write of its
 values or templates raises by exactly one (a write that fails, or a commit
 whose check fails, changes nothing and leaves it as it was). Reads and
 commits report the revision they saw or made.
+
+Every committed write also leaves its changes in the account's *change log*
+(:meth:`Storage.changes`), kept for the last :data:`CHANGE_LOG_REVISIONS`
+revisions: what a change feed reads, by revision, to follow the account from
+any worker or host.
 """
 
 from __future__ import annotations
@@ -27,6 +32,17 @@ from ...paths import MISSING, Path
 
 MAX_COMMIT: Final = 1000
 """Most operations, and most checks, one commit may hold."""
+
+CHANGE_LOG_REVISIONS: Final = 1000
+"""Revisions the change log reaches back; older changes are dropped as new ones come."""
+
+LOGGED_TEXT: Final = 16 * 1024
+"""Longest value text a change keeps; a longer one is logged as ``reread``."""
+
+CHANGES_BATCH: Final = 1000
+"""About the most changes one :meth:`Storage.changes` answer holds (whole revisions)."""
+
+ChangeKind = Literal["put", "delete", "reread", "template"]
 
 OperationKind = Literal["set", "delete", "pop", "increment", "append", "merge"]
 OPERATION_KINDS: Final[tuple[OperationKind, ...]] = (
@@ -51,6 +67,10 @@ class Account:
     email: str
     reads: int
     size: int
+
+
+class UnknownAccountError(LookupError):
+    """The account does not exist (any more)."""
 
 
 class ConflictError(ValueError):
@@ -111,6 +131,87 @@ class Committed(NamedTuple):
 
     revision: int
     results: list[str | None]
+
+
+class Change(NamedTuple):
+    """One entry of the change log.
+
+    ``put``: ``text`` is now the value at ``path`` (written as
+    :func:`~kvpio_mapping.paths.set_in` would); ``delete``: nothing is at
+    ``path`` any more (later items of a list moved up); ``reread``: the value
+    at ``path`` changed but was too long to log, read it again; ``template``:
+    the template named ``path[0]`` is now ``text`` (None: deleted).
+    """
+
+    revision: int
+    kind: ChangeKind
+    path: Path
+    text: str | None
+
+
+class Changes(NamedTuple):
+    """An answer of :meth:`Storage.changes`.
+
+    ``changes`` holds every change after the asked revision up to
+    ``revision``, in order. ``complete`` is False when the log no longer
+    reaches back to the asked revision (or it is ahead of the account's):
+    then ``changes`` is empty and ``revision`` is the account's now.
+    """
+
+    revision: int
+    changes: list[Change]
+    complete: bool
+
+
+def logged_changes(
+    operation: Operation, result: str | None
+) -> list[tuple[ChangeKind, Path, str | None]]:
+    """The change-log entries of one applied operation, given its result.
+
+    Both backends log a commit's operations with this, so a feed reads the
+    same entries from either.
+    """
+    kind, path, value = operation
+    entries: list[tuple[ChangeKind, Path, str | None]]
+    if kind == "set":
+        entries = [("put", path, values.dump(value))]
+    elif kind in ("delete", "pop"):
+        entries = [("delete", path, None)]
+    elif kind == "increment":
+        entries = [("put", path, result)]
+    elif kind == "append":
+        if result == "1":
+            entries = [("put", path, "[" + values.dump(value) + "]")]
+        else:
+            entries = [("put", (*path, str(result)), values.dump(value))]
+    elif value:
+        entries = [("put", (*path, key), values.dump(item)) for key, item in value.items()]
+    else:
+        entries = [("reread", path, None)]
+    return [
+        ("reread", at, None) if text is not None and len(text) > LOGGED_TEXT else (change, at, text)
+        for change, at, text in entries
+    ]
+
+
+def changes_after(
+    since: int, revision: int, floor: int, logged: Sequence[Change], limit: int
+) -> Changes:
+    """The answer of :meth:`Storage.changes` from a log holding every change after ``floor``.
+
+    ``logged`` are the changes after ``since`` in order (more than ``limit``
+    may be given: the answer ends at the first revision boundary past it).
+    """
+    if not floor <= since <= revision:
+        return Changes(revision, [], False)
+    if len(logged) <= limit:
+        return Changes(revision, list(logged), True)
+    end = limit
+    while end < len(logged) and logged[end].revision == logged[end - 1].revision:
+        end += 1
+    if end == len(logged):
+        return Changes(revision, list(logged), True)
+    return Changes(logged[end - 1].revision, list(logged[:end]), True)
 
 
 def failure(index: int, check: Check, text: str | None) -> Failure | None:
@@ -303,6 +404,15 @@ class Storage(ABC):
         """
         operation = Operation("pop" if return_value else "delete", path)
         return self.commit(account, [operation]).results[0]
+
+    @abstractmethod
+    def changes(self, account: str, since: int, limit: int = CHANGES_BATCH) -> Changes:
+        """The logged changes after revision ``since``, from one snapshot.
+
+        At most about ``limit`` changes, always whole revisions (one commit
+        may log more). Raises :class:`UnknownAccountError` for an account
+        that does not exist.
+        """
 
     @abstractmethod
     def clear(self, account: str) -> int:

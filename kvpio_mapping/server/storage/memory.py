@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,19 +11,27 @@ from typing import Any
 from ... import paths, values
 from ...paths import MISSING, Path
 from .base import (
+    CHANGE_LOG_REVISIONS,
+    CHANGES_BATCH,
     Account,
     AccountExistsError,
+    Change,
+    ChangeKind,
+    Changes,
     Check,
     CheckFailedError,
     Committed,
     Failure,
     Operation,
     Storage,
+    UnknownAccountError,
     appendable,
+    changes_after,
     check_operation,
     failure,
     hash_key,
     incremented,
+    logged_changes,
     mergeable,
     new_key,
     same_digest,
@@ -38,6 +47,16 @@ class _Account:
     revision: int = 0
     data: dict[str, Any] = field(default_factory=dict)
     templates: dict[str, str] = field(default_factory=dict)
+    log: deque[Change] = field(default_factory=deque)
+
+    def logged(self, entries: list[tuple[ChangeKind, Path, str | None]]) -> None:
+        """Raise the revision and log its changes, dropping those the log no longer keeps."""
+        self.revision += 1
+        log = self.log
+        log.extend(Change(self.revision, kind, path, text) for kind, path, text in entries)
+        floor = self.revision - CHANGE_LOG_REVISIONS
+        while log and log[0].revision <= floor:
+            log.popleft()
 
 
 class MemoryStorage(Storage):
@@ -144,14 +163,29 @@ class MemoryStorage(Storage):
             data = values.copy(state.data) if len(operations) > 1 else state.data
             results = [_apply(data, operation) for operation in operations]
             state.data = data
-            state.revision += 1
+            state.logged(
+                [
+                    entry
+                    for operation, result in zip(operations, results, strict=True)
+                    for entry in logged_changes(operation, result)
+                ]
+            )
             return Committed(state.revision, results)
+
+    def changes(self, account: str, since: int, limit: int = CHANGES_BATCH) -> Changes:
+        with self._lock:
+            state = self._accounts.get(account)
+            if state is None:
+                raise UnknownAccountError(account)
+            floor = max(0, state.revision - CHANGE_LOG_REVISIONS)
+            logged = [change for change in state.log if change.revision > since]
+            return changes_after(since, state.revision, floor, logged, limit)
 
     def clear(self, account: str) -> int:
         with self._lock:
             state = self._accounts[account]
             state.data = {}
-            state.revision += 1
+            state.logged([("delete", (), None)])
             return state.revision
 
     def get_template(self, account: str, name: str) -> str | None:
@@ -162,12 +196,12 @@ class MemoryStorage(Storage):
         with self._lock:
             state = self._accounts[account]
             state.templates[name] = source
-            state.revision += 1
+            state.logged([("template", (name,), source)])
 
     def delete_template(self, account: str, name: str) -> bool:
         with self._lock:
             state = self._accounts[account]
-            state.revision += 1
+            state.logged([("template", (name,), None)])
             return state.templates.pop(name, None) is not None
 
     def list_templates(self, account: str) -> list[str]:

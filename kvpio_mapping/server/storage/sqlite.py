@@ -74,6 +74,12 @@ snapshot): any commit by another connection, in this process or another,
 changes it.
 The connection's own commits do not, so every write transaction empties
 the cache of the connection that ran it.
+
+The change log is the ``changes`` table, one row per logged change keyed by
+``(account, revision, seq)``, written by the transaction that makes the
+revision; the same transaction drops the rows the log no longer keeps.
+``log_start`` is the revision an account's log began at (its revision when
+a database made before the log was opened).
 """
 
 from __future__ import annotations
@@ -94,19 +100,26 @@ from ... import paths, values
 from ...errors import InvalidPathError
 from ...paths import MISSING, Path
 from .base import (
+    CHANGE_LOG_REVISIONS,
+    CHANGES_BATCH,
     Account,
     AccountExistsError,
+    Change,
+    ChangeKind,
+    Changes,
     Check,
     CheckFailedError,
     Committed,
     Failure,
     Operation,
     Storage,
+    UnknownAccountError,
     appendable,
     check_operation,
     failure,
     hash_key,
     incremented,
+    logged_changes,
     mergeable,
     new_key,
     same_digest,
@@ -135,7 +148,8 @@ CREATE TABLE IF NOT EXISTS accounts (
     email TEXT NOT NULL,
     key_digest TEXT NOT NULL UNIQUE,
     reads INTEGER NOT NULL DEFAULT 0,
-    revision INTEGER NOT NULL DEFAULT 0
+    revision INTEGER NOT NULL DEFAULT 0,
+    log_start INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS nodes (
     account TEXT NOT NULL,
@@ -154,6 +168,15 @@ CREATE TABLE IF NOT EXISTS members (
     path BLOB NOT NULL,
     run BLOB NOT NULL,
     PRIMARY KEY (account, path)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS changes (
+    account TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    path BLOB NOT NULL,
+    body TEXT,
+    PRIMARY KEY (account, revision, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS templates (
     account TEXT NOT NULL,
@@ -323,9 +346,11 @@ class SQLiteStorage(Storage):
             columns = [row[1] for row in conn.execute("PRAGMA table_info(accounts)")]
             if "revision" not in columns:
                 # A database made before revisions existed.
-                conn.execute(
-                    "ALTER TABLE accounts ADD COLUMN revision INTEGER NOT NULL DEFAULT 0"
-                )
+                conn.execute("ALTER TABLE accounts ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")
+            if "log_start" not in columns:
+                # A database made before the change log: it starts at today's revisions.
+                conn.execute("ALTER TABLE accounts ADD COLUMN log_start INTEGER NOT NULL DEFAULT 0")
+                conn.execute("UPDATE accounts SET log_start = revision")
 
     # connections and transactions
 
@@ -386,6 +411,27 @@ class SQLiteStorage(Storage):
             if row is None:
                 raise KeyError(account)
             yield conn, int(row[0])
+
+    @staticmethod
+    def _log(
+        conn: sqlite3.Connection,
+        account: str,
+        revision: int,
+        entries: Sequence[tuple[ChangeKind, Path, str | None]],
+    ) -> None:
+        """Log a revision's changes and drop the revision the log stops keeping."""
+        conn.executemany(
+            "INSERT INTO changes (account, revision, seq, kind, path, body)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (account, revision, seq, kind, _key(path), text)
+                for seq, (kind, path, text) in enumerate(entries)
+            ],
+        )
+        conn.execute(
+            "DELETE FROM changes WHERE account = ? AND revision <= ?",
+            (account, revision - CHANGE_LOG_REVISIONS),
+        )
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -529,6 +575,7 @@ class SQLiteStorage(Storage):
             conn.execute("DELETE FROM nodes WHERE account = ?", (id,))
             conn.execute("DELETE FROM members WHERE account = ?", (id,))
             conn.execute("DELETE FROM templates WHERE account = ?", (id,))
+            conn.execute("DELETE FROM changes WHERE account = ?", (id,))
             return gone > 0
 
     def add_reads(self, counts: Mapping[str, int]) -> None:
@@ -1112,7 +1159,47 @@ class SQLiteStorage(Storage):
             if failures:
                 raise CheckFailedError(failures)
             results = [self._apply(conn, account, operation) for operation in operations]
+            self._log(
+                conn,
+                account,
+                revision,
+                [
+                    entry
+                    for operation, result in zip(operations, results, strict=True)
+                    for entry in logged_changes(operation, result)
+                ],
+            )
         return Committed(revision, results)
+
+    def changes(self, account: str, since: int, limit: int = CHANGES_BATCH) -> Changes:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT revision, log_start FROM accounts WHERE id = ?", (account,)
+            ).fetchone()
+            if row is None:
+                raise UnknownAccountError(account)
+            revision, start = int(row[0]), int(row[1])
+            floor = max(start, revision - CHANGE_LOG_REVISIONS)
+            if not floor <= since <= revision:
+                return Changes(revision, [], False)
+            rows = conn.execute(
+                "SELECT revision, kind, path, body FROM changes WHERE account = ? AND revision > ?"
+                " ORDER BY revision, seq LIMIT ?",
+                (account, since, limit + 1),
+            ).fetchall()
+            if len(rows) > limit:
+                # An answer holds whole revisions: up to the end of the limit-th row's.
+                revision = rows[limit - 1][0]
+                rows = conn.execute(
+                    "SELECT revision, kind, path, body FROM changes WHERE account = ?"
+                    " AND revision > ? AND revision <= ? ORDER BY revision, seq",
+                    (account, since, revision),
+                ).fetchall()
+        logged = [
+            Change(rev, kind, tuple(path.decode().split("\x00")) if path else (), body)
+            for rev, kind, path, body in rows
+        ]
+        return Changes(revision, logged, True)
 
     def _apply(self, conn: sqlite3.Connection, account: str, operation: Operation) -> str | None:
         """Apply one operation inside a write transaction; its result as JSON text."""
@@ -1354,6 +1441,7 @@ class SQLiteStorage(Storage):
         with self._write_to(account) as (conn, revision):
             conn.execute("DELETE FROM nodes WHERE account = ?", (account,))
             conn.execute("DELETE FROM members WHERE account = ?", (account,))
+            self._log(conn, account, revision, [("delete", (), None)])
         return revision
 
     # templates
@@ -1366,7 +1454,8 @@ class SQLiteStorage(Storage):
             return None if row is None else str(row[0])
 
     def set_template(self, account: str, name: str, source: str) -> None:
-        with self._write_to(account) as (conn, _revision):
+        with self._write_to(account) as (conn, revision):
+            self._log(conn, account, revision, [("template", (name,), source)])
             updated = conn.execute(
                 "UPDATE templates SET source = ? WHERE account = ? AND name = ?",
                 (source, account, name),
@@ -1379,7 +1468,8 @@ class SQLiteStorage(Storage):
                 )
 
     def delete_template(self, account: str, name: str) -> bool:
-        with self._write_to(account) as (conn, _revision):
+        with self._write_to(account) as (conn, revision):
+            self._log(conn, account, revision, [("template", (name,), None)])
             gone = conn.execute(
                 "DELETE FROM templates WHERE account = ? AND name = ?", (account, name)
             ).rowcount
