@@ -131,6 +131,8 @@ def start_server(
     render_timeout: float | None = None,
     header_timeout: float | None = None,
     max_connections: int | None = None,
+    max_streams: int | None = None,
+    max_account_streams: int | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
     timeout: float = START_TIMEOUT,
@@ -155,6 +157,10 @@ def start_server(
         command += ["--header-timeout", str(header_timeout)]
     if max_connections is not None:
         command += ["--max-connections", str(max_connections)]
+    if max_streams is not None:
+        command += ["--max-streams", str(max_streams)]
+    if max_account_streams is not None:
+        command += ["--max-account-streams", str(max_account_streams)]
     command += options
     stderr_path = os.path.join(directory, "stderr.log")
     with open(stderr_path, "w") as stderr:

@@ -31,6 +31,7 @@ from .. import paths, values
 from ..errors import InvalidPathError
 from . import metrics
 from .commits import committed_body, conditions, failed_body, parse_commit, path_operation
+from .feed import Feed, StreamLimits
 from .health import HealthResource, ReadyResource
 from .logs import AccessLog
 from .render import Renderer, RenderError, RenderLimits, SourceTooLargeError, referenced_names
@@ -132,6 +133,19 @@ def _empty(resp: falcon.asgi.Response) -> None:
 
 
 REVISION: Final = "Kvpio-Revision"
+EVENT_STREAM: Final = "text/event-stream"
+
+
+def api_key(header: str) -> str | None:
+    """The API key a Basic ``Authorization`` header names (its user name), or None."""
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")[0]
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return user or None
 
 
 def _revision(resp: falcon.asgi.Response, revision: int) -> None:
@@ -141,10 +155,13 @@ def _revision(resp: falcon.asgi.Response, revision: int) -> None:
 class Server:
     """Per-worker state: storage, the write thread, the auth cache, read counts, the renderer."""
 
-    def __init__(self, storage: Storage, max_body: int, limits: RenderLimits) -> None:
+    def __init__(
+        self, storage: Storage, max_body: int, limits: RenderLimits, streams: StreamLimits
+    ) -> None:
         self.storage = storage
         self.max_body = max_body
         self.limits = limits
+        self.feed = Feed(storage, streams)
         self.renderer: Renderer | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvpio-write")
         self._auth: dict[str, tuple[str, float]] = {}
@@ -174,13 +191,7 @@ class Server:
             self.auth_hits += 1
             return cached[0]
         self.auth_misses += 1
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic":
-            raise ClientError(404, "unknown API key")
-        try:
-            user = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")[0]
-        except (binascii.Error, UnicodeDecodeError):
-            raise ClientError(404, "unknown API key") from None
+        user = api_key(header)
         account = self.storage.authenticate(user) if user else None
         if account is None:
             raise ClientError(404, "unknown API key")
@@ -188,6 +199,11 @@ class Server:
             self._auth.clear()
         self._auth[header] = (account, now + AUTH_CACHE_SECONDS)
         return account
+
+    def still_allowed(self, req: falcon.asgi.Request, account: str) -> Callable[[], bool]:
+        """A check that the request's API key still opens ``account`` (for long-lived answers)."""
+        user = api_key(req.get_header("Authorization") or "")
+        return lambda: user is not None and self.storage.authenticate(user) == account
 
     def count_read(self, account: str) -> None:
         self._pending[account] += 1
@@ -220,6 +236,7 @@ class Server:
         self._flusher = asyncio.create_task(self._flush_forever())
 
     async def shutdown(self) -> None:
+        self.feed.close()
         if self._flusher is not None:
             self._flusher.cancel()
         await self.flush()
@@ -353,6 +370,10 @@ class BucketResource(_Resource):
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         account: str = req.context.account
         path = self.path(req)
+        accept = req.get_header("Accept")
+        if accept is not None and EVENT_STREAM in accept and req.method == "GET":
+            self.watch(req, resp, account, path)
+            return
         if req.query_string:
             if _flag(req, "keys"):
                 _send(req, resp, values.encode(self.storage.keys(account, path)), JSON_TYPE)
@@ -373,6 +394,27 @@ class BucketResource(_Resource):
             self.server.count_read(account)
 
     on_head = on_get
+
+    def watch(
+        self,
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response,
+        account: str,
+        path: paths.Path,
+    ) -> None:
+        """Answer with the change feed of ``path`` (docs/protocol.md, "Live")."""
+        header = req.get_header("Last-Event-ID")
+        last_id = None
+        if header is not None and header.strip():
+            if not (header.strip().isascii() and header.strip().isdigit()):
+                raise ClientError(400, "Last-Event-ID must be a revision (a whole number)")
+            last_id = int(header)
+        snapshot = req.get_param("snapshot") is None or _flag(req, "snapshot")
+        server = self.server
+        resp.set_header("Cache-Control", "no-store")
+        resp.sse = server.feed.open(
+            account, path, last_id, snapshot, server.still_allowed(req, account)
+        )
 
     async def commit(
         self,
@@ -407,6 +449,7 @@ class BucketResource(_Resource):
                 resp.content_type = JSON_TYPE
                 resp.data = failed_body(exc)
             return None
+        self.server.feed.poke(account)
         _revision(resp, committed.revision)
         return committed
 
@@ -444,6 +487,7 @@ class BucketResource(_Resource):
             if not _flag(req, "all"):
                 raise ClientError(400, "deleting the whole bucket needs ?all=true")
             _revision(resp, await self.server.write(self.storage.clear, account))
+            self.server.feed.poke(account)
             _empty(resp)
             return
         pop = _flag(req, "pop") if req.query_string else False
@@ -635,10 +679,19 @@ def _serialize_http_error(
 
 
 def create_app(
-    storage: Storage, *, max_body: int = DEFAULT_MAX_BODY, limits: RenderLimits | None = None
+    storage: Storage,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+    limits: RenderLimits | None = None,
+    streams: StreamLimits | None = None,
 ) -> App:
     """The ASGI app serving ``storage``; one per worker process."""
-    server = Server(storage, max_body, limits if limits is not None else RenderLimits())
+    server = Server(
+        storage,
+        max_body,
+        limits if limits is not None else RenderLimits(),
+        streams if streams is not None else StreamLimits(),
+    )
     middleware: list[Any] = [AccessLog(), metrics.Metrics(server), _Middleware(server)]
     app: App = falcon.asgi.App(middleware=middleware, cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = False

@@ -94,6 +94,15 @@ def add_commands(subparsers: Any) -> None:
     )
     serve.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
     serve.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    serve.add_argument(
+        "--max-streams", type=int, default=None, help="open change feeds per worker (500)"
+    )
+    serve.add_argument(
+        "--max-account-streams",
+        type=int,
+        default=None,
+        help="open change feeds per account and worker (100)",
+    )
     serve.set_defaults(func=_serve)
 
     accounts = subparsers.add_parser("accounts", help="manage the server's accounts")
@@ -180,6 +189,8 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        max_streams=args.max_streams,
+        max_account_streams=args.max_account_streams,
     )
 
 
