@@ -24,9 +24,11 @@ from typing import Any, Final, TypeVar, overload
 from . import paths, protocol, values
 from .cache import NOT_CACHED, CacheInfo, PathCache
 from .errors import InvalidPathError
+from .live import LiveFeed
 from .paths import MISSING
 from .sharing import SharingMixin
 from .transport import DEFAULT_TIMEOUT, Transport
+from .watch import Watch
 
 DEFAULT_TTL: Final = 5.0
 DEFAULT_MAXSIZE: Final = 1024
@@ -86,7 +88,10 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
     ``timer`` is the cache's clock. ``timeout`` is the most seconds one
     operation may take, retries included. ``transport`` shares another
     connection's session. Tuples are stored as JSON arrays and read back as
-    lists; every read returns a fresh copy.
+    lists; every read returns a fresh copy. With ``live=True`` a background
+    change feed drops cached reads as soon as any client's write changes
+    them, so the cache is fresh within milliseconds; while that feed is
+    down, the ``ttl`` rule holds (see :mod:`kvpio_mapping.live`).
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         timeout: float = DEFAULT_TIMEOUT,
         transport: Transport | None = None,
         timer: Callable[[], float] = time.monotonic,
+        live: bool = False,
     ) -> None:
         self._transport = transport or Transport(url, api_key, timeout=timeout)
         self._cache = PathCache(ttl, maxsize, timer=timer)
@@ -106,6 +112,16 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         self._prefix = ""
         self._listeners: list[WriteListener] = []
         self._listing = _Listing()
+        self._template_listeners: list[WriteListener] = []
+        self._live: LiveFeed | None = None
+        if live:
+            if not self._cache.enabled:
+                raise ValueError(
+                    "live=True keeps a cache coherent: it needs ttl > 0 and maxsize > 0"
+                )
+            self._live = LiveFeed(
+                self._transport, self._cache, self._listeners, self._template_listeners
+            )
 
     # configuration, pickling, views
 
@@ -115,11 +131,15 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
             "ttl": self._cache.ttl,
             "maxsize": self._cache.maxsize,
             "root": self._root,
+            "live": self._live is not None,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(  # type: ignore[misc]
-            transport=state["transport"], ttl=state["ttl"], maxsize=state["maxsize"]
+            transport=state["transport"],
+            ttl=state["ttl"],
+            maxsize=state["maxsize"],
+            live=state.get("live", False),
         )
         self._set_root(state["root"])
 
@@ -141,6 +161,8 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         view._cache = self._cache
         view._listeners = self._listeners
         view._listing = _Listing()
+        view._template_listeners = self._template_listeners
+        view._live = self._live
         view._set_root(segments)
         return view
 
@@ -204,6 +226,8 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
             found = cache.lookup(full)
             if found is not NOT_CACHED:
                 return found
+        if self._live is not None:
+            self._live.ensure()
         generation = cache.generation
         stale = cache.stale(full) if cache.enabled else None
         headers = {"If-None-Match": stale[0]} if stale else None
@@ -428,11 +452,25 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
             self._cache.invalidate(paths.join(self._root) or None)
 
     def cache_info(self) -> CacheInfo:
-        """Hits, misses, maximum and current size of the read cache."""
+        """Hits, misses, maximum and current size of the read cache, and whether it is live."""
         return self._cache.info()
 
+    def watch(self, path: str = "", *, revision: int | None = None) -> Watch:
+        """An iterator of the changes at or below ``path`` (``''``: this mapping's root).
+
+        It starts with a ``snapshot`` of the value there (or resumes after
+        ``revision``), then yields each change as it is committed by any
+        client, reconnecting by itself; ``.close()`` it from any thread.
+        """
+        segments = self._root + (paths.parse(path) if path else ())
+        if segments:
+            paths.check(segments)
+        return Watch(self._transport, segments, revision=revision)
+
     def close(self) -> None:
-        """Close the pooled connections (they reopen if the bucket is used again)."""
+        """Close the pooled connections (they reopen if the bucket is used again) and the feed."""
+        if self._live is not None:
+            self._live.close()
         self._transport.close()
 
     def __enter__(self) -> KVBucket:
