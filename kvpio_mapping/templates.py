@@ -17,6 +17,7 @@ from . import paths, protocol, values
 from .cache import CacheInfo
 from .paths import MISSING
 from .transport import Transport
+from .watch import Watch
 
 
 class TemplateStore(MutableMapping[str, str]):
@@ -66,13 +67,29 @@ class TemplateStore(MutableMapping[str, str]):
 
     def _get(self, name: str, query: str, body: bytes | None = None) -> tuple[str, frozenset[str]]:
         """GET a template; KeyError if there is none."""
+        return self._answer(name, query, body)[:2]
+
+    def _answer(
+        self, name: str, query: str, body: bytes | None = None
+    ) -> tuple[str, frozenset[str], int]:
+        """GET a template: its text, the names it uses and the revision; KeyError if none."""
         response = self._transport.request("GET", self._target(name) + query, body=body)
         found = protocol.text(response)
         if found is MISSING:
             raise KeyError(name)
         header = response.headers.get(protocol.NAMES_HEADER, "")
         names = frozenset(unquote(item) for item in header.split(",") if item)
-        return found, names
+        revision = int(response.headers.get("Kvpio-Revision", "0"))
+        return found, names, revision
+
+    def watch(self, name: str) -> TemplateWatch:
+        """An iterator of ``name`` rendered now, then again each time the template or a
+        top-level key it uses changes (None while there is no such template).
+
+        ``.close()`` it from any thread to end the iteration.
+        """
+        paths.parse(name)
+        return TemplateWatch(self, name)
 
     def __getitem__(self, name: str) -> str:
         if self._enabled:
@@ -176,6 +193,65 @@ class TemplateStore(MutableMapping[str, str]):
         with self._lock:
             size = len(self._renders)
             return CacheInfo(self._hits, self._misses, int(self._renders.maxsize), size)
+
+
+class TemplateWatch(Iterator[str | None]):
+    """See :meth:`TemplateStore.watch`: follows the bucket's feed, renders on relevant changes.
+
+    A rendering equal to the last one yielded is not yielded again.
+    """
+
+    def __init__(self, store: TemplateStore, name: str) -> None:
+        self._store = store
+        self._name = name
+        self._names: frozenset[str] = frozenset()
+        self._watch: Watch | None = None
+        self._last: str | None = None
+        self._closed = False
+
+    def __iter__(self) -> TemplateWatch:
+        return self
+
+    def _render(self) -> tuple[str | None, int]:
+        try:
+            text, self._names, revision = self._store._answer(self._name, "?raw=False")
+        except KeyError:
+            return None, int(
+                self._store._transport.request("GET", "templates/").headers.get(
+                    "Kvpio-Revision", "0"
+                )
+            )
+        return text, revision
+
+    def __next__(self) -> str | None:
+        if self._watch is None:
+            if self._closed:
+                raise StopIteration
+            text, revision = self._render()
+            # Resuming after the rendering's revision: nothing between is missed.
+            self._watch = Watch(self._store._transport, revision=revision, snapshot=False)
+            if self._closed:
+                self._watch.close()
+            self._last = text
+            return text
+        for change in self._watch:
+            if change.kind == "template":
+                relevant = change.path == self._name
+            else:
+                top = change.path.split("/", 1)[0]
+                relevant = change.kind == "reset" or not top or top in self._names
+            if relevant:
+                text, _ = self._render()
+                if text != self._last:
+                    self._last = text
+                    return text
+        raise StopIteration
+
+    def close(self) -> None:
+        """End the iteration (from any thread)."""
+        self._closed = True
+        if self._watch is not None:
+            self._watch.close()
 
 
 # By id: a mapping is unhashable, so it cannot be in a WeakSet.
