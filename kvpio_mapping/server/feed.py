@@ -274,8 +274,11 @@ class _Emitter:
     async def run(self, last_id: int | None) -> AsyncIterator[SSEvent | None]:
         account = self.stream.account
         if last_id is None:
-            for event in self.fresh(reset=False):
-                yield event
+            if self.snapshot:
+                for event in self.fresh(reset=False):
+                    yield event
+            else:
+                self.cursor = self.storage.revision(account)
         else:
             self.cursor = last_id
             while True:
