@@ -116,9 +116,7 @@ class KVBucket(SharingMixin, MutableMapping[str, Any]):
         self._live: LiveFeed | None = None
         if live:
             if not self._cache.enabled:
-                raise ValueError(
-                    "live=True keeps a cache coherent: it needs ttl > 0 and maxsize > 0"
-                )
+                raise ValueError("live=True needs a cache: ttl > 0 and maxsize > 0")
             self._live = LiveFeed(
                 self._transport, self._cache, self._listeners, self._template_listeners
             )
