@@ -113,7 +113,7 @@ class Stream:
         return json.loads(self.events[index].data)
 
     def close(self) -> None:
-        with contextlib.suppress(RuntimeError):  # the reader may have finished already
+        with contextlib.suppress(RuntimeError, ValueError):  # the reader may have finished
             self.response.raw.shutdown()
         self.response.close()
 
