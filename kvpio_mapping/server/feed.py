@@ -41,6 +41,9 @@ AUTH_SECONDS: Final = 1.0
 BACKLOG: Final = 1000
 """Batches a stream may fall behind before it is ended (its client resumes from the log)."""
 
+FANOUT_SLICE: Final = 25
+"""Streams handed a batch before the follower lets other work run (keeps p99 of reads low)."""
+
 RETRY_AFTER: Final = 5
 """Seconds a client refused for too many streams is asked to wait."""
 
@@ -124,11 +127,11 @@ class _Stream:
     def __init__(self, account: str, still_allowed: Callable[[], bool]) -> None:
         self.account = account
         self.still_allowed = still_allowed
-        self.queue: asyncio.Queue[list[Change] | str] = asyncio.Queue(BACKLOG)
+        self.queue: asyncio.Queue[_Batch | str] = asyncio.Queue(BACKLOG)
         self.behind = False
         self.checked = time.monotonic()
 
-    def offer(self, item: list[Change] | str) -> None:
+    def offer(self, item: _Batch | str) -> None:
         """Queue a batch (or the reason to end); a stream too far behind is told to end."""
         try:
             self.queue.put_nowait(item)
@@ -163,10 +166,13 @@ class _Follower:
                 log.exception("cannot read the change log of %s", self.account)
                 answer = None
             if answer is not None and answer.revision != self.since:
-                batch = answer.changes if answer.complete else "gap"
+                batch = _Batch(answer.changes) if answer.complete else "gap"
                 self.since = answer.revision
-                for stream in list(self.streams):
+                for index, stream in enumerate(list(self.streams), 1):
                     stream.offer(batch)
+                    if index % FANOUT_SLICE == 0:
+                        # Let other requests in between slices of a large fan-out.
+                        await asyncio.sleep(0)
                 if answer.complete and answer.revision < storage.revision(self.account):
                     continue
             self.check_keys()
@@ -289,13 +295,16 @@ class _Emitter:
                     break
                 if answer.revision == self.cursor:
                     break
-                for event in self.changes(answer.changes, answer.revision):
-                    yield event
+                block = self.changes(answer.changes, answer.revision)
+                if block:
+                    yield _Block(block)
         yield SSEvent(event="ready", text="{}", event_id=str(self.cursor))
         stream = self.stream
         while True:
             try:
-                item = await asyncio.wait_for(stream.queue.get(), self.keepalive)
+                # asyncio.timeout, not wait_for: no task per wait, which counts with many streams.
+                async with asyncio.timeout(self.keepalive):
+                    item = await stream.queue.get()
             except TimeoutError:
                 yield SSEvent(comment="keep-alive", event_id=str(self.cursor))
                 continue
@@ -310,8 +319,9 @@ class _Emitter:
                 )
                 return
             else:
-                for event in self.changes(item, None):
-                    yield event
+                block = self.shared(item)
+                if block:
+                    yield _Block(block)
 
     def fresh(self, *, reset: bool) -> list[SSEvent]:
         """A snapshot of the watched value (or only its revision, when no value is wanted)."""
@@ -324,10 +334,11 @@ class _Emitter:
             parts.append('"reset":true')
         return [SSEvent(event="snapshot", text="{" + ",".join(parts) + "}", event_id=str(revision))]
 
-    def changes(self, batch: list[Change], reached: int | None) -> list[SSEvent]:
-        """The events of a batch after the cursor; ``id`` goes on each revision's last event."""
+    def changes(self, batch: list[Change], reached: int | None) -> bytes:
+        """The events of a batch after the cursor, as one block; ``id`` goes on each
+        revision's last event, so a resume never splits a commit."""
         shown: list[tuple[str, str]] = []
-        out: list[SSEvent] = []
+        out: list[str] = []
         for index, change in enumerate(batch):
             if change.revision <= self.cursor:
                 continue
@@ -335,19 +346,52 @@ class _Emitter:
             if found is REREAD:
                 text, revision = self.storage.read(self.stream.account, self.path)
                 shown = []
-                found = _delete(()) if text is None else _put((), text)
-                out.append(SSEvent(event=found[0], text=found[1], event_id=str(revision)))
+                event, data = _delete(()) if text is None else _put((), text)
+                out.append(f"event: {event}\nid: {revision}\ndata: {data}\n\n")
                 self.cursor = revision
                 continue
             if found is not None:
                 shown.append(found)
-            last = index + 1 == len(batch) or batch[index + 1].revision != change.revision
-            if last:
+            if index + 1 == len(batch) or batch[index + 1].revision != change.revision:
                 for position, (event, data) in enumerate(shown, 1):
-                    tag = str(change.revision) if position == len(shown) else None
-                    out.append(SSEvent(event=event, text=data, event_id=tag))
+                    tag = f"id: {change.revision}\n" if position == len(shown) else ""
+                    out.append(f"event: {event}\n{tag}data: {data}\n\n")
                 shown = []
                 self.cursor = change.revision
         if reached is not None and reached > self.cursor:
             self.cursor = reached
-        return out
+        return "".join(out).encode()
+
+    def shared(self, batch: _Batch) -> bytes:
+        """:meth:`changes` of a follower's batch, computed once for the streams alike."""
+        key = (self.path, self.cursor)
+        found = batch.shown.get(key)
+        if found is None:
+            block = self.changes(batch.changes, None)
+            batch.shown[key] = (block, self.cursor)
+            return block
+        block, self.cursor = found
+        return block
+
+
+class _Batch:
+    """Changes a follower read, with the blocks made of them per (path, cursor)."""
+
+    __slots__ = ("changes", "shown")
+
+    def __init__(self, changes: list[Change]) -> None:
+        self.changes = changes
+        self.shown: dict[tuple[Path, int], tuple[bytes, int]] = {}
+
+
+class _Block(SSEvent):
+    """Events already serialized, sent in one write."""
+
+    __slots__ = ("block",)
+
+    def __init__(self, block: bytes) -> None:
+        super().__init__()
+        self.block = block
+
+    def serialize(self, handler: object = None) -> bytes:
+        return self.block
