@@ -129,10 +129,11 @@ class _Stream:
         self.still_allowed = still_allowed
         self.queue: asyncio.Queue[_Batch | str] = asyncio.Queue(BACKLOG)
         self.behind = False
-        self.checked = time.monotonic()
+        self.checked = self.active = time.monotonic()
 
     def offer(self, item: _Batch | str) -> None:
-        """Queue a batch (or the reason to end); a stream too far behind is told to end."""
+        """Queue a batch, a ``ping`` or the reason to end; a stream too far behind is ended."""
+        self.active = time.monotonic()
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -175,17 +176,25 @@ class _Follower:
                         await asyncio.sleep(0)
                 if answer.complete and answer.revision < storage.revision(self.account):
                     continue
-            self.check_keys()
-            with contextlib.suppress(TimeoutError):
+            self.tend()
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), POLL_SECONDS)
             self.wake.clear()
 
     def ending(self) -> str | None:
         return "server closing" if closing.is_set() or self.feed.closed else None
 
-    def check_keys(self) -> None:
+    def tend(self) -> None:
+        """Ping the streams idle for a keep-alive period; check the API keys once a second.
+
+        The pings come from here, not from a timed wait in each stream: no
+        timer per stream and per event, which counts with many streams.
+        """
         now = time.monotonic()
+        keepalive = self.feed.limits.keepalive
         for stream in list(self.streams):
+            if now - stream.active >= keepalive:
+                stream.offer("ping")
             if now - stream.checked >= AUTH_SECONDS:
                 stream.checked = now
                 if not stream.still_allowed():
@@ -252,9 +261,7 @@ class Feed:
         snapshot: bool,
     ) -> AsyncIterator[SSEvent | None]:
         try:
-            async for event in _Emitter(
-                self.storage, stream, path, snapshot, self.limits.keepalive
-            ).run(last_id):
+            async for event in _Emitter(self.storage, stream, path, snapshot).run(last_id):
                 yield event
         finally:
             self._open -= 1
@@ -267,11 +274,8 @@ class Feed:
 class _Emitter:
     """Turns one stream's batches into events, keeping its cursor (the revision last sent)."""
 
-    def __init__(
-        self, storage: Storage, stream: _Stream, path: Path, snapshot: bool, keepalive: float
-    ) -> None:
+    def __init__(self, storage: Storage, stream: _Stream, path: Path, snapshot: bool) -> None:
         self.storage = storage
-        self.keepalive = keepalive
         self.stream = stream
         self.path = path
         self.snapshot = snapshot
@@ -301,11 +305,8 @@ class _Emitter:
         yield SSEvent(event="ready", text="{}", event_id=str(self.cursor))
         stream = self.stream
         while True:
-            try:
-                # asyncio.timeout, not wait_for: no task per wait, which counts with many streams.
-                async with asyncio.timeout(self.keepalive):
-                    item = await stream.queue.get()
-            except TimeoutError:
+            item = await stream.queue.get()
+            if item == "ping":
                 yield SSEvent(comment="keep-alive", event_id=str(self.cursor))
                 continue
             if stream.behind:
