@@ -29,3 +29,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/server_bench.py
 	$(PY) benchmarks/storage_bench.py
 	$(PY) benchmarks/sharing_bench.py
+	$(PY) benchmarks/live_bench.py
