@@ -19,7 +19,8 @@ from .errors import (
     TransportError,
 )
 from .sharing import Transaction, Versioned
-from .templates import TemplateStore
+from .templates import TemplateStore, TemplateWatch
+from .watch import Change, Watch
 from .writeback import LiveDict, LiveList, WriteBackBucket
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AuthenticationError",
     "CacheInfo",
+    "Change",
     "ConflictError",
     "Connection",
     "InvalidPathError",
@@ -42,10 +44,12 @@ __all__ = [
     "ServerError",
     "TemplateRenderError",
     "TemplateStore",
+    "TemplateWatch",
     "Transaction",
     "TransactionConflictError",
     "TransportError",
     "Versioned",
+    "Watch",
     "WriteBackBucket",
     "connect",
 ]
