@@ -3,18 +3,22 @@ stream over HTTP against real ``kvpio serve`` processes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import requests
+from falcon.asgi import SSEvent
 
-from kvpio_mapping.server.feed import REREAD, event_for, relation
+from kvpio_mapping.server import feed as feed_module
+from kvpio_mapping.server.feed import REREAD, Feed, StreamLimits, event_for, relation
+from kvpio_mapping.server.storage import MemoryStorage
 from kvpio_mapping.server.storage.base import Change
 from kvpio_mapping.testing import Api, RunningServer, TestAccount, new_account, run_server
 from kvpio_mapping.watch import Event, parse_events
@@ -289,3 +293,43 @@ def test_a_write_through_another_worker_reaches_the_stream(
         assert [json.loads(event.data)["data"] for event in events] == list(range(6))
         assert [event.id for event in events] == [str(n) for n in range(1, 7)]
         stream.close()
+
+
+# the feed in process, over the memory backend
+
+
+async def _first(
+    feed: Feed, count: int, allowed: Callable[[], bool] = lambda: True
+) -> list[SSEvent | None]:
+    stream = feed.open("a", (), None, True, allowed)
+    try:
+        return [await asyncio.wait_for(stream.__anext__(), 5) for _ in range(count)]
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
+def _feed(keepalive: float = 5.0) -> Feed:
+    storage = MemoryStorage()
+    storage.create_account("a", "", "a-key")
+    storage.set("a", ("x",), 1)
+    return Feed(storage, StreamLimits(keepalive=keepalive))
+
+
+def test_an_idle_stream_gets_keepalives_carrying_its_revision() -> None:
+    ping = asyncio.run(_first(_feed(keepalive=0.05), 3))[2]
+    assert ping is not None
+    assert (ping.comment, ping.event_id) == ("keep-alive", "1")
+
+
+def test_a_key_no_longer_accepted_ends_the_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(feed_module, "AUTH_SECONDS", 0.01)
+    end = asyncio.run(_first(_feed(), 3, allowed=lambda: False))[2]
+    assert end is not None
+    assert (end.event, end.text) == ("end", '{"reason": "key revoked"}')
+
+
+def test_a_closed_stream_frees_its_place() -> None:
+    feed = _feed()
+    feed.limits = StreamLimits(per_worker=1)
+    asyncio.run(_first(feed, 1))
+    asyncio.run(_first(feed, 1))
