@@ -41,7 +41,7 @@ AUTH_SECONDS: Final = 1.0
 BACKLOG: Final = 1000
 """Batches a stream may fall behind before it is ended (its client resumes from the log)."""
 
-FANOUT_SLICE: Final = 25
+FANOUT_SLICE: Final = 8
 """Streams handed a batch before the follower lets other work run (keeps p99 of reads low)."""
 
 RETRY_AFTER: Final = 5
