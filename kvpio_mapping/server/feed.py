@@ -152,6 +152,14 @@ class _Follower:
         self.task = asyncio.create_task(self.run())
 
     async def run(self) -> None:
+        """Follow until no stream is left; a failure ends the streams (their clients resume)."""
+        try:
+            await self.follow()
+        except Exception:
+            log.exception("the change feed of %s failed", self.account)
+            self.end_all("server error")
+
+    async def follow(self) -> None:
         storage = self.feed.storage
         while self.streams:
             ending = self.ending()

@@ -197,11 +197,12 @@ def test_last_event_id_resumes_from_the_log(api: Api, streams: list[Stream]) -> 
     ]
 
 
+@pytest.mark.parametrize("last_id", ["1000000", "9" * 40])
 def test_a_resume_the_log_cannot_serve_gets_a_fresh_snapshot(
-    api: Api, streams: list[Stream]
+    api: Api, streams: list[Stream], last_id: str
 ) -> None:
     api.post("/v1/bucket/n", json=5)
-    stream = open_stream(streams, api, "/v1/bucket/n", {"Last-Event-ID": "1000000"})
+    stream = open_stream(streams, api, "/v1/bucket/n", {"Last-Event-ID": last_id})
     assert stream.wait_for(2) == [
         Event("snapshot", '{"data":5,"reset":true}', "1"),
         Event("ready", "{}", "1"),
@@ -333,3 +334,14 @@ def test_a_closed_stream_frees_its_place() -> None:
     feed.limits = StreamLimits(per_worker=1)
     asyncio.run(_first(feed, 1))
     asyncio.run(_first(feed, 1))
+
+
+def test_a_failing_follower_ends_its_streams_for_a_resume(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(feed_module, "AUTH_SECONDS", 0.01)
+
+    def broken() -> bool:
+        raise RuntimeError("the key store is down")
+
+    end = asyncio.run(_first(_feed(), 3, allowed=broken))[2]
+    assert end is not None
+    assert (end.event, end.text) == ("end", '{"reason": "server error"}')
