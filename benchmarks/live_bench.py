@@ -6,8 +6,10 @@
    connection) reads it in a loop; the time from B's acknowledged write to
    A's first read of the new value. A live cache (``live=True``) against the
    TTL cache (``ttl=5``, the default) measured in the same run; server with
-   2 workers, so B's writes often go through the worker A's feed is not on.
-   Target: p99 under 50 ms for the live cache.
+   2 workers, and B writes on a fresh connection each time, so about half of
+   its writes go through the worker A's feed is not on (found by the 20 ms
+   poll of the change log; the other half wake the feed at once). Target:
+   p99 under 50 ms for the live cache.
 2. Small reads (uncached GET of a 20-byte value) with 0 and then 300 open
    streams on a one-worker server, while the streams (another account's,
    read by a separate process) receive 20 changes a second, and while they
@@ -49,6 +51,7 @@ def staleness(reader: KVBucket, writer: KVBucket, samples: int) -> list[float]:
     out = []
     for n in range(samples):
         reader["k"]  # cached now, as a busy reader's key would be
+        writer.close()  # a fresh connection: the kernel picks either worker for it
         writer["k"] = n
         acknowledged = time.perf_counter()
         deadline = acknowledged + 30
