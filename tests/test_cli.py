@@ -232,7 +232,7 @@ def test_options_after_the_command(
 ) -> None:
     monkeypatch.delenv("KVPIO_URL")
     monkeypatch.delenv("KVPIO_APIKEY")
-    base = ["--url", account.url, "--api-key", account.api_key]
+    base = ["--url", account.url, f"--api-key={account.api_key}"]
     assert cli.main(["bucket", "set", "k", "1", *base]) == 0
     assert cli.main([*base, "bucket", "get", "k"]) == 0
     assert capsys.readouterr().out == "1\n"

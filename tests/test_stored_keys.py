@@ -43,7 +43,7 @@ def test_a_value_with_a_key_that_could_not_be_read_back_is_refused_before_sendin
 
 
 def test_the_cli_refuses_such_a_value(kvpio_account, capsys, tmp_path, monkeypatch):
-    argv = ["--url", kvpio_account.url, "--api-key", kvpio_account.api_key]
+    argv = ["--url", kvpio_account.url, f"--api-key={kvpio_account.api_key}"]
     assert main([*argv, "bucket", "set", "weird", '{"a/b": 1}']) == 1
     assert "could not be read back by path" in capsys.readouterr().err
     (tmp_path / "in.json").write_text('{"ok": 1, "weird": {"..": 2}}')

@@ -3,23 +3,25 @@
 Resources are thin: they turn a request into calls on the
 :class:`~kvpio_mapping.server.storage.Storage` interface. Paths are parsed
 from the raw request path (split on ``/`` first, then percent-decoded), so an
-encoded ``%2F`` can never become a separator. Reads run on the event loop;
-writes, which may wait on the database's write lock, run in one thread per
-worker so they never block it.
+encoded ``%2F`` can never become a separator. Small reads run on the event
+loop; reads that may be large (a whole bucket, a key listing) run in a read
+thread, and writes, which may wait on the database's write lock, in one
+write thread per worker, so neither holds up other accounts' requests.
+Storage errors of the storage's own (busy, disk full) become 503 and 507.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import json
 import logging
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any, Final, TypeVar
 from urllib.parse import quote, unquote_to_bytes
@@ -34,8 +36,21 @@ from .commits import committed_body, conditions, failed_body, parse_commit, path
 from .feed import Feed, StreamLimits
 from .health import HealthResource, ReadyResource
 from .logs import AccessLog
-from .render import Renderer, RenderError, RenderLimits, SourceTooLargeError, referenced_names
-from .storage import Storage
+from .render import (
+    RenderBusyError,
+    Renderer,
+    RenderError,
+    RenderLimits,
+    SourceTooLargeError,
+    referenced_names,
+)
+from .storage import (
+    Storage,
+    StorageBusyError,
+    StorageError,
+    StorageFullError,
+    UnknownAccountError,
+)
 from .storage.base import Check, CheckFailedError, Committed, ConflictError, Operation
 
 log = logging.getLogger("kvpio.server")
@@ -43,6 +58,12 @@ log = logging.getLogger("kvpio.server")
 DEFAULT_MAX_BODY: Final = 16 * 1024 * 1024
 AUTH_CACHE_SECONDS: Final = 1.0
 FLUSH_SECONDS: Final = 0.5
+RETRY_AFTER_SECONDS: Final = 1
+LARGE_BODY: Final = 2**20
+"""Bytes above which a request body counts as large (see :meth:`Server.body`)."""
+LARGE_BODIES: Final = 1
+LARGE_WAIT: Final = 20.0  # below the clients' 30 s read timeout, so they see the 503
+READ_THREADS: Final = 1
 
 JSON_TYPE: Final = "application/json"
 TEXT_TYPE: Final = "text/plain; charset=utf-8"
@@ -51,18 +72,17 @@ _FALSE: Final = frozenset({"False", "false", "0"})
 _CACHED_AUTH_METHODS: Final = frozenset({"GET", "HEAD"})
 _PARSED_PATHS: Final = 4096
 _PARSED_PATH_BYTES: Final = 256
+_CONTAINERS: Final = (dict, list)
 
 T = TypeVar("T")
 App = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
 
 
-class ClientError(Exception):
-    """A 4xx answer with a JSON ``{"error": message}`` body."""
+class ClientError(falcon.HTTPError):
+    """An error answer with a JSON ``{"error": message}`` body (see :func:`_serialize_error`)."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, description=message, headers=headers)
 
 
 def _segments(raw: bytes) -> paths.Path:
@@ -105,12 +125,20 @@ def _tag_matches(header: str, tag: str) -> bool:
     return False
 
 
-def _send(req: falcon.asgi.Request, resp: falcon.asgi.Response, body: bytes, ctype: str) -> bool:
+def _send(
+    req: falcon.asgi.Request,
+    resp: falcon.asgi.Response,
+    body: bytes,
+    ctype: str,
+    tag: str | None = None,
+) -> bool:
     """Answer 200 with ``body`` and its ETag, or 304 if the client has it already.
 
+    ``tag`` is the body's ETag when it was computed already (off the event loop).
     Returns whether the body is served (a 200 to a GET), which is what counts as a read.
     """
-    tag = values.etag(body)
+    if tag is None:
+        tag = values.etag(body)
     resp.set_header("ETag", tag)
     match = req.get_header("If-None-Match")
     if match is not None and _tag_matches(match, tag):
@@ -143,7 +171,7 @@ def api_key(header: str) -> str | None:
         return None
     try:
         user = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")[0]
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (non-ASCII text included), or not UTF-8
         return None
     return user or None
 
@@ -164,17 +192,34 @@ class Server:
         self.feed = Feed(storage, streams)
         self.renderer: Renderer | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvpio-write")
+        self._reader = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="kvpio-read")
+        self._large = asyncio.Semaphore(LARGE_BODIES)
         self._auth: dict[str, tuple[str, float]] = {}
         self._pending: Counter[str] = Counter()
         self._inflight: list[Counter[str]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._disk_full = False
         self.auth_hits = 0
         self.auth_misses = 0
 
     async def write(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a storage write in the worker's write thread."""
+        """Run a storage write in the worker's write thread.
+
+        A full disk is logged once when writes start failing for it and once
+        when they succeed again, not once per request.
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, lambda: func(*args, **kwargs))
+        try:
+            result = await loop.run_in_executor(self._writer, lambda: func(*args, **kwargs))
+        except StorageFullError:
+            if not self._disk_full:
+                self._disk_full = True
+                log.error("the disk holding the database is full: writes answer 507 until freed")
+            raise
+        if self._disk_full:
+            self._disk_full = False
+            log.warning("the database accepts writes again")
+        return result
 
     def authenticate(self, req: falcon.asgi.Request) -> str:
         """The account id named by the Basic auth user name; 404 for anything else.
@@ -220,6 +265,9 @@ class Server:
         self._inflight.append(batch)
         try:
             await self.write(self.storage.add_reads, batch)
+        except StorageError:
+            self._pending.update(batch)  # counted again at the next flush
+            raise
         finally:
             self._inflight.remove(batch)
 
@@ -228,6 +276,8 @@ class Server:
             await asyncio.sleep(FLUSH_SECONDS)
             try:
                 await self.flush()
+            except StorageError:
+                pass  # kept for the next flush; a full disk is logged by write()
             except Exception:
                 log.exception("could not store read counts")
 
@@ -243,6 +293,7 @@ class Server:
         if self.renderer is not None:
             self.renderer.close()
         self._writer.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
         self.storage.close()
 
     async def read_body(self, req: falcon.asgi.Request) -> bytes:
@@ -261,14 +312,58 @@ class Server:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def read_value(self, req: falcon.asgi.Request) -> Any:
-        body = await self.read_body(req)
+    @asynccontextmanager
+    async def body(self, req: falcon.asgi.Request) -> AsyncIterator[bytes]:
+        """The request body, held while it is handled.
+
+        Decoding and storing a body costs many times its size in memory, so at
+        most :data:`LARGE_BODIES` bodies over :data:`LARGE_BODY` bytes are
+        handled at once per worker; the next waits up to :data:`LARGE_WAIT`
+        seconds, then gets 503. The slot is taken once the body has arrived,
+        so a slow sender holds none.
+        """
+        data = await self.read_body(req)
+        if len(data) <= LARGE_BODY:
+            yield data
+            return
+        try:
+            await asyncio.wait_for(self._large.acquire(), LARGE_WAIT)
+        except asyncio.TimeoutError:
+            raise ClientError(
+                503,
+                f"the server is busy with other large writes for {LARGE_WAIT:g} s: try again",
+                {"Retry-After": str(RETRY_AFTER_SECONDS)},
+            ) from None
+        try:
+            yield data
+        finally:
+            self._large.release()
+
+    async def decode(self, body: bytes, wrapper: int = 0) -> Any:
+        """The JSON value of a request body (400 if there is none); large ones off the loop.
+
+        ``wrapper`` is how many levels of the body hold values rather than being one
+        (a batch's object or list of pairs): they do not count towards the nesting limit.
+        """
         if not body:
             raise ClientError(400, "a request body with a JSON value is required")
+        limit = values.MAX_NESTING + wrapper
         try:
-            return values.decode(body)
+            if len(body) <= LARGE_BODY:
+                return values.decode(body, limit)
+            return await asyncio.to_thread(values.decode, body, limit)
         except ValueError as exc:
-            raise ClientError(400, f"invalid JSON: {exc}") from None
+            message = str(exc).replace(f"than {limit} levels", f"than {values.MAX_NESTING} levels")
+            raise ClientError(400, f"invalid JSON: {message}") from None
+
+    async def read(self, func: Callable[..., T], *args: Any) -> T:
+        """Run a read that may be large (a whole bucket, a listing) in a read thread.
+
+        Small reads stay on the event loop; these would hold it for as long as
+        they take to assemble, and with it every other account's requests.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, func, *args)
 
 
 class _Middleware:
@@ -375,15 +470,17 @@ class BucketResource(_Resource):
             self.watch(req, resp, account, path)
             return
         if req.query_string:
-            if _flag(req, "keys"):
-                _send(req, resp, values.encode(self.storage.keys(account, path)), JSON_TYPE)
+            keys = _flag(req, "keys")
+            whole = not path and _flag(req, "values")  # checked even when keys wins
+            if keys:
+                _send(req, resp, *await self.server.read(self._keys, account, path))
                 return
-            if not path and _flag(req, "values"):
-                if _send(req, resp, self.storage.get_all(account).encode(), JSON_TYPE):
+            if whole:
+                if _send(req, resp, *await self.server.read(self._all, account)):
                     self.server.count_read(account)
                 return
         if not path:
-            _send(req, resp, values.encode(self.storage.keys(account)), JSON_TYPE)
+            _send(req, resp, *await self.server.read(self._keys, account, path))
             return
         found, revision = self.storage.read(account, path)
         _revision(resp, revision)
@@ -415,6 +512,16 @@ class BucketResource(_Resource):
         resp.sse = server.feed.open(
             account, path, last_id, snapshot, server.still_allowed(req, account)
         )
+
+    def _keys(self, account: str, path: paths.Path) -> tuple[bytes, str, str]:
+        """The key listing at ``path``: body, content type, ETag (runs in a read thread)."""
+        body = values.encode(self.storage.keys(account, path))
+        return body, JSON_TYPE, values.etag(body)
+
+    def _all(self, account: str) -> tuple[bytes, str, str]:
+        """The whole bucket: body, content type, ETag (runs in a read thread)."""
+        body = self.storage.get_all(account).encode()
+        return body, JSON_TYPE, values.etag(body)
 
     async def commit(
         self,
@@ -459,18 +566,23 @@ class BucketResource(_Resource):
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         path = self.path(req)
-        value = await self.server.read_value(req)
-        if not path:
-            if req.query_string and _flag(req, "commit"):
-                committed = await self.commit(req, resp, *parse_commit(value))
-                if committed is not None:
-                    resp.content_type = JSON_TYPE
-                    resp.data = committed_body(committed)
+        server = self.server
+        async with server.body(req) as body:
+            if not path:
+                if req.query_string and _flag(req, "commit"):
+                    commit = parse_commit(await server.decode(body))
+                    committed = await self.commit(req, resp, *commit)
+                    if committed is not None:
+                        resp.content_type = JSON_TYPE
+                        resp.data = committed_body(committed)
+                    return
+                # A batch wraps its values in an object or a list of pairs: one or two levels.
+                value = await server.decode(body, wrapper=2)
+                operations = await asyncio.to_thread(_batch, value)  # a large one takes a while
+                if await self.commit(req, resp, operations, []) is not None:
+                    _empty(resp)
                 return
-            operations = [Operation("set", key, item) for key, item in _batch(value)]
-            if await self.commit(req, resp, operations, []) is not None:
-                _empty(resp)
-            return
+            value = await server.decode(body)
         kind = path_operation(req.get_param("op") if req.query_string else None)
         operation = Operation(kind, path, value)
         committed = await self.commit(req, resp, [operation], self.conditions(req, path))
@@ -505,17 +617,38 @@ class BucketResource(_Resource):
             resp.data = removed.encode()
 
 
-def _batch(value: Any) -> list[tuple[paths.Path, Any]]:
-    """The pairs of a batch write: a ``{path: value}`` object or a ``[[path, value], ...]`` list."""
+def _batch(value: Any) -> list[Operation]:
+    """The sets of a batch write: a ``{path: value}`` object or a ``[[path, value], ...]`` list."""
+    pairs: Iterable[Any]
     if type(value) is dict:
-        return [(paths.parse(key), item) for key, item in value.items()]
-    if type(value) is list and all(
+        pairs = value.items()
+    elif type(value) is list and all(
         type(pair) is list and len(pair) == 2 and type(pair[0]) is str for pair in value
     ):
-        return [(paths.parse(key), item) for key, item in value]
-    raise ClientError(
-        400, "a write to the bucket root needs a JSON object of paths or a list of [path, value]"
-    )
+        pairs = value
+    else:
+        raise ClientError(
+            400,
+            "a write to the bucket root needs a JSON object of paths or a list of [path, value]",
+        )
+    batch = []
+    for key, item in pairs:
+        if type(item) in _CONTAINERS:
+            values.check(item)  # the batch was decoded allowing for its own levels
+        batch.append(Operation("set", paths.parse(key), item))
+    return batch
+
+
+class TemplateListResource(_Resource):
+    """``/v1/templates/``: the names only, so OPTIONS and 405 offer just GET and HEAD."""
+
+    prefix = b"/v1/templates"
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        account: str = req.context.account
+        _send(req, resp, values.encode(self.storage.list_templates(account)), JSON_TYPE)
+
+    on_head = on_get
 
 
 class TemplatesResource(_Resource):
@@ -527,9 +660,6 @@ class TemplatesResource(_Resource):
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         account: str = req.context.account
         name = self.name(req)
-        if not name:
-            _send(req, resp, values.encode(self.storage.list_templates(account)), JSON_TYPE)
-            return
         raw = _flag(req, "raw") if req.query_string else False
         overrides = await self._overrides(req)
         source = self.storage.get_template(account, name)
@@ -557,7 +687,9 @@ class TemplatesResource(_Resource):
         renderer = self.server.renderer
         assert renderer is not None, "the renderer starts with the app"
         try:
-            text = await renderer.render(source, context)
+            text = await renderer.render(source, context, owner=account)
+        except RenderBusyError as exc:
+            raise ClientError(503, str(exc), {"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
         except RenderError as exc:
             raise ClientError(422, str(exc)) from None
         resp.set_header("Kvpio-Names", ",".join(quote(n, safe="") for n in sorted(names)))
@@ -568,13 +700,10 @@ class TemplatesResource(_Resource):
 
     async def _overrides(self, req: falcon.asgi.Request) -> dict[str, Any]:
         """The GET body's JSON object of top-level names, or ``{}`` without a body."""
-        body = await self.server.read_body(req)
-        if not body:
-            return {}
-        try:
-            data = values.decode(body)
-        except ValueError as exc:
-            raise ClientError(400, f"invalid JSON: {exc}") from None
+        async with self.server.body(req) as body:
+            if not body:
+                return {}
+            data = await self.server.decode(body)
         if type(data) is not dict:
             raise ClientError(400, "the data for a template must be a JSON object")
         return data
@@ -582,9 +711,8 @@ class TemplatesResource(_Resource):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         account: str = req.context.account
         name = self.name(req)
-        if not name:
-            raise falcon.HTTPMethodNotAllowed(["GET", "HEAD"])
-        source = await self.server.read_value(req)
+        async with self.server.body(req) as body:
+            source = await self.server.decode(body)
         if type(source) is not str:
             raise ClientError(400, "a template must be a JSON string")
         try:
@@ -599,8 +727,6 @@ class TemplatesResource(_Resource):
     async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         account: str = req.context.account
         name = self.name(req)
-        if not name:
-            raise falcon.HTTPMethodNotAllowed(["GET", "HEAD"])
         if _flag(req, "pop"):
             source = await self.server.write(self._pop, account, name)
             if source is None:
@@ -641,23 +767,35 @@ class OpenAPIResource:
     on_head = on_get
 
 
-async def _client_error(
-    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: ClientError, params: Any
-) -> None:
-    resp.status = exc.status
-    resp.content_type = JSON_TYPE
-    resp.data = json.dumps({"error": exc.message}, ensure_ascii=False).encode()
-    if exc.status == 413:
-        resp.set_header("Connection", "close")
-
-
 def _handler(status: int, prefix: str = "") -> Callable[..., Awaitable[None]]:
     async def handle(
         req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any
     ) -> None:
-        await _client_error(req, resp, ClientError(status, prefix + str(exc)), params)
+        raise ClientError(status, prefix + str(exc))
 
     return handle
+
+
+async def _busy(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any
+) -> None:
+    metrics.STORAGE_ERRORS.inc()
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    raise ClientError(503, f"{exc}: nothing was changed, try again", headers)
+
+
+async def _full(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any
+) -> None:
+    metrics.STORAGE_ERRORS.inc()
+    raise ClientError(507, "the server's disk is full: nothing was stored")
+
+
+async def _unknown_account(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any
+) -> None:
+    """The account went away between authentication and the storage call."""
+    raise ClientError(404, "unknown API key")
 
 
 async def _unexpected(
@@ -668,14 +806,17 @@ async def _unexpected(
     if isinstance(exc, (sqlite3.Error, OSError)):
         metrics.STORAGE_ERRORS.inc()
     log.exception("unexpected error on %s %s", req.method, req.path)
-    await _client_error(req, resp, ClientError(500, "internal server error"), params)
+    raise ClientError(500, "internal server error")
 
 
-def _serialize_http_error(
+def _serialize_error(
     req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: falcon.HTTPError
 ) -> None:
+    """Every error answer's body: ``{"error": message}``; a 413 also closes the connection."""
     resp.content_type = JSON_TYPE
-    resp.data = json.dumps({"error": exc.description or exc.title}).encode()
+    resp.data = json.dumps({"error": exc.description or exc.title}, ensure_ascii=False).encode()
+    if resp.status_code == 413:
+        resp.set_header("Connection", "close")
 
 
 def create_app(
@@ -706,8 +847,9 @@ def create_app(
     app.add_route("/v1/bucket", bucket)
     app.add_route("/v1/bucket/", bucket)
     app.add_route("/v1/bucket/{path:path}", bucket)
-    app.add_route("/v1/templates", templates)
-    app.add_route("/v1/templates/", templates)
+    template_list = TemplateListResource(server)
+    app.add_route("/v1/templates", template_list)
+    app.add_route("/v1/templates/", template_list)
     app.add_route("/v1/templates/{path:path}", templates)
     app.add_route("/openapi.json", OpenAPIResource())
     app.add_route("/healthz", HealthResource())
@@ -715,9 +857,11 @@ def create_app(
     app.add_route("/metrics", metrics.MetricsResource())
 
     app.add_error_handler(Exception, _unexpected)
-    app.add_error_handler(ClientError, _client_error)
+    app.add_error_handler(StorageBusyError, _busy)
+    app.add_error_handler(StorageFullError, _full)
+    app.add_error_handler(UnknownAccountError, _unknown_account)
     app.add_error_handler(InvalidPathError, _handler(400))
     app.add_error_handler(ValueError, _handler(400))
     app.add_error_handler(RecursionError, _handler(400, "input nests too deeply: "))
-    app.set_error_serializer(_serialize_http_error)
+    app.set_error_serializer(_serialize_error)
     return app

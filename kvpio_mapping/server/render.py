@@ -9,7 +9,9 @@ Templates are hostile input. Three layers keep a render from hurting the server:
    ``str.format`` and ``%`` specs, the str padding methods (``ljust``, ``zfill``, ...) and
    the filters that amplify their input (``center``, ``indent``, ``format``, ``batch``,
    ``slice``). The output is capped while it is generated. Functions, methods and classes
-   render as empty text (their repr would show memory addresses). Growth these checks do
+   render as empty text (their repr would show memory addresses), and an output that
+   shows one anyway (inside a list, through ``|string``, ``%`` or ``format``) is refused,
+   as are such reprs in error messages. Growth these checks do
    not see (``str.replace``, concatenation in a loop) is stopped by the next two layers.
 2. Every render runs in a separate worker process: a fresh interpreter started with
    ``subprocess`` (as with the multiprocessing "spawn" context, so it is safe to start from
@@ -29,10 +31,15 @@ their internals (``__init__``, ``__globals__``) are blocked by the sandbox like 
 underscore attribute. ``self`` (the template reference) only renders the template's own
 blocks; its internals are blocked the same way.
 
-Queueing: a Renderer has a fixed number of workers. A render first waits for a free worker
-for at most ``max(10 s, 10 * timeout)`` (the overall bound, which also covers starting a
-fresh worker); the per-render ``timeout`` counts from the moment the request is handed to
-a worker. A caller therefore waits at most that queue bound plus ``timeout``.
+Queueing: a Renderer has a fixed number of workers, shared fairly between owners (the
+server's accounts). Owners waiting for a worker are served in turn, not first come first
+served; and an owner with no render in flight who finds every worker busy gets a spare
+worker (at most as many spares as workers, each stopped after its render), so one
+account's flood of slow renders does not make another's quick render wait for it.
+A render first waits for a free worker for at most ``max(10 s, 10 * timeout)`` (the
+overall bound, which also covers starting a fresh worker; past it, :class:`RenderBusyError`);
+the per-render ``timeout`` counts from the moment the request is handed to a worker. A
+caller therefore waits at most that queue bound plus ``timeout``.
 
 The parent and the workers exchange length-prefixed JSON (never pickle), so even a
 compromised worker cannot make the parent run code.
@@ -63,6 +70,7 @@ from jinja2.exceptions import SecurityError, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 __all__ = [
+    "RenderBusyError",
     "RenderError",
     "RenderLimits",
     "Renderer",
@@ -95,6 +103,10 @@ class RenderError(Exception):
 
     The message says which, for a 422 answer.
     """
+
+
+class RenderBusyError(RenderError):
+    """No render worker became free in time: the server is busy, the template may be fine."""
 
 
 class SourceTooLargeError(RenderError):
@@ -358,12 +370,37 @@ def _check_size(source: str, limits: RenderLimits) -> None:
         )
 
 
+# What the repr of an internal object looks like: a function, method or class, or any
+# object shown with its memory address.
+_INTERNAL_REPR = re.compile(
+    r"<(?:bound method|built-in method|built-in function|function|method-wrapper|slot wrapper"
+    r"|method|classmethod|staticmethod|class|module|generator|coroutine|cell) [^<>]*"
+    r"| at 0x[0-9A-Fa-f]+>"
+)
+_HIDDEN = "an internal object"
+
+
+def _shows_internals(text: str, source: str, context: dict[str, Any]) -> bool:
+    """Whether ``text`` holds an internal repr that its source and data do not hold already.
+
+    The sandbox hides callables only where it sees them (a whole ``{{ }}`` value); inside
+    a list, a ``|string``, a ``%`` or ``format`` they are converted by Python's repr, so the
+    finished output is checked. Text the template or its data supplies reveals nothing.
+    """
+    found = {match.group() for match in _INTERNAL_REPR.finditer(text)}
+    if not found:
+        return False
+    known = source + json.dumps(context, ensure_ascii=False)
+    return any(piece not in known for piece in found)
+
+
 def _syntax_message(exc: TemplateSyntaxError) -> str:
     return _clip(f"template syntax error on line {exc.lineno}: {exc.message}")
 
 
 def _clip(message: str) -> str:
-    """Cut a message to a bounded length and make it encodable as UTF-8."""
+    """Cut a message to a bounded length, hide internal reprs, make it encodable as UTF-8."""
+    message = _INTERNAL_REPR.sub(_HIDDEN, message)
     if len(message) > _MESSAGE_CHARS:
         message = message[: _MESSAGE_CHARS - 3] + "..."
     return message.encode("utf-8", "replace").decode("utf-8")
@@ -421,6 +458,11 @@ def _render_in_worker(
                 )
             parts.append(chunk)
         text = "".join(parts)
+        if _shows_internals(text, source, context):
+            return {
+                "error": "template not allowed: its output would show an internal object"
+                " (a function, method or class, not a value)"
+            }
         return {"text": text.encode("utf-8", "replace").decode("utf-8")}
     except MemoryError:
         return {
@@ -438,7 +480,7 @@ def _render_in_worker(
     except jinja2.TemplateError as exc:
         return {"error": _clip(f"template error: {exc}")}
     except Exception as exc:
-        return {"error": _clip(f"template failed: {type(exc).__name__}: {exc}")}
+        return {"error": _clip(f"template failed: {exc}")}
 
 
 def _read_exact(fd: int, size: int) -> bytes | None:
@@ -683,7 +725,10 @@ class Renderer:
         self._workers: set[_Worker] = set()  # alive: idle or busy
         self._idle: list[_Worker] = []
         self._dying: list[_Worker] = []  # killed, not yet reaped
-        self._waiters: collections.deque[asyncio.Future[_Worker]] = collections.deque()
+        self._spares = workers  # extra workers at most, for owners who hold none
+        self._busy: collections.Counter[str] = collections.Counter()  # workers held, by owner
+        # Waiting renders by owner; owners are served in turn (the dict's order).
+        self._waiters: dict[str, collections.deque[asyncio.Future[_Worker]]] = {}
         self._closed = False
         self.killed = 0
         """Workers killed so far (over time, over memory, broken): for the server's metrics."""
@@ -704,22 +749,26 @@ class Renderer:
         """Stop the worker processes (idempotent); pending renders fail with RenderError."""
         self._closed = True
         self._idle.clear()
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                with contextlib.suppress(RuntimeError):
-                    waiter.set_exception(RenderError("the renderer is closed"))
+        for queue in self._waiters.values():
+            for waiter in queue:
+                if not waiter.done():
+                    with contextlib.suppress(RuntimeError):
+                        waiter.set_exception(RenderError("the renderer is closed"))
+        self._waiters.clear()
         self._finalizer()
 
-    async def render(self, source: str, context: dict[str, Any]) -> str:
-        """Render ``source`` with ``context`` (plain JSON data); raises RenderError."""
+    async def render(self, source: str, context: dict[str, Any], owner: str = "") -> str:
+        """Render ``source`` with ``context`` (plain JSON data); raises RenderError.
+
+        Renders are fair between owners (accounts): see the module's notes on queueing.
+        """
         _check_size(source, self.limits)
         if self._closed:
             raise RenderError("the renderer is closed")
         request = _encode({"source": source, "context": context}, ascii_only=True)
         loop = asyncio.get_running_loop()
         queue_deadline = loop.time() + self._queue_wait
-        worker = await self._acquire(loop, queue_deadline)
+        worker = await self._acquire(loop, queue_deadline, owner)
         healthy = False
         try:
             if not worker.ready:
@@ -734,6 +783,7 @@ class Renderer:
                 raise RenderError(_clip(str(exc))) from None
             healthy = not reply.get("retire")
         finally:
+            self._done(owner)
             if healthy:
                 self._release(worker)
             else:
@@ -768,9 +818,37 @@ class Renderer:
     def _reap(self) -> None:
         self._dying[:] = [worker for worker in self._dying if not worker.reaped()]
 
-    async def _acquire(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Worker:
+    async def _acquire(
+        self, loop: asyncio.AbstractEventLoop, deadline: float, owner: str
+    ) -> _Worker:
         """A free worker, starting one if the pool is not full, else wait in line."""
         self._reap()
+        if not self._waiters.get(owner):
+            worker = self._free()
+            if (
+                worker is None
+                and not self._busy[owner]
+                and len(self._workers) < self._size + self._spares
+            ):
+                worker = self._spawn()  # a spare, so a flood of another owner's renders waits
+            if worker is not None:
+                self._busy[owner] += 1
+                return worker
+        waiter: asyncio.Future[_Worker] = loop.create_future()
+        self._waiters.setdefault(owner, collections.deque()).append(waiter)
+        try:
+            return await asyncio.wait_for(waiter, max(deadline - loop.time(), 0.0))
+        except asyncio.TimeoutError:
+            self._reclaim(owner, waiter)
+            raise RenderBusyError(
+                f"no render worker became free within {self._queue_wait} s"
+            ) from None
+        except BaseException:
+            self._reclaim(owner, waiter)
+            raise
+
+    def _free(self) -> _Worker | None:
+        """An idle live worker, or a new one if the pool is not full, or None."""
         while self._idle:
             worker = self._idle.pop()
             if worker.proc.poll() is None:
@@ -778,34 +856,45 @@ class Renderer:
             self._discard(worker)  # died while idle: replaced, try the next one
         if len(self._workers) < self._size:
             return self._spawn()
-        waiter: asyncio.Future[_Worker] = loop.create_future()
-        self._waiters.append(waiter)
-        try:
-            return await asyncio.wait_for(waiter, max(deadline - loop.time(), 0.0))
-        except asyncio.TimeoutError:
-            self._reclaim(waiter)
-            raise RenderError(f"no render worker became free within {self._queue_wait} s") from None
-        except BaseException:
-            self._reclaim(waiter)
-            raise
+        return None
 
-    def _reclaim(self, waiter: asyncio.Future[_Worker]) -> None:
+    def _done(self, owner: str) -> None:
+        """``owner`` gave back a worker."""
+        self._busy[owner] -= 1
+        if self._busy[owner] <= 0:
+            del self._busy[owner]
+
+    def _reclaim(self, owner: str, waiter: asyncio.Future[_Worker]) -> None:
         """Drop an abandoned waiter; a worker handed to it at the last moment is passed on."""
-        with contextlib.suppress(ValueError):
-            self._waiters.remove(waiter)
+        queue = self._waiters.get(owner)
+        if queue is not None:
+            with contextlib.suppress(ValueError):
+                queue.remove(waiter)
+            if not queue:
+                del self._waiters[owner]
         if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            self._done(owner)
             self._release(waiter.result())
 
     def _release(self, worker: _Worker) -> None:
-        """Give a healthy worker to the next waiter, or back to the idle list."""
-        if self._closed or worker.closed:
+        """Give a healthy worker to the next owner in line, or keep it idle (a spare stops)."""
+        if self._closed or worker.closed or len(self._workers) > self._size:
             self._discard(worker)
             return
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(worker)
-                return
+        for owner in list(self._waiters):
+            queue = self._waiters[owner]
+            while queue and queue[0].done():
+                queue.popleft()  # abandoned: timed out or cancelled
+            if not queue:
+                del self._waiters[owner]
+                continue
+            waiter = queue.popleft()
+            del self._waiters[owner]
+            if queue:
+                self._waiters[owner] = queue  # to the back of the line
+            self._busy[owner] += 1
+            waiter.set_result(worker)
+            return
         self._idle.append(worker)
 
     def _discard(self, worker: _Worker) -> None:

@@ -11,7 +11,8 @@ import pytest
 import requests
 from contract import NESTED, TEMPLATE_ROWS
 
-from kvpio_mapping.testing import Api, RunningServer, run_server
+from kvpio_mapping import KVBucket, values
+from kvpio_mapping.testing import Api, RunningServer, TestAccount, run_server
 
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
@@ -572,3 +573,39 @@ def test_chunked_body_over_the_limit_is_413(small_server: RunningServer) -> None
     assert_error(api.post("/v1/bucket/big", data=chunks), 413)
     assert_empty(api.post("/v1/bucket/small", data=iter([b'"x', b'y"'])))
     assert_json(api.get("/v1/bucket/small"), b'"xy"')
+
+
+def _nested(levels: int) -> object:
+    """A value of ``levels`` nested lists."""
+    value: object = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("body", [lambda v: {"deep": v}, lambda v: [["deep", v]]])
+def test_a_value_at_the_nesting_limit_is_accepted_in_a_batch_too(api: Api, body: Any) -> None:
+    deepest = _nested(values.MAX_NESTING)
+    assert api.post("/v1/bucket/alone", json=deepest).status_code == 200
+    assert api.post("/v1/bucket/", json=body(deepest)).status_code == 200
+    assert api.get("/v1/bucket/deep").json() == deepest
+    too_deep = api.post("/v1/bucket/", json=body(_nested(values.MAX_NESTING + 1)))
+    assert too_deep.status_code == 400
+    assert "nests deeper than 100" in too_deep.json()["error"]
+
+
+def test_update_of_a_value_at_the_nesting_limit(kvpio_account: TestAccount) -> None:
+    bucket = KVBucket(kvpio_account.url, kvpio_account.api_key)
+    deepest = _nested(values.MAX_NESTING)
+    bucket.update({"a": deepest, "b": 1})
+    assert KVBucket(kvpio_account.url, kvpio_account.api_key)["a"] == deepest
+
+
+@pytest.mark.parametrize(
+    "url", ["/v1/account/", "/v1/bucket/", "/v1/bucket/a", "/v1/templates/", "/v1/templates/t"]
+)
+def test_options_offers_exactly_the_methods_the_url_takes(api: Api, url: str) -> None:
+    offered = {m.strip() for m in api.request("OPTIONS", url).headers["Allow"].split(",")}
+    for method in ("GET", "HEAD", "POST", "DELETE", "PUT", "PATCH"):
+        status = api.request(method, url, data=b'"x"').status_code
+        assert (status != 405) == (method in offered), (method, status, offered)

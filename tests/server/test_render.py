@@ -239,6 +239,18 @@ HOSTILE = [
     ("lipsum-globals", "{{ lipsum.__globals__ }}", "text"),
     ("method-repr", "{{ x.upper }}{{ foo.items }}{{ range }}{{ dict }}", "text"),
     ("config", "{{ config }}{{ request }}{{ os }}", "text"),
+    ("nested-callable", "{{ [range] }}", "either"),
+    ("string-filter-callable", "{{ range|string }}", "either"),
+    ("printf-callable", "{{ '%s' % range }}", "either"),
+    ("dict-callable", "{{ {'a': range} }}", "either"),
+    ("nested-method", "{{ [''.join] }}", "either"),
+    ("cycler-object", "{{ cycler(1, 2) }}", "either"),
+    ("nested-class", "{{ [cycler] }}", "either"),
+    ("format-callable", "{{ '{0}'.format(dict) }}", "either"),
+    ("joined-callables", "{{ [range, dict]|join(',') }}", "either"),
+    ("concat-callable", "{{ 'a' ~ range }}", "either"),
+    ("pprint-callable", "{{ range|pprint }}", "either"),
+    ("loop-cycle", "{% for i in [1] %}{{ [loop.cycle] }}{% endfor %}", "either"),
     ("mutate-dict", "{{ foo.update({'a': 2}) }}", "error"),
     ("mutate-list", "{{ items.append(1) }}", "error"),
     (
@@ -273,6 +285,23 @@ def test_hostile_template(renderer: Renderer, source: str, outcome: str) -> None
             assert not LEAK.search(text), text
     assert time.monotonic() - started < TIMEOUT + MARGIN
     assert_still_works(renderer)
+
+
+def test_internal_reprs_in_the_data_or_source_still_render(renderer: Renderer) -> None:
+    source = "{{ x }} <class 'y'>"
+    data = {"x": "<function f at 0x7f0000000000>"}
+    assert render(renderer, source, data) == "<function f at 0x7f0000000000> <class 'y'>"
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["{{ 1 + 'a' }}", "{{ [range]|sum }}", "{{ cycler(1, 2) + 1 }}", "{{ range(x) }}"],
+)
+def test_error_messages_name_no_python_class_or_object(renderer: Renderer, source: str) -> None:
+    with pytest.raises(RenderError) as raised:
+        render(renderer, source, {"x": "s"})
+    message = str(raised.value)
+    assert not re.search(r"\b[A-Z]\w*(Error|Exception)\b|0x[0-9a-f]{4}|<class ", message), message
 
 
 def test_limit_messages_name_the_limit(renderer: Renderer) -> None:

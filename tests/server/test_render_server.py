@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -89,3 +90,14 @@ def test_runaway_renders_do_not_slow_bucket_reads(account: TestAccount) -> None:
     assert len(reads) > 20
     assert max(reads) < 0.2, max(reads)
     assert setup.get(account.url + "/v1/templates/ok").text == "1"
+
+
+@pytest.mark.parametrize("source", ["{{ [range] }}", "{{ cycler(1, 2) }}", "{{ 1 + 'a' }}"])
+def test_no_internal_repr_or_exception_class_reaches_a_client(
+    account: TestAccount, source: str
+) -> None:
+    http = session(account)
+    assert http.post(account.url + "/v1/templates/leak", json=source).status_code == 200
+    answer = http.get(account.url + "/v1/templates/leak")
+    assert answer.status_code == 422
+    assert not re.search(r"0x[0-9a-f]{4}|<class |<bound |Error\b", answer.text), answer.text

@@ -225,3 +225,10 @@ def test_no_input_gets_a_5xx(
     if status >= 400 and method != "HEAD":
         assert headers["content-type"] == "application/json"
         assert set(json.loads(answer)) == {"error"}
+
+
+@pytest.mark.parametrize("header", ["Basic \u00e9", "B\u00e4sic eDo=", "Basic " + "\u00ff" * 8])
+def test_non_ascii_authorization_is_an_unknown_key(api: Api, header: str) -> None:
+    status, _, body = api.raw("GET", "/v1/bucket/", headers={"Authorization": header})
+    assert status == 404
+    assert json.loads(body) == {"error": "unknown API key"}

@@ -28,7 +28,12 @@ from hypothesis import strategies as st
 from kvpio_mapping import values
 from kvpio_mapping.errors import InvalidPathError
 from kvpio_mapping.paths import MISSING, Path, delete_in, get_in, set_in
-from kvpio_mapping.server.storage import AccountExistsError, MemoryStorage, Storage
+from kvpio_mapping.server.storage import (
+    AccountExistsError,
+    MemoryStorage,
+    Storage,
+    UnknownAccountError,
+)
 from kvpio_mapping.server.storage.base import (
     CHANGE_LOG_REVISIONS,
     LOGGED_TEXT,
@@ -427,6 +432,18 @@ def test_delete_account_removes_it_with_values_and_templates(storage: Storage, a
     storage.create_account("alice", "", "new-key")
     assert storage.get_all("alice") == "{}"
     assert storage.list_templates("alice") == []
+
+
+def test_a_write_to_a_deleted_account_is_an_unknown_account_and_leaves_nothing(
+    storage: Storage, acct: str
+) -> None:
+    storage.delete_account(acct)
+    with pytest.raises(UnknownAccountError):
+        storage.set(acct, p("a"), 1)
+    with pytest.raises(UnknownAccountError):
+        storage.clear(acct)
+    storage.create_account(acct, "", "again-key")
+    assert storage.get_all(acct) == "{}"
 
 
 def test_accounts_are_isolated(storage: Storage, acct: str) -> None:

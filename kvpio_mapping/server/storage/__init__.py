@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
-from .base import Account, AccountExistsError, Storage
+from .base import (
+    Account,
+    AccountExistsError,
+    Storage,
+    StorageBusyError,
+    StorageError,
+    StorageFullError,
+    UnknownAccountError,
+)
 from .memory import MemoryStorage
 
-__all__ = ["Account", "AccountExistsError", "MemoryStorage", "Storage", "open_storage"]
+__all__ = [
+    "Account",
+    "AccountExistsError",
+    "MemoryStorage",
+    "Storage",
+    "StorageBusyError",
+    "StorageError",
+    "StorageFullError",
+    "UnknownAccountError",
+    "open_storage",
+]
 
 
 def open_storage(location: str, *, sync: str = "normal") -> Storage:

@@ -59,6 +59,22 @@ class AccountExistsError(ValueError):
     """An account with that id, or that API key, exists already."""
 
 
+class UnknownAccountError(KeyError):
+    """No account has that id (say, it was deleted while a request was on its way)."""
+
+
+class StorageError(Exception):
+    """The storage could not do its work; not the caller's fault, and nothing changed."""
+
+
+class StorageBusyError(StorageError):
+    """Other writers held the database's write lock past the wait bound: try again shortly."""
+
+
+class StorageFullError(StorageError):
+    """The disk holding the database is full: the write was refused, stored data is intact."""
+
+
 @dataclass(frozen=True)
 class Account:
     """What the account endpoint tells: never the API key."""
@@ -67,10 +83,6 @@ class Account:
     email: str
     reads: int
     size: int
-
-
-class UnknownAccountError(LookupError):
-    """The account does not exist (any more)."""
 
 
 class ConflictError(ValueError):
@@ -281,8 +293,10 @@ def hash_key(api_key: str) -> str:
 
 
 def new_key() -> str:
-    """A fresh random API key."""
-    return secrets.token_urlsafe(24)
+    """A fresh random API key, never starting with ``-`` (a command line would read an option)."""
+    while (key := secrets.token_urlsafe(24)).startswith("-"):
+        pass
+    return key
 
 
 def same_digest(a: str, b: str) -> bool:
@@ -294,7 +308,9 @@ class Storage(ABC):
     """One account-partitioned store of JSON values and templates.
 
     Implementations are safe to call from several threads and, where the
-    backend allows it, from several processes on the same database.
+    backend allows it, from several processes on the same database. A call
+    that fails for want of the database's time or space raises a
+    :class:`StorageError` and changes nothing.
     """
 
     read_cache_hits = 0

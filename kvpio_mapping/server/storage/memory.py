@@ -96,6 +96,13 @@ class MemoryStorage(Storage):
             found = self._find(hash_key(api_key))
             return found.id if found is not None else None
 
+    def _state(self, account: str) -> _Account:
+        """The account's state (the caller holds the lock), or :class:`UnknownAccountError`."""
+        found = self._accounts.get(account)
+        if found is None:
+            raise UnknownAccountError(account)
+        return found
+
     def _public(self, account: _Account) -> Account:
         size = len(values.encode(account.data))
         return Account(account.id, account.email, account.reads, size)
@@ -126,18 +133,18 @@ class MemoryStorage(Storage):
 
     def read(self, account: str, path: Path) -> tuple[str | None, int]:
         with self._lock:
-            state = self._accounts[account]
+            state = self._state(account)
             found = paths.get_in(state.data, path)
             text = None if found is MISSING else values.encode(found).decode()
             return text, state.revision
 
     def get_all(self, account: str) -> str:
         with self._lock:
-            return values.encode(self._accounts[account].data).decode()
+            return values.encode(self._state(account).data).decode()
 
     def keys(self, account: str, path: Path = ()) -> list[str]:
         with self._lock:
-            found = paths.get_in(self._accounts[account].data, path)
+            found = paths.get_in(self._state(account).data, path)
             if type(found) is dict:
                 return list(found)
             if type(found) is list:
@@ -150,7 +157,7 @@ class MemoryStorage(Storage):
         for operation in operations:
             check_operation(operation)
         with self._lock:
-            state = self._accounts[account]
+            state = self._state(account)
             failures: list[Failure] = []
             for index, check in enumerate(checks):
                 found = paths.get_in(state.data, check.path)
@@ -183,30 +190,30 @@ class MemoryStorage(Storage):
 
     def clear(self, account: str) -> int:
         with self._lock:
-            state = self._accounts[account]
+            state = self._state(account)
             state.data = {}
             state.logged([("delete", (), None)])
             return state.revision
 
     def get_template(self, account: str, name: str) -> str | None:
         with self._lock:
-            return self._accounts[account].templates.get(name)
+            return self._state(account).templates.get(name)
 
     def set_template(self, account: str, name: str, source: str) -> None:
         with self._lock:
-            state = self._accounts[account]
+            state = self._state(account)
             state.templates[name] = source
             state.logged([("template", (name,), source)])
 
     def delete_template(self, account: str, name: str) -> bool:
         with self._lock:
-            state = self._accounts[account]
+            state = self._state(account)
             state.logged([("template", (name,), None)])
             return state.templates.pop(name, None) is not None
 
     def list_templates(self, account: str) -> list[str]:
         with self._lock:
-            return list(self._accounts[account].templates)
+            return list(self._state(account).templates)
 
 
 def _apply(data: dict[str, Any], operation: Operation) -> str | None:

@@ -92,7 +92,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from json.encoder import encode_basestring
 from typing import Any, Final, NamedTuple
 
@@ -113,6 +113,8 @@ from .base import (
     Failure,
     Operation,
     Storage,
+    StorageBusyError,
+    StorageFullError,
     UnknownAccountError,
     appendable,
     check_operation,
@@ -137,6 +139,12 @@ BUSY_TIMEOUT_MS: Final = 10_000
 
 READ_CACHE_ENTRIES: Final = 1024
 """Answers of :meth:`SQLiteStorage.read` each connection keeps (see the module's notes)."""
+
+_BULK_CHUNK: Final = 10_000
+"""Top-level pairs of a batch planned and inserted at a time (bounds the rows held)."""
+_LOOKUP_CHUNK: Final = 500
+"""Paths per ``IN (...)`` lookup."""
+_CONTAINERS: Final = (dict, list)
 
 # The configuration of values.encode; values reach the storage already checked,
 # so subtrees are encoded without checking them again at every level.
@@ -242,6 +250,26 @@ class _Run(NamedTuple):
     at: int
 
 
+def _scalar(value: Any) -> str:
+    """The compact JSON text of a checked value, without the encoder's set-up for scalars.
+
+    Scalars are most of what large batches store; the texts are the ones
+    :func:`json.dumps` gives (finite floats only reach the storage).
+    """
+    kind = type(value)
+    if kind is str:
+        return encode_basestring(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float:
+        return float.__repr__(value)
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    return _encode(value)
+
+
 def _key(segments: Sequence[str]) -> bytes:
     return "\x00".join(segments).encode()
 
@@ -291,6 +319,30 @@ def _nest(segments: Sequence[str], value: Any) -> Any:
     for segment in reversed(segments):
         value = {segment: value}
     return value
+
+
+# SQLite's primary result codes and their messages (Python 3.10 gives only the message).
+_BUSY_CODES: Final = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
+_BUSY_MESSAGES: Final = ("database is locked", "database table is locked")
+_FULL_CODE: Final = 13  # SQLITE_FULL
+_FULL_MESSAGE: Final = "database or disk is full"
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Turn SQLite's "busy" and "full" failures into the storage's own errors."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        message = str(exc)
+        if code in _BUSY_CODES or message.startswith(_BUSY_MESSAGES):
+            raise StorageBusyError(
+                f"the database stayed locked by other writes for {BUSY_TIMEOUT_MS // 1000} s"
+            ) from exc
+        if code == _FULL_CODE or message.startswith(_FULL_MESSAGE):
+            raise StorageFullError("the disk holding the database is full") from exc
+        raise
 
 
 def _use_wal(conn: sqlite3.Connection) -> None:
@@ -382,24 +434,27 @@ class SQLiteStorage(Storage):
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken up front so concurrent writers queue on the lock."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _translated():
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # A failed COMMIT (a full disk) may leave the transaction open, or not.
+                if conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
-        finally:
-            # This connection's own commits leave data_version as it was.
-            self._local.cache.clear()
+            finally:
+                # This connection's own commits leave data_version as it was.
+                self._local.cache.clear()
 
     @contextmanager
     def _write_to(self, account: str) -> Iterator[tuple[sqlite3.Connection, int]]:
         """A write transaction on an existing account, and the revision it makes.
 
-        ``KeyError`` if there is no such account, checked inside the
+        :class:`UnknownAccountError` if there is no such account, checked inside the
         transaction, so a write racing the account's deletion (say, from
         another process) cannot leave values behind.
         """
@@ -409,7 +464,7 @@ class SQLiteStorage(Storage):
                 (account,),
             ).fetchone()
             if row is None:
-                raise KeyError(account)
+                raise UnknownAccountError(account)
             yield conn, int(row[0])
 
     @staticmethod
@@ -436,12 +491,13 @@ class SQLiteStorage(Storage):
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One read transaction, so the statements of a read see one snapshot."""
-        conn = self._conn()
-        conn.execute("BEGIN")
-        try:
-            yield conn
-        finally:
-            conn.execute("COMMIT")
+        with _translated():
+            conn = self._conn()
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
 
     def check(self, *, full: bool = True, seconds: float | None = None) -> list[str]:
         """SQLite's own consistency check of the file: one line per problem, ``[]`` if sound.
@@ -720,7 +776,7 @@ class SQLiteStorage(Storage):
             size = 2 + joined
             rows[slot] = (path, parent, pos, split, label, None, size)
             return size
-        text = _encode(value)
+        text = _scalar(value)
         size = len(text.encode())
         rows.append((path, parent, pos, BLOB, label, text, size))
         return size
@@ -1158,7 +1214,7 @@ class SQLiteStorage(Storage):
                     failures.append(failed)
             if failures:
                 raise CheckFailedError(failures)
-            results = [self._apply(conn, account, operation) for operation in operations]
+            results = self._apply_all(conn, account, operations)
             self._log(
                 conn,
                 account,
@@ -1232,6 +1288,65 @@ class SQLiteStorage(Storage):
             for key, item in value.items():
                 self._set(conn, account, (*path, key), item, False)
         return None
+
+    def _apply_all(
+        self, conn: sqlite3.Connection, account: str, operations: Sequence[Operation]
+    ) -> list[str | None]:
+        """Apply the operations in order; consecutive top-level sets are stored in bulk.
+
+        A large batch is mostly top-level keys (``update()`` of a dict): storing
+        them a chunk at a time (one lookup, one insert) keeps the transaction,
+        which holds the write lock, short.
+        """
+        results: list[str | None] = []
+        top: dict[str, Any] = {}
+        for operation in operations:
+            if operation.kind == "set" and len(operation.path) == 1:
+                top[operation.path[0]] = operation.value
+                results.append(None)
+                if len(top) >= _BULK_CHUNK:
+                    self._set_top(conn, account, top)
+                    top = {}
+                continue
+            if top:
+                self._set_top(conn, account, top)
+                top = {}
+            results.append(self._apply(conn, account, operation))
+        if top:
+            self._set_top(conn, account, top)
+        return results
+
+    def _set_top(self, conn: sqlite3.Connection, account: str, pairs: dict[str, Any]) -> None:
+        """Store top-level ``key: value`` pairs, as :meth:`_set` would one by one."""
+        keys = [key.encode() for key in pairs]
+        found: dict[bytes, tuple[int, int]] = {}
+        for start in range(0, len(keys), _LOOKUP_CHUNK):
+            part = keys[start : start + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(part))
+            query = f"SELECT path, kind, pos FROM nodes WHERE account = ? AND path IN ({marks})"
+            for path, kind, pos in conn.execute(query, [account, *part]):
+                found[path] = (kind, pos)
+        last = conn.execute(
+            "SELECT max(pos) FROM nodes WHERE account = ? AND parent = x''", (account,)
+        ).fetchone()[0]
+        pos = 0 if last is None else int(last) + 1
+        rows: list[_NewRow] = []
+        members: list[_Member] = []
+        for path, (key, value) in zip(keys, pairs.items(), strict=True):
+            old = found.get(path)
+            if old is None:
+                at = pos
+                pos += 1
+            else:
+                at = old[1]
+                if old[0] != BLOB:
+                    self._delete_below(conn, account, path)
+            if type(value) in _CONTAINERS:
+                self._plan(rows, members, path, at, _label(key), value, 1)
+            else:
+                text = _scalar(value)
+                rows.append((path, b"", at, BLOB, _label(key), text, len(text.encode())))
+        self._insert(conn, account, rows, members)
 
     def _set(
         self, conn: sqlite3.Connection, account: str, path: Path, value: Any, only_if_missing: bool
