@@ -45,7 +45,6 @@ from kvpio_mapping.server.storage.base import (
     ConflictError,
     Failure,
     Operation,
-    UnknownAccountError,
 )
 from kvpio_mapping.server.storage.sqlite import BLOB_THRESHOLD, SQLiteStorage
 
