@@ -459,15 +459,29 @@ class AccountResource(_Resource):
     on_head = on_get
 
 
+def _feed_start(req: falcon.asgi.Request) -> tuple[int | None, bool]:
+    """Where a change feed starts: the ``Last-Event-ID`` revision, and whether to snapshot first."""
+    header = req.get_header("Last-Event-ID")
+    last_id = None
+    if header is not None and header.strip():
+        if not (header.strip().isascii() and header.strip().isdigit()):
+            raise ClientError(400, "Last-Event-ID must be a revision (a whole number)")
+        last_id = int(header)
+    snapshot = req.get_param("snapshot") is None or _flag(req, "snapshot")
+    return last_id, snapshot
+
+
 class BucketResource(_Resource):
     prefix = b"/v1/bucket"
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         account: str = req.context.account
         path = self.path(req)
+        # The feed's inputs are checked on every GET, as every flag is, streamed or not.
+        since, snapshot = _feed_start(req)
         accept = req.get_header("Accept")
         if accept is not None and EVENT_STREAM in accept and req.method == "GET":
-            self.watch(req, resp, account, path)
+            self.watch(req, resp, account, path, since, snapshot)
             return
         if req.query_string:
             keys = _flag(req, "keys")
@@ -498,15 +512,10 @@ class BucketResource(_Resource):
         resp: falcon.asgi.Response,
         account: str,
         path: paths.Path,
+        last_id: int | None,
+        snapshot: bool,
     ) -> None:
         """Answer with the change feed of ``path`` (docs/protocol.md, "Live")."""
-        header = req.get_header("Last-Event-ID")
-        last_id = None
-        if header is not None and header.strip():
-            if not (header.strip().isascii() and header.strip().isdigit()):
-                raise ClientError(400, "Last-Event-ID must be a revision (a whole number)")
-            last_id = int(header)
-        snapshot = req.get_param("snapshot") is None or _flag(req, "snapshot")
         server = self.server
         resp.set_header("Cache-Control", "no-store")
         resp.sse = server.feed.open(

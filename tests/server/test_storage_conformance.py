@@ -36,6 +36,7 @@ from kvpio_mapping.server.storage import (
 )
 from kvpio_mapping.server.storage.base import (
     CHANGE_LOG_REVISIONS,
+    LOGGED_ENTRIES,
     LOGGED_TEXT,
     Change,
     Changes,
@@ -1426,6 +1427,21 @@ def test_change_log_logs_templates(storage: Storage, acct: str) -> None:
 def test_change_log_asks_to_reread_a_value_too_long_to_log(storage: Storage, acct: str) -> None:
     storage.set(acct, p("big"), "x" * LOGGED_TEXT)
     assert storage.changes(acct, 0).changes == [Change(1, "reread", p("big"), None)]
+
+
+def test_a_commit_too_large_to_log_asks_to_reread_its_common_ancestor(
+    storage: Storage, acct: str
+) -> None:
+    many = [(("cfg", f"k{n}"), n) for n in range(LOGGED_ENTRIES + 1)]
+    storage.set_many(acct, many)
+    storage.set_many(acct, [((f"top{n}",), n) for n in range(LOGGED_ENTRIES + 1)])
+    merged = {f"m{n}": n for n in range(LOGGED_ENTRIES + 1)}
+    storage.commit(acct, [Operation("merge", p("cfg"), merged)])
+    assert storage.changes(acct, 0).changes == [
+        Change(1, "reread", p("cfg"), None),
+        Change(2, "reread", (), None),
+        Change(3, "reread", p("cfg"), None),
+    ]
 
 
 def test_failed_commits_log_nothing(storage: Storage, acct: str) -> None:

@@ -23,7 +23,7 @@ import hashlib
 import hmac
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple
 
@@ -38,6 +38,10 @@ CHANGE_LOG_REVISIONS: Final = 1000
 
 LOGGED_TEXT: Final = 16 * 1024
 """Longest value text a change keeps; a longer one is logged as ``reread``."""
+
+LOGGED_ENTRIES: Final = 1000
+"""Most entries one commit logs; a larger commit is logged as one ``reread`` of
+the common ancestor of its paths, so a bulk write stays one cheap log row."""
 
 CHANGES_BATCH: Final = 1000
 """About the most changes one :meth:`Storage.changes` answer holds (whole revisions)."""
@@ -204,6 +208,43 @@ def logged_changes(
         ("reread", at, None) if text is not None and len(text) > LOGGED_TEXT else (change, at, text)
         for change, at, text in entries
     ]
+
+
+def logged_commit(
+    operations: Sequence[Operation], results: Sequence[str | None]
+) -> list[tuple[ChangeKind, Path, str | None]]:
+    """The change-log entries of a whole commit (:func:`logged_changes` of each operation).
+
+    Over :data:`LOGGED_ENTRIES` they become one ``reread`` of the paths'
+    common ancestor, decided before encoding anything when the operations
+    alone are too many.
+    """
+    if len(operations) > LOGGED_ENTRIES:
+        return [("reread", _common_ancestor(op.path for op in operations), None)]
+    entries = [
+        entry
+        for operation, result in zip(operations, results, strict=True)
+        for entry in logged_changes(operation, result)
+    ]
+    if len(entries) > LOGGED_ENTRIES:
+        return [("reread", _common_ancestor(at for _, at, _ in entries), None)]
+    return entries
+
+
+def _common_ancestor(found: Iterable[Path]) -> Path:
+    """The longest path that starts every path of ``found`` (``()`` when they share none)."""
+    common: Path | None = None
+    for path in found:
+        if common is None:
+            common = path
+            continue
+        depth = 0
+        while depth < min(len(common), len(path)) and common[depth] == path[depth]:
+            depth += 1
+        common = common[:depth]
+        if not common:
+            break
+    return common or ()
 
 
 def changes_after(

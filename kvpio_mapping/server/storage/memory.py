@@ -31,7 +31,7 @@ from .base import (
     failure,
     hash_key,
     incremented,
-    logged_changes,
+    logged_commit,
     mergeable,
     new_key,
     same_digest,
@@ -170,13 +170,7 @@ class MemoryStorage(Storage):
             data = values.copy(state.data) if len(operations) > 1 else state.data
             results = [_apply(data, operation) for operation in operations]
             state.data = data
-            state.logged(
-                [
-                    entry
-                    for operation, result in zip(operations, results, strict=True)
-                    for entry in logged_changes(operation, result)
-                ]
-            )
+            state.logged(logged_commit(operations, results))
             return Committed(state.revision, results)
 
     def changes(self, account: str, since: int, limit: int = CHANGES_BATCH) -> Changes:

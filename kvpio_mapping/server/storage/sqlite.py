@@ -121,7 +121,7 @@ from .base import (
     failure,
     hash_key,
     incremented,
-    logged_changes,
+    logged_commit,
     mergeable,
     new_key,
     same_digest,
@@ -1219,11 +1219,7 @@ class SQLiteStorage(Storage):
                 conn,
                 account,
                 revision,
-                [
-                    entry
-                    for operation, result in zip(operations, results, strict=True)
-                    for entry in logged_changes(operation, result)
-                ],
+                logged_commit(operations, results),
             )
         return Committed(revision, results)
 
