@@ -145,7 +145,7 @@ def _uvicorn_config(host: str, port: int) -> uvicorn.Config:
     import uvicorn
 
     from . import logs
-    from .protocol import HeadLimits, protocol_class
+    from .heads import HeadLimits, protocol_class
 
     defaults = HeadLimits()
     limits = HeadLimits(
