@@ -42,6 +42,7 @@ def resolve_db(location: str | None) -> str:
 def open_db(location: str, *, create: bool) -> Storage:
     """Open a resolved database; a new file only if ``create``, in an existing directory."""
     from .storage import open_storage
+    from .storage.schema import SchemaTooNewError
 
     if location != "memory:" and not os.path.exists(location):
         directory = os.path.dirname(location)
@@ -53,7 +54,7 @@ def open_db(location: str, *, create: bool) -> Storage:
             os.makedirs(directory, exist_ok=True)
     try:
         return open_storage(location)
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, SchemaTooNewError) as exc:
         raise DatabaseProblem(f"cannot open the database {location}: {exc}") from None
 
 

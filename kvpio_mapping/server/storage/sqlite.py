@@ -126,6 +126,7 @@ from .base import (
     new_key,
     same_digest,
 )
+from .schema import Migration, migrate
 
 BLOB_THRESHOLD: Final = 4096
 """Largest compact JSON (bytes) kept as one blob row; larger containers are split."""
@@ -219,6 +220,25 @@ _MEMBER_RUN: Final = (
     " JOIN nodes AS n ON n.account = m.account AND n.path = m.run"
     " WHERE m.account = ? AND m.path = ?"
 )
+
+
+def _create_tables(conn: sqlite3.Connection) -> None:
+    """Schema version 1: the layout above, also over a database of release 0.1."""
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(accounts)")]
+    if "revision" not in columns:
+        # Release 0.1 made the accounts table without revisions.
+        conn.execute("ALTER TABLE accounts ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")
+    if "log_start" not in columns:
+        # A database made before the change log: it starts at today's revisions.
+        conn.execute("ALTER TABLE accounts ADD COLUMN log_start INTEGER NOT NULL DEFAULT 0")
+        conn.execute("UPDATE accounts SET log_start = revision")
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_create_tables,)
+"""The schema's versions, in order (see :mod:`.schema`); append, never edit, one."""
 
 
 class _Node(NamedTuple):
@@ -392,17 +412,7 @@ class SQLiteStorage(Storage):
         directory = os.path.dirname(os.path.abspath(self._path))
         os.makedirs(directory, exist_ok=True)
         with self._write() as conn:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            columns = [row[1] for row in conn.execute("PRAGMA table_info(accounts)")]
-            if "revision" not in columns:
-                # A database made before revisions existed.
-                conn.execute("ALTER TABLE accounts ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")
-            if "log_start" not in columns:
-                # A database made before the change log: it starts at today's revisions.
-                conn.execute("ALTER TABLE accounts ADD COLUMN log_start INTEGER NOT NULL DEFAULT 0")
-                conn.execute("UPDATE accounts SET log_start = revision")
+            migrate(conn, MIGRATIONS, "SQLite")
 
     # connections and transactions
 
