@@ -149,6 +149,16 @@ def add_commands(subparsers: Any) -> None:
     backup.add_argument("dest", metavar="DEST", help="the backup file to create")
     backup.add_argument("--db", help=_DB_HELP)
     backup.set_defaults(func=_backup)
+    copy = db_actions.add_parser(
+        "copy",
+        help="copy every account, value and template from SOURCE to DEST",
+        description="Copy every account (with its API key), value and template from SOURCE"
+        " to DEST, then read each back and print what DEST holds. Stop the servers of"
+        " SOURCE first. DEST must not have any of SOURCE's accounts.",
+    )
+    copy.add_argument("source", help="database to copy from (a file or sqlite:// URL)")
+    copy.add_argument("dest", help="database to copy into (created if missing)")
+    copy.set_defaults(func=_copy)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -304,4 +314,44 @@ def _backup(args: argparse.Namespace) -> int:
     finally:
         storage.close()
     print(f"{location} backed up to {dest} ({os.path.getsize(dest)} bytes)")
+    return 0
+
+
+def _copy(args: argparse.Namespace) -> int:
+    from ..cli import Progress
+    from .database import DatabaseProblem, open_db, resolve_db
+    from .storage import AccountExistsError
+    from .storage.copy import CopyMismatchError, copy_storage
+
+    source_at, dest_at = resolve_db(args.source), resolve_db(args.dest)
+    if source_at == dest_at:
+        sys.stderr.write("kvpio db copy: SOURCE and DEST are the same database\n")
+        return 2
+    try:
+        source = open_db(source_at, create=False)
+    except DatabaseProblem as exc:
+        sys.stderr.write(f"kvpio db copy: {exc}\n")
+        return 1
+    try:
+        dest = open_db(dest_at, create=True)
+    except DatabaseProblem as exc:
+        source.close()
+        sys.stderr.write(f"kvpio db copy: {exc}\n")
+        return 1
+    try:
+        progress = Progress(len(source.account_records()), sys.stderr, "copying", "accounts")
+        try:
+            tally = copy_storage(source, dest, progress=progress.update)
+        finally:
+            progress.finish()
+    except (AccountExistsError, CopyMismatchError) as exc:
+        sys.stderr.write(f"kvpio db copy: {exc}\n")
+        return 1
+    finally:
+        source.close()
+        dest.close()
+    print(
+        f"verified in {dest_at}: {tally.accounts} accounts, {tally.keys} top-level keys,"
+        f" {tally.templates} templates, {tally.bytes} bytes of values"
+    )
     return 0

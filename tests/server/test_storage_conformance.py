@@ -38,6 +38,7 @@ from kvpio_mapping.server.storage.base import (
     CHANGE_LOG_REVISIONS,
     LOGGED_ENTRIES,
     LOGGED_TEXT,
+    AccountRecord,
     Change,
     Changes,
     Check,
@@ -46,6 +47,7 @@ from kvpio_mapping.server.storage.base import (
     ConflictError,
     Failure,
     Operation,
+    hash_key,
 )
 from kvpio_mapping.server.storage.sqlite import BLOB_THRESHOLD, SQLiteStorage
 
@@ -1533,3 +1535,35 @@ def test_sqlite_database_made_before_the_change_log_starts_it_at_its_revision(
         assert storage.changes("old", 7) == Changes(8, [Change(8, "put", p("n"), "1")], True)
     finally:
         storage.close()
+
+
+def test_restored_account_reads_back_with_its_key_revision_and_templates(
+    storage: Storage,
+) -> None:
+    big = big_doc(3 * BLOB_THRESHOLD)
+    record = AccountRecord("bob", "bob@example.com", hash_key("bob-key"), 7, 41)
+    bucket = {"big": big, "n": 1, "list": [1, {"a": None}]}
+    storage.restore_account(record, bucket, [("z", "{{ n }}"), ("a", "x")])
+    assert storage.authenticate("bob-key") == "bob"
+    assert storage.account_records() == [record]
+    assert storage.read("bob", p("big")) == (j(big), 41)
+    assert storage.get_all("bob") == j(bucket)
+    assert storage.list_templates("bob") == ["z", "a"]
+    assert storage.get_template("bob", "z") == "{{ n }}"
+    # The log starts at the copy: what came before is not there to replay.
+    assert storage.changes("bob", 0) == Changes(41, [], False)
+    assert storage.commit("bob", [Operation("increment", p("n"), 1)]).revision == 42
+    assert storage.changes("bob", 41) == Changes(42, [Change(42, "put", p("n"), "2")], True)
+
+
+def test_restore_over_a_taken_id_or_key_raises_and_changes_nothing(
+    storage: Storage, acct: str
+) -> None:
+    storage.set(acct, p("k"), 1)
+    same_id = AccountRecord(acct, "", hash_key("other-key"), 0, 9)
+    same_key = AccountRecord("carol", "", hash_key("alice-key"), 0, 9)
+    for record in (same_id, same_key):
+        with pytest.raises(AccountExistsError):
+            storage.restore_account(record, {"k": 2}, [])
+    assert storage.get_all(acct) == '{"k":1}'
+    assert [record.id for record in storage.account_records()] == [acct]

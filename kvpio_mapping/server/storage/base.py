@@ -89,6 +89,17 @@ class Account:
     size: int
 
 
+@dataclass(frozen=True)
+class AccountRecord:
+    """An account as a copy between databases carries it: the key only as its stored digest."""
+
+    id: str
+    email: str
+    key_digest: str
+    reads: int
+    revision: int
+
+
 class ConflictError(ValueError):
     """An atomic operation does not fit the value it targets (say, incrementing a string)."""
 
@@ -386,6 +397,20 @@ class Storage(ABC):
     @abstractmethod
     def delete_account(self, id: str) -> bool:
         """Remove an account with all its values and templates; whether it existed."""
+
+    @abstractmethod
+    def account_records(self) -> list[AccountRecord]:
+        """Every account with its key digest and revision, by id, for copying a database."""
+
+    @abstractmethod
+    def restore_account(
+        self, record: AccountRecord, bucket: Mapping[str, Any], templates: Sequence[tuple[str, str]]
+    ) -> None:
+        """Create ``record``'s account holding ``bucket`` and the (name, source) ``templates``.
+
+        All or nothing, at ``record.revision``, templates in the order given.
+        Raises :class:`AccountExistsError` if the id or the key digest is taken.
+        """
 
     @abstractmethod
     def add_reads(self, counts: Mapping[str, int]) -> None:

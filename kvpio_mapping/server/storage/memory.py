@@ -15,6 +15,7 @@ from .base import (
     CHANGES_BATCH,
     Account,
     AccountExistsError,
+    AccountRecord,
     Change,
     ChangeKind,
     Changes,
@@ -48,6 +49,8 @@ class _Account:
     data: dict[str, Any] = field(default_factory=dict)
     templates: dict[str, str] = field(default_factory=dict)
     log: deque[Change] = field(default_factory=deque)
+    log_start: int = 0
+    """The revision the log starts after (an account restored from a copy has no earlier log)."""
 
     def logged(self, entries: list[tuple[ChangeKind, Path, str | None]]) -> None:
         """Raise the revision and log its changes, dropping those the log no longer keeps."""
@@ -126,6 +129,30 @@ class MemoryStorage(Storage):
                 if id in self._accounts:
                     self._accounts[id].reads += count
 
+    def account_records(self) -> list[AccountRecord]:
+        with self._lock:
+            return [
+                AccountRecord(state.id, state.email, state.key_digest, state.reads, state.revision)
+                for state in (self._accounts[id] for id in sorted(self._accounts))
+            ]
+
+    def restore_account(
+        self, record: AccountRecord, bucket: Mapping[str, Any], templates: Sequence[tuple[str, str]]
+    ) -> None:
+        with self._lock:
+            if record.id in self._accounts or self._find(record.key_digest) is not None:
+                raise AccountExistsError(f"account {record.id!r} or its API key exists already")
+            self._accounts[record.id] = _Account(
+                record.id,
+                record.email,
+                record.key_digest,
+                record.reads,
+                record.revision,
+                values.copy(dict(bucket)),
+                dict(templates),
+                log_start=record.revision,
+            )
+
     def revision(self, account: str) -> int:
         with self._lock:
             found = self._accounts.get(account)
@@ -178,7 +205,7 @@ class MemoryStorage(Storage):
             state = self._accounts.get(account)
             if state is None:
                 raise UnknownAccountError(account)
-            floor = max(0, state.revision - CHANGE_LOG_REVISIONS)
+            floor = max(state.log_start, state.revision - CHANGE_LOG_REVISIONS)
             logged = [change for change in state.log if change.revision > since]
             return changes_after(since, state.revision, floor, logged, limit)
 

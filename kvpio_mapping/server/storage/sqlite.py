@@ -104,6 +104,7 @@ from .base import (
     CHANGES_BATCH,
     Account,
     AccountExistsError,
+    AccountRecord,
     Change,
     ChangeKind,
     Changes,
@@ -643,6 +644,42 @@ class SQLiteStorage(Storage):
             conn.execute("DELETE FROM templates WHERE account = ?", (id,))
             conn.execute("DELETE FROM changes WHERE account = ?", (id,))
             return gone > 0
+
+    def account_records(self) -> list[AccountRecord]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT id, email, key_digest, reads, revision FROM accounts ORDER BY id"
+            ).fetchall()
+        return [AccountRecord(*row) for row in rows]
+
+    def restore_account(
+        self, record: AccountRecord, bucket: Mapping[str, Any], templates: Sequence[tuple[str, str]]
+    ) -> None:
+        with self._write() as conn:
+            taken = conn.execute(
+                "SELECT 1 FROM accounts WHERE id = ? OR key_digest = ?",
+                (record.id, record.key_digest),
+            ).fetchone()
+            if taken is not None:
+                raise AccountExistsError(f"account {record.id!r} or its API key exists already")
+            conn.execute(
+                "INSERT INTO accounts (id, email, key_digest, reads, revision, log_start)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.email,
+                    record.key_digest,
+                    record.reads,
+                    record.revision,
+                    record.revision,
+                ),
+            )
+            for key, value in bucket.items():
+                self._set(conn, record.id, (key,), value, False)
+            conn.executemany(
+                "INSERT INTO templates (account, name, pos, source) VALUES (?, ?, ?, ?)",
+                [(record.id, name, pos, source) for pos, (name, source) in enumerate(templates)],
+            )
 
     def add_reads(self, counts: Mapping[str, int]) -> None:
         if not counts:
