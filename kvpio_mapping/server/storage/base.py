@@ -89,6 +89,10 @@ class Account:
     size: int
 
 
+class StorageUnavailableError(ConnectionError):
+    """The database cannot be reached now; the same call may succeed later."""
+
+
 @dataclass(frozen=True)
 class AccountRecord:
     """An account as a copy between databases carries it: the key only as its stored digest."""

@@ -9,10 +9,13 @@ both to the current layout). A database whose version is above the code's
 was made by a newer release: it is refused with :class:`SchemaTooNewError`
 rather than read with rules that may no longer hold.
 
-:func:`migrate` runs inside the caller's write transaction, so processes
-opening one database at once upgrade it once; a migration that fails
-leaves the database at the version it had. The statements here are plain
-SQL that SQLite and PostgreSQL read alike.
+:func:`migrate` runs inside the caller's write transaction; a migration
+that fails leaves the database at the version it had. Processes opening one
+database at once upgrade it once: SQLite's write lock serialises them, and
+on PostgreSQL the version row is read ``FOR UPDATE`` (a process that races
+another to create the table or the row gets a unique violation, and runs
+the transaction again). The statements here are plain SQL that SQLite and
+PostgreSQL read alike.
 """
 
 from __future__ import annotations
@@ -41,15 +44,22 @@ Migration = Callable[[Any], None]
 """One step: given the backend's connection, take the schema up by one version."""
 
 
-def migrate(conn: Connection, migrations: Sequence[Migration], backend: str) -> int:
+def migrate(
+    conn: Connection, migrations: Sequence[Migration], backend: str, *, lock: str = ""
+) -> int:
     """Bring the database to ``len(migrations)``, the code's version; the version it had.
 
-    Raises :class:`SchemaTooNewError`, changing nothing, if it is newer.
+    ``lock`` is appended to the read of the version row (`` FOR UPDATE`` on
+    PostgreSQL). Raises :class:`SchemaTooNewError`, changing nothing, if the
+    database is newer.
     """
-    conn.execute("CREATE TABLE IF NOT EXISTS kvpio_schema (version INTEGER NOT NULL)")
-    rows = conn.execute("SELECT version FROM kvpio_schema").fetchall()
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS kvpio_schema"
+        " (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)"
+    )
+    rows = conn.execute("SELECT version FROM kvpio_schema" + lock).fetchall()
     if not rows:
-        conn.execute("INSERT INTO kvpio_schema (version) VALUES (0)")
+        conn.execute("INSERT INTO kvpio_schema (id, version) VALUES (1, 0)")
     found = int(rows[0][0]) if rows else 0
     known = len(migrations)
     if found > known:
