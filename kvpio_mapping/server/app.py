@@ -3,10 +3,12 @@
 Resources are thin: they turn a request into calls on the
 :class:`~kvpio_mapping.server.storage.Storage` interface. Paths are parsed
 from the raw request path (split on ``/`` first, then percent-decoded), so an
-encoded ``%2F`` can never become a separator. Small reads run on the event
-loop; reads that may be large (a whole bucket, a key listing) run in a read
-thread, and writes, which may wait on the database's write lock, in one
-write thread per worker, so neither holds up other accounts' requests.
+encoded ``%2F`` can never become a separator. Small reads of a local
+database run on the event loop; reads that may be large (a whole bucket, a
+key listing) run in a read thread, and writes, which may wait on a lock, in
+the worker's write threads (one for SQLite's single write lock), so neither
+holds up other accounts' requests. A storage whose calls wait on the network
+(:attr:`~.storage.Storage.reads_block`) has every read run in read threads.
 Storage errors of the storage's own (busy, disk full) become 503 and 507.
 """
 
@@ -64,6 +66,8 @@ LARGE_BODY: Final = 2**20
 LARGE_BODIES: Final = 1
 LARGE_WAIT: Final = 20.0  # below the clients' 30 s read timeout, so they see the 503
 READ_THREADS: Final = 1
+NETWORK_READ_THREADS: Final = 8
+"""Read threads of a worker whose storage's reads wait on the network, small ones included."""
 
 JSON_TYPE: Final = "application/json"
 TEXT_TYPE: Final = "text/plain; charset=utf-8"
@@ -181,7 +185,7 @@ def _revision(resp: falcon.asgi.Response, revision: int) -> None:
 
 
 class Server:
-    """Per-worker state: storage, the write thread, the auth cache, read counts, the renderer."""
+    """Per-worker state: storage, its threads, the auth cache, read counts, the renderer."""
 
     def __init__(
         self, storage: Storage, max_body: int, limits: RenderLimits, streams: StreamLimits
@@ -191,8 +195,13 @@ class Server:
         self.limits = limits
         self.feed = Feed(storage, streams)
         self.renderer: Renderer | None = None
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvpio-write")
-        self._reader = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="kvpio-read")
+        self._writer = ThreadPoolExecutor(
+            max_workers=storage.write_threads, thread_name_prefix="kvpio-write"
+        )
+        self._reader = ThreadPoolExecutor(
+            max_workers=NETWORK_READ_THREADS if storage.reads_block else READ_THREADS,
+            thread_name_prefix="kvpio-read",
+        )
         self._large = asyncio.Semaphore(LARGE_BODIES)
         self._auth: dict[str, tuple[str, float]] = {}
         self._pending: Counter[str] = Counter()
@@ -203,7 +212,7 @@ class Server:
         self.auth_misses = 0
 
     async def write(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a storage write in the worker's write thread.
+        """Run a storage write in the worker's write threads.
 
         A full disk is logged once when writes start failing for it and once
         when they succeed again, not once per request.
@@ -221,7 +230,7 @@ class Server:
             log.warning("the database accepts writes again")
         return result
 
-    def authenticate(self, req: falcon.asgi.Request) -> str:
+    async def authenticate(self, req: falcon.asgi.Request) -> str:
         """The account id named by the Basic auth user name; 404 for anything else.
 
         Reads may use a lookup up to a second old; writes always look the key up,
@@ -237,7 +246,7 @@ class Server:
             return cached[0]
         self.auth_misses += 1
         user = api_key(header)
-        account = self.storage.authenticate(user) if user else None
+        account = await self.small(self.storage.authenticate, user) if user else None
         if account is None:
             raise ClientError(404, "unknown API key")
         if len(self._auth) > 10_000:
@@ -365,6 +374,12 @@ class Server:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._reader, func, *args)
 
+    async def small(self, func: Callable[..., T], *args: Any) -> T:
+        """Run a small read: on the event loop, unless the storage's reads wait on the network."""
+        if not self.storage.reads_block:
+            return func(*args)
+        return await self.read(func, *args)
+
 
 class _Middleware:
     """Lifespan (start and stop the worker's state) and auth before any responder."""
@@ -387,7 +402,7 @@ class _Middleware:
     ) -> None:
         params.clear()
         if resource is not None and resource.prefix is not None:
-            req.context.account = self.server.authenticate(req)
+            req.context.account = await self.server.authenticate(req)
 
     async def process_response(
         self,
@@ -399,7 +414,7 @@ class _Middleware:
         """Every answer to a known account carries its revision (reads and writes set their own)."""
         account = req.context.get("account")
         if account is not None and resp.get_header(REVISION) is None:
-            _revision(resp, self.server.storage.revision(account))
+            _revision(resp, await self.server.small(self.server.storage.revision, account))
 
 
 class _Resource:
@@ -496,7 +511,7 @@ class BucketResource(_Resource):
         if not path:
             _send(req, resp, *await self.server.read(self._keys, account, path))
             return
-        found, revision = self.storage.read(account, path)
+        found, revision = await self.server.small(self.storage.read, account, path)
         _revision(resp, revision)
         if found is None:
             _missing(resp)
@@ -552,7 +567,7 @@ class BucketResource(_Resource):
             raise ClientError(409, str(exc)) from None
         except CheckFailedError as exc:
             resp.status = 412
-            _revision(resp, self.storage.revision(account))
+            _revision(resp, await self.server.small(self.storage.revision, account))
             if self.path(req):
                 text = exc.failures[0].text
                 if text is None:
@@ -655,7 +670,8 @@ class TemplateListResource(_Resource):
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         account: str = req.context.account
-        _send(req, resp, values.encode(self.storage.list_templates(account)), JSON_TYPE)
+        listed = await self.server.small(self.storage.list_templates, account)
+        _send(req, resp, values.encode(listed), JSON_TYPE)
 
     on_head = on_get
 
@@ -671,7 +687,7 @@ class TemplatesResource(_Resource):
         name = self.name(req)
         raw = _flag(req, "raw") if req.query_string else False
         overrides = await self._overrides(req)
-        source = self.storage.get_template(account, name)
+        source = await self.server.small(self.storage.get_template, account, name)
         if source is None:
             _missing(resp, TEXT_TYPE)
             return
@@ -684,14 +700,7 @@ class TemplatesResource(_Resource):
             names = await asyncio.to_thread(referenced_names, source, self.server.limits)
         except RenderError as exc:
             raise ClientError(422, str(exc)) from None
-        context: dict[str, Any] = {}
-        for variable in sorted(names):
-            try:
-                found = self.storage.get(account, paths.parse(variable))
-            except InvalidPathError:
-                continue
-            if found is not None:
-                context[variable] = values.decode(found, values.READ_NESTING)
+        context = await self.server.small(self._context, account, names)
         context.update(overrides)
         renderer = self.server.renderer
         assert renderer is not None, "the renderer starts with the app"
@@ -746,6 +755,18 @@ class TemplatesResource(_Resource):
             return
         await self.server.write(self.storage.delete_template, account, name)
         _empty(resp)
+
+    def _context(self, account: str, names: frozenset[str]) -> dict[str, Any]:
+        """The stored values a template's variables name (storage reads, one call)."""
+        context: dict[str, Any] = {}
+        for variable in sorted(names):
+            try:
+                found = self.storage.get(account, paths.parse(variable))
+            except InvalidPathError:
+                continue
+            if found is not None:
+                context[variable] = values.decode(found, values.READ_NESTING)
+        return context
 
     def _pop(self, account: str, name: str) -> str | None:
         """Remove a template, returning its source (runs in the write thread)."""

@@ -25,7 +25,7 @@ import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, ClassVar, Final, Literal, NamedTuple
 
 from ... import paths, values
 from ...paths import MISSING, Path
@@ -372,6 +372,13 @@ class Storage(ABC):
     read_cache_hits = 0
     """Reads answered from a cache of the backend's own (for the server's metrics)."""
     read_cache_misses = 0
+
+    reads_block: ClassVar[bool] = False
+    """Whether a read may wait on the network: the server then runs reads off its event loop."""
+
+    write_threads: ClassVar[int] = 1
+    """Writes one server worker runs at once: one where the database has a single write
+    lock, more where writes to different accounts go on side by side."""
 
     # accounts
 
