@@ -1,8 +1,9 @@
 """One conformance suite for every storage backend.
 
-Each test runs against :class:`MemoryStorage` (the reference behaviour) and
-:class:`SQLiteStorage`; the SQLite-only tests at the end cover what only a
-database file has (several connections, threads, processes, durability).
+Each test runs against :class:`MemoryStorage` (the reference behaviour),
+:class:`SQLiteStorage` and :class:`PostgresStorage` (on the session's
+PostgreSQL server, a fresh database per test); the SQLite-only tests at the
+end cover what only a database file has (several connections, threads, processes, durability).
 Values are compared as the JSON text the storages return, which must be
 byte-identical across backends.
 """
@@ -49,6 +50,7 @@ from kvpio_mapping.server.storage.base import (
     Operation,
     hash_key,
 )
+from kvpio_mapping.server.storage.postgres import PostgresStorage
 from kvpio_mapping.server.storage.sqlite import BLOB_THRESHOLD, SQLiteStorage
 
 ROOT = FilePath(__file__).resolve().parents[2]
@@ -63,10 +65,12 @@ def j(value: Any) -> str:
     return values.encode(value).decode()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def storage(request: pytest.FixtureRequest, tmp_path: FilePath) -> Iterator[Storage]:
     if request.param == "memory":
         made: Storage = MemoryStorage()
+    elif request.param == "postgres":
+        made = PostgresStorage(request.getfixturevalue("kvpio_postgres_db"))
     else:
         made = SQLiteStorage(str(tmp_path / "db.sqlite3"))
     yield made

@@ -23,16 +23,30 @@ PostgreSQL-compatible databases lack or stub.
 from __future__ import annotations
 
 import random
+import threading
 import time
-from collections.abc import Callable
-from typing import Final, TypeVar
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any, Final, TypeVar
 
 import psycopg
 from psycopg import errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .base import StorageUnavailableError
+from ...paths import Path
+from .base import (
+    AccountExistsError,
+    AccountRecord,
+    Check,
+    Committed,
+    Operation,
+    StorageUnavailableError,
+    new_key,
+)
 from .schema import Migration, migrate
+from .sqlite import ARRAY, BLOB_THRESHOLD, OBJECT, READ_CACHE_ENTRIES, SQLiteStorage
 
 MAX_ATTEMPTS: Final = 5
 """Runs of one transaction, the first included, before a conflict is raised."""
@@ -130,6 +144,45 @@ class Database:
     def _migrate(conn: psycopg.Connection[tuple[object, ...]]) -> int:
         return migrate(conn, MIGRATIONS, "PostgreSQL", lock=" FOR UPDATE")
 
+    @contextmanager
+    def session(self, *, write: bool) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+        """One transaction on a pooled connection, committed when the block ends.
+
+        Runs once: :meth:`retrying` runs the caller again on a conflict.
+        Raises :class:`~.base.StorageUnavailableError` when the database
+        cannot be reached or the connection breaks.
+        """
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                conn.execute(_WRITE if write else _READ)
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            if not _unavailable(exc):
+                raise
+            raise StorageUnavailableError(
+                f"the database {_shown(self.url)} is unavailable: {exc}"
+            ) from exc
+
+    @staticmethod
+    def retrying(
+        call: Callable[[], T], retry_on: type[Exception] | tuple[type[Exception], ...] = ()
+    ) -> T:
+        """``call()``, run again after a serialization failure or a deadlock.
+
+        ``retry_on`` adds exceptions that also run it again (say, a unique
+        violation from a concurrent first insert). The last attempt's error
+        is raised.
+        """
+        retried = _RETRIED + (retry_on if isinstance(retry_on, tuple) else (retry_on,))
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                return call()
+            except retried:
+                if attempt == MAX_ATTEMPTS:
+                    raise
+                time.sleep(random.uniform(0, 0.002 * 2**attempt))
+        raise AssertionError("unreachable")
+
     def transaction(
         self,
         work: Callable[[psycopg.Connection[tuple[object, ...]]], T],
@@ -137,30 +190,13 @@ class Database:
         write: bool,
         retry_on: type[Exception] | tuple[type[Exception], ...] = (),
     ) -> T:
-        """``work(conn)`` in one transaction, committed; run again on a conflict.
+        """``work(conn)`` in one :meth:`session`, run again as :meth:`retrying` says."""
 
-        ``retry_on`` adds exceptions that also run it again (say, a unique
-        violation from a concurrent first insert). Raises
-        :class:`~.base.StorageUnavailableError` when the database cannot be
-        reached or the connection breaks.
-        """
-        retried = _RETRIED + (retry_on if isinstance(retry_on, tuple) else (retry_on,))
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                with self._pool.connection() as conn, conn.transaction():
-                    conn.execute(_WRITE if write else _READ)
-                    return work(conn)
-            except retried:
-                if attempt == MAX_ATTEMPTS:
-                    raise
-                time.sleep(random.uniform(0, 0.002 * 2**attempt))
-            except (psycopg.OperationalError, PoolTimeout) as exc:
-                if not _unavailable(exc):
-                    raise
-                raise StorageUnavailableError(
-                    f"the database {_shown(self.url)} is unavailable: {exc}"
-                ) from exc
-        raise AssertionError("unreachable")
+        def once() -> T:
+            with self.session(write=write) as conn:
+                return work(conn)
+
+        return self.retrying(once, retry_on)
 
     def close(self) -> None:
         """Close every connection."""
@@ -180,3 +216,185 @@ def _shown(url: str) -> str:
     info = psycopg.conninfo.conninfo_to_dict(url)
     host, port, name = info.get("host", ""), info.get("port", ""), info.get("dbname", "")
     return f"postgresql://{host}:{port}/{name}" if port else f"postgresql://{host}/{name}"
+
+
+@lru_cache(maxsize=256)
+def _translated(sql: str) -> str:
+    """The tree code's SQLite statement ``sql`` as PostgreSQL reads it.
+
+    Placeholders become ``%s``, the empty blob a ``bytea``, the byte length
+    of a text ``octet_length``, and ``INSERT OR REPLACE`` an upsert on the
+    primary key; nothing else in that SQL differs between the two.
+    """
+    for table, columns in _UPSERTS.items():
+        prefix = f"INSERT OR REPLACE INTO {table} "
+        if sql.startswith(prefix):
+            updates = ", ".join(f"{column} = excluded.{column}" for column in columns)
+            sql = f"INSERT INTO {table} {sql[len(prefix) :]}"
+            sql += f" ON CONFLICT (account, path) DO UPDATE SET {updates}"
+    sql = sql.replace("length(CAST(label AS BLOB))", "octet_length(label)")
+    return sql.replace("x''", "'\\x'::bytea").replace("?", "%s")
+
+
+_UPSERTS: Final = {
+    "nodes": ("parent", "pos", "kind", "label", "body", "size"),
+    "members": ("run",),
+}
+
+
+class _Connection:
+    """A psycopg connection in one transaction, taking the tree code's SQLite statements."""
+
+    def __init__(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        return self._conn.execute(_translated(sql), parameters)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> psycopg.Cursor[Any]:
+        cursor = self._conn.cursor()
+        cursor.executemany(_translated(sql), rows)
+        return cursor
+
+
+class PostgresStorage(SQLiteStorage):
+    """Accounts, values and templates in one PostgreSQL database that many hosts share.
+
+    The tree layout, and the code that plans and renders its rows, are
+    :class:`~.sqlite.SQLiteStorage`'s; this class supplies the connections,
+    the transactions (see :class:`Database`), retries and the read cache.
+    Each write starts by raising the account's revision: that row lock
+    serialises one account's writes across hosts. A read's answer is cached
+    under the revision read in the same snapshot, so an entry is used only
+    while the account's revision is still the one it was read at.
+    """
+
+    reads_block = True
+    write_threads = POOL_SIZE // 2
+
+    def __init__(self, url: str, *, blob_threshold: int = BLOB_THRESHOLD) -> None:
+        self._threshold = blob_threshold
+        self._merge_below = blob_threshold // 2
+        self._run_item = blob_threshold // 8
+        self._run_limit = blob_threshold // 4
+        self._db = Database(url)
+        self._cache: OrderedDict[tuple[str, Path], tuple[str | None, int]] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """The database's URL, as given."""
+        return self._db.url
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        with self._db.session(write=True) as conn:
+            yield _Connection(conn)
+
+    @contextmanager
+    def _read(self) -> Iterator[Any]:
+        with self._db.session(write=False) as conn:
+            yield _Connection(conn)
+
+    def check(self, *, full: bool = True, seconds: float | None = None) -> list[str]:
+        """Problems the tree's rows show (PostgreSQL checks its own pages): ``[]`` if sound.
+
+        Every stored node must hang below a stored split container, or be
+        at the top; ``full`` and ``seconds`` are accepted for SQLite's sake.
+        """
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT n.account, n.path FROM nodes AS n WHERE n.parent != x'' AND NOT EXISTS"
+                " (SELECT 1 FROM nodes AS p WHERE p.account = n.account AND p.path = n.parent"
+                " AND p.kind IN (?, ?)) LIMIT 100",
+                (OBJECT, ARRAY),
+            ).fetchall()
+        return [f"account {account!r}: row {bytes(path)!r} has no parent" for account, path in rows]
+
+    def backup(self, destination: str) -> None:
+        """Refused: a PostgreSQL database is backed up with ``pg_dump`` or ``kvpio db copy``."""
+        raise OSError("back up a PostgreSQL database with pg_dump, or kvpio db copy it")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # writes: run again on a serialization failure or a deadlock
+
+    def create_account(self, id: str, email: str, api_key: str | None = None) -> str:
+        key = api_key if api_key is not None else new_key()
+        try:
+            return self._db.retrying(
+                lambda: super(PostgresStorage, self).create_account(id, email, key)
+            )
+        except errors.UniqueViolation:
+            raise AccountExistsError(f"account {id!r} or its API key exists already") from None
+
+    def ensure_account(self, api_key: str, id: str = "default", email: str = "") -> str:
+        # Hosts creating the same account at once: the losers find it on their next run.
+        return self._db.retrying(
+            lambda: super(PostgresStorage, self).ensure_account(api_key, id, email),
+            errors.UniqueViolation,
+        )
+
+    def delete_account(self, id: str) -> bool:
+        gone = self._db.retrying(lambda: super(PostgresStorage, self).delete_account(id))
+        with self._cache_lock:
+            self._cache.clear()
+        return gone
+
+    def restore_account(
+        self, record: AccountRecord, bucket: Mapping[str, Any], templates: Sequence[tuple[str, str]]
+    ) -> None:
+        try:
+            self._db.retrying(
+                lambda: super(PostgresStorage, self).restore_account(record, bucket, templates)
+            )
+        except errors.UniqueViolation:
+            raise AccountExistsError(
+                f"account {record.id!r} or its API key exists already"
+            ) from None
+
+    def add_reads(self, counts: Mapping[str, int]) -> None:
+        # One order for every host, so two batches never wait on each other's rows.
+        ordered = dict(sorted(counts.items()))
+        self._db.retrying(lambda: super(PostgresStorage, self).add_reads(ordered))
+
+    def commit(
+        self, account: str, operations: Sequence[Operation], checks: Sequence[Check] = ()
+    ) -> Committed:
+        return self._db.retrying(
+            lambda: super(PostgresStorage, self).commit(account, operations, checks)
+        )
+
+    def clear(self, account: str) -> int:
+        return self._db.retrying(lambda: super(PostgresStorage, self).clear(account))
+
+    def set_template(self, account: str, name: str, source: str) -> None:
+        self._db.retrying(lambda: super(PostgresStorage, self).set_template(account, name, source))
+
+    def delete_template(self, account: str, name: str) -> bool:
+        return self._db.retrying(
+            lambda: super(PostgresStorage, self).delete_template(account, name)
+        )
+
+    # reads
+
+    def read(self, account: str, path: Path) -> tuple[str | None, int]:
+        key = (account, path)
+        with self._read() as conn:
+            revision = self._revision(conn, account)
+            with self._cache_lock:
+                found = self._cache.get(key)
+                if found is not None and found[1] == revision:
+                    self._cache.move_to_end(key)
+                    self.read_cache_hits += 1
+                    return found
+                self.read_cache_misses += 1
+            text = self._get(conn, account, path) if path else self._get_all(conn, account)
+        if text is None or len(text) <= self._threshold:
+            with self._cache_lock:
+                self._cache[key] = (text, revision)
+                self._cache.move_to_end(key)
+                if len(self._cache) > READ_CACHE_ENTRIES:
+                    self._cache.popitem(last=False)
+        return text, revision
