@@ -358,6 +358,16 @@ def test_templates_store_overwrite_delete_and_list_in_order(storage: Storage, ac
     assert storage.list_templates(acct) == ["a"]
 
 
+def test_template_sources_keep_every_character(storage: Storage, acct: str) -> None:
+    source = 'a\x00b "\\ \u00e9\U0001f600 {{ x }}\n'
+    storage.set_template(acct, "t", source)
+    assert storage.get_template(acct, "t") == source
+    record = storage.account_records()[0]
+    storage.delete_account(acct)
+    storage.restore_account(record, {}, [("t", source)])
+    assert storage.get_template(acct, "t") == source
+
+
 def test_template_names_are_separate_from_bucket_keys(storage: Storage, acct: str) -> None:
     storage.set_template(acct, "foo", "src")
     storage.set(acct, p("foo"), "value")

@@ -22,6 +22,7 @@ PostgreSQL-compatible databases lack or stub.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -242,6 +243,11 @@ _UPSERTS: Final = {
 }
 
 
+def _stored(source: str) -> str:
+    """A template source as its table keeps it: JSON text (PostgreSQL text cannot hold NUL)."""
+    return json.dumps(source, ensure_ascii=False)
+
+
 class _Connection:
     """A psycopg connection in one transaction, taking the tree code's SQLite statements."""
 
@@ -345,9 +351,10 @@ class PostgresStorage(SQLiteStorage):
     def restore_account(
         self, record: AccountRecord, bucket: Mapping[str, Any], templates: Sequence[tuple[str, str]]
     ) -> None:
+        stored = [(name, _stored(source)) for name, source in templates]
         try:
             self._db.retrying(
-                lambda: super(PostgresStorage, self).restore_account(record, bucket, templates)
+                lambda: super(PostgresStorage, self).restore_account(record, bucket, stored)
             )
         except errors.UniqueViolation:
             raise AccountExistsError(
@@ -370,7 +377,12 @@ class PostgresStorage(SQLiteStorage):
         return self._db.retrying(lambda: super(PostgresStorage, self).clear(account))
 
     def set_template(self, account: str, name: str, source: str) -> None:
-        self._db.retrying(lambda: super(PostgresStorage, self).set_template(account, name, source))
+        stored = _stored(source)
+        self._db.retrying(lambda: super(PostgresStorage, self).set_template(account, name, stored))
+
+    def get_template(self, account: str, name: str) -> str | None:
+        stored = super().get_template(account, name)
+        return None if stored is None else str(json.loads(stored))
 
     def delete_template(self, account: str, name: str) -> bool:
         return self._db.retrying(
