@@ -51,6 +51,7 @@ from .storage import (
     StorageBusyError,
     StorageError,
     StorageFullError,
+    StorageUnavailableError,
     UnknownAccountError,
 )
 from .storage.base import Check, CheckFailedError, Committed, ConflictError, Operation
@@ -839,6 +840,16 @@ async def _unexpected(
     raise ClientError(500, "internal server error")
 
 
+async def _unavailable(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any
+) -> None:
+    """The database cannot be reached now (a restart, a failover): the request may succeed later."""
+    metrics.STORAGE_ERRORS.inc()
+    log.warning("%s %s: %s", req.method, req.path, exc)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    raise ClientError(503, "the database is unavailable; try again", headers)
+
+
 def _serialize_error(
     req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: falcon.HTTPError
 ) -> None:
@@ -890,6 +901,7 @@ def create_app(
     app.add_error_handler(StorageBusyError, _busy)
     app.add_error_handler(StorageFullError, _full)
     app.add_error_handler(UnknownAccountError, _unknown_account)
+    app.add_error_handler(StorageUnavailableError, _unavailable)
     app.add_error_handler(InvalidPathError, _handler(400))
     app.add_error_handler(ValueError, _handler(400))
     app.add_error_handler(RecursionError, _handler(400, "input nests too deeply: "))

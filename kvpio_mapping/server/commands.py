@@ -16,7 +16,7 @@ from ..terminal import NotConfirmed, confirm, print_table
 from .logs import FORMATS, LEVELS
 
 _DB_HELP = (
-    "database file (default: $KVPIO_DB, else "
+    "database file or postgresql:// URL (default: $KVPIO_DB, else "
     "${XDG_DATA_HOME:-~/.local/share}/kvpio/kvpio.sqlite3); 'memory:' keeps nothing"
 )
 
@@ -156,7 +156,9 @@ def add_commands(subparsers: Any) -> None:
         " to DEST, then read each back and print what DEST holds. Stop the servers of"
         " SOURCE first. DEST must not have any of SOURCE's accounts.",
     )
-    copy.add_argument("source", help="database to copy from (a file or sqlite:// URL)")
+    copy.add_argument(
+        "source", help="database to copy from (a file, sqlite:// or postgresql:// URL)"
+    )
     copy.add_argument("dest", help="database to copy into (created if missing)")
     copy.set_defaults(func=_copy)
 
@@ -267,13 +269,13 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .database import damage_report, resolve_db
+    from .database import damage_report, resolve_db, shown
     from .storage.sqlite import SQLiteStorage
 
     storage = _open(args, "db check")
     if storage is None:
         return 1
-    location = resolve_db(args.db)
+    location = shown(resolve_db(args.db))
     try:
         if not isinstance(storage, SQLiteStorage):
             sys.stderr.write(f"kvpio db check: {location} keeps nothing to check\n")
@@ -292,10 +294,10 @@ def _check(args: argparse.Namespace) -> int:
 def _backup(args: argparse.Namespace) -> int:
     import sqlite3
 
-    from .database import resolve_db
+    from .database import resolve_db, shown
     from .storage.sqlite import SQLiteStorage
 
-    location = resolve_db(args.db)
+    location = shown(resolve_db(args.db))
     storage = _open(args, "db backup")
     if storage is None:
         return 1
@@ -319,7 +321,7 @@ def _backup(args: argparse.Namespace) -> int:
 
 def _copy(args: argparse.Namespace) -> int:
     from ..cli import Progress
-    from .database import DatabaseProblem, open_db, resolve_db
+    from .database import DatabaseProblem, open_db, resolve_db, shown
     from .storage import AccountExistsError
     from .storage.copy import CopyMismatchError, copy_storage
 
@@ -351,7 +353,7 @@ def _copy(args: argparse.Namespace) -> int:
         source.close()
         dest.close()
     print(
-        f"verified in {dest_at}: {tally.accounts} accounts, {tally.keys} top-level keys,"
+        f"verified in {shown(dest_at)}: {tally.accounts} accounts, {tally.keys} top-level keys,"
         f" {tally.templates} templates, {tally.bytes} bytes of values"
     )
     return 0

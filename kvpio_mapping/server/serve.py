@@ -19,7 +19,6 @@ import resource
 import shutil
 import signal
 import socket
-import sqlite3
 import ssl
 import sys
 import tempfile
@@ -27,7 +26,15 @@ import threading
 import time
 from typing import TYPE_CHECKING, Final
 
-from .database import DatabaseProblem, damage_report, default_db, open_db, resolve_db
+from .database import (
+    DatabaseProblem,
+    damage_report,
+    default_db,
+    open_db,
+    resolve_db,
+    shown,
+    storage_errors,
+)
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -205,8 +212,8 @@ def _worker(host: str, port: int, serving: Event) -> None:
     watch.start()
     try:
         server.run(sockets=[sock])
-    except sqlite3.Error as exc:
-        location = os.environ.get(DB_ENV)
+    except storage_errors() as exc:
+        location = shown(os.environ.get(DB_ENV) or "")
         sys.stderr.write(f"kvpio serve: worker {os.getpid()} cannot use {location}: {exc}\n")
         raise SystemExit(1) from None
     except OSError as exc:
@@ -392,7 +399,7 @@ def _announce(host: str, port: int, url: str, location: str, tls: bool) -> None:
             time.sleep(0.05)
         finally:
             connection.close()
-    sys.stdout.write(f"kvpio serving on {url} (database {location})\n")
+    sys.stdout.write(f"kvpio serving on {url} (database {shown(location)})\n")
     sys.stdout.flush()
 
 
@@ -406,6 +413,7 @@ def _prepare_db(location: str, api_key: str | None) -> None:
     from .storage.sqlite import SQLiteStorage
 
     storage = open_db(location, create=True)
+    location = shown(location)
     try:
         if isinstance(storage, SQLiteStorage):
             try:
@@ -427,7 +435,7 @@ def _prepare_db(location: str, api_key: str | None) -> None:
                     f" key, or without --api-key and add one with"
                     f" `kvpio accounts create --db {location}`"
                 ) from None
-    except sqlite3.Error as exc:
+    except storage_errors() as exc:
         raise DatabaseProblem(f"cannot use the database {location}: {exc}") from None
     finally:
         storage.close()

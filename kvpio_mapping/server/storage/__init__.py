@@ -11,11 +11,13 @@ from .base import (
     StorageBusyError,
     StorageError,
     StorageFullError,
+    StorageUnavailableError,
     UnknownAccountError,
 )
 from .memory import MemoryStorage
 
 __all__ = [
+    "POSTGRES_SCHEMES",
     "Account",
     "AccountExistsError",
     "MemoryStorage",
@@ -23,6 +25,7 @@ __all__ = [
     "StorageBusyError",
     "StorageError",
     "StorageFullError",
+    "StorageUnavailableError",
     "UnknownAccountError",
     "open_storage",
 ]

@@ -306,16 +306,29 @@ class PostgresStorage(SQLiteStorage):
         """Problems the tree's rows show (PostgreSQL checks its own pages): ``[]`` if sound.
 
         Every stored node must hang below a stored split container, or be
-        at the top; ``full`` and ``seconds`` are accepted for SQLite's sake.
+        at the top. ``full`` is accepted for SQLite's sake; ``seconds``
+        bounds the time taken: past it the check stops with ``TimeoutError``.
         """
-        with self._read() as conn:
-            rows = conn.execute(
+        try:
+            with self._read() as conn:
+                if seconds is not None:
+                    conn.execute(f"SET LOCAL statement_timeout = {max(1, int(seconds * 1000))}")
+                rows = self._orphans(conn)
+        except errors.QueryCanceled:
+            raise TimeoutError(f"the check took longer than {seconds} s") from None
+        return [f"account {account!r}: row {bytes(path)!r} has no parent" for account, path in rows]
+
+    @staticmethod
+    def _orphans(conn: Any) -> list[Any]:
+        """(account, path) of up to 100 rows whose parent is not a stored split container."""
+        return list(
+            conn.execute(
                 "SELECT n.account, n.path FROM nodes AS n WHERE n.parent != x'' AND NOT EXISTS"
                 " (SELECT 1 FROM nodes AS p WHERE p.account = n.account AND p.path = n.parent"
                 " AND p.kind IN (?, ?)) LIMIT 100",
                 (OBJECT, ARRAY),
             ).fetchall()
-        return [f"account {account!r}: row {bytes(path)!r} has no parent" for account, path in rows]
+        )
 
     def backup(self, destination: str) -> None:
         """Refused: a PostgreSQL database is backed up with ``pg_dump`` or ``kvpio db copy``."""
