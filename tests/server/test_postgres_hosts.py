@@ -13,6 +13,7 @@ from pathlib import Path as FilePath
 
 import pytest
 
+from kvpio_mapping.server.storage.postgres import PostgresStorage
 from kvpio_mapping.server.storage.sqlite import SQLiteStorage
 from kvpio_mapping.testing import Api, RunningPostgres, run_server, start_postgres
 
@@ -134,3 +135,24 @@ def test_a_postgresql_restart_answers_503_then_recovers() -> None:
             assert api.post("/v1/bucket/n?op=increment", json=1).json() == 2
     finally:
         postgres.destroy()
+
+
+def test_cached_reads_follow_writes_made_through_another_storage(kvpio_postgres_db: str) -> None:
+    here, there = PostgresStorage(kvpio_postgres_db), PostgresStorage(kvpio_postgres_db)
+    try:
+        here.create_account("alice", "", "alice-key")
+        here.set("alice", ("x",), 1)
+        assert here.read("alice", ("x",)) == ("1", 1)
+        assert here.read("alice", ("x",)) == ("1", 1)
+        assert here.read_cache_hits == 1
+        there.set("alice", ("x",), 2)
+        assert here.read("alice", ("x",)) == ("2", 2)
+        # Made again under the same id, the account counts revisions from 0 again.
+        there.delete_account("alice")
+        there.create_account("alice", "", "alice-key")
+        there.set("alice", ("y",), 0)
+        there.set("alice", ("x",), 3)
+        assert here.read("alice", ("x",)) == ("3", 2)
+    finally:
+        here.close()
+        there.close()

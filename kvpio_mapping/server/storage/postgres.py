@@ -52,8 +52,9 @@ from .sqlite import ARRAY, BLOB_THRESHOLD, OBJECT, READ_CACHE_ENTRIES, SQLiteSto
 MAX_ATTEMPTS: Final = 5
 """Runs of one transaction, the first included, before a conflict is raised."""
 
-POOL_SIZE: Final = 8
-"""Most connections one storage (one server worker) holds."""
+POOL_SIZE: Final = 12
+"""Most connections one storage (one server worker) holds: its read threads (8) and write
+threads (4) each get one without waiting; the pool opens them as needed."""
 
 CONNECT_TIMEOUT: Final = 5.0
 """Seconds a call waits for a connection before the database counts as unavailable."""
@@ -71,7 +72,8 @@ CREATE TABLE accounts (
     email TEXT NOT NULL,
     key_digest TEXT NOT NULL UNIQUE,
     reads BIGINT NOT NULL DEFAULT 0,
-    revision BIGINT NOT NULL DEFAULT 0
+    revision BIGINT NOT NULL DEFAULT 0,
+    incarnation BIGSERIAL NOT NULL
 );
 CREATE TABLE nodes (
     account TEXT NOT NULL,
@@ -104,7 +106,12 @@ T = TypeVar("T")
 
 
 def _create_tables(conn: psycopg.Connection[tuple[object, ...]]) -> None:
-    """Schema version 1: the tables of SQLite's layout, with PostgreSQL's types."""
+    """Schema version 1: the tables of SQLite's layout, with PostgreSQL's types.
+
+    ``incarnation`` numbers the creations of accounts, so a read cache can
+    tell an account from one deleted and made again under its id, whose
+    revisions count from 0 again.
+    """
     for statement in _SCHEMA.split(";"):
         conn.execute(statement)
 
@@ -271,12 +278,12 @@ class PostgresStorage(SQLiteStorage):
     the transactions (see :class:`Database`), retries and the read cache.
     Each write starts by raising the account's revision: that row lock
     serialises one account's writes across hosts. A read's answer is cached
-    under the revision read in the same snapshot, so an entry is used only
-    while the account's revision is still the one it was read at.
+    under the account's revision and incarnation read in the same snapshot,
+    so an entry is used only while the account is still at that revision.
     """
 
     reads_block = True
-    write_threads = POOL_SIZE // 2
+    write_threads = 4
 
     def __init__(self, url: str, *, blob_threshold: int = BLOB_THRESHOLD) -> None:
         self._threshold = blob_threshold
@@ -284,7 +291,9 @@ class PostgresStorage(SQLiteStorage):
         self._run_item = blob_threshold // 8
         self._run_limit = blob_threshold // 4
         self._db = Database(url)
-        self._cache: OrderedDict[tuple[str, Path], tuple[str | None, int]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, Path], tuple[str | None, int, int | None]] = (
+            OrderedDict()
+        )
         self._cache_lock = threading.Lock()
 
     @property
@@ -356,10 +365,7 @@ class PostgresStorage(SQLiteStorage):
         )
 
     def delete_account(self, id: str) -> bool:
-        gone = self._db.retrying(lambda: super(PostgresStorage, self).delete_account(id))
-        with self._cache_lock:
-            self._cache.clear()
-        return gone
+        return self._db.retrying(lambda: super(PostgresStorage, self).delete_account(id))
 
     def restore_account(
         self, record: AccountRecord, bucket: Mapping[str, Any], templates: Sequence[tuple[str, str]]
@@ -407,18 +413,21 @@ class PostgresStorage(SQLiteStorage):
     def read(self, account: str, path: Path) -> tuple[str | None, int]:
         key = (account, path)
         with self._read() as conn:
-            revision = self._revision(conn, account)
+            row = conn.execute(
+                "SELECT revision, incarnation FROM accounts WHERE id = ?", (account,)
+            ).fetchone()
+            revision, incarnation = (0, None) if row is None else (int(row[0]), int(row[1]))
             with self._cache_lock:
                 found = self._cache.get(key)
-                if found is not None and found[1] == revision:
+                if found is not None and found[1:] == (revision, incarnation):
                     self._cache.move_to_end(key)
                     self.read_cache_hits += 1
-                    return found
+                    return found[0], revision
                 self.read_cache_misses += 1
             text = self._get(conn, account, path) if path else self._get_all(conn, account)
         if text is None or len(text) <= self._threshold:
             with self._cache_lock:
-                self._cache[key] = (text, revision)
+                self._cache[key] = (text, revision, incarnation)
                 self._cache.move_to_end(key)
                 if len(self._cache) > READ_CACHE_ENTRIES:
                     self._cache.popitem(last=False)
