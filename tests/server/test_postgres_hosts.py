@@ -7,11 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path as FilePath
 
 import pytest
+import requests
 
 from kvpio_mapping.server.storage.postgres import PostgresStorage
 from kvpio_mapping.server.storage.sqlite import SQLiteStorage
@@ -91,48 +93,93 @@ def test_three_hosts_share_one_database(kvpio_postgres_db: str) -> None:
             assert api.get("/v1/bucket/doc/rows/300/id").json() == 299
 
 
+class _Writer(threading.Thread):
+    """Commits pairs ``a{n}``, ``b{n}`` through one host until stopped (bounded in count and time).
+
+    Records the ``n`` of every acknowledged commit and the status of every answer.
+    """
+
+    def __init__(self, api: Api, limit: int = 5000, seconds: float = 60) -> None:
+        super().__init__(daemon=True)
+        self.api, self.limit, self.seconds = api, limit, seconds
+        self.stop = threading.Event()
+        self.acknowledged: list[int] = []
+        self.statuses: set[int] = set()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        for n in range(self.limit):
+            if self.stop.is_set() or time.monotonic() > deadline:
+                return
+            pair = [{"op": "set", "path": f"{name}{n}", "value": n} for name in "ab"]
+            try:
+                answer = self.api.post(
+                    "/v1/bucket/?commit=true", json={"operations": pair}, timeout=10
+                )
+            except requests.RequestException:
+                time.sleep(0.01)
+                continue
+            self.statuses.add(answer.status_code)
+            if answer.status_code == 200:
+                self.acknowledged.append(n)
+
+    def wait_for(self, count: int, seconds: float = 30) -> None:
+        """Return once ``count`` more commits are acknowledged (or fail after ``seconds``)."""
+        target = len(self.acknowledged) + count
+        deadline = time.monotonic() + seconds
+        while len(self.acknowledged) < target and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(self.acknowledged) >= target, self.statuses
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join(30)
+
+
+def _all_or_nothing(api: Api, writer: _Writer) -> None:
+    """Every acknowledged pair is stored; every other pair is whole or absent."""
+    bucket = api.get("/v1/bucket/", params={"values": "true"}).json()
+    for n in writer.acknowledged:
+        assert bucket.get(f"a{n}") == n and bucket.get(f"b{n}") == n
+    for n in range(max(writer.acknowledged) + 2):
+        assert (f"a{n}" in bucket) == (f"b{n}" in bucket)
+
+
 @pytest.mark.slow
-def test_a_killed_host_loses_no_acknowledged_write(kvpio_postgres_db: str) -> None:
+def test_a_host_killed_mid_load_loses_no_acknowledged_write(kvpio_postgres_db: str) -> None:
     key = "shared-key"
     with run_server(db=kvpio_postgres_db, api_key=key) as survivor:
         with run_server(db=kvpio_postgres_db, api_key=key) as doomed:
-            api = Api(doomed.url, key)
-            for n in range(20):
-                assert api.post(f"/v1/bucket/k{n}", json=n).status_code < 300
+            writer = _Writer(Api(doomed.url, key))
+            writer.start()
+            writer.wait_for(30)
             os.killpg(doomed.process.pid, signal.SIGKILL)
             doomed.process.wait(10)
+            writer.finish()
         api = Api(survivor.url, key)
-        assert [api.get(f"/v1/bucket/k{n}").json() for n in range(20)] == list(range(20))
+        _all_or_nothing(api, writer)
         assert api.post("/v1/bucket/after", json=1).status_code < 300
 
 
-def _wait_for(api: Api, path: str, seconds: float) -> int:
-    deadline = time.monotonic() + seconds
-    status = 0
-    while time.monotonic() < deadline:
-        status = api.get(path).status_code
-        if status == 200:
-            return status
-        time.sleep(0.1)
-    return status
-
-
 @pytest.mark.slow
-def test_a_postgresql_restart_answers_503_then_recovers() -> None:
+def test_a_postgresql_restart_mid_load_answers_503_and_loses_nothing() -> None:
     postgres: RunningPostgres = start_postgres()
     try:
         url = postgres.create_database()
         with run_server(db=url, api_key="k") as server:
             api = Api(server.url, "k")
-            assert api.post("/v1/bucket/n", json=1).status_code < 300
+            writer = _Writer(api)
+            writer.start()
+            writer.wait_for(30)
             postgres.stop("immediate")
-            down = api.post("/v1/bucket/n?op=increment", json=1)
+            down = api.post("/v1/bucket/n?op=increment", json=1, timeout=10)
             assert down.status_code == 503
             assert down.headers["Retry-After"] == "1"
             postgres.start()
-            assert _wait_for(api, "/v1/bucket/n", 30) == 200
-            assert api.get("/v1/bucket/n").json() == 1
-            assert api.post("/v1/bucket/n?op=increment", json=1).json() == 2
+            writer.wait_for(30)
+            writer.finish()
+            assert writer.statuses <= {200, 503}
+            _all_or_nothing(api, writer)
     finally:
         postgres.destroy()
 

@@ -33,7 +33,7 @@ from functools import lru_cache
 from typing import Any, Final, TypeVar
 
 import psycopg
-from psycopg import errors
+from psycopg import IsolationLevel, errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ...paths import Path
@@ -63,8 +63,6 @@ _RETRIED: Final = (errors.SerializationFailure, errors.DeadlockDetected)
 _CREATE_RACE: Final = (errors.UniqueViolation, errors.DuplicateObject, errors.DuplicateTable)
 _SHUTTING_DOWN: Final = ("57P01", "57P02", "57P03")
 """admin_shutdown, crash_shutdown, cannot_connect_now: the server is going or not yet up."""
-_READ: Final = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
-_WRITE: Final = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
 
 _SCHEMA: Final = """
 CREATE TABLE accounts (
@@ -153,16 +151,10 @@ class Database:
         return migrate(conn, MIGRATIONS, "PostgreSQL", lock=" FOR UPDATE")
 
     @contextmanager
-    def session(self, *, write: bool) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-        """One transaction on a pooled connection, committed when the block ends.
-
-        Runs once: :meth:`retrying` runs the caller again on a conflict.
-        Raises :class:`~.base.StorageUnavailableError` when the database
-        cannot be reached or the connection breaks.
-        """
+    def _connection(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+        """A pooled connection, in autocommit; an unreachable database raised as unavailable."""
         try:
-            with self._pool.connection() as conn, conn.transaction():
-                conn.execute(_WRITE if write else _READ)
+            with self._pool.connection() as conn:
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as exc:
             if not _unavailable(exc):
@@ -170,6 +162,28 @@ class Database:
             raise StorageUnavailableError(
                 f"the database {_shown(self.url)} is unavailable: {exc}"
             ) from exc
+
+    @contextmanager
+    def session(self, *, write: bool) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+        """One transaction on a pooled connection, committed when the block ends.
+
+        Its ``BEGIN`` names the isolation level (one round trip). Runs once:
+        :meth:`retrying` runs the caller again on a conflict. Raises
+        :class:`~.base.StorageUnavailableError` when the database cannot be
+        reached or the connection breaks.
+        """
+        with self._connection() as conn:
+            conn.isolation_level = (
+                IsolationLevel.READ_COMMITTED if write else IsolationLevel.REPEATABLE_READ
+            )
+            conn.read_only = not write
+            with conn.transaction():
+                yield conn
+
+    def fetchone(self, sql: str, parameters: Sequence[Any]) -> tuple[Any, ...] | None:
+        """The first row of one statement, run on its own (no transaction around it)."""
+        with self._connection() as conn:
+            return conn.execute(sql, parameters).fetchone()
 
     @staticmethod
     def retrying(
@@ -253,6 +267,9 @@ _UPSERTS: Final = {
 def _stored(source: str) -> str:
     """A template source as its table keeps it: JSON text (PostgreSQL text cannot hold NUL)."""
     return json.dumps(source, ensure_ascii=False)
+
+
+_REVISION: Final = "SELECT revision, incarnation FROM accounts WHERE id = %s"
 
 
 class _Connection:
@@ -412,18 +429,20 @@ class PostgresStorage(SQLiteStorage):
 
     def read(self, account: str, path: Path) -> tuple[str | None, int]:
         key = (account, path)
-        with self._read() as conn:
-            row = conn.execute(
-                "SELECT revision, incarnation FROM accounts WHERE id = ?", (account,)
-            ).fetchone()
-            revision, incarnation = (0, None) if row is None else (int(row[0]), int(row[1]))
-            with self._cache_lock:
-                found = self._cache.get(key)
-                if found is not None and found[1:] == (revision, incarnation):
+        with self._cache_lock:
+            cached = self._cache.get(key)
+        if cached is not None:
+            # One statement says whether the entry is still the account's state.
+            row = self._db.fetchone(_REVISION, (account,))
+            if row is not None and cached[1:] == (int(row[0]), int(row[1])):
+                with self._cache_lock:
                     self._cache.move_to_end(key)
                     self.read_cache_hits += 1
-                    return found[0], revision
-                self.read_cache_misses += 1
+                return cached[0], cached[1]
+        self.read_cache_misses += 1
+        with self._read() as conn:
+            row = conn.execute(_REVISION, (account,)).fetchone()
+            revision, incarnation = (0, None) if row is None else (int(row[0]), int(row[1]))
             text = self._get(conn, account, path) if path else self._get_all(conn, account)
         if text is None or len(text) <= self._threshold:
             with self._cache_lock:
