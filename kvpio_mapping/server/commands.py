@@ -270,14 +270,14 @@ def _delete(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from .database import damage_report, resolve_db, shown
-    from .storage.sqlite import SQLiteStorage
+    from .storage.tree import TreeStorage
 
     storage = _open(args, "db check")
     if storage is None:
         return 1
     location = shown(resolve_db(args.db))
     try:
-        if not isinstance(storage, SQLiteStorage):
+        if not isinstance(storage, TreeStorage):
             sys.stderr.write(f"kvpio db check: {location} keeps nothing to check\n")
             return 1
         problems = storage.check(full=True)
@@ -295,7 +295,7 @@ def _backup(args: argparse.Namespace) -> int:
     import sqlite3
 
     from .database import resolve_db, shown
-    from .storage.sqlite import SQLiteStorage
+    from .storage.tree import TreeStorage
 
     location = shown(resolve_db(args.db))
     storage = _open(args, "db backup")
@@ -303,7 +303,7 @@ def _backup(args: argparse.Namespace) -> int:
         return 1
     dest = os.path.abspath(os.path.expanduser(args.dest))
     try:
-        if not isinstance(storage, SQLiteStorage):
+        if not isinstance(storage, TreeStorage):
             sys.stderr.write(f"kvpio db backup: {location} keeps nothing to back up\n")
             return 1
         storage.backup(dest)

@@ -410,12 +410,12 @@ START_CHECK_SECONDS: Final = 3.0
 def _prepare_db(location: str, api_key: str | None) -> None:
     """Create or open the database, check it briefly, make sure the API key's account exists."""
     from .storage import AccountExistsError
-    from .storage.sqlite import SQLiteStorage
+    from .storage.tree import TreeStorage
 
     storage = open_db(location, create=True)
     location = shown(location)
     try:
-        if isinstance(storage, SQLiteStorage):
+        if isinstance(storage, TreeStorage):
             try:
                 problems = storage.check(full=False, seconds=START_CHECK_SECONDS)
             except TimeoutError:

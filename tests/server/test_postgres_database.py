@@ -35,6 +35,7 @@ def test_new_database_gets_the_tables_and_the_codes_version(kvpio_postgres_db: s
         ).fetchall()
     assert [name for (name,) in tables] == [
         "accounts",
+        "changes",
         "kvpio_schema",
         "members",
         "nodes",

@@ -38,8 +38,10 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ...paths import Path
 from .base import (
+    CHANGES_BATCH,
     AccountExistsError,
     AccountRecord,
+    Changes,
     Check,
     Committed,
     Operation,
@@ -47,7 +49,7 @@ from .base import (
     new_key,
 )
 from .schema import Migration, migrate
-from .sqlite import ARRAY, BLOB_THRESHOLD, OBJECT, READ_CACHE_ENTRIES, SQLiteStorage
+from .tree import ARRAY, BLOB_THRESHOLD, OBJECT, TreeStorage
 
 MAX_ATTEMPTS: Final = 5
 """Runs of one transaction, the first included, before a conflict is raised."""
@@ -55,6 +57,9 @@ MAX_ATTEMPTS: Final = 5
 POOL_SIZE: Final = 12
 """Most connections one storage (one server worker) holds: its read threads (8) and write
 threads (4) each get one without waiting; the pool opens them as needed."""
+
+READ_CACHE_ENTRIES: Final = 1024
+"""Answers of :meth:`PostgresStorage.read` one storage (one server worker) keeps."""
 
 CONNECT_TIMEOUT: Final = 5.0
 """Seconds a call waits for a connection before the database counts as unavailable."""
@@ -71,6 +76,7 @@ CREATE TABLE accounts (
     key_digest TEXT NOT NULL UNIQUE,
     reads BIGINT NOT NULL DEFAULT 0,
     revision BIGINT NOT NULL DEFAULT 0,
+    log_start BIGINT NOT NULL DEFAULT 0,
     incarnation BIGSERIAL NOT NULL
 );
 CREATE TABLE nodes (
@@ -90,6 +96,15 @@ CREATE TABLE members (
     path BYTEA NOT NULL,
     run BYTEA NOT NULL,
     PRIMARY KEY (account, path)
+);
+CREATE TABLE changes (
+    account TEXT NOT NULL,
+    revision BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    path BYTEA NOT NULL,
+    body TEXT,
+    PRIMARY KEY (account, revision, seq)
 );
 CREATE TABLE templates (
     account TEXT NOT NULL,
@@ -287,11 +302,11 @@ class _Connection:
         return cursor
 
 
-class PostgresStorage(SQLiteStorage):
+class PostgresStorage(TreeStorage):
     """Accounts, values and templates in one PostgreSQL database that many hosts share.
 
     The tree layout, and the code that plans and renders its rows, are
-    :class:`~.sqlite.SQLiteStorage`'s; this class supplies the connections,
+    :class:`~.tree.TreeStorage`'s, shared with SQLite; this class supplies the connections,
     the transactions (see :class:`Database`), retries and the read cache.
     Each write starts by raising the account's revision: that row lock
     serialises one account's writes across hosts. A read's answer is cached
@@ -303,10 +318,7 @@ class PostgresStorage(SQLiteStorage):
     write_threads = 4
 
     def __init__(self, url: str, *, blob_threshold: int = BLOB_THRESHOLD) -> None:
-        self._threshold = blob_threshold
-        self._merge_below = blob_threshold // 2
-        self._run_item = blob_threshold // 8
-        self._run_limit = blob_threshold // 4
+        super().__init__(blob_threshold=blob_threshold)
         self._db = Database(url)
         self._cache: OrderedDict[tuple[str, Path], tuple[str | None, int, int | None]] = (
             OrderedDict()
@@ -426,6 +438,17 @@ class PostgresStorage(SQLiteStorage):
         )
 
     # reads
+
+    def changes(self, account: str, since: int, limit: int = CHANGES_BATCH) -> Changes:
+        answer = super().changes(account, since, limit)
+        return answer._replace(
+            changes=[
+                change._replace(text=str(json.loads(change.text)))
+                if change.kind == "template" and change.text is not None
+                else change
+                for change in answer.changes
+            ]
+        )
 
     def read(self, account: str, path: Path) -> tuple[str | None, int]:
         key = (account, path)
