@@ -1310,7 +1310,9 @@ def replay(changes: list[Change], history: dict[int, Any]) -> Any:
                 data = {}
         elif change.kind == "reread":
             found = get_in(history[change.revision], change.path)
-            if found is MISSING:
+            if not change.path:
+                data = values.copy(found)
+            elif found is MISSING:
                 delete_in(data, change.path)
             else:
                 set_in(data, change.path, values.copy(found))
@@ -1458,6 +1460,19 @@ def test_a_commit_too_large_to_log_asks_to_reread_its_common_ancestor(
         Change(2, "reread", (), None),
         Change(3, "reread", p("cfg"), None),
     ]
+
+
+def test_a_commit_with_a_reread_among_several_changes_rereads_their_common_ancestor(
+    storage: Storage, acct: str
+) -> None:
+    storage.commit(
+        acct,
+        [
+            Operation("merge", p("b/a"), {}),
+            Operation("set", p("b/c"), 1),
+        ],
+    )
+    assert storage.changes(acct, 0).changes == [Change(1, "reread", p("b"), None)]
 
 
 def test_failed_commits_log_nothing(storage: Storage, acct: str) -> None:

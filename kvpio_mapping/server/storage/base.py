@@ -232,7 +232,10 @@ def logged_commit(
 
     Over :data:`LOGGED_ENTRIES` they become one ``reread`` of the paths'
     common ancestor, decided before encoding anything when the operations
-    alone are too many.
+    alone are too many. So does a commit of several changes with a
+    ``reread`` among them: a follower reads a ``reread`` path after the whole
+    commit, which would lose what the commit did there before its later
+    changes (say, the order in which it created keys).
     """
     if len(operations) > LOGGED_ENTRIES:
         return [("reread", _common_ancestor(op.path for op in operations), None)]
@@ -241,7 +244,8 @@ def logged_commit(
         for operation, result in zip(operations, results, strict=True)
         for entry in logged_changes(operation, result)
     ]
-    if len(entries) > LOGGED_ENTRIES:
+    too_many = len(entries) > LOGGED_ENTRIES
+    if too_many or (len(entries) > 1 and any(kind == "reread" for kind, _, _ in entries)):
         return [("reread", _common_ancestor(at for _, at, _ in entries), None)]
     return entries
 
