@@ -13,7 +13,7 @@ $(VENV)/.installed: $(VENV)/.demo
 	$(PY) -m pip install -q -e '.[server,test]'
 	touch $@
 
-.PHONY: demo test lint bench
+.PHONY: demo test lint bench postgres
 demo: $(VENV)/.demo
 	$(PY) examples/demo.py
 
@@ -21,7 +21,19 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff check kvpio_mapping tests benchmarks examples
 	$(PY) -m mypy
 
-test: lint
+# The PostgreSQL tests start a server of their own from its binaries: install
+# them when missing (as root where apt-get exists); else the tests fail and say why.
+postgres: $(VENV)/.installed
+	@if [ -z "$$KVPIO_TEST_POSTGRES" ] && ! $(PY) -c \
+	    'import sys, kvpio_mapping.testing as t; sys.exit(t.postgres_bindir() is None)'; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+	  else \
+	    echo "PostgreSQL server binaries missing: install postgresql, or the tests fail"; \
+	  fi; \
+	fi
+
+test: lint postgres
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed
@@ -30,3 +42,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/server_bench.py
 	$(PY) benchmarks/storage_bench.py
 	$(PY) benchmarks/sharing_bench.py
+	$(PY) benchmarks/live_bench.py

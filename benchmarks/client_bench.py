@@ -18,40 +18,18 @@ Medians of several rounds; each round times the two sides back to back.
 from __future__ import annotations
 
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import requests
 from cachetools import TTLCache
+from timing import ROUNDS, side_by_side
 
 from kvpio_mapping import KVBucket
 from kvpio_mapping.testing import run_server
-
-ROUNDS = 7
-
-
-def per_call(fn: Callable[[], Any], number: int) -> float:
-    """Seconds per call of ``fn``, over ``number`` calls."""
-    start = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return (time.perf_counter() - start) / number
-
-
-def side_by_side(
-    ours: Callable[[], Any], base: Callable[[], Any], number: int, rounds: int = ROUNDS
-) -> tuple[float, float]:
-    """Median seconds per call of each, timed alternately over ``rounds`` rounds."""
-    ours_times, base_times = [], []
-    for _ in range(rounds):
-        ours_times.append(per_call(ours, number))
-        base_times.append(per_call(base, number))
-    return statistics.median(ours_times), statistics.median(base_times)
 
 
 def row(name: str, ours: float, base: float, baseline: str, target: str, met: bool) -> None:

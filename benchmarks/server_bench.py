@@ -16,12 +16,18 @@ mostly served from that cache. The "spread" line reads leaves of the same
 document instead, cycling through ``SPREAD`` paths, more than the cache
 holds, so nearly every one of those reads goes to the database.
 
-Run: ``.venv/bin/python benchmarks/server_bench.py`` (about 70 s).
+With ``--postgres``, the same on 2 workers sharing a PostgreSQL database
+(the server ``$KVPIO_TEST_POSTGRES`` names, else a temporary one, as the
+tests start it), measured in the same run.
+
+Run: ``.venv/bin/python benchmarks/server_bench.py [--postgres]`` (about 70 s).
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
+import contextlib
 import http.client
 import itertools
 import multiprocessing
@@ -37,7 +43,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from kvpio_mapping.testing import RunningServer, run_server
+from kvpio_mapping.testing import RunningServer, run_postgres, run_server
 
 ROUNDS = 3
 SECONDS = 4
@@ -164,12 +170,26 @@ def _pair(options: dict[str, Any], rounds: int) -> tuple[float, float, float, fl
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--postgres", action="store_true", help="also serve from PostgreSQL")
+    args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        postgres = stack.enter_context(run_postgres()) if args.postgres else None
+        configurations: list[tuple[str, dict[str, Any], int]] = [
+            ("2 workers, SQLite", {"workers": 2}, ROUNDS),
+            ("1 worker, SQLite", {"workers": 1}, 1),
+            ("1 worker, memory: storage", {"workers": 1, "db": "memory:"}, 1),
+        ]
+        if postgres is not None:
+            url = postgres.create_database()
+            stack.callback(postgres.drop_database, url)
+            configurations.insert(1, ("2 workers, PostgreSQL", {"workers": 2, "db": url}, ROUNDS))
+        measure(configurations)
+
+
+def measure(configurations: list[tuple[str, dict[str, Any], int]]) -> None:
+    """Drive each configuration's server and print its figures."""
     generator = "wrk -t1 -c16" if shutil.which("wrk") else "4 keep-alive client processes"
-    configurations: list[tuple[str, dict[str, Any], int]] = [
-        ("2 workers, SQLite", {"workers": 2}, ROUNDS),
-        ("1 worker, SQLite", {"workers": 1}, 1),
-        ("1 worker, memory: storage", {"workers": 1, "db": "memory:"}, 1),
-    ]
     print(f"kvpio serve, load from {generator}, alternating rounds of {SECONDS} s")
     print(f"{'server':<27} {'operation':<36} {'requests/s':>11} {'ratio':>6} {'target':>7}")
     trips = []

@@ -20,34 +20,15 @@ import multiprocessing
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
+
+from timing import side_by_side
 
 from kvpio_mapping import KVBucket, Transaction
 from kvpio_mapping.testing import run_server
 
-ROUNDS = 7
 CLIENTS = 8
 PER_CLIENT = 300
-
-
-def per_call(fn: Callable[[], Any], number: int) -> float:
-    """Seconds per call of ``fn``, over ``number`` calls."""
-    start = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return (time.perf_counter() - start) / number
-
-
-def side_by_side(
-    ours: Callable[[], Any], base: Callable[[], Any], number: int
-) -> tuple[float, float]:
-    """Median seconds per call of each, timed alternately over ``ROUNDS`` rounds."""
-    ours_times, base_times = [], []
-    for _ in range(ROUNDS):
-        ours_times.append(per_call(ours, number))
-        base_times.append(per_call(base, number))
-    return statistics.median(ours_times), statistics.median(base_times)
 
 
 def row(

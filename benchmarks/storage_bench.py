@@ -17,6 +17,10 @@ and an object of 50,000 small members vs ``json.loads`` of their text
 
 It then times (1) and (2) for other blob thresholds, which is how the
 default threshold was chosen (``--no-sweep`` skips that).
+
+``--postgres`` also times (1), (2) and the naive whole-document write on
+PostgreSQL (the server ``$KVPIO_TEST_POSTGRES`` names, else a temporary one,
+as the tests start it), beside SQLite's figures from the same run.
 """
 
 from __future__ import annotations
@@ -184,6 +188,67 @@ def measure(
     }
 
 
+def measure_postgres(docs: dict[str, Any], runs: int) -> dict[str, float]:
+    """(1), (2) and the naive write of the 10 MB document, on a fresh PostgreSQL database."""
+    import psycopg
+
+    from kvpio_mapping.server.storage.postgres import PostgresStorage
+    from kvpio_mapping.testing import run_postgres
+
+    with run_postgres() as server:
+        url = server.create_database()
+        storage = PostgresStorage(url)
+        conn = psycopg.connect(url, autocommit=True)
+        try:
+            storage.create_account(ACCOUNT, "", "key")
+            for name, doc in docs.items():
+                storage.set(ACCOUNT, (name,), doc)
+            conn.execute("CREATE TABLE docs (k TEXT PRIMARY KEY, body JSONB NOT NULL)")
+            for name, doc in docs.items():
+                conn.execute("INSERT INTO docs VALUES (%s, %s)", (name, values.dump(doc)))
+            rng = random.Random(1)
+            big_paths = leaves(docs["big"])
+            big_leaves = [("big", *path) for path in big_paths]
+            small_leaves = [("small", *path) for path in leaves(docs["small"])]
+
+            def write_big() -> None:
+                storage.set(ACCOUNT, rng.choice(big_leaves), leaf_value(rng))
+
+            def write_small() -> None:
+                storage.set(ACCOUNT, rng.choice(small_leaves), leaf_value(rng))
+
+            def read_baseline() -> object:
+                row = conn.execute("SELECT body::text FROM docs WHERE k = 'mid'").fetchone()
+                assert row is not None
+                return json.loads(row[0])
+
+            def naive_write() -> None:
+                conn.execute(
+                    "UPDATE docs SET body = jsonb_set(body, %s, %s) WHERE k = 'big'",
+                    (list(rng.choice(big_paths)), json.dumps(leaf_value(rng))),
+                )
+
+            for _ in range(20):
+                write_big()
+                write_small()
+            big_ms, small_ms = paired(write_big, write_small, runs)
+            read_ms, read_base_ms = paired(
+                lambda: storage.get(ACCOUNT, ("mid",)), read_baseline, max(runs // 10, 15)
+            )
+            naive_ms = median_ms(naive_write, 15)
+        finally:
+            conn.close()
+            storage.close()
+            server.drop_database(url)
+    return {
+        "big": big_ms,
+        "small": small_ms,
+        "read": read_ms,
+        "read_base": read_base_ms,
+        "naive": naive_ms,
+    }
+
+
 FLAT_ITEMS: Final = 100_000
 FLAT_MEMBERS: Final = 50_000
 
@@ -233,6 +298,9 @@ def main() -> None:
     parser.add_argument(
         "--no-sweep", action="store_true", help="skip timing the other blob thresholds"
     )
+    parser.add_argument(
+        "--postgres", action="store_true", help="also time PostgreSQL beside SQLite"
+    )
     args = parser.parse_args()
 
     docs = {
@@ -277,6 +345,7 @@ def main() -> None:
                 sweep.append((threshold, result))
         flat = flat_reads(folder, conn)
         conn.close()
+    postgres = measure_postgres(docs, args.runs) if args.postgres else None
 
     write_ratio = ours["big"] / ours["small"]
     read_ratio = ours["read"] / read_base_ms
@@ -330,6 +399,20 @@ def main() -> None:
         f"WAL per leaf write, 10 MB doc: ours {ours['wal'] / 1024:.1f} KiB,"
         f" naive json_set {naive_wal / 1024:.1f} KiB"
     )
+    if postgres is not None:
+        print()
+        print(f"{'PostgreSQL beside SQLite (medians, ms)':<48} {'PostgreSQL':>10} {'SQLite':>9}")
+        pg_write_ratio = postgres["big"] / postgres["small"]
+        pg_read_ratio = postgres["read"] / postgres["read_base"]
+        for name, pg, lite in (
+            ("leaf write, 10 MB doc", postgres["big"], ours["big"]),
+            ("leaf write, 1 KB doc", postgres["small"], ours["small"]),
+            ("  ratio 10 MB / 1 KB (target <= 2x)", pg_write_ratio, write_ratio),
+            ("read 1 MB doc with get()", postgres["read"], ours["read"]),
+            ("  ratio to blob row + json.loads (<= 2x)", pg_read_ratio, read_ratio),
+            ("naive write of the 10 MB doc (jsonb_set, json_set)", postgres["naive"], naive_ms),
+        ):
+            print(f"{name:<48} {pg:>10.3f} {lite:>9.3f}")
     if sweep:
         print()
         header = ("threshold", "rows", "10MB leaf", "1KB leaf", "ratio", "1MB get", "ratio")

@@ -27,7 +27,8 @@ def main() -> int:
             assert server.stdout is not None
             line = server.stdout.readline().strip()
             print(line)
-            url = line.rsplit(" ", 1)[-1]
+            # "kvpio serving on URL (database PATH)"
+            url = line.removeprefix("kvpio serving on ").split()[0]
             with connect(url, api_key) as kv:
                 bucket, templates = kv.bucket, kv.templates
                 bucket["my_key"] = {"foo": 123, "bar": True, "baz": {"boo": 321, "faz": [1, 2, 3]}}

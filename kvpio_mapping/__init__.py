@@ -22,7 +22,8 @@ from .errors import (
     TransportError,
 )
 from .sharing import Transaction, Versioned
-from .templates import TemplateStore
+from .templates import TemplateStore, TemplateWatch
+from .watch import Change, Watch
 from .writeback import LiveDict, LiveList, WriteBackBucket
 
 __version__ = "0.1.0"
@@ -64,6 +65,7 @@ __all__ = [
     "AsyncTransaction",
     "AuthenticationError",
     "CacheInfo",
+    "Change",
     "ConflictError",
     "Connection",
     "InvalidPathError",
@@ -79,10 +81,12 @@ __all__ = [
     "ServerError",
     "TemplateRenderError",
     "TemplateStore",
+    "TemplateWatch",
     "Transaction",
     "TransactionConflictError",
     "TransportError",
     "Versioned",
+    "Watch",
     "WriteBackBucket",
     "connect",
     "connect_async",

@@ -26,6 +26,7 @@ from .operations import ClientState, Flow, Rooted, run
 from .paths import MISSING
 from .sharing import SharingMixin
 from .transport import DEFAULT_TIMEOUT, Transport
+from .watch import Watch
 
 DEFAULT_TTL: Final = 5.0
 DEFAULT_MAXSIZE: Final = 1024
@@ -83,7 +84,10 @@ class KVBucket(SharingMixin, Rooted, MutableMapping[str, Any]):
     ``timer`` is the cache's clock. ``timeout`` is the most seconds one
     operation may take, retries included. ``transport`` shares another
     connection's session. Tuples are stored as JSON arrays and read back as
-    lists; every read returns a fresh copy.
+    lists; every read returns a fresh copy. With ``live=True`` a background
+    change feed drops cached reads as soon as any client's write changes
+    them, so the cache is fresh within milliseconds; while that feed is
+    down, the ``ttl`` rule holds (see :mod:`kvpio_mapping.live`).
     """
 
     def __init__(
@@ -96,11 +100,14 @@ class KVBucket(SharingMixin, Rooted, MutableMapping[str, Any]):
         timeout: float = DEFAULT_TIMEOUT,
         transport: Transport | None = None,
         timer: Callable[[], float] = time.monotonic,
+        live: bool = False,
     ) -> None:
         cache = PathCache(ttl, maxsize, timer=timer)
         self._state = ClientState(transport or Transport(url, api_key, timeout=timeout), cache)
         self._root = ()
         self._listing = _Listing()
+        if live:
+            self._state.go_live()
 
     @property
     def _transport(self) -> Transport:
@@ -118,11 +125,15 @@ class KVBucket(SharingMixin, Rooted, MutableMapping[str, Any]):
             "ttl": self._cache.ttl,
             "maxsize": self._cache.maxsize,
             "root": self._root,
+            "live": self._state.live,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(  # type: ignore[misc]
-            transport=state["transport"], ttl=state["ttl"], maxsize=state["maxsize"]
+            transport=state["transport"],
+            ttl=state["ttl"],
+            maxsize=state["maxsize"],
+            live=state.get("live", False),
         )
         self._root = state["root"]
 
@@ -313,8 +324,21 @@ class KVBucket(SharingMixin, Rooted, MutableMapping[str, Any]):
         self._listing.pending = None
         super().invalidate(path)
 
+    def watch(self, path: str = "", *, revision: int | None = None) -> Watch:
+        """An iterator of the changes at or below ``path`` (``''``: this mapping's root).
+
+        It starts with a ``snapshot`` of the value there (or resumes after
+        ``revision``), then yields each change as it is committed by any
+        client, reconnecting by itself; ``.close()`` it from any thread.
+        """
+        segments = self._root + (paths.parse(path) if path else ())
+        if segments:
+            paths.check(segments)
+        return Watch(self._transport, segments, revision=revision)
+
     def close(self) -> None:
-        """Close the pooled connections (they reopen if the bucket is used again)."""
+        """Close the pooled connections (they reopen if the bucket is used again) and the feed."""
+        self._state.close_live()
         self._transport.close()
 
     def __enter__(self) -> KVBucket:

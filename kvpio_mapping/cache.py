@@ -9,10 +9,16 @@ cannot store what it fetched afterwards.
 An expired entry is kept (until the LRU order drops it) with the server's
 ``ETag``, so the next read can revalidate it with ``If-None-Match`` and get a
 bodiless 304 instead of the value again.
+
+A *live* cache (:attr:`PathCache.live`, set while the change feed is
+connected and caught up) keeps entries past their TTL: the feed drops each
+entry another client's write touches, so an entry is right until then.
+While the feed is down, the TTL rule holds again.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -63,12 +69,13 @@ class _Entry(NamedTuple):
 
 
 class CacheInfo(NamedTuple):
-    """Cache statistics, as ``functools.lru_cache`` reports them."""
+    """Cache statistics, as ``functools.lru_cache`` reports them, and whether it is live now."""
 
     hits: int
     misses: int
     maxsize: int
     currsize: int
+    live: bool = False
 
 
 class PathCache:
@@ -92,6 +99,7 @@ class PathCache:
         self.maxsize = maxsize
         self.missing_ttl = min(missing_ttl, ttl)
         self.enabled = ttl > 0 and maxsize > 0
+        self.live = False
         self.lock = threading.RLock()
         self.generation = 0
         self.hits = 0
@@ -104,6 +112,7 @@ class PathCache:
         """Start empty with a new lock: another thread of the parent may have held the old one."""
         self.lock = threading.RLock()
         self._entries = LRUCache(max(self.maxsize, 1))
+        self.live = False
 
     def exact(self, path: str) -> Any:
         """The fresh value stored at exactly ``path`` (a hit), or :data:`NOT_CACHED`.
@@ -114,7 +123,7 @@ class PathCache:
         """
         with self.lock:
             entry = self._entries.get(path)
-            if entry is None or entry.expires <= self.timer():
+            if entry is None or (not self.live and entry.expires <= self.timer()):
                 return NOT_CACHED
             self.hits += 1
             return entry.value
@@ -126,7 +135,7 @@ class PathCache:
         """
         with self.lock:
             entries = self._entries
-            now = self.timer()
+            now = -math.inf if self.live else self.timer()
             ancestor = path
             while True:
                 entry = entries.get(ancestor)
@@ -151,7 +160,7 @@ class PathCache:
         """
         with self.lock:
             entries = self._entries
-            now = self.timer()
+            now = -math.inf if self.live else self.timer()
             where = path
             while True:
                 entry = entries.get(where)
@@ -224,9 +233,9 @@ class PathCache:
     def info(self) -> CacheInfo:
         """Hits, misses, maximum and current size."""
         with self.lock:
-            now = self.timer()
-            live = sum(1 for entry in self._entries.values() if entry.expires > now)
-            return CacheInfo(self.hits, self.misses, self.maxsize, live)
+            now = -math.inf if self.live else self.timer()
+            fresh = sum(1 for entry in self._entries.values() if entry.expires > now)
+            return CacheInfo(self.hits, self.misses, self.maxsize, fresh, self.live)
 
 
 _live: weakref.WeakSet[PathCache] = weakref.WeakSet()

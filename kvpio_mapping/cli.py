@@ -100,24 +100,28 @@ def print_text(text: str) -> None:
 
 
 class Progress:
-    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal.
+
+    It reads ``{doing} [###---] {done}/{total} {unit}``, then ``note`` if given.
+    """
 
     WIDTH: Final = 30
 
-    def __init__(self, total: int, stream: TextIO) -> None:
+    def __init__(self, total: int, stream: TextIO, doing: str, unit: str) -> None:
         self.total = total
         self.stream = stream
+        self.doing = doing
+        self.unit = unit
         self.enabled = is_terminal(stream) and total > 0
 
-    def update(self, done: int, batch: int, batches: int) -> None:
-        """Redraw the bar for ``done`` of ``total`` keys."""
+    def update(self, done: int, note: str = "") -> None:
+        """Redraw the bar for ``done`` of ``total``."""
         if not self.enabled:
             return
         filled = self.WIDTH * done // self.total
         bar = "#" * filled + "-" * (self.WIDTH - filled)
-        self.stream.write(
-            f"\rimporting [{bar}] {done}/{self.total} keys, batch {batch}/{batches}"
-        )
+        line = f"\r{self.doing} [{bar}] {done}/{self.total} {self.unit}"
+        self.stream.write(line + (f", {note}" if note else ""))
         self.stream.flush()
 
     def finish(self) -> None:
@@ -349,10 +353,10 @@ def cmd_bucket_import(args: argparse.Namespace) -> int:
         items.append((paths.join(segments), value))
     transport = _transport(args)
     batches = list(_batches(items, args.batch_size))
-    progress = Progress(len(items), sys.stderr)
+    progress = Progress(len(items), sys.stderr, "importing", "keys")
     written = 0
     for number, batch in enumerate(batches, 1):
-        progress.update(written, number, len(batches))
+        progress.update(written, f"batch {number}/{len(batches)}")
         try:
             _call(transport, protocol.write_many(batch))
         except (CommandError, KeyboardInterrupt) as exc:
@@ -367,7 +371,7 @@ def cmd_bucket_import(args: argparse.Namespace) -> int:
                 code,
             ) from None
         written += len(batch)
-    progress.update(written, len(batches), len(batches))
+    progress.update(written, f"batch {len(batches)}/{len(batches)}")
     progress.finish()
     keys = "1 key" if written == 1 else f"{written} keys"
     requests_made = "1 batch" if len(batches) == 1 else f"{len(batches)} batches"

@@ -14,7 +14,8 @@ class Connection:
     """``.bucket`` and ``.templates`` over one pooled session, keeping each other's caches right.
 
     A write through ``.bucket`` drops the cached renderings that used the
-    top-level key it wrote.
+    top-level key it wrote. With ``live=True`` one change feed keeps both
+    caches coherent with every client's writes (see :class:`KVBucket`).
     """
 
     def __init__(
@@ -25,23 +26,31 @@ class Connection:
         ttl: float = DEFAULT_TTL,
         maxsize: int = DEFAULT_MAXSIZE,
         timeout: float = DEFAULT_TIMEOUT,
+        live: bool = False,
     ) -> None:
-        self._attach(Transport(url, api_key, timeout=timeout), ttl, maxsize)
+        self._attach(Transport(url, api_key, timeout=timeout), ttl, maxsize, live)
 
-    def _attach(self, transport: Transport, ttl: float, maxsize: int) -> None:
+    def _attach(self, transport: Transport, ttl: float, maxsize: int, live: bool) -> None:
         """Make the bucket and template store over ``transport``, their caches linked."""
         self.transport = transport
-        self.bucket = KVBucket(transport=transport, ttl=ttl, maxsize=maxsize)
+        self.bucket = KVBucket(transport=transport, ttl=ttl, maxsize=maxsize, live=live)
         self.templates = TemplateStore(transport, ttl=ttl, maxsize=maxsize)
-        self.bucket.state.add_listener(self.templates.bucket_changed)
+        state = self.bucket.state
+        state.add_listener(self.templates.bucket_changed)
+        state.add_template_listener(self.templates.invalidate)
 
     def __getstate__(self) -> dict[str, Any]:
         """The configuration only (a worker process opens its own connections)."""
-        cache = self.bucket.state.cache
-        return {"transport": self.transport, "ttl": cache.ttl, "maxsize": cache.maxsize}
+        state = self.bucket.state
+        return {
+            "transport": self.transport,
+            "ttl": state.cache.ttl,
+            "maxsize": state.cache.maxsize,
+            "live": state.live,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._attach(state["transport"], state["ttl"], state["maxsize"])
+        self._attach(state["transport"], state["ttl"], state["maxsize"], state.get("live", False))
 
     def account(self) -> dict[str, Any]:
         """The account's ``id``, ``email``, ``reads`` and ``size``."""
@@ -49,8 +58,8 @@ class Connection:
         return info
 
     def close(self) -> None:
-        """Close the pooled connections."""
-        self.transport.close()
+        """Close the pooled connections and the change feed."""
+        self.bucket.close()
 
     def __enter__(self) -> Connection:
         return self
@@ -69,6 +78,7 @@ def connect(
     ttl: float = DEFAULT_TTL,
     maxsize: int = DEFAULT_MAXSIZE,
     timeout: float = DEFAULT_TIMEOUT,
+    live: bool = False,
 ) -> Connection:
     """Open a :class:`Connection`; ``url`` and ``api_key`` default as for :class:`KVBucket`."""
-    return Connection(url, api_key, ttl=ttl, maxsize=maxsize, timeout=timeout)
+    return Connection(url, api_key, ttl=ttl, maxsize=maxsize, timeout=timeout, live=live)

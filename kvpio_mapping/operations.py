@@ -18,6 +18,7 @@ from typing import Any, Final, TypeVar
 from . import paths, protocol, values
 from .cache import NOT_CACHED, CacheInfo, PathCache
 from .errors import InvalidPathError
+from .live import LiveFeed
 from .paths import MISSING
 from .protocol import Answer, Request
 
@@ -33,19 +34,47 @@ COUNTER_KINDS: Final = (int, float)
 class ClientState:
     """What a bucket, its views, its template store and its connection share.
 
-    The transport (blocking or asyncio), the path cache, and the listeners
-    told of every write, so a cache elsewhere (rendered templates) can drop
-    what the write made stale.
+    The transport (blocking or asyncio), the path cache, the listeners told
+    of every write, so a cache elsewhere (rendered templates) can drop what
+    the write made stale, the listeners told of changed templates, and the
+    live feed keeping the cache coherent (None unless the bucket is live).
     """
 
     def __init__(self, transport: Any, cache: PathCache) -> None:
         self.transport = transport
         self.cache = cache
         self.listeners: list[WriteListener] = []
+        self.template_listeners: list[WriteListener] = []
+        self._feed: LiveFeed | None = None
 
     def add_listener(self, listener: WriteListener) -> None:
         """Call ``listener(path)`` after each write through this state (None: all paths)."""
         self.listeners.append(listener)
+
+    def add_template_listener(self, listener: WriteListener) -> None:
+        """Call ``listener(name)`` when the live feed sees the template ``name`` change."""
+        self.template_listeners.append(listener)
+
+    def go_live(self) -> None:
+        """Follow the bucket's change feed so cached reads stay until a change drops them."""
+        if not self.cache.enabled:
+            raise ValueError("live=True needs a cache: ttl > 0 and maxsize > 0")
+        self._feed = LiveFeed(self.transport, self.cache, self.listeners, self.template_listeners)
+
+    @property
+    def live(self) -> bool:
+        """Whether this state follows the change feed (see :meth:`go_live`)."""
+        return self._feed is not None
+
+    def ensure_live(self) -> None:
+        """Restart the feed in this process if it is not running here (a forked child)."""
+        if self._feed is not None:
+            self._feed.ensure()
+
+    def close_live(self) -> None:
+        """Stop following the feed; the cache keeps the TTL rule from now on."""
+        if self._feed is not None:
+            self._feed.close()
 
     @contextmanager
     def writing(self, path: str | None) -> Iterator[None]:
@@ -122,7 +151,7 @@ class Rooted:
         cache.invalidate(self._full(path) if path is not None else self.path or None)
 
     def cache_info(self) -> CacheInfo:
-        """Hits, misses, maximum and current size of the read cache."""
+        """Hits, misses, maximum and current size of the read cache, and whether it is live."""
         return self._state.cache.info()
 
 
@@ -167,6 +196,7 @@ def read(state: ClientState, full: str) -> Flow[Any]:
         found = cache.lookup(full)
         if found is not NOT_CACHED:
             return found
+    state.ensure_live()
     generation = cache.generation
     stale = cache.stale(full) if cache.enabled else None
     answer = yield protocol.read(full, stale[0] if stale else None)

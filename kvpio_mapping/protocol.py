@@ -332,6 +332,11 @@ def template_names(answer: Answer) -> frozenset[str]:
     return frozenset(unquote(item) for item in header.split(",") if item)
 
 
+def revision(answer: Answer) -> int:
+    """The bucket revision an answer was made at (``Kvpio-Revision``; 0 if not said)."""
+    return int(answer.headers.get("Kvpio-Revision", "0"))
+
+
 def text(answer: Answer) -> Any:
     """The text of a template answer (rendered or source), or ``MISSING``."""
     check(answer)

@@ -17,6 +17,7 @@ from .cache import CacheInfo
 from .operations import Flow, run
 from .paths import MISSING
 from .transport import Transport
+from .watch import Watch
 
 _T = TypeVar("_T")
 
@@ -120,6 +121,18 @@ def rendered(cache: RenderCache, name: str, data: dict[str, Any] | None = None) 
     return text  # type: ignore[no-any-return]
 
 
+def rendering(name: str) -> Flow[tuple[str | None, frozenset[str], int]]:
+    """``name`` rendered now (None if there is no such template), the top-level names it
+    used, and the bucket revision it was rendered at."""
+    answer = yield protocol.template(name)
+    found = protocol.text(answer)
+    if found is MISSING:
+        listing = yield protocol.list_templates()
+        protocol.check(listing)
+        return None, frozenset(), protocol.revision(listing)
+    return found, protocol.template_names(answer), protocol.revision(answer)
+
+
 def source(name: str) -> Flow[str]:
     """The template's stored source, unrendered."""
     text, _used = yield from _fetch(name, raw=True)
@@ -203,6 +216,15 @@ class TemplateStore(MutableMapping[str, str]):
     def _run(self, flow: Flow[_T]) -> _T:
         return run(flow, self._transport.send)
 
+    def watch(self, name: str) -> TemplateWatch:
+        """An iterator of ``name`` rendered now, then again each time the template or a
+        top-level key it uses changes (None while there is no such template).
+
+        ``.close()`` it from any thread to end the iteration.
+        """
+        protocol.template_target(name)
+        return TemplateWatch(self._transport, name)
+
     def __getitem__(self, name: str) -> str:
         return self._run(rendered(self._cache, name))
 
@@ -250,6 +272,60 @@ class TemplateStore(MutableMapping[str, str]):
     def cache_info(self) -> CacheInfo:
         """Hits, misses, maximum and current size of the rendered-text cache."""
         return self._cache.info()
+
+
+class TemplateWatch(Iterator[str | None]):
+    """See :meth:`TemplateStore.watch`: follows the bucket's feed, renders on relevant changes.
+
+    A rendering equal to the last one yielded is not yielded again.
+    """
+
+    def __init__(self, transport: Transport, name: str) -> None:
+        self._transport = transport
+        self._name = name
+        self._names: frozenset[str] = frozenset()
+        self._watch: Watch | None = None
+        self._last: str | None = None
+        self._closed = False
+
+    def __iter__(self) -> TemplateWatch:
+        return self
+
+    def _render(self) -> tuple[str | None, int]:
+        text, names, revision = run(rendering(self._name), self._transport.send)
+        if text is not None:
+            self._names = names
+        return text, revision
+
+    def __next__(self) -> str | None:
+        if self._watch is None:
+            if self._closed:
+                raise StopIteration
+            text, revision = self._render()
+            # Resuming after the rendering's revision: nothing between is missed.
+            self._watch = Watch(self._transport, revision=revision, snapshot=False)
+            if self._closed:
+                self._watch.close()
+            self._last = text
+            return text
+        for change in self._watch:
+            if change.kind == "template":
+                relevant = change.path == self._name
+            else:
+                top = change.path.split("/", 1)[0]
+                relevant = change.kind == "reset" or not top or top in self._names
+            if relevant:
+                text, _ = self._render()
+                if text != self._last:
+                    self._last = text
+                    return text
+        raise StopIteration
+
+    def close(self) -> None:
+        """End the iteration (from any thread)."""
+        self._closed = True
+        if self._watch is not None:
+            self._watch.close()
 
 
 _live: weakref.WeakValueDictionary[int, RenderCache] = weakref.WeakValueDictionary()

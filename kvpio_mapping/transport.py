@@ -146,6 +146,7 @@ class Transport:
             session.mount("http://", adapter)
             session.mount("https://", adapter)
         self.session = session
+        self._streams: requests.Session | None = None
         self.base = f"{self.url}/{self.version}/"
         settings = self.session.merge_environment_settings(self.base, {}, None, None, None)
         self._send_options: dict[str, Any] = {
@@ -178,10 +179,13 @@ class Transport:
         """Drop the parent's pooled sockets: a forked child must not share them."""
         if self._own_session:
             self._open(None)
+        self._streams = None
 
     def close(self) -> None:
         """Close pooled connections; the transport reopens them if used again."""
         self.session.close()
+        if self._streams is not None:
+            self._streams.close()
 
     def __repr__(self) -> str:
         return f"<Transport {self.url}>"
@@ -262,6 +266,27 @@ class Transport:
                 attempt += 1
                 continue
             return response
+
+    def stream(
+        self, target: str, headers: Mapping[str, str], read_timeout: float
+    ) -> requests.Response:
+        """Open a long-lived GET of ``target`` whose body is read as it comes; no retries.
+
+        Streams use a session of their own, so one open stream never holds a
+        connection the pooled requests need. Raises :class:`TransportError`
+        when no answer came (the caller decides when to try again).
+        """
+        if self._streams is None:
+            self._streams = requests.Session()
+        sent = self._headers.copy()
+        sent.update(headers)
+        options = dict(self._send_options, stream=True)
+        options["timeout"] = (min(CONNECT_TIMEOUT, self.timeout), read_timeout)
+        request = requests.Request("GET", self.base + target, headers=sent)
+        try:
+            return self._streams.send(request.prepare(), **options)
+        except requests.RequestException as exc:
+            raise TransportError(f"cannot reach the server at {self.url}: {exc}") from exc
 
     def _may_retry(
         self, attempt: int, deadline: float, safe: bool, wait: float | None = None

@@ -12,15 +12,27 @@ import time
 def on_terminal(
     *argv: str, answer: str | None = None, env: dict[str, str] | None = None
 ) -> tuple[int, str]:
+    """Run ``kvpio ARGV...`` on a pseudo-terminal; its exit code and all it showed."""
+    return run_on_terminal([sys.executable, "-m", "kvpio_mapping", *argv], answer=answer, env=env)
+
+
+def run_on_terminal(
+    command: list[str],
+    *,
+    answer: str | None = None,
+    env: dict[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> tuple[int, str]:
     """Run with stdin, stdout and stderr on one pseudo-terminal; its exit code and all it showed."""
     leader, follower = os.openpty()
     process = subprocess.Popen(
-        [sys.executable, "-m", "kvpio_mapping", *argv],
+        command,
         stdin=follower,
         stdout=follower,
         stderr=follower,
         close_fds=True,
         env=env,
+        cwd=cwd,
     )
     os.close(follower)
     shown = b""

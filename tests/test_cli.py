@@ -454,17 +454,17 @@ class _Terminal(io.StringIO):
 
 def test_progress_bar_only_on_a_terminal() -> None:
     terminal = _Terminal()
-    bar = cli.Progress(10, terminal)
-    bar.update(0, 1, 2)
-    bar.update(5, 2, 2)
+    bar = cli.Progress(10, terminal, "importing", "keys")
+    bar.update(0, "batch 1/2")
+    bar.update(5, "batch 2/2")
     bar.finish()
     assert terminal.getvalue() == (
         "\rimporting [------------------------------] 0/10 keys, batch 1/2"
         "\rimporting [###############---------------] 5/10 keys, batch 2/2\n"
     )
     pipe = io.StringIO()
-    quiet = cli.Progress(10, pipe)
-    quiet.update(5, 1, 1)
+    quiet = cli.Progress(10, pipe, "importing", "keys")
+    quiet.update(5, "batch 1/1")
     quiet.finish()
     assert pipe.getvalue() == ""
 

@@ -13,22 +13,20 @@ from __future__ import annotations
 
 import doctest
 import os
-import pty
 import re
 import shlex
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from terminal_session import run_on_terminal
 
 from kvpio_mapping.testing import run_server
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 README_URL = "http://127.0.0.1:8000"
 README_KEY = "my-api-key"
-COMMAND_TIMEOUT = 30.0
 
 _BLOCK = re.compile(
     r"(?:<!-- serve:(?P<serve>[^>]*)-->\n)?^```(?P<lang>\w*)\n(?P<body>.*?)^```$",
@@ -74,33 +72,8 @@ def _steps(body: str) -> list[tuple[str, str]]:
 
 
 def _on_terminal(command: str, cwd: Path, env: dict[str, str]) -> str:
-    """Run ``command`` with bash, stdout and stderr on a pseudo-terminal; what it showed."""
-    leader, follower = pty.openpty()
-    try:
-        process = subprocess.Popen(
-            ["bash", "-c", command],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=follower,
-            stderr=follower,
-        )
-    finally:
-        os.close(follower)
-    chunks = []
-    try:
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # EIO: every writer has closed the terminal
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(leader)
-    process.wait(COMMAND_TIMEOUT)
-    text = b"".join(chunks).decode().replace("\r\n", "\n")
+    """Run ``command`` with bash on a pseudo-terminal; what it showed, as a terminal shows it."""
+    text = run_on_terminal(["bash", "-c", command], env=env, cwd=cwd)[1]
     # A line redrawn with carriage returns (a progress bar) shows its last state.
     return "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n")).rstrip("\n")
 

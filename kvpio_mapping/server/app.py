@@ -3,10 +3,12 @@
 Resources are thin: they turn a request into calls on the
 :class:`~kvpio_mapping.server.storage.Storage` interface. Paths are parsed
 from the raw request path (split on ``/`` first, then percent-decoded), so an
-encoded ``%2F`` can never become a separator. Small reads run on the event
-loop; reads that may be large (a whole bucket, a key listing) run in a read
-thread, and writes, which may wait on the database's write lock, in one
-write thread per worker, so neither holds up other accounts' requests.
+encoded ``%2F`` can never become a separator. Small reads of a local
+database run on the event loop; reads that may be large (a whole bucket, a
+key listing) run in a read thread, and writes, which may wait on a lock, in
+the worker's write threads (one for SQLite's single write lock), so neither
+holds up other accounts' requests. A storage whose calls wait on the network
+(:attr:`~.storage.Storage.reads_block`) has every read run in read threads.
 Storage errors of the storage's own (busy, disk full) become 503 and 507.
 """
 
@@ -33,6 +35,7 @@ from .. import paths, values
 from ..errors import InvalidPathError
 from . import metrics
 from .commits import committed_body, conditions, failed_body, parse_commit, path_operation
+from .feed import Feed, StreamLimits
 from .health import HealthResource, ReadyResource
 from .logs import AccessLog
 from .render import (
@@ -48,6 +51,7 @@ from .storage import (
     StorageBusyError,
     StorageError,
     StorageFullError,
+    StorageUnavailableError,
     UnknownAccountError,
 )
 from .storage.base import Check, CheckFailedError, Committed, ConflictError, Operation
@@ -63,6 +67,8 @@ LARGE_BODY: Final = 2**20
 LARGE_BODIES: Final = 1
 LARGE_WAIT: Final = 20.0  # below the clients' 30 s read timeout, so they see the 503
 READ_THREADS: Final = 1
+NETWORK_READ_THREADS: Final = 8
+"""Read threads of a worker whose storage's reads wait on the network, small ones included."""
 
 JSON_TYPE: Final = "application/json"
 TEXT_TYPE: Final = "text/plain; charset=utf-8"
@@ -160,6 +166,19 @@ def _empty(resp: falcon.asgi.Response) -> None:
 
 
 REVISION: Final = "Kvpio-Revision"
+EVENT_STREAM: Final = "text/event-stream"
+
+
+def api_key(header: str) -> str | None:
+    """The API key a Basic ``Authorization`` header names (its user name), or None."""
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")[0]
+    except ValueError:  # not base64 (non-ASCII text included), or not UTF-8
+        return None
+    return user or None
 
 
 def _revision(resp: falcon.asgi.Response, revision: int) -> None:
@@ -167,15 +186,23 @@ def _revision(resp: falcon.asgi.Response, revision: int) -> None:
 
 
 class Server:
-    """Per-worker state: storage, the write thread, the auth cache, read counts, the renderer."""
+    """Per-worker state: storage, its threads, the auth cache, read counts, the renderer."""
 
-    def __init__(self, storage: Storage, max_body: int, limits: RenderLimits) -> None:
+    def __init__(
+        self, storage: Storage, max_body: int, limits: RenderLimits, streams: StreamLimits
+    ) -> None:
         self.storage = storage
         self.max_body = max_body
         self.limits = limits
+        self.feed = Feed(storage, streams)
         self.renderer: Renderer | None = None
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvpio-write")
-        self._reader = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="kvpio-read")
+        self._writer = ThreadPoolExecutor(
+            max_workers=storage.write_threads, thread_name_prefix="kvpio-write"
+        )
+        self._reader = ThreadPoolExecutor(
+            max_workers=NETWORK_READ_THREADS if storage.reads_block else READ_THREADS,
+            thread_name_prefix="kvpio-read",
+        )
         self._large = asyncio.Semaphore(LARGE_BODIES)
         self._auth: dict[str, tuple[str, float]] = {}
         self._pending: Counter[str] = Counter()
@@ -186,7 +213,7 @@ class Server:
         self.auth_misses = 0
 
     async def write(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a storage write in the worker's write thread.
+        """Run a storage write in the worker's write threads.
 
         A full disk is logged once when writes start failing for it and once
         when they succeed again, not once per request.
@@ -204,7 +231,7 @@ class Server:
             log.warning("the database accepts writes again")
         return result
 
-    def authenticate(self, req: falcon.asgi.Request) -> str:
+    async def authenticate(self, req: falcon.asgi.Request) -> str:
         """The account id named by the Basic auth user name; 404 for anything else.
 
         Reads may use a lookup up to a second old; writes always look the key up,
@@ -219,20 +246,19 @@ class Server:
             self.auth_hits += 1
             return cached[0]
         self.auth_misses += 1
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic":
-            raise ClientError(404, "unknown API key")
-        try:
-            user = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")[0]
-        except ValueError:  # not base64 (non-ASCII text included), or not UTF-8
-            raise ClientError(404, "unknown API key") from None
-        account = self.storage.authenticate(user) if user else None
+        user = api_key(header)
+        account = await self.small(self.storage.authenticate, user) if user else None
         if account is None:
             raise ClientError(404, "unknown API key")
         if len(self._auth) > 10_000:
             self._auth.clear()
         self._auth[header] = (account, now + AUTH_CACHE_SECONDS)
         return account
+
+    def still_allowed(self, req: falcon.asgi.Request, account: str) -> Callable[[], bool]:
+        """A check that the request's API key still opens ``account`` (for long-lived answers)."""
+        user = api_key(req.get_header("Authorization") or "")
+        return lambda: user is not None and self.storage.authenticate(user) == account
 
     def count_read(self, account: str) -> None:
         self._pending[account] += 1
@@ -270,6 +296,7 @@ class Server:
         self._flusher = asyncio.create_task(self._flush_forever())
 
     async def shutdown(self) -> None:
+        self.feed.close()
         if self._flusher is not None:
             self._flusher.cancel()
         await self.flush()
@@ -348,6 +375,12 @@ class Server:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._reader, func, *args)
 
+    async def small(self, func: Callable[..., T], *args: Any) -> T:
+        """Run a small read: on the event loop, unless the storage's reads wait on the network."""
+        if not self.storage.reads_block:
+            return func(*args)
+        return await self.read(func, *args)
+
 
 class _Middleware:
     """Lifespan (start and stop the worker's state) and auth before any responder."""
@@ -370,7 +403,7 @@ class _Middleware:
     ) -> None:
         params.clear()
         if resource is not None and resource.prefix is not None:
-            req.context.account = self.server.authenticate(req)
+            req.context.account = await self.server.authenticate(req)
 
     async def process_response(
         self,
@@ -382,7 +415,7 @@ class _Middleware:
         """Every answer to a known account carries its revision (reads and writes set their own)."""
         account = req.context.get("account")
         if account is not None and resp.get_header(REVISION) is None:
-            _revision(resp, self.server.storage.revision(account))
+            _revision(resp, await self.server.small(self.server.storage.revision, account))
 
 
 class _Resource:
@@ -442,12 +475,30 @@ class AccountResource(_Resource):
     on_head = on_get
 
 
+def _feed_start(req: falcon.asgi.Request) -> tuple[int | None, bool]:
+    """Where a change feed starts: the ``Last-Event-ID`` revision, and whether to snapshot first."""
+    header = req.get_header("Last-Event-ID")
+    last_id = None
+    if header is not None and header.strip():
+        if not (header.strip().isascii() and header.strip().isdigit()):
+            raise ClientError(400, "Last-Event-ID must be a revision (a whole number)")
+        last_id = int(header)
+    snapshot = req.get_param("snapshot") is None or _flag(req, "snapshot")
+    return last_id, snapshot
+
+
 class BucketResource(_Resource):
     prefix = b"/v1/bucket"
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         account: str = req.context.account
         path = self.path(req)
+        # The feed's inputs are checked on every GET, as every flag is, streamed or not.
+        since, snapshot = _feed_start(req)
+        accept = req.get_header("Accept")
+        if accept is not None and EVENT_STREAM in accept and req.method == "GET":
+            self.watch(req, resp, account, path, since, snapshot)
+            return
         if req.query_string:
             keys = _flag(req, "keys")
             whole = not path and _flag(req, "values")  # checked even when keys wins
@@ -461,7 +512,7 @@ class BucketResource(_Resource):
         if not path:
             _send(req, resp, *await self.server.read(self._keys, account, path))
             return
-        found, revision = self.storage.read(account, path)
+        found, revision = await self.server.small(self.storage.read, account, path)
         _revision(resp, revision)
         if found is None:
             _missing(resp)
@@ -470,6 +521,22 @@ class BucketResource(_Resource):
             self.server.count_read(account)
 
     on_head = on_get
+
+    def watch(
+        self,
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response,
+        account: str,
+        path: paths.Path,
+        last_id: int | None,
+        snapshot: bool,
+    ) -> None:
+        """Answer with the change feed of ``path`` (docs/protocol.md, "Live")."""
+        server = self.server
+        resp.set_header("Cache-Control", "no-store")
+        resp.sse = server.feed.open(
+            account, path, last_id, snapshot, server.still_allowed(req, account)
+        )
 
     def _keys(self, account: str, path: paths.Path) -> tuple[bytes, str, str]:
         """The key listing at ``path``: body, content type, ETag (runs in a read thread)."""
@@ -501,7 +568,7 @@ class BucketResource(_Resource):
             raise ClientError(409, str(exc)) from None
         except CheckFailedError as exc:
             resp.status = 412
-            _revision(resp, self.storage.revision(account))
+            _revision(resp, await self.server.small(self.storage.revision, account))
             if self.path(req):
                 text = exc.failures[0].text
                 if text is None:
@@ -514,6 +581,7 @@ class BucketResource(_Resource):
                 resp.content_type = JSON_TYPE
                 resp.data = failed_body(exc)
             return None
+        self.server.feed.poke(account)
         _revision(resp, committed.revision)
         return committed
 
@@ -556,6 +624,7 @@ class BucketResource(_Resource):
             if not _flag(req, "all"):
                 raise ClientError(400, "deleting the whole bucket needs ?all=true")
             _revision(resp, await self.server.write(self.storage.clear, account))
+            self.server.feed.poke(account)
             _empty(resp)
             return
         pop = _flag(req, "pop") if req.query_string else False
@@ -602,7 +671,8 @@ class TemplateListResource(_Resource):
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         account: str = req.context.account
-        _send(req, resp, values.encode(self.storage.list_templates(account)), JSON_TYPE)
+        listed = await self.server.small(self.storage.list_templates, account)
+        _send(req, resp, values.encode(listed), JSON_TYPE)
 
     on_head = on_get
 
@@ -618,7 +688,7 @@ class TemplatesResource(_Resource):
         name = self.name(req)
         raw = _flag(req, "raw") if req.query_string else False
         overrides = await self._overrides(req)
-        source = self.storage.get_template(account, name)
+        source = await self.server.small(self.storage.get_template, account, name)
         if source is None:
             _missing(resp, TEXT_TYPE)
             return
@@ -631,14 +701,7 @@ class TemplatesResource(_Resource):
             names = await asyncio.to_thread(referenced_names, source, self.server.limits)
         except RenderError as exc:
             raise ClientError(422, str(exc)) from None
-        context: dict[str, Any] = {}
-        for variable in sorted(names):
-            try:
-                found = self.storage.get(account, paths.parse(variable))
-            except InvalidPathError:
-                continue
-            if found is not None:
-                context[variable] = values.decode(found, values.READ_NESTING)
+        context = await self.server.small(self._context, account, names)
         context.update(overrides)
         renderer = self.server.renderer
         assert renderer is not None, "the renderer starts with the app"
@@ -693,6 +756,18 @@ class TemplatesResource(_Resource):
             return
         await self.server.write(self.storage.delete_template, account, name)
         _empty(resp)
+
+    def _context(self, account: str, names: frozenset[str]) -> dict[str, Any]:
+        """The stored values a template's variables name (storage reads, one call)."""
+        context: dict[str, Any] = {}
+        for variable in sorted(names):
+            try:
+                found = self.storage.get(account, paths.parse(variable))
+            except InvalidPathError:
+                continue
+            if found is not None:
+                context[variable] = values.decode(found, values.READ_NESTING)
+        return context
 
     def _pop(self, account: str, name: str) -> str | None:
         """Remove a template, returning its source (runs in the write thread)."""
@@ -765,6 +840,16 @@ async def _unexpected(
     raise ClientError(500, "internal server error")
 
 
+async def _unavailable(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any
+) -> None:
+    """The database cannot be reached now (a restart, a failover): the request may succeed later."""
+    metrics.STORAGE_ERRORS.inc()
+    log.warning("%s %s: %s", req.method, req.path, exc)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    raise ClientError(503, "the database is unavailable; try again", headers)
+
+
 def _serialize_error(
     req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: falcon.HTTPError
 ) -> None:
@@ -776,10 +861,19 @@ def _serialize_error(
 
 
 def create_app(
-    storage: Storage, *, max_body: int = DEFAULT_MAX_BODY, limits: RenderLimits | None = None
+    storage: Storage,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+    limits: RenderLimits | None = None,
+    streams: StreamLimits | None = None,
 ) -> App:
     """The ASGI app serving ``storage``; one per worker process."""
-    server = Server(storage, max_body, limits if limits is not None else RenderLimits())
+    server = Server(
+        storage,
+        max_body,
+        limits if limits is not None else RenderLimits(),
+        streams if streams is not None else StreamLimits(),
+    )
     middleware: list[Any] = [AccessLog(), metrics.Metrics(server), _Middleware(server)]
     app: App = falcon.asgi.App(middleware=middleware, cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = False
@@ -807,6 +901,7 @@ def create_app(
     app.add_error_handler(StorageBusyError, _busy)
     app.add_error_handler(StorageFullError, _full)
     app.add_error_handler(UnknownAccountError, _unknown_account)
+    app.add_error_handler(StorageUnavailableError, _unavailable)
     app.add_error_handler(InvalidPathError, _handler(400))
     app.add_error_handler(ValueError, _handler(400))
     app.add_error_handler(RecursionError, _handler(400, "input nests too deeply: "))

@@ -16,7 +16,7 @@ from ..terminal import NotConfirmed, confirm, print_table
 from .logs import FORMATS, LEVELS
 
 _DB_HELP = (
-    "database file (default: $KVPIO_DB, else "
+    "database file or postgresql:// URL (default: $KVPIO_DB, else "
     "${XDG_DATA_HOME:-~/.local/share}/kvpio/kvpio.sqlite3); 'memory:' keeps nothing"
 )
 
@@ -94,6 +94,15 @@ def add_commands(subparsers: Any) -> None:
     )
     serve.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
     serve.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    serve.add_argument(
+        "--max-streams", type=int, default=None, help="open change feeds per worker (500)"
+    )
+    serve.add_argument(
+        "--max-account-streams",
+        type=int,
+        default=None,
+        help="open change feeds per account and worker (100)",
+    )
     serve.set_defaults(func=_serve)
 
     accounts = subparsers.add_parser("accounts", help="manage the server's accounts")
@@ -140,6 +149,18 @@ def add_commands(subparsers: Any) -> None:
     backup.add_argument("dest", metavar="DEST", help="the backup file to create")
     backup.add_argument("--db", help=_DB_HELP)
     backup.set_defaults(func=_backup)
+    copy = db_actions.add_parser(
+        "copy",
+        help="copy every account, value and template from SOURCE to DEST",
+        description="Copy every account (with its API key), value and template from SOURCE"
+        " to DEST, then read each back and print what DEST holds. Stop the servers of"
+        " SOURCE first. DEST must not have any of SOURCE's accounts.",
+    )
+    copy.add_argument(
+        "source", help="database to copy from (a file, sqlite:// or postgresql:// URL)"
+    )
+    copy.add_argument("dest", help="database to copy into (created if missing)")
+    copy.set_defaults(func=_copy)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -180,6 +201,8 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        max_streams=args.max_streams,
+        max_account_streams=args.max_account_streams,
     )
 
 
@@ -246,15 +269,15 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .database import damage_report, resolve_db
-    from .storage.sqlite import SQLiteStorage
+    from .database import damage_report, resolve_db, shown
+    from .storage.tree import TreeStorage
 
     storage = _open(args, "db check")
     if storage is None:
         return 1
-    location = resolve_db(args.db)
+    location = shown(resolve_db(args.db))
     try:
-        if not isinstance(storage, SQLiteStorage):
+        if not isinstance(storage, TreeStorage):
             sys.stderr.write(f"kvpio db check: {location} keeps nothing to check\n")
             return 1
         problems = storage.check(full=True)
@@ -271,16 +294,16 @@ def _check(args: argparse.Namespace) -> int:
 def _backup(args: argparse.Namespace) -> int:
     import sqlite3
 
-    from .database import resolve_db
-    from .storage.sqlite import SQLiteStorage
+    from .database import resolve_db, shown
+    from .storage.tree import TreeStorage
 
-    location = resolve_db(args.db)
+    location = shown(resolve_db(args.db))
     storage = _open(args, "db backup")
     if storage is None:
         return 1
     dest = os.path.abspath(os.path.expanduser(args.dest))
     try:
-        if not isinstance(storage, SQLiteStorage):
+        if not isinstance(storage, TreeStorage):
             sys.stderr.write(f"kvpio db backup: {location} keeps nothing to back up\n")
             return 1
         storage.backup(dest)
@@ -293,4 +316,44 @@ def _backup(args: argparse.Namespace) -> int:
     finally:
         storage.close()
     print(f"{location} backed up to {dest} ({os.path.getsize(dest)} bytes)")
+    return 0
+
+
+def _copy(args: argparse.Namespace) -> int:
+    from ..cli import Progress
+    from .database import DatabaseProblem, open_db, resolve_db, shown
+    from .storage import AccountExistsError
+    from .storage.copy import CopyMismatchError, copy_storage
+
+    source_at, dest_at = resolve_db(args.source), resolve_db(args.dest)
+    if source_at == dest_at:
+        sys.stderr.write("kvpio db copy: SOURCE and DEST are the same database\n")
+        return 2
+    try:
+        source = open_db(source_at, create=False)
+    except DatabaseProblem as exc:
+        sys.stderr.write(f"kvpio db copy: {exc}\n")
+        return 1
+    try:
+        dest = open_db(dest_at, create=True)
+    except DatabaseProblem as exc:
+        source.close()
+        sys.stderr.write(f"kvpio db copy: {exc}\n")
+        return 1
+    try:
+        progress = Progress(len(source.account_records()), sys.stderr, "copying", "accounts")
+        try:
+            tally = copy_storage(source, dest, progress=progress.update)
+        finally:
+            progress.finish()
+    except (AccountExistsError, CopyMismatchError) as exc:
+        sys.stderr.write(f"kvpio db copy: {exc}\n")
+        return 1
+    finally:
+        source.close()
+        dest.close()
+    print(
+        f"verified in {shown(dest_at)}: {tally.accounts} accounts, {tally.keys} top-level keys,"
+        f" {tally.templates} templates, {tally.bytes} bytes of values"
+    )
     return 0

@@ -19,7 +19,6 @@ import resource
 import shutil
 import signal
 import socket
-import sqlite3
 import ssl
 import sys
 import tempfile
@@ -27,11 +26,20 @@ import threading
 import time
 from typing import TYPE_CHECKING, Final
 
-from .database import DatabaseProblem, damage_report, default_db, open_db, resolve_db
+from .database import (
+    DatabaseProblem,
+    damage_report,
+    default_db,
+    open_db,
+    resolve_db,
+    shown,
+    storage_errors,
+)
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
     from multiprocessing.synchronize import Event
+    from types import FrameType
 
     import uvicorn
 
@@ -49,6 +57,8 @@ LOG_FORMAT_ENV: Final = "KVPIO_SERVE_LOG_FORMAT"
 ACCESS_LOG_ENV: Final = "KVPIO_SERVE_ACCESS_LOG"
 TLS_CERT_ENV: Final = "KVPIO_SERVE_TLS_CERT"
 TLS_KEY_ENV: Final = "KVPIO_SERVE_TLS_KEY"
+STREAMS_ENV: Final = "KVPIO_SERVE_MAX_STREAMS"
+ACCOUNT_STREAMS_ENV: Final = "KVPIO_SERVE_MAX_ACCOUNT_STREAMS"
 DEFAULT_WORKERS: Final = 2
 """Measured on 2 cores: 1.8x the requests/s of one worker, the same latency."""
 
@@ -56,6 +66,7 @@ DEFAULT_WORKERS: Final = 2
 def app_from_env() -> App:
     """The app of one worker, configured by the variables :func:`serve` sets."""
     from .app import DEFAULT_MAX_BODY, create_app
+    from .feed import StreamLimits
     from .render import RenderLimits
     from .storage import open_storage
 
@@ -68,7 +79,12 @@ def app_from_env() -> App:
     if os.environ.get(RENDER_TIMEOUT_ENV):
         limits = dataclasses.replace(limits, timeout=float(os.environ[RENDER_TIMEOUT_ENV]))
     max_body = int(os.environ.get(MAX_BODY_ENV) or DEFAULT_MAX_BODY)
-    return create_app(storage, max_body=max_body, limits=limits)
+    streams = StreamLimits()
+    if os.environ.get(STREAMS_ENV):
+        streams = dataclasses.replace(streams, per_worker=int(os.environ[STREAMS_ENV]))
+    if os.environ.get(ACCOUNT_STREAMS_ENV):
+        streams = dataclasses.replace(streams, per_account=int(os.environ[ACCOUNT_STREAMS_ENV]))
+    return create_app(storage, max_body=max_body, limits=limits, streams=streams)
 
 
 def _bind(host: str, port: int, *, listen: bool = True, reuse_port: bool = False) -> socket.socket:
@@ -136,7 +152,7 @@ def _uvicorn_config(host: str, port: int) -> uvicorn.Config:
     import uvicorn
 
     from . import logs
-    from .protocol import HeadLimits, protocol_class
+    from .heads import HeadLimits, protocol_class
 
     defaults = HeadLimits()
     limits = HeadLimits(
@@ -165,6 +181,23 @@ def _uvicorn_config(host: str, port: int) -> uvicorn.Config:
     return config
 
 
+def _uvicorn_server(config: uvicorn.Config) -> uvicorn.Server:
+    """A uvicorn server whose shutdown signal also ends the open change feeds at once.
+
+    Without it a graceful shutdown would wait for streams that never finish.
+    """
+    import uvicorn
+
+    from .feed import closing
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            closing.set()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
+
+
 def _worker(host: str, port: int, serving: Event) -> None:
     """One worker process: its own socket on the shared port, one uvicorn server.
 
@@ -173,16 +206,14 @@ def _worker(host: str, port: int, serving: Event) -> None:
     ``serving`` is set once it listens. A database it cannot open is one
     line on stderr, not a traceback.
     """
-    import uvicorn
-
     sock = _bind(host, port, listen=False, reuse_port=True)
-    server = uvicorn.Server(_uvicorn_config(host, port))
+    server = _uvicorn_server(_uvicorn_config(host, port))
     watch = threading.Thread(target=_watch, args=(server, serving, os.getppid()), daemon=True)
     watch.start()
     try:
         server.run(sockets=[sock])
-    except sqlite3.Error as exc:
-        location = os.environ.get(DB_ENV)
+    except storage_errors() as exc:
+        location = shown(os.environ.get(DB_ENV) or "")
         sys.stderr.write(f"kvpio serve: worker {os.getpid()} cannot use {location}: {exc}\n")
         raise SystemExit(1) from None
     except OSError as exc:
@@ -368,7 +399,7 @@ def _announce(host: str, port: int, url: str, location: str, tls: bool) -> None:
             time.sleep(0.05)
         finally:
             connection.close()
-    sys.stdout.write(f"kvpio serving on {url} (database {location})\n")
+    sys.stdout.write(f"kvpio serving on {url} (database {shown(location)})\n")
     sys.stdout.flush()
 
 
@@ -379,11 +410,12 @@ START_CHECK_SECONDS: Final = 3.0
 def _prepare_db(location: str, api_key: str | None) -> None:
     """Create or open the database, check it briefly, make sure the API key's account exists."""
     from .storage import AccountExistsError
-    from .storage.sqlite import SQLiteStorage
+    from .storage.tree import TreeStorage
 
     storage = open_db(location, create=True)
+    location = shown(location)
     try:
-        if isinstance(storage, SQLiteStorage):
+        if isinstance(storage, TreeStorage):
             try:
                 problems = storage.check(full=False, seconds=START_CHECK_SECONDS)
             except TimeoutError:
@@ -403,7 +435,7 @@ def _prepare_db(location: str, api_key: str | None) -> None:
                     f" key, or without --api-key and add one with"
                     f" `kvpio accounts create --db {location}`"
                 ) from None
-    except sqlite3.Error as exc:
+    except storage_errors() as exc:
         raise DatabaseProblem(f"cannot use the database {location}: {exc}") from None
     finally:
         storage.close()
@@ -426,6 +458,8 @@ def serve(
     access_log: bool = False,
     tls_cert: str | None = None,
     tls_key: str | None = None,
+    max_streams: int | None = None,
+    max_account_streams: int | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT (requests in flight finish); the exit code.
 
@@ -434,6 +468,7 @@ def serve(
     ``max_connections``, if lower). Metrics are kept in a fresh directory
     for this run, removed at exit.
     """
+
     location = resolve_db(db)
     problem = _tls_problem(tls_cert, tls_key)
     if problem:
@@ -470,6 +505,8 @@ def serve(
         (ACCESS_LOG_ENV, "1" if access_log else None),
         (TLS_CERT_ENV, os.path.abspath(tls_cert) if tls_cert else None),
         (TLS_KEY_ENV, os.path.abspath(tls_key) if tls_key else None),
+        (STREAMS_ENV, max_streams),
+        (ACCOUNT_STREAMS_ENV, max_account_streams),
     ):
         if setting is None or setting == "":
             os.environ.pop(name, None)
@@ -499,9 +536,7 @@ def serve(
 
 def _serve_here(host: str, port: int, sock: socket.socket) -> int:
     """Serve in this process (one worker); the exit code."""
-    import uvicorn
-
-    server = uvicorn.Server(_uvicorn_config(host, port))
+    server = _uvicorn_server(_uvicorn_config(host, port))
     # uvicorn re-raises the signal it shut down on once it is done; exit 0 instead.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     signal.signal(signal.SIGINT, _exit_cleanly)

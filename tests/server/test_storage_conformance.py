@@ -1,8 +1,9 @@
 """One conformance suite for every storage backend.
 
-Each test runs against :class:`MemoryStorage` (the reference behaviour) and
-:class:`SQLiteStorage`; the SQLite-only tests at the end cover what only a
-database file has (several connections, threads, processes, durability).
+Each test runs against :class:`MemoryStorage` (the reference behaviour),
+:class:`SQLiteStorage` and :class:`PostgresStorage` (on the session's
+PostgreSQL server, a fresh database per test); the SQLite-only tests at the
+end cover what only a database file has (several connections, threads, processes, durability).
 Values are compared as the JSON text the storages return, which must be
 byte-identical across backends.
 """
@@ -35,13 +36,21 @@ from kvpio_mapping.server.storage import (
     UnknownAccountError,
 )
 from kvpio_mapping.server.storage.base import (
+    CHANGE_LOG_REVISIONS,
+    LOGGED_ENTRIES,
+    LOGGED_TEXT,
+    AccountRecord,
+    Change,
+    Changes,
     Check,
     CheckFailedError,
     Committed,
     ConflictError,
     Failure,
     Operation,
+    hash_key,
 )
+from kvpio_mapping.server.storage.postgres import PostgresStorage
 from kvpio_mapping.server.storage.sqlite import BLOB_THRESHOLD, SQLiteStorage
 
 ROOT = FilePath(__file__).resolve().parents[2]
@@ -56,10 +65,12 @@ def j(value: Any) -> str:
     return values.encode(value).decode()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def storage(request: pytest.FixtureRequest, tmp_path: FilePath) -> Iterator[Storage]:
     if request.param == "memory":
         made: Storage = MemoryStorage()
+    elif request.param == "postgres":
+        made = PostgresStorage(request.getfixturevalue("kvpio_postgres_db"))
     else:
         made = SQLiteStorage(str(tmp_path / "db.sqlite3"))
     yield made
@@ -345,6 +356,16 @@ def test_templates_store_overwrite_delete_and_list_in_order(storage: Storage, ac
     assert storage.delete_template(acct, "b") is False
     assert storage.get_template(acct, "b") is None
     assert storage.list_templates(acct) == ["a"]
+
+
+def test_template_sources_keep_every_character(storage: Storage, acct: str) -> None:
+    source = 'a\x00b "\\ \u00e9\U0001f600 {{ x }}\n'
+    storage.set_template(acct, "t", source)
+    assert storage.get_template(acct, "t") == source
+    record = storage.account_records()[0]
+    storage.delete_account(acct)
+    storage.restore_account(record, {}, [("t", source)])
+    assert storage.get_template(acct, "t") == source
 
 
 def test_template_names_are_separate_from_bucket_keys(storage: Storage, acct: str) -> None:
@@ -941,7 +962,8 @@ def test_sqlite_leaf_write_in_large_document_changes_few_rows(tmp_path: FilePath
     before = conn.total_changes
     storage.set("a", p("doc/users/u100/profile/age"), 1)
     storage.set("a", p("doc/users/u200/history/4"), {"at": 0, "what": "new"})
-    assert conn.total_changes - before <= 8
+    # Eight tree rows at most, and one change-log row per write.
+    assert conn.total_changes - before <= 8 + 2
     storage.close()
 
 
@@ -1267,6 +1289,36 @@ class Model:
         return (self.revision, results)
 
 
+def replay(changes: list[Change], history: dict[int, Any]) -> Any:
+    """The bucket a follower of the log rebuilds from ``{}``.
+
+    ``history`` holds the bucket after each revision: a ``reread`` takes the
+    value there, as a follower reading it at once would.
+    """
+    data: Any = {}
+    for change in changes:
+        if change.kind == "put":
+            assert change.text is not None
+            if change.path:
+                set_in(data, change.path, json.loads(change.text))
+            else:
+                data = json.loads(change.text)
+        elif change.kind == "delete":
+            if change.path:
+                delete_in(data, change.path)
+            else:
+                data = {}
+        elif change.kind == "reread":
+            found = get_in(history[change.revision], change.path)
+            if not change.path:
+                data = values.copy(found)
+            elif found is MISSING:
+                delete_in(data, change.path)
+            else:
+                set_in(data, change.path, values.copy(found))
+    return data
+
+
 def _commit(
     storage: Storage, account: str, operations: list[Operation], checks: list[Check]
 ) -> object:
@@ -1306,6 +1358,7 @@ def test_random_atomic_commits_agree_with_a_model(
     for backend in random_backends:
         backend.create_account(account, "", account)
     model = Model()
+    history: dict[int, Any] = {0: {}}
     for operations, wanted in commits:
         # Each check expects what is there now, nothing, or anything, at random.
         checks = []
@@ -1316,9 +1369,13 @@ def test_random_atomic_commits_agree_with_a_model(
         expected = model.commit(operations, checks)
         for backend in random_backends:
             assert _commit(backend, account, operations, checks) == expected, (operations, checks)
+        history[model.revision] = values.copy(model.data)
     whole = j(model.data)
     for backend in random_backends:
         assert backend.read(account, ()) == (whole, model.revision)
+        logged = backend.changes(account, 0)
+        assert logged.complete and logged.revision == model.revision
+        assert j(replay(logged.changes, history)) == whole
 
 
 def test_sqlite_database_made_before_revisions_gains_them(tmp_path: FilePath) -> None:
@@ -1337,3 +1394,205 @@ def test_sqlite_database_made_before_revisions_gains_them(tmp_path: FilePath) ->
         assert storage.read("old", p("n")) == ("1", 1)
     finally:
         storage.close()
+
+
+# the change log
+
+
+def test_change_log_starts_empty_and_complete(storage: Storage, acct: str) -> None:
+    assert storage.changes(acct, 0) == Changes(0, [], True)
+
+
+def test_change_log_holds_each_write_with_its_revision(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("a/b"), {"c": 1})
+    storage.delete(acct, p("a/b/c"))
+    storage.commit(acct, [Operation("increment", p("n"), 2), Operation("append", p("l"), "x")])
+    storage.commit(acct, [Operation("append", p("l"), "y"), Operation("merge", p("m"), {"k": 1})])
+    storage.clear(acct)
+    assert storage.changes(acct, 0) == Changes(
+        5,
+        [
+            Change(1, "put", p("a/b"), '{"c":1}'),
+            Change(2, "delete", p("a/b/c"), None),
+            Change(3, "put", p("n"), "2"),
+            Change(3, "put", p("l"), '["x"]'),
+            Change(4, "put", p("l/2"), '"y"'),
+            Change(4, "put", p("m/k"), "1"),
+            Change(5, "delete", (), None),
+        ],
+        True,
+    )
+
+
+def test_change_log_answers_after_a_revision(storage: Storage, acct: str) -> None:
+    for n in range(4):
+        storage.set(acct, p("n"), n)
+    assert storage.changes(acct, 2) == Changes(
+        4, [Change(3, "put", p("n"), "2"), Change(4, "put", p("n"), "3")], True
+    )
+    assert storage.changes(acct, 4) == Changes(4, [], True)
+
+
+def test_change_log_logs_templates(storage: Storage, acct: str) -> None:
+    storage.set_template(acct, "page/home", "{{ a }}")
+    storage.delete_template(acct, "page/home")
+    assert storage.changes(acct, 0).changes == [
+        Change(1, "template", ("page/home",), "{{ a }}"),
+        Change(2, "template", ("page/home",), None),
+    ]
+
+
+def test_change_log_asks_to_reread_a_value_too_long_to_log(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("big"), "x" * LOGGED_TEXT)
+    assert storage.changes(acct, 0).changes == [Change(1, "reread", p("big"), None)]
+
+
+def test_a_commit_too_large_to_log_asks_to_reread_its_common_ancestor(
+    storage: Storage, acct: str
+) -> None:
+    many = [(("cfg", f"k{n}"), n) for n in range(LOGGED_ENTRIES + 1)]
+    storage.set_many(acct, many)
+    storage.set_many(acct, [((f"top{n}",), n) for n in range(LOGGED_ENTRIES + 1)])
+    merged = {f"m{n}": n for n in range(LOGGED_ENTRIES + 1)}
+    storage.commit(acct, [Operation("merge", p("cfg"), merged)])
+    assert storage.changes(acct, 0).changes == [
+        Change(1, "reread", p("cfg"), None),
+        Change(2, "reread", (), None),
+        Change(3, "reread", p("cfg"), None),
+    ]
+
+
+def test_a_commit_with_a_reread_among_several_changes_rereads_their_common_ancestor(
+    storage: Storage, acct: str
+) -> None:
+    storage.commit(
+        acct,
+        [
+            Operation("merge", p("b/a"), {}),
+            Operation("set", p("b/c"), 1),
+        ],
+    )
+    assert storage.changes(acct, 0).changes == [Change(1, "reread", p("b"), None)]
+
+
+def test_failed_commits_log_nothing(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("s"), "text")
+    with pytest.raises(ConflictError):
+        storage.commit(acct, [Operation("set", p("t"), 1), Operation("increment", p("s"), 1)])
+    assert not storage.set(acct, p("s"), 2, only_if_missing=True)
+    assert storage.changes(acct, 0) == Changes(1, [Change(1, "put", p("s"), '"text"')], True)
+
+
+def test_change_log_answers_whole_revisions_in_batches(storage: Storage, acct: str) -> None:
+    storage.commit(acct, [Operation("set", (f"k{n}",), n) for n in range(5)])
+    storage.set(acct, p("after"), 1)
+    first = storage.changes(acct, 0, limit=2)
+    assert (first.revision, len(first.changes), first.complete) == (1, 5, True)
+    assert storage.changes(acct, first.revision, limit=2).changes == [
+        Change(2, "put", p("after"), "1")
+    ]
+
+
+def test_change_log_keeps_a_bounded_number_of_revisions(storage: Storage, acct: str) -> None:
+    for n in range(CHANGE_LOG_REVISIONS + 3):
+        storage.set(acct, p("n"), n)
+    last = CHANGE_LOG_REVISIONS + 3
+    assert storage.changes(acct, 2) == Changes(last, [], False)
+    kept = storage.changes(acct, 3, limit=10 * CHANGE_LOG_REVISIONS)
+    assert kept.complete and len(kept.changes) == CHANGE_LOG_REVISIONS
+
+
+def test_change_log_refuses_a_revision_ahead_of_the_account(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("n"), 1)
+    assert storage.changes(acct, 5) == Changes(1, [], False)
+
+
+def test_change_log_of_an_unknown_or_deleted_account_raises(storage: Storage, acct: str) -> None:
+    with pytest.raises(UnknownAccountError):
+        storage.changes("nobody", 0)
+    storage.delete_account(acct)
+    with pytest.raises(UnknownAccountError):
+        storage.changes(acct, 0)
+
+
+def test_sqlite_processes_writing_one_file_log_every_revision(tmp_path: FilePath) -> None:
+    db = str(tmp_path / "shared.sqlite3")
+    SQLiteStorage(db).create_account("a", "", "a-key")
+    script = (
+        "import sys\n"
+        "from kvpio_mapping.server.storage.sqlite import SQLiteStorage\n"
+        "s = SQLiteStorage(sys.argv[1])\n"
+        "for n in range(50):\n"
+        "    s.set('a', (sys.argv[2],), n)\n"
+    )
+    writers = [
+        subprocess.Popen([sys.executable, "-c", script, db, f"w{w}"], cwd=ROOT) for w in range(3)
+    ]
+    for writer in writers:
+        assert writer.wait(timeout=60) == 0
+    storage = SQLiteStorage(db)
+    try:
+        logged = storage.changes("a", 0)
+        assert logged.complete and logged.revision == 150
+        assert [change.revision for change in logged.changes] == list(range(1, 151))
+        for w in range(3):
+            mine = [change.text for change in logged.changes if change.path == (f"w{w}",)]
+            assert mine == [str(n) for n in range(50)]
+    finally:
+        storage.close()
+
+
+def test_sqlite_database_made_before_the_change_log_starts_it_at_its_revision(
+    tmp_path: FilePath,
+) -> None:
+    db = str(tmp_path / "old.sqlite3")
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TABLE accounts (id TEXT PRIMARY KEY, email TEXT NOT NULL,"
+            " key_digest TEXT NOT NULL UNIQUE, reads INTEGER NOT NULL DEFAULT 0,"
+            " revision INTEGER NOT NULL DEFAULT 0)"
+        )
+        conn.execute(
+            "INSERT INTO accounts (id, email, key_digest, revision) VALUES ('old', '', 'x', 7)"
+        )
+    conn.close()
+    storage = SQLiteStorage(db)
+    try:
+        assert storage.changes("old", 6) == Changes(7, [], False)
+        assert storage.changes("old", 7) == Changes(7, [], True)
+        storage.set("old", p("n"), 1)
+        assert storage.changes("old", 7) == Changes(8, [Change(8, "put", p("n"), "1")], True)
+    finally:
+        storage.close()
+
+
+def test_restored_account_reads_back_with_its_key_revision_and_templates(
+    storage: Storage,
+) -> None:
+    big = big_doc(3 * BLOB_THRESHOLD)
+    record = AccountRecord("bob", "bob@example.com", hash_key("bob-key"), 7, 41)
+    bucket = {"big": big, "n": 1, "list": [1, {"a": None}]}
+    storage.restore_account(record, bucket, [("z", "{{ n }}"), ("a", "x")])
+    assert storage.authenticate("bob-key") == "bob"
+    assert storage.account_records() == [record]
+    assert storage.read("bob", p("big")) == (j(big), 41)
+    assert storage.get_all("bob") == j(bucket)
+    assert storage.list_templates("bob") == ["z", "a"]
+    assert storage.get_template("bob", "z") == "{{ n }}"
+    # The log starts at the copy: what came before is not there to replay.
+    assert storage.changes("bob", 0) == Changes(41, [], False)
+    assert storage.commit("bob", [Operation("increment", p("n"), 1)]).revision == 42
+    assert storage.changes("bob", 41) == Changes(42, [Change(42, "put", p("n"), "2")], True)
+
+
+def test_restore_over_a_taken_id_or_key_raises_and_changes_nothing(
+    storage: Storage, acct: str
+) -> None:
+    storage.set(acct, p("k"), 1)
+    same_id = AccountRecord(acct, "", hash_key("other-key"), 0, 9)
+    same_key = AccountRecord("carol", "", hash_key("alice-key"), 0, 9)
+    for record in (same_id, same_key):
+        with pytest.raises(AccountExistsError):
+            storage.restore_account(record, {"k": 2}, [])
+    assert storage.get_all(acct) == '{"k":1}'
+    assert [record.id for record in storage.account_records()] == [acct]

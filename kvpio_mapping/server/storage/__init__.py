@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from .base import (
     Account,
     AccountExistsError,
@@ -9,11 +11,13 @@ from .base import (
     StorageBusyError,
     StorageError,
     StorageFullError,
+    StorageUnavailableError,
     UnknownAccountError,
 )
 from .memory import MemoryStorage
 
 __all__ = [
+    "POSTGRES_SCHEMES",
     "Account",
     "AccountExistsError",
     "MemoryStorage",
@@ -21,18 +25,27 @@ __all__ = [
     "StorageBusyError",
     "StorageError",
     "StorageFullError",
+    "StorageUnavailableError",
     "UnknownAccountError",
     "open_storage",
 ]
 
 
+POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
+"""URL prefixes that name a PostgreSQL database (libpq's two spellings)."""
+
+
 def open_storage(location: str, *, sync: str = "normal") -> Storage:
-    """Open ``memory:`` or a SQLite database file (a path or ``sqlite:///path``).
+    """Open ``memory:``, a PostgreSQL URL, or a SQLite database file (a path or ``sqlite:///path``).
 
     ``sync`` is SQLite's ``synchronous`` setting, ``normal`` or ``full``.
     """
     if location == "memory:":
         return MemoryStorage()
+    if location.startswith(POSTGRES_SCHEMES):
+        from .postgres import PostgresStorage
+
+        return PostgresStorage(location)
     from .sqlite import SQLiteStorage
 
     return SQLiteStorage(location.removeprefix("sqlite://"), sync=sync)

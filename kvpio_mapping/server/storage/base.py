@@ -10,6 +10,11 @@ Every account has a *revision*: a counter that every committed write of its
 values or templates raises by exactly one (a write that fails, or a commit
 whose check fails, changes nothing and leaves it as it was). Reads and
 commits report the revision they saw or made.
+
+Every committed write also leaves its changes in the account's *change log*
+(:meth:`Storage.changes`), kept for the last :data:`CHANGE_LOG_REVISIONS`
+revisions: what a change feed reads, by revision, to follow the account from
+any worker or host.
 """
 
 from __future__ import annotations
@@ -18,15 +23,30 @@ import hashlib
 import hmac
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, ClassVar, Final, Literal, NamedTuple
 
 from ... import paths, values
 from ...paths import MISSING, Path
 
 MAX_COMMIT: Final = 1000
 """Most operations, and most checks, one commit may hold."""
+
+CHANGE_LOG_REVISIONS: Final = 1000
+"""Revisions the change log reaches back; older changes are dropped as new ones come."""
+
+LOGGED_TEXT: Final = 16 * 1024
+"""Longest value text a change keeps; a longer one is logged as ``reread``."""
+
+LOGGED_ENTRIES: Final = 1000
+"""Most entries one commit logs; a larger commit is logged as one ``reread`` of
+the common ancestor of its paths, so a bulk write stays one cheap log row."""
+
+CHANGES_BATCH: Final = 1000
+"""About the most changes one :meth:`Storage.changes` answer holds (whole revisions)."""
+
+ChangeKind = Literal["put", "delete", "reread", "template"]
 
 OperationKind = Literal["set", "delete", "pop", "increment", "append", "merge"]
 OPERATION_KINDS: Final[tuple[OperationKind, ...]] = (
@@ -67,6 +87,21 @@ class Account:
     email: str
     reads: int
     size: int
+
+
+class StorageUnavailableError(ConnectionError):
+    """The database cannot be reached now; the same call may succeed later."""
+
+
+@dataclass(frozen=True)
+class AccountRecord:
+    """An account as a copy between databases carries it: the key only as its stored digest."""
+
+    id: str
+    email: str
+    key_digest: str
+    reads: int
+    revision: int
 
 
 class ConflictError(ValueError):
@@ -127,6 +162,128 @@ class Committed(NamedTuple):
 
     revision: int
     results: list[str | None]
+
+
+class Change(NamedTuple):
+    """One entry of the change log.
+
+    ``put``: ``text`` is now the value at ``path`` (written as
+    :func:`~kvpio_mapping.paths.set_in` would); ``delete``: nothing is at
+    ``path`` any more (later items of a list moved up); ``reread``: the value
+    at ``path`` changed but was too long to log, read it again; ``template``:
+    the template named ``path[0]`` is now ``text`` (None: deleted).
+    """
+
+    revision: int
+    kind: ChangeKind
+    path: Path
+    text: str | None
+
+
+class Changes(NamedTuple):
+    """An answer of :meth:`Storage.changes`.
+
+    ``changes`` holds every change after the asked revision up to
+    ``revision``, in order. ``complete`` is False when the log no longer
+    reaches back to the asked revision (or it is ahead of the account's):
+    then ``changes`` is empty and ``revision`` is the account's now.
+    """
+
+    revision: int
+    changes: list[Change]
+    complete: bool
+
+
+def logged_changes(
+    operation: Operation, result: str | None
+) -> list[tuple[ChangeKind, Path, str | None]]:
+    """The change-log entries of one applied operation, given its result.
+
+    Both backends log a commit's operations with this, so a feed reads the
+    same entries from either.
+    """
+    kind, path, value = operation
+    entries: list[tuple[ChangeKind, Path, str | None]]
+    if kind == "set":
+        entries = [("put", path, values.dump(value))]
+    elif kind in ("delete", "pop"):
+        entries = [("delete", path, None)]
+    elif kind == "increment":
+        entries = [("put", path, result)]
+    elif kind == "append":
+        if result == "1":
+            entries = [("put", path, "[" + values.dump(value) + "]")]
+        else:
+            entries = [("put", (*path, str(result)), values.dump(value))]
+    elif value:
+        entries = [("put", (*path, key), values.dump(item)) for key, item in value.items()]
+    else:
+        entries = [("reread", path, None)]
+    return [
+        ("reread", at, None) if text is not None and len(text) > LOGGED_TEXT else (change, at, text)
+        for change, at, text in entries
+    ]
+
+
+def logged_commit(
+    operations: Sequence[Operation], results: Sequence[str | None]
+) -> list[tuple[ChangeKind, Path, str | None]]:
+    """The change-log entries of a whole commit (:func:`logged_changes` of each operation).
+
+    Over :data:`LOGGED_ENTRIES` they become one ``reread`` of the paths'
+    common ancestor, decided before encoding anything when the operations
+    alone are too many. So does a commit of several changes with a
+    ``reread`` among them: a follower reads a ``reread`` path after the whole
+    commit, which would lose what the commit did there before its later
+    changes (say, the order in which it created keys).
+    """
+    if len(operations) > LOGGED_ENTRIES:
+        return [("reread", _common_ancestor(op.path for op in operations), None)]
+    entries = [
+        entry
+        for operation, result in zip(operations, results, strict=True)
+        for entry in logged_changes(operation, result)
+    ]
+    too_many = len(entries) > LOGGED_ENTRIES
+    if too_many or (len(entries) > 1 and any(kind == "reread" for kind, _, _ in entries)):
+        return [("reread", _common_ancestor(at for _, at, _ in entries), None)]
+    return entries
+
+
+def _common_ancestor(found: Iterable[Path]) -> Path:
+    """The longest path that starts every path of ``found`` (``()`` when they share none)."""
+    common: Path | None = None
+    for path in found:
+        if common is None:
+            common = path
+            continue
+        depth = 0
+        while depth < min(len(common), len(path)) and common[depth] == path[depth]:
+            depth += 1
+        common = common[:depth]
+        if not common:
+            break
+    return common or ()
+
+
+def changes_after(
+    since: int, revision: int, floor: int, logged: Sequence[Change], limit: int
+) -> Changes:
+    """The answer of :meth:`Storage.changes` from a log holding every change after ``floor``.
+
+    ``logged`` are the changes after ``since`` in order (more than ``limit``
+    may be given: the answer ends at the first revision boundary past it).
+    """
+    if not floor <= since <= revision:
+        return Changes(revision, [], False)
+    if len(logged) <= limit:
+        return Changes(revision, list(logged), True)
+    end = limit
+    while end < len(logged) and logged[end].revision == logged[end - 1].revision:
+        end += 1
+    if end == len(logged):
+        return Changes(revision, list(logged), True)
+    return Changes(logged[end - 1].revision, list(logged[:end]), True)
 
 
 def failure(index: int, check: Check, text: str | None) -> Failure | None:
@@ -220,6 +377,13 @@ class Storage(ABC):
     """Reads answered from a cache of the backend's own (for the server's metrics)."""
     read_cache_misses = 0
 
+    reads_block: ClassVar[bool] = False
+    """Whether a read may wait on the network: the server then runs reads off its event loop."""
+
+    write_threads: ClassVar[int] = 1
+    """Writes one server worker runs at once: one where the database has a single write
+    lock, more where writes to different accounts go on side by side."""
+
     # accounts
 
     @abstractmethod
@@ -248,6 +412,20 @@ class Storage(ABC):
     @abstractmethod
     def delete_account(self, id: str) -> bool:
         """Remove an account with all its values and templates; whether it existed."""
+
+    @abstractmethod
+    def account_records(self) -> list[AccountRecord]:
+        """Every account with its key digest and revision, by id, for copying a database."""
+
+    @abstractmethod
+    def restore_account(
+        self, record: AccountRecord, bucket: Mapping[str, Any], templates: Sequence[tuple[str, str]]
+    ) -> None:
+        """Create ``record``'s account holding ``bucket`` and the (name, source) ``templates``.
+
+        All or nothing, at ``record.revision``, templates in the order given.
+        Raises :class:`AccountExistsError` if the id or the key digest is taken.
+        """
 
     @abstractmethod
     def add_reads(self, counts: Mapping[str, int]) -> None:
@@ -323,6 +501,15 @@ class Storage(ABC):
         """
         operation = Operation("pop" if return_value else "delete", path)
         return self.commit(account, [operation]).results[0]
+
+    @abstractmethod
+    def changes(self, account: str, since: int, limit: int = CHANGES_BATCH) -> Changes:
+        """The logged changes after revision ``since``, from one snapshot.
+
+        At most about ``limit`` changes, always whole revisions (one commit
+        may log more). Raises :class:`UnknownAccountError` for an account
+        that does not exist.
+        """
 
     @abstractmethod
     def clear(self, account: str) -> int:

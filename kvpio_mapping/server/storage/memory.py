@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,8 +11,14 @@ from typing import Any
 from ... import paths, values
 from ...paths import MISSING, Path
 from .base import (
+    CHANGE_LOG_REVISIONS,
+    CHANGES_BATCH,
     Account,
     AccountExistsError,
+    AccountRecord,
+    Change,
+    ChangeKind,
+    Changes,
     Check,
     CheckFailedError,
     Committed,
@@ -20,10 +27,12 @@ from .base import (
     Storage,
     UnknownAccountError,
     appendable,
+    changes_after,
     check_operation,
     failure,
     hash_key,
     incremented,
+    logged_commit,
     mergeable,
     new_key,
     same_digest,
@@ -39,6 +48,18 @@ class _Account:
     revision: int = 0
     data: dict[str, Any] = field(default_factory=dict)
     templates: dict[str, str] = field(default_factory=dict)
+    log: deque[Change] = field(default_factory=deque)
+    log_start: int = 0
+    """The revision the log starts after (an account restored from a copy has no earlier log)."""
+
+    def logged(self, entries: list[tuple[ChangeKind, Path, str | None]]) -> None:
+        """Raise the revision and log its changes, dropping those the log no longer keeps."""
+        self.revision += 1
+        log = self.log
+        log.extend(Change(self.revision, kind, path, text) for kind, path, text in entries)
+        floor = self.revision - CHANGE_LOG_REVISIONS
+        while log and log[0].revision <= floor:
+            log.popleft()
 
 
 class MemoryStorage(Storage):
@@ -108,6 +129,30 @@ class MemoryStorage(Storage):
                 if id in self._accounts:
                     self._accounts[id].reads += count
 
+    def account_records(self) -> list[AccountRecord]:
+        with self._lock:
+            return [
+                AccountRecord(state.id, state.email, state.key_digest, state.reads, state.revision)
+                for state in (self._accounts[id] for id in sorted(self._accounts))
+            ]
+
+    def restore_account(
+        self, record: AccountRecord, bucket: Mapping[str, Any], templates: Sequence[tuple[str, str]]
+    ) -> None:
+        with self._lock:
+            if record.id in self._accounts or self._find(record.key_digest) is not None:
+                raise AccountExistsError(f"account {record.id!r} or its API key exists already")
+            self._accounts[record.id] = _Account(
+                record.id,
+                record.email,
+                record.key_digest,
+                record.reads,
+                record.revision,
+                values.copy(dict(bucket)),
+                dict(templates),
+                log_start=record.revision,
+            )
+
     def revision(self, account: str) -> int:
         with self._lock:
             found = self._accounts.get(account)
@@ -152,14 +197,23 @@ class MemoryStorage(Storage):
             data = values.copy(state.data) if len(operations) > 1 else state.data
             results = [_apply(data, operation) for operation in operations]
             state.data = data
-            state.revision += 1
+            state.logged(logged_commit(operations, results))
             return Committed(state.revision, results)
+
+    def changes(self, account: str, since: int, limit: int = CHANGES_BATCH) -> Changes:
+        with self._lock:
+            state = self._accounts.get(account)
+            if state is None:
+                raise UnknownAccountError(account)
+            floor = max(state.log_start, state.revision - CHANGE_LOG_REVISIONS)
+            logged = [change for change in state.log if change.revision > since]
+            return changes_after(since, state.revision, floor, logged, limit)
 
     def clear(self, account: str) -> int:
         with self._lock:
             state = self._state(account)
             state.data = {}
-            state.revision += 1
+            state.logged([("delete", (), None)])
             return state.revision
 
     def get_template(self, account: str, name: str) -> str | None:
@@ -170,12 +224,12 @@ class MemoryStorage(Storage):
         with self._lock:
             state = self._state(account)
             state.templates[name] = source
-            state.revision += 1
+            state.logged([("template", (name,), source)])
 
     def delete_template(self, account: str, name: str) -> bool:
         with self._lock:
             state = self._state(account)
-            state.revision += 1
+            state.logged([("template", (name,), None)])
             return state.templates.pop(name, None) is not None
 
     def list_templates(self, account: str) -> list[str]:
