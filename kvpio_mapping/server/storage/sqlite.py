@@ -92,31 +92,6 @@ CREATE TABLE IF NOT EXISTS templates (
 ) WITHOUT ROWID;
 """
 
-_SELECT_NODE: Final = (
-    "SELECT path, kind, label, body, pos, size FROM nodes WHERE account = ? AND path IN "
-)
-_ROWS: Final = "SELECT path, parent, pos, kind, label, body, size FROM nodes WHERE account = ?"
-_RENDER_ROWS: Final = "SELECT parent, path, kind, label, body FROM nodes WHERE account = ?"
-_RANGE: Final = " AND path > ? AND path < ?"
-_INSERT: Final = (
-    "INSERT OR REPLACE INTO nodes (account, path, parent, pos, kind, label, body, size)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_MEMBER: Final = "INSERT OR REPLACE INTO members (account, path, run) VALUES (?, ?, ?)"
-_LAST_CHILD: Final = (
-    "SELECT path, kind, label, body, pos, size FROM nodes WHERE account = ? AND parent = ?"
-    " ORDER BY pos DESC LIMIT 1"
-)
-_ITEM_ROW: Final = (
-    "SELECT path, kind, label, body, pos, size FROM nodes WHERE account = ? AND parent = ?"
-    " AND pos <= ? ORDER BY pos DESC LIMIT 1"
-)
-_MEMBER_RUN: Final = (
-    "SELECT n.path, n.kind, n.label, n.body, n.pos, n.size FROM members AS m"
-    " JOIN nodes AS n ON n.account = m.account AND n.path = m.run"
-    " WHERE m.account = ? AND m.path = ?"
-)
-
 
 def _create_tables(conn: sqlite3.Connection) -> None:
     """Schema version 1: the layout above, also over a database of release 0.1."""
