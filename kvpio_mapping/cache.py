@@ -19,10 +19,8 @@ While the feed is down, the TTL rule holds again.
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final, NamedTuple
@@ -30,6 +28,7 @@ from typing import Any, Final, NamedTuple
 from cachetools import LRUCache
 
 from . import paths, values
+from .forks import reset_after_fork
 from .paths import MISSING
 
 
@@ -106,7 +105,7 @@ class PathCache:
         self.misses = 0
         self.timer = timer
         self._entries: LRUCache[str, _Entry] = LRUCache(max(maxsize, 1))
-        _live.add(self)
+        reset_after_fork(self)
 
     def _after_fork(self) -> None:
         """Start empty with a new lock: another thread of the parent may have held the old one."""
@@ -236,15 +235,3 @@ class PathCache:
             now = -math.inf if self.live else self.timer()
             fresh = sum(1 for entry in self._entries.values() if entry.expires > now)
             return CacheInfo(self.hits, self.misses, self.maxsize, fresh, self.live)
-
-
-_live: weakref.WeakSet[PathCache] = weakref.WeakSet()
-
-
-def _reset_after_fork() -> None:
-    for cache in list(_live):
-        cache._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)

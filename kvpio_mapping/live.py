@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Callable
 
 from .cache import PathCache
 from .errors import KvpioError
+from .forks import reset_after_fork
 from .transport import Transport
 from .watch import Change, Watch
 
@@ -47,7 +47,7 @@ class LiveFeed:
         self._closed = False
         self._pid = 0
         self._watch: Watch | None = None
-        _live.add(self)
+        reset_after_fork(self)
         self.ensure()
 
     def ensure(self) -> None:
@@ -115,15 +115,3 @@ class LiveFeed:
         self._cache.invalidate(path)
         for listener in self._listeners:
             listener(path)
-
-
-_live: weakref.WeakSet[LiveFeed] = weakref.WeakSet()
-
-
-def _reset_after_fork() -> None:
-    for feed in list(_live):
-        feed._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)

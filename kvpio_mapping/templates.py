@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import suppress
 from typing import Any, TypeVar
@@ -14,6 +12,7 @@ from cachetools import TTLCache
 
 from . import operations, protocol, values
 from .cache import CacheInfo
+from .forks import reset_after_fork
 from .operations import Flow, run
 from .paths import MISSING
 from .transport import Transport
@@ -43,7 +42,7 @@ class RenderCache:
         self._generation = 0
         self._hits = 0
         self._misses = 0
-        _live[id(self)] = self
+        reset_after_fork(self)
 
     def lookup(self, name: str) -> tuple[str | None, int]:
         """The cached text of ``name`` (None on a miss) and the generation to store under."""
@@ -326,15 +325,3 @@ class TemplateWatch(Iterator[str | None]):
         self._closed = True
         if self._watch is not None:
             self._watch.close()
-
-
-_live: weakref.WeakValueDictionary[int, RenderCache] = weakref.WeakValueDictionary()
-
-
-def _reset_after_fork() -> None:
-    for store in list(_live.values()):
-        store._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)

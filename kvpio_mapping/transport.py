@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import os
 import time
-import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -26,6 +25,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from . import protocol
 from .errors import AuthenticationError, KvpioTimeoutError, TransportError
+from .forks import reset_after_fork
 
 DEFAULT_URL: Final = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT: Final = 30.0
@@ -41,8 +41,6 @@ idle keep-alive connections (uvicorn after 5 s, Apache and Node after 5 s), and 
 sent as the server closes is lost without telling whether it was applied."""
 RETRY_STATUSES: Final = frozenset({502, 503, 504})
 USER_AGENT: Final = "kvpio-mapping/0.1"
-
-_live: weakref.WeakSet[Transport] = weakref.WeakSet()
 
 
 def resolve_url(url: str | None) -> str:
@@ -136,7 +134,7 @@ class Transport:
         self.backoff = backoff
         self._own_session = session is None
         self._open(session)
-        _live.add(self)
+        reset_after_fork(self)
 
     def _open(self, session: requests.Session | None) -> None:
         """Make the session and everything derived from it and the environment, once."""
@@ -345,12 +343,3 @@ def _nothing_sent(exc: requests.RequestException) -> bool:
         return True
     reason = getattr(exc.args[0], "reason", None) if exc.args else None
     return type(reason).__name__ in ("NewConnectionError", "NameResolutionError")
-
-
-def _reset_after_fork() -> None:
-    for transport in list(_live):
-        transport._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
