@@ -151,9 +151,9 @@ def test_large_reads_leave_other_accounts_small_reads_fast(server: RunningServer
         assert other.get("/v1/bucket/small", timeout=30).json() == "tiny"
         return time.monotonic() - started
 
-    # Best of two rounds: the machine running the suite may be busy with other work.
+    # Best of three rounds: the machine running the suite may be busy with other work.
     rounds = []
-    for _ in range(2):
+    for _ in range(3):
         processes = ProcessPoolExecutor(8, mp_context=multiprocessing.get_context("spawn"))
         samples = _while_running(large_reads, 8, small_read, 60, processes)
         assert len(samples) >= 20

@@ -399,7 +399,8 @@ def test_hostile_renders_do_not_block_the_event_loop() -> None:
     with Renderer(LIMITS, workers=2) as pool:
         max_gap, results, elapsed = asyncio.run(scenario(pool))
         assert all(isinstance(result, RenderError) for result in results), results
-        assert max_gap < 0.2, max_gap
+        # A blocked loop would stall for a whole render timeout; a busy machine, far less.
+        assert max_gap < TIMEOUT / 2, max_gap
         # Two rounds of two renders, each stopped at the timeout, plus worker start-ups.
         assert elapsed < 2 * (TIMEOUT + MARGIN)
         assert_still_works(pool)

@@ -88,7 +88,8 @@ def test_runaway_renders_do_not_slow_bucket_reads(account: TestAccount) -> None:
     assert sorted(seconds for _, seconds, _ in renders)[1] < TIMEOUT + MARGIN
     assert elapsed < 2 * TIMEOUT + MARGIN
     assert len(reads) > 20
-    assert max(reads) < 0.2, max(reads)
+    # A read queued behind a render would wait a whole render timeout.
+    assert max(reads) < TIMEOUT / 2, max(reads)
     assert setup.get(account.url + "/v1/templates/ok").text == "1"
 
 
