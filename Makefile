@@ -19,6 +19,7 @@ demo: $(VENV)/.demo
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check kvpio_mapping tests benchmarks examples
+	$(PY) -m ruff format --check kvpio_mapping tests benchmarks examples
 	$(PY) -m mypy
 
 # The PostgreSQL tests start a server of their own from its binaries: install

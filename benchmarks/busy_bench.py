@@ -149,8 +149,10 @@ def batch(server: RunningServer, keys: int) -> dict[str, str]:
 def _read_whole(url: str, key: str, times: int) -> int:
     http = requests.Session()
     http.auth = (key, "")
-    return sum(len(http.get(url + "/v1/bucket/?values=true", timeout=SECONDS).content)
-               for _ in range(times))
+    return sum(
+        len(http.get(url + "/v1/bucket/?values=true", timeout=SECONDS).content)
+        for _ in range(times)
+    )
 
 
 def large_reads(server: RunningServer) -> dict[str, str]:
@@ -198,8 +200,9 @@ def renders(server: RunningServer) -> dict[str, str]:
 
 def _peak_rss(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
-        peak = max((int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:")),
-                   default=0)
+        peak = max(
+            (int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:")), default=0
+        )
     for task in os.listdir(f"/proc/{pid}/task"):
         with open(f"/proc/{pid}/task/{task}/children") as children:
             for child in children.read().split():
@@ -210,6 +213,7 @@ def _peak_rss(pid: int) -> int:
 def memory(server: RunningServer) -> dict[str, str]:
     body = json.dumps({f"key{i:07d}": i for i in range(MEMORY_KEYS)}).encode()
     writers = [session(server) for _ in range(6)]
+
     def write(http: requests.Session) -> int:
         return http.post(server.url + "/v1/bucket/", data=body, timeout=SECONDS).status_code
 

@@ -65,9 +65,7 @@ def reads_while(
     while busy() and time.monotonic() < deadline:
         started = time.monotonic()
         try:
-            answer = requests.get(
-                f"{server.url}/v1/bucket/k", auth=(key, ""), timeout=READ_TIMEOUT
-            )
+            answer = requests.get(f"{server.url}/v1/bucket/k", auth=(key, ""), timeout=READ_TIMEOUT)
             ok = answer.status_code == 200
         except requests.RequestException:
             ok = False

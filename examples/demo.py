@@ -1,6 +1,6 @@
 """Start a local `kvpio serve` on SQLite, use it as a dict and a template store, stop it.
 
-    make demo        # or: .venv/bin/python examples/demo.py
+make demo        # or: .venv/bin/python examples/demo.py
 """
 
 from __future__ import annotations
@@ -18,8 +18,17 @@ def main() -> int:
     api_key = secrets.token_urlsafe(16)
     with tempfile.TemporaryDirectory() as tmp:
         server = subprocess.Popen(
-            [sys.executable, "-m", "kvpio_mapping", "serve", "--port", "0",
-             "--db", str(Path(tmp) / "kvpio.sqlite3"), f"--api-key={api_key}"],
+            [
+                sys.executable,
+                "-m",
+                "kvpio_mapping",
+                "serve",
+                "--port",
+                "0",
+                "--db",
+                str(Path(tmp) / "kvpio.sqlite3"),
+                f"--api-key={api_key}",
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -47,9 +47,7 @@ def __getattr__(name: str) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name != "httpx":
             raise
-        raise ImportError(
-            f"{name} needs httpx: pip install 'kvpio-mapping[async]'"
-        ) from exc
+        raise ImportError(f"{name} needs httpx: pip install 'kvpio-mapping[async]'") from exc
     return getattr(imported, name)
 
 

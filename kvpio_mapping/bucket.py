@@ -48,7 +48,6 @@ class _Listing(threading.local):
     pending: dict[str, Any] | None = None
 
 
-
 def update_pairs(other: Any, kwargs: Mapping[str, Any]) -> list[tuple[Any, Any]]:
     """The ``(key, value)`` pairs ``dict.update(other, **kwargs)`` would set, in order,
     with the same errors for an argument it would refuse."""

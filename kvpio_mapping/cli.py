@@ -519,22 +519,36 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     conn = [_connection_options()]
 
-    _add(commands, "account", cmd_account, "show the account's id, email, reads and size",
-         "  kvpio account", conn)
+    _add(
+        commands,
+        "account",
+        cmd_account,
+        "show the account's id, email, reads and size",
+        "  kvpio account",
+        conn,
+    )
 
     bucket = _group(
-        commands, "bucket", "read and write key/value pairs",
+        commands,
+        "bucket",
+        "read and write key/value pairs",
         "  kvpio bucket set foo '{\"bar\": [1, 2]}'\n  kvpio bucket get foo/bar/2",
     )
     blist = _add(
-        bucket, "list", cmd_bucket_list, "list the bucket's top-level keys, or those at PATH",
+        bucket,
+        "list",
+        cmd_bucket_list,
+        "list the bucket's top-level keys, or those at PATH",
         "  kvpio bucket list\n  kvpio bucket list users/ada\n\n"
         "On a list the keys are its 1-based positions; a scalar or a missing PATH has none.",
         conn,
     )
     blist.add_argument("path", metavar="PATH", nargs="?", help="list the child keys at PATH")
     get = _add(
-        bucket, "get", cmd_bucket_get, "print the value at KEY as JSON",
+        bucket,
+        "get",
+        cmd_bucket_get,
+        "print the value at KEY as JSON",
         "  kvpio bucket get foo/bar/baz\n\n"
         "KEY is a path: segments separated by '/'; on a list a segment is a\n"
         "1-based position. A missing key is an error (exit 1).",
@@ -542,8 +556,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     get.add_argument("key", metavar="KEY", help="a key path, e.g. users/ada/born")
     setp = _add(
-        bucket, "set", cmd_bucket_set, "store VALUE (or the JSON in --file) at KEY",
-        "  kvpio bucket set foo '{\"bar\": {\"baz\": 123}}'\n"
+        bucket,
+        "set",
+        cmd_bucket_set,
+        "store VALUE (or the JSON in --file) at KEY",
+        '  kvpio bucket set foo \'{"bar": {"baz": 123}}\'\n'
         "  kvpio bucket set greeting hello        # not JSON: stored as a string\n"
         "  kvpio bucket set config --file config.json\n\n"
         "VALUE is parsed as JSON, and stored as a plain string when it is not JSON.",
@@ -553,12 +570,19 @@ def build_parser() -> argparse.ArgumentParser:
     setp.add_argument("value", metavar="VALUE", nargs="?")
     setp.add_argument("--file", metavar="F", help="read the value as JSON from F ('-': stdin)")
     delp = _add(
-        bucket, "del", cmd_bucket_del, "delete KEY and everything below it",
-        "  kvpio bucket del foo/bar", conn,
+        bucket,
+        "del",
+        cmd_bucket_del,
+        "delete KEY and everything below it",
+        "  kvpio bucket del foo/bar",
+        conn,
     )
     delp.add_argument("key", metavar="KEY")
     clear = _add(
-        bucket, "clear", cmd_bucket_clear, "delete every key of the bucket (templates stay)",
+        bucket,
+        "clear",
+        cmd_bucket_clear,
+        "delete every key of the bucket (templates stay)",
         "  kvpio bucket clear          # asks first on a terminal\n"
         "  kvpio bucket clear --yes    # in a script",
         conn,
@@ -567,7 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--yes", action="store_true", help="do not ask (needed when not on a terminal)"
     )
     export = _add(
-        bucket, "export", cmd_bucket_export,
+        bucket,
+        "export",
+        cmd_bucket_export,
         "print the whole bucket, or the value at PATH, as JSON",
         "  kvpio bucket export --output backup.json\n"
         "  kvpio bucket export users/alice > alice.json",
@@ -576,7 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("path", metavar="PATH", nargs="?", help="export only the value at PATH")
     export.add_argument("--output", metavar="F", help="write to F instead of stdout")
     imp = _add(
-        bucket, "import", cmd_bucket_import,
+        bucket,
+        "import",
+        cmd_bucket_import,
         "store every top-level entry of a JSON object file (under PATH if given)",
         "  kvpio bucket import backup.json\n"
         "  kvpio bucket import alice.json users/alice\n\n"
@@ -588,19 +616,33 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("file", metavar="FILE", help="a file holding a JSON object ('-': stdin)")
     imp.add_argument("path", metavar="PATH", nargs="?", help="store the entries below PATH")
     imp.add_argument(
-        "--batch-size", metavar="N", type=int, default=DEFAULT_BATCH_SIZE,
+        "--batch-size",
+        metavar="N",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
         help=f"keys per request (default: {DEFAULT_BATCH_SIZE})",
     )
 
     template = _group(
-        commands, "template", "store and render Jinja2 templates",
+        commands,
+        "template",
+        "store and render Jinja2 templates",
         "  kvpio template set hello 'Hello {{ name }}!'\n  kvpio template get hello",
     )
-    _add(template, "list", cmd_template_list, "list the stored templates' names",
-         "  kvpio template list", conn)
+    _add(
+        template,
+        "list",
+        cmd_template_list,
+        "list the stored templates' names",
+        "  kvpio template list",
+        conn,
+    )
     tget = _add(
-        template, "get", cmd_template_get, "render template NAME (or print its source)",
-        "  kvpio template get hello --data '{\"name\": \"world\"}'\n"
+        template,
+        "get",
+        cmd_template_get,
+        "render template NAME (or print its source)",
+        '  kvpio template get hello --data \'{"name": "world"}\'\n'
         "  kvpio template get hello --raw\n\n"
         "Values for the template are retrieved from your bucket based on variable\n"
         "names found in the template; --data overrides them for this render.",
@@ -610,13 +652,23 @@ def build_parser() -> argparse.ArgumentParser:
     tget.add_argument("--data", metavar="JSON", help="a JSON object overriding bucket values")
     tget.add_argument("--raw", action="store_true", help="print the template un-rendered")
     tset = _add(
-        template, "set", cmd_template_set, "store TEMPLATE under NAME",
-        "  kvpio template set hello 'Hello {{ name }}!'", conn,
+        template,
+        "set",
+        cmd_template_set,
+        "store TEMPLATE under NAME",
+        "  kvpio template set hello 'Hello {{ name }}!'",
+        conn,
     )
     tset.add_argument("name", metavar="NAME")
     tset.add_argument("template", metavar="TEMPLATE", help="Jinja2 template text")
-    tdel = _add(template, "del", cmd_template_del, "delete template NAME",
-                "  kvpio template del hello", conn)
+    tdel = _add(
+        template,
+        "del",
+        cmd_template_del,
+        "delete template NAME",
+        "  kvpio template del hello",
+        conn,
+    )
     tdel.add_argument("name", metavar="NAME")
 
     _add_server_commands(commands)

@@ -359,9 +359,7 @@ def setdefault(state: ClientState, full: str, default: Any) -> Flow[Any]:
     return default if stored else current
 
 
-def popitem(
-    state: ClientState, root: str, full_of: Callable[[str], str]
-) -> Flow[tuple[str, Any]]:
+def popitem(state: ClientState, root: str, full_of: Callable[[str], str]) -> Flow[tuple[str, Any]]:
     """Remove and return the last ``(key, value)`` below ``root`` (``full_of`` gives a
     key's full path); KeyError if empty."""
     for key in reversed((yield from keys(root))):

@@ -41,9 +41,7 @@ def check(value: Any, addressable: bool = False, _depth: int = 0) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise TypeError(
-                    f"object keys must be str, not {type(key).__name__} ({key!r})"
-                )
+                raise TypeError(f"object keys must be str, not {type(key).__name__} ({key!r})")
             if addressable:
                 _check_key(key)
             check(item, addressable, _depth + 1)

@@ -41,9 +41,7 @@ class _Handler(BaseHTTPRequestHandler):
         idle = time.monotonic() - self.answered_at if self.answered_at is not None else 0.0
         if fault.reset_idle_after is not None and idle >= fault.reset_idle_after:
             fault.resets += 1
-            self.connection.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-            )
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True
             return
         super().handle_one_request()

@@ -49,8 +49,6 @@ def run(account: Any, capsys: pytest.CaptureFixture[str]) -> Any:
     return call
 
 
-
-
 def subprocess_env(home: Path, **variables: str) -> dict[str, str]:
     """A clean environment for ``python -m kvpio_mapping``: no key unless given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KVPIO_")}
@@ -63,7 +61,11 @@ def kvpio(*argv: str, env: dict[str, str]) -> Result:
     """Run ``python -m kvpio_mapping`` in ``$HOME`` and return (exit status, stdout, stderr)."""
     done = subprocess.run(
         [sys.executable, "-m", "kvpio_mapping", *argv],
-        env=env, cwd=env["HOME"], capture_output=True, text=True, timeout=60,
+        env=env,
+        cwd=env["HOME"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     return done.returncode, done.stdout, done.stderr
 
@@ -107,7 +109,9 @@ def test_bucket_clear_in_a_script_needs_yes(run: Any) -> None:
     assert run("bucket", "set", "a", "1")[0] == 0
     assert run("template", "set", "t", "{{ a }}")[0] == 0
     assert run("bucket", "clear") == (
-        2, "", "kvpio: not on a terminal, so nobody can confirm: pass --yes\n"
+        2,
+        "",
+        "kvpio: not on a terminal, so nobody can confirm: pass --yes\n",
     )
     assert run("bucket", "list") == (0, '["a"]\n', "")
     assert run("bucket", "clear", "--yes") == (0, "", "")
@@ -116,9 +120,7 @@ def test_bucket_clear_in_a_script_needs_yes(run: Any) -> None:
 
 
 def test_bucket_clear_on_a_terminal_asks_first(kvpio_account: Any, tmp_path: Path) -> None:
-    env = subprocess_env(
-        tmp_path, KVPIO_URL=kvpio_account.url, KVPIO_APIKEY=kvpio_account.api_key
-    )
+    env = subprocess_env(tmp_path, KVPIO_URL=kvpio_account.url, KVPIO_APIKEY=kvpio_account.api_key)
     assert kvpio("bucket", "set", "k", "1", env=env)[0] == 0
     code, shown = on_terminal("bucket", "clear", answer="no", env=env)
     assert code == 2
@@ -341,7 +343,9 @@ def test_import_subtree(run: Any, tmp_path: Path) -> None:
 def test_import_needs_an_object(run: Any, tmp_path: Path) -> None:
     (tmp_path / "list.json").write_text("[1, 2]")
     assert run("bucket", "import", "list.json") == (
-        1, "", "kvpio: list.json must hold a JSON object, not list\n"
+        1,
+        "",
+        "kvpio: list.json must hold a JSON object, not list\n",
     )
     (tmp_path / "bad.json").write_text("{")
     assert run("bucket", "import", "bad.json")[0] == 1
@@ -392,9 +396,23 @@ def test_import_when_the_server_goes_away(tmp_path: Path) -> None:
     with run_server(db=tmp_path / "kv.sqlite3") as server:
         env = subprocess_env(tmp_path, KVPIO_URL=server.url, KVPIO_APIKEY=server.api_key)
         importer = subprocess.Popen(
-            [sys.executable, "-m", "kvpio_mapping", "bucket", "import", "in.json",
-             "--batch-size", "1", "--timeout", "1"],
-            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "kvpio_mapping",
+                "bucket",
+                "import",
+                "in.json",
+                "--batch-size",
+                "1",
+                "--timeout",
+                "1",
+            ],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -437,7 +455,9 @@ def test_written_report() -> None:
 def test_import_under_an_invalid_path(run: Any, tmp_path: Path) -> None:
     (tmp_path / "in.json").write_text('{"a": 1}')
     assert run("bucket", "import", "in.json", "x//y") == (
-        1, "", "kvpio: key path 'x//y' has an empty segment\n"
+        1,
+        "",
+        "kvpio: key path 'x//y' has an empty segment\n",
     )
 
 
@@ -481,15 +501,16 @@ def test_format_json() -> None:
 
 
 def test_pretty_on_a_terminal(kvpio_account: Any, tmp_path: Path) -> None:
-    env = subprocess_env(
-        tmp_path, KVPIO_URL=kvpio_account.url, KVPIO_APIKEY=kvpio_account.api_key
-    )
+    env = subprocess_env(tmp_path, KVPIO_URL=kvpio_account.url, KVPIO_APIKEY=kvpio_account.api_key)
     assert kvpio("bucket", "set", "k", '{"a": [1]}', env=env)[0] == 0
     primary, secondary = pty.openpty()
     try:
         done = subprocess.run(
             [sys.executable, "-m", "kvpio_mapping", "bucket", "get", "k"],
-            env=env, stdout=secondary, stderr=subprocess.PIPE, timeout=60,
+            env=env,
+            stdout=secondary,
+            stderr=subprocess.PIPE,
+            timeout=60,
         )
         os.close(secondary)
         chunks = []
@@ -523,14 +544,18 @@ def test_no_api_key_at_all(tmp_path: Path, kvpio_server: Any) -> None:
 def test_wrong_api_key(tmp_path: Path, kvpio_server: Any) -> None:
     env = subprocess_env(tmp_path, KVPIO_URL=kvpio_server.url, KVPIO_APIKEY="wrong")
     assert kvpio("bucket", "get", "foo", env=env) == (
-        3, "", "kvpio: the server does not know this API key\n"
+        3,
+        "",
+        "kvpio: the server does not know this API key\n",
     )
 
 
 def test_server_down(tmp_path: Path, closed_url: str) -> None:
     env = subprocess_env(tmp_path, KVPIO_URL=closed_url, KVPIO_APIKEY="k")
     assert kvpio("--timeout", "0.5", "bucket", "list", env=env) == (
-        4, "", f"kvpio: cannot reach the server at {closed_url}\n"
+        4,
+        "",
+        f"kvpio: cannot reach the server at {closed_url}\n",
     )
 
 
@@ -543,9 +568,7 @@ def test_key_from_home_file(tmp_path: Path, kvpio_account: Any) -> None:
 
 
 def test_missing_key_exit_status(tmp_path: Path, kvpio_account: Any) -> None:
-    env = subprocess_env(
-        tmp_path, KVPIO_URL=kvpio_account.url, KVPIO_APIKEY=kvpio_account.api_key
-    )
+    env = subprocess_env(tmp_path, KVPIO_URL=kvpio_account.url, KVPIO_APIKEY=kvpio_account.api_key)
     assert kvpio("bucket", "get", "foo", env=env) == (1, "", "kvpio: no such key: foo\n")
 
 
@@ -553,8 +576,17 @@ def test_help(tmp_path: Path) -> None:
     env = subprocess_env(tmp_path)
     code, out, _ = kvpio("--help", env=env)
     assert code == 0
-    for text in ("account", "bucket", "template", "serve", "accounts", "exit status:",
-                 "KVPIO_APIKEY", "~/.kvpio", "kvpio bucket get foo/bar/baz"):
+    for text in (
+        "account",
+        "bucket",
+        "template",
+        "serve",
+        "accounts",
+        "exit status:",
+        "KVPIO_APIKEY",
+        "~/.kvpio",
+        "kvpio bucket get foo/bar/baz",
+    ):
         assert text in out
     code, out, _ = kvpio("bucket", "import", "--help", env=env)
     assert code == 0
@@ -569,9 +601,16 @@ def test_help(tmp_path: Path) -> None:
     "command",
     [
         ["account"],
-        ["bucket", "list"], ["bucket", "get"], ["bucket", "set"], ["bucket", "del"],
-        ["bucket", "export"], ["bucket", "import"],
-        ["template", "list"], ["template", "get"], ["template", "set"], ["template", "del"],
+        ["bucket", "list"],
+        ["bucket", "get"],
+        ["bucket", "set"],
+        ["bucket", "del"],
+        ["bucket", "export"],
+        ["bucket", "import"],
+        ["template", "list"],
+        ["template", "get"],
+        ["template", "set"],
+        ["template", "del"],
     ],
 )
 def test_every_command_explains_itself(

@@ -29,8 +29,9 @@ SETTINGS = ("api_key", "api_ver", "api_base", "load_json")
 @pytest.fixture(autouse=True)
 def _restore_settings() -> Iterator[None]:
     """Both modules' globals are put back after every test."""
-    saved = {module: {name: getattr(module, name) for name in SETTINGS}
-             for module in (original, compat)}
+    saved = {
+        module: {name: getattr(module, name) for name in SETTINGS} for module in (original, compat)
+    }
     yield
     for module, settings in saved.items():
         for name, value in settings.items():
@@ -44,8 +45,6 @@ def kvpio(request: pytest.FixtureRequest, kvpio_account: Any) -> Any:
     module.api_base = kvpio_account.url
     module.api_key = kvpio_account.api_key
     return module
-
-
 
 
 # ---------------------------------------------------------------- the README
@@ -88,7 +87,6 @@ BUCKET_VECTORS = [
     ({"bar": {"baz": 123}}, [("foo/bar/baz", 123)]),
     (NESTED, [("foo/1", 1), ("foo/2/10", "Ten"), ("foo/2/20/1", 46)]),
 ]
-
 
 
 @pytest.mark.parametrize(("stored", "reads"), BUCKET_VECTORS)

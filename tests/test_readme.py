@@ -118,8 +118,6 @@ def test_python_examples_run_as_written() -> None:
         assert runner.failures == 0, "".join(output)
 
 
-@pytest.mark.parametrize(
-    "block", [b for b in _blocks("python") if ">>> " not in b.body], ids=str
-)
+@pytest.mark.parametrize("block", [b for b in _blocks("python") if ">>> " not in b.body], ids=str)
 def test_python_illustration_compiles(block: Block) -> None:
     compile(block.body, str(block), "exec")

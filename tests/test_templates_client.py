@@ -186,7 +186,6 @@ def test_a_template_with_a_syntax_error_is_refused(store):
 # the contract's rows (kvpio-v1.md)
 
 
-
 @pytest.mark.parametrize(("source", "foo", "rendered"), TEMPLATE_ROWS)
 def test_the_contracts_template_rows_render_from_the_bucket(store, bucket, source, foo, rendered):
     bucket["foo"] = foo

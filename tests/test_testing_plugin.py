@@ -12,14 +12,14 @@ import pytest
 from kvpio_mapping import KVBucket
 from kvpio_mapping.testing import run_server, start_server
 
-USER_TEST = '''
+USER_TEST = """
 from kvpio_mapping import KVBucket
 
 def test_counter(kvpio_account):
     bucket = KVBucket(kvpio_account.url, kvpio_account.api_key)
     bucket["hits"] = 1
     assert bucket["hits"] == 1
-'''
+"""
 
 
 @pytest.mark.slow
@@ -30,7 +30,11 @@ def test_a_test_session_with_the_plugin_leaves_no_temporary_directory(tmp_path: 
     env = {**os.environ, "TMPDIR": str(scratch)}
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_user.py"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert [path.name for path in scratch.iterdir() if path.name.startswith("kvpio-")] == []

@@ -199,8 +199,18 @@ def follow(value: Any, route: tuple[Any, ...]) -> Any:
 
 DICT_MUTATIONS = ["set", "del", "pop", "popitem", "setdefault", "update", "clear", "ior"]
 LIST_MUTATIONS = [
-    "append", "set", "del", "pop", "insert", "extend", "iadd", "reverse", "clear", "remove",
-    "slice", "imul",
+    "append",
+    "set",
+    "del",
+    "pop",
+    "insert",
+    "extend",
+    "iadd",
+    "reverse",
+    "clear",
+    "remove",
+    "slice",
+    "imul",
 ]
 
 

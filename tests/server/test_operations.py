@@ -101,11 +101,14 @@ def test_metrics_of_a_two_worker_server_count_the_requests_of_both_workers() -> 
         ]
         assert count == [41]
         deadline = time.monotonic() + 10  # pool and cache counts reach the metrics each second
-        while sum(
-            value
-            for labels, value in samples(server, "kvpio_cache_lookups_total")
-            if labels["cache"] == "auth"
-        ) != 41:
+        while (
+            sum(
+                value
+                for labels, value in samples(server, "kvpio_cache_lookups_total")
+                if labels["cache"] == "auth"
+            )
+            != 41
+        ):
             assert time.monotonic() < deadline, "the auth cache lookups were not counted"
             time.sleep(0.2)
 

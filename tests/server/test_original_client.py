@@ -20,7 +20,6 @@ BUCKET_VECTORS = [
 ]
 
 
-
 @pytest.fixture
 def client(kvpio_account: TestAccount) -> Iterator[Any]:
     """The ``kvpio`` module pointed at a fresh account, with ``load_json`` on."""

@@ -49,9 +49,7 @@ def test_processes_opening_a_new_database_at_once_upgrade_it_once(
     kvpio_postgres_db: str,
 ) -> None:
     command = [sys.executable, "-c", "import sys; " + _OPEN, kvpio_postgres_db]
-    children = [
-        subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(6)
-    ]
+    children = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(6)]
     for child in children:
         _, err = child.communicate(timeout=60)
         assert child.returncode == 0, err
@@ -129,8 +127,7 @@ def test_conflicts_are_run_again_a_bounded_number_of_times(kvpio_postgres_db: st
         nonlocal runs
         runs += 1
         conn.execute(
-            "DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = 'serialization_failure';"
-            " END $$"
+            "DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = 'serialization_failure'; END $$"
         )
 
     try:

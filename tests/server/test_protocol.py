@@ -26,7 +26,6 @@ VECTORS = [
 ]
 
 
-
 def assert_empty(response: requests.Response) -> None:
     assert response.status_code == 200, response.text
     assert response.content == b""

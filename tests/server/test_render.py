@@ -52,7 +52,6 @@ def assert_still_works(renderer: Renderer) -> None:
 # --- the contract's rows -------------------------------------------------------------
 
 
-
 @pytest.mark.parametrize(("source", "foo", "expected"), TEMPLATE_ROWS)
 def test_contract_rows(renderer: Renderer, source: str, foo: Any, expected: str) -> None:
     assert render(renderer, source, {"foo": foo}) == expected

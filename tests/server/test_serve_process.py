@@ -31,7 +31,11 @@ def kvpio(*argv: str, home: Path, timeout: float = 20) -> tuple[int, str, str]:
     env["HOME"] = str(home)
     done = subprocess.run(
         [sys.executable, "-m", "kvpio_mapping", *argv],
-        env=env, cwd=home, capture_output=True, text=True, timeout=timeout,
+        env=env,
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     return done.returncode, done.stdout, done.stderr
 
@@ -100,7 +104,10 @@ def test_of_two_servers_started_at_once_on_a_port_one_serves(tmp_path: Path) -> 
     processes = [
         subprocess.Popen(
             [*command, f"--db={tmp_path / name}", "--workers=2"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
         for name in ("a.sqlite3", "b.sqlite3")
     ]
@@ -259,7 +266,10 @@ def test_the_start_up_line_names_the_database(tmp_path: Path) -> None:
     db = tmp_path / "kv.sqlite3"
     process = subprocess.Popen(
         [sys.executable, "-m", "kvpio_mapping.server", "serve", "--port", "0", "--db", str(db)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         assert process.stdout is not None

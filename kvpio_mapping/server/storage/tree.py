@@ -454,9 +454,7 @@ class TreeStorage(Storage):
     # the tree: lookup, rendering, planning rows
 
     @staticmethod
-    def _locate(
-        conn: Connection, account: str, path: Path
-    ) -> tuple[list[_Node], list[str]]:
+    def _locate(conn: Connection, account: str, path: Path) -> tuple[list[_Node], list[str]]:
         """The stored rows from the top down to ``path`` or its deepest stored ancestor.
 
         Also returns the segments with positions below split arrays in their
@@ -697,9 +695,7 @@ class TreeStorage(Storage):
                 (account, path + b"\x00", path + b"\x01"),
             )
 
-    def _adjust(
-        self, conn: Connection, account: str, ancestors: list[_Node], delta: int
-    ) -> None:
+    def _adjust(self, conn: Connection, account: str, ancestors: list[_Node], delta: int) -> None:
         """Add ``delta`` to the size of split ancestors; merge the highest that got small."""
         if not ancestors or delta == 0:
             return
@@ -738,9 +734,7 @@ class TreeStorage(Storage):
     # runs
 
     @staticmethod
-    def _find_run(
-        conn: Connection, account: str, container: _Node, segment: str
-    ) -> _Run | None:
+    def _find_run(conn: Connection, account: str, container: _Node, segment: str) -> _Run | None:
         """The run holding the child ``segment`` of a split container, if one does."""
         if container.kind == OBJECT:
             row = conn.execute(_MEMBER_RUN, (account, _child(container.path, segment))).fetchone()
@@ -1194,9 +1188,7 @@ class TreeStorage(Storage):
             self._add_child(conn, account, chain, last_row, pos, segment, segment, child)
         return True
 
-    def _delete(
-        self, conn: Connection, account: str, path: Path, return_value: bool
-    ) -> str | None:
+    def _delete(self, conn: Connection, account: str, path: Path, return_value: bool) -> str | None:
         """Remove the value at ``path``; its JSON text if ``return_value`` and it was there."""
         chain, segments = self._locate(conn, account, path)
         depth = len(chain)
@@ -1271,9 +1263,7 @@ class TreeStorage(Storage):
             entry += 1  # the comma that separated it from a sibling
         self._adjust(conn, account, chain[:-1], -entry)
 
-    def _shift_items(
-        self, conn: Connection, account: str, array: bytes, removed: int
-    ) -> None:
+    def _shift_items(self, conn: Connection, account: str, array: bytes, removed: int) -> None:
         """Move the items after index ``removed`` of a split array up by one.
 
         Its later runs only change ``pos``; its later items with rows of their
