@@ -194,7 +194,7 @@ class Server:
         self.storage = storage
         self.max_body = max_body
         self.limits = limits
-        self.feed = Feed(storage, streams)
+        self.feed = Feed(storage, streams, self.small)
         self.renderer: Renderer | None = None
         self._writer = ThreadPoolExecutor(
             max_workers=storage.write_threads, thread_name_prefix="kvpio-write"
@@ -255,10 +255,16 @@ class Server:
         self._auth[header] = (account, now + AUTH_CACHE_SECONDS)
         return account
 
-    def still_allowed(self, req: falcon.asgi.Request, account: str) -> Callable[[], bool]:
+    def still_allowed(
+        self, req: falcon.asgi.Request, account: str
+    ) -> Callable[[], Awaitable[bool]]:
         """A check that the request's API key still opens ``account`` (for long-lived answers)."""
         user = api_key(req.get_header("Authorization") or "")
-        return lambda: user is not None and self.storage.authenticate(user) == account
+
+        async def check() -> bool:
+            return user is not None and await self.small(self.storage.authenticate, user) == account
+
+        return check
 
     def count_read(self, account: str) -> None:
         self._pending[account] += 1
@@ -497,7 +503,7 @@ class BucketResource(_Resource):
         since, snapshot = _feed_start(req)
         accept = req.get_header("Accept")
         if accept is not None and EVENT_STREAM in accept and req.method == "GET":
-            self.watch(req, resp, account, path, since, snapshot)
+            await self.watch(req, resp, account, path, since, snapshot)
             return
         if req.query_string:
             keys = _flag(req, "keys")
@@ -522,7 +528,7 @@ class BucketResource(_Resource):
 
     on_head = on_get
 
-    def watch(
+    async def watch(
         self,
         req: falcon.asgi.Request,
         resp: falcon.asgi.Response,
@@ -534,7 +540,7 @@ class BucketResource(_Resource):
         """Answer with the change feed of ``path`` (docs/protocol.md, "Live")."""
         server = self.server
         resp.set_header("Cache-Control", "no-store")
-        resp.sse = server.feed.open(
+        resp.sse = await server.feed.open(
             account, path, last_id, snapshot, server.still_allowed(req, account)
         )
 

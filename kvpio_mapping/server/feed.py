@@ -8,6 +8,9 @@ so the hint only ever saves time. The follower hands each batch to the
 account's streams; each stream keeps its own cursor (the last revision it
 sent), picks the changes that touch its path, and reads the value again
 when a change cannot be shown from the log alone.
+
+Every storage call goes through the worker's :class:`Runner`, so a storage
+whose reads wait on the network (PostgreSQL) never holds the event loop.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 import falcon
 from falcon.asgi import SSEvent
@@ -31,6 +34,8 @@ from .storage import Storage
 from .storage.base import Change, UnknownAccountError
 
 log = logging.getLogger("kvpio.server")
+
+T = TypeVar("T")
 
 POLL_SECONDS: Final = 0.02
 """How often a worker reads the change log of an account with open streams."""
@@ -58,6 +63,12 @@ class StreamLimits:
     per_worker: int = 500
     per_account: int = 100
     keepalive: float = 5.0
+
+
+class Runner(Protocol):
+    """Runs a storage read: on the event loop, or in a thread when reads wait on the network."""
+
+    def __call__(self, func: Callable[..., T], /, *args: Any) -> Awaitable[T]: ...
 
 
 Relation = Literal["below", "above", "unrelated", "reread"]
@@ -124,7 +135,7 @@ def event_for(watched: Path, change: Change) -> tuple[str, str] | None:
 class _Stream:
     """One open stream: its queue of batches from the follower, and its API key's check."""
 
-    def __init__(self, account: str, still_allowed: Callable[[], bool]) -> None:
+    def __init__(self, account: str, still_allowed: Callable[[], Awaitable[bool]]) -> None:
         self.account = account
         self.still_allowed = still_allowed
         self.queue: asyncio.Queue[_Batch | str] = asyncio.Queue(BACKLOG)
@@ -160,14 +171,14 @@ class _Follower:
             self.end_all("server error")
 
     async def follow(self) -> None:
-        storage = self.feed.storage
+        storage, run = self.feed.storage, self.feed.run
         while self.streams:
             ending = self.ending()
             if ending is not None:
                 self.end_all(ending)
                 return
             try:
-                answer = storage.changes(self.account, self.since)
+                answer = await run(storage.changes, self.account, self.since)
             except UnknownAccountError:
                 self.end_all("account deleted")
                 return
@@ -182,9 +193,9 @@ class _Follower:
                     if index % FANOUT_SLICE == 0:
                         # Let other requests in between slices of a large fan-out.
                         await asyncio.sleep(0)
-                if answer.complete and answer.revision < storage.revision(self.account):
+                if answer.complete and answer.revision < await run(storage.revision, self.account):
                     continue
-            self.tend()
+            await self.tend()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), POLL_SECONDS)
             self.wake.clear()
@@ -192,7 +203,7 @@ class _Follower:
     def ending(self) -> str | None:
         return "server closing" if closing.is_set() or self.feed.closed else None
 
-    def tend(self) -> None:
+    async def tend(self) -> None:
         """Ping the streams idle for a keep-alive period; check the API keys once a second.
 
         The pings come from here, not from a timed wait in each stream: no
@@ -205,7 +216,7 @@ class _Follower:
                 stream.offer("ping")
             if now - stream.checked >= AUTH_SECONDS:
                 stream.checked = now
-                if not stream.still_allowed():
+                if not await stream.still_allowed():
                     stream.offer("key revoked")
 
     def end_all(self, reason: str) -> None:
@@ -216,9 +227,10 @@ class _Follower:
 class Feed:
     """The streams of one worker, bounded in all and per account."""
 
-    def __init__(self, storage: Storage, limits: StreamLimits) -> None:
+    def __init__(self, storage: Storage, limits: StreamLimits, run: Runner) -> None:
         self.storage = storage
         self.limits = limits
+        self.run = run
         self.closed = False
         self._followers: dict[str, _Follower] = {}
         self._open = 0
@@ -235,17 +247,21 @@ class Feed:
         for follower in self._followers.values():
             follower.wake.set()
 
-    def open(
+    async def open(
         self,
         account: str,
         path: Path,
         last_id: int | None,
         snapshot: bool,
-        still_allowed: Callable[[], bool],
+        still_allowed: Callable[[], Awaitable[bool]],
     ) -> AsyncIterator[SSEvent | None]:
         """The events of a new stream of ``path``; 503 when this worker has too many."""
-        limits = self.limits
         follower = self._followers.get(account)
+        since = None
+        if follower is None or follower.task.done():
+            since = await self.run(self.storage.revision, account)
+            follower = self._followers.get(account)  # another stream may have started one
+        limits = self.limits
         if self._open >= limits.per_worker or (
             follower is not None and len(follower.streams) >= limits.per_account
         ):
@@ -253,7 +269,8 @@ class Feed:
                 description="too many open streams; retry later", retry_after=RETRY_AFTER
             )
         if follower is None or follower.task.done():
-            follower = _Follower(self, account, self.storage.revision(account))
+            assert since is not None
+            follower = _Follower(self, account, since)
             self._followers[account] = follower
         stream = _Stream(account, still_allowed)
         follower.streams.add(stream)
@@ -269,7 +286,7 @@ class Feed:
         snapshot: bool,
     ) -> AsyncIterator[SSEvent | None]:
         try:
-            async for event in _Emitter(self.storage, stream, path, snapshot).run(last_id):
+            async for event in _Emitter(self, stream, path, snapshot).run(last_id):
                 yield event
         finally:
             self._open -= 1
@@ -282,8 +299,9 @@ class Feed:
 class _Emitter:
     """Turns one stream's batches into events, keeping its cursor (the revision last sent)."""
 
-    def __init__(self, storage: Storage, stream: _Stream, path: Path, snapshot: bool) -> None:
-        self.storage = storage
+    def __init__(self, feed: Feed, stream: _Stream, path: Path, snapshot: bool) -> None:
+        self.storage = feed.storage
+        self.run_read = feed.run
         self.stream = stream
         self.path = path
         self.snapshot = snapshot
@@ -293,21 +311,21 @@ class _Emitter:
         account = self.stream.account
         if last_id is None:
             if self.snapshot:
-                for event in self.fresh(reset=False):
+                for event in await self.fresh(reset=False):
                     yield event
             else:
-                self.cursor = self.storage.revision(account)
+                self.cursor = await self.run_read(self.storage.revision, account)
         else:
             self.cursor = last_id
             while True:
-                answer = self.storage.changes(account, self.cursor)
+                answer = await self.run_read(self.storage.changes, account, self.cursor)
                 if not answer.complete:
-                    for event in self.fresh(reset=True):
+                    for event in await self.fresh(reset=True):
                         yield event
                     break
                 if answer.revision == self.cursor:
                     break
-                block = self.changes(answer.changes, answer.revision)
+                block = await self.changes(answer.changes, answer.revision)
                 if block:
                     yield _Block(block)
         yield SSEvent(event="ready", text="{}", event_id=str(self.cursor))
@@ -320,7 +338,7 @@ class _Emitter:
             if stream.behind:
                 item = "too far behind"
             if item == "gap":
-                for event in self.fresh(reset=True):
+                for event in await self.fresh(reset=True):
                     yield event
             elif isinstance(item, str):
                 yield SSEvent(
@@ -328,13 +346,13 @@ class _Emitter:
                 )
                 return
             else:
-                block = self.shared(item)
+                block = await self.shared(item)
                 if block:
                     yield _Block(block)
 
-    def fresh(self, *, reset: bool) -> list[SSEvent]:
+    async def fresh(self, *, reset: bool) -> list[SSEvent]:
         """A snapshot of the watched value (or only its revision, when no value is wanted)."""
-        text, revision = self.storage.read(self.stream.account, self.path)
+        text, revision = await self.run_read(self.storage.read, self.stream.account, self.path)
         self.cursor = revision
         parts = []
         if self.snapshot:
@@ -343,7 +361,7 @@ class _Emitter:
             parts.append('"reset":true')
         return [SSEvent(event="snapshot", text="{" + ",".join(parts) + "}", event_id=str(revision))]
 
-    def changes(self, batch: list[Change], reached: int | None) -> bytes:
+    async def changes(self, batch: list[Change], reached: int | None) -> bytes:
         """The events of a batch after the cursor, as one block; ``id`` goes on each
         revision's last event, so a resume never splits a commit."""
         shown: list[tuple[str, str]] = []
@@ -353,7 +371,9 @@ class _Emitter:
                 continue
             found = event_for(self.path, change)
             if found is REREAD:
-                text, revision = self.storage.read(self.stream.account, self.path)
+                text, revision = await self.run_read(
+                    self.storage.read, self.stream.account, self.path
+                )
                 shown = []
                 event, data = _delete(()) if text is None else _put((), text)
                 out.append(f"event: {event}\nid: {revision}\ndata: {data}\n\n")
@@ -371,12 +391,12 @@ class _Emitter:
             self.cursor = reached
         return "".join(out).encode()
 
-    def shared(self, batch: _Batch) -> bytes:
+    async def shared(self, batch: _Batch) -> bytes:
         """:meth:`changes` of a follower's batch, computed once for the streams alike."""
         key = (self.path, self.cursor)
         found = batch.shown.get(key)
         if found is None:
-            block = self.changes(batch.changes, None)
+            block = await self.changes(batch.changes, None)
             batch.shown[key] = (block, self.cursor)
             return block
         block, self.cursor = found

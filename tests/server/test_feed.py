@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import requests
@@ -22,6 +22,8 @@ from kvpio_mapping.server.storage import MemoryStorage
 from kvpio_mapping.server.storage.base import Change
 from kvpio_mapping.testing import Api, RunningServer, TestAccount, new_account, run_server
 from kvpio_mapping.watch import Event, parse_events
+
+T = TypeVar("T")
 
 STREAM = {"Accept": "text/event-stream"}
 
@@ -299,10 +301,17 @@ def test_a_write_through_another_worker_reaches_the_stream(
 # the feed in process, over the memory backend
 
 
+async def _on_loop(func: Callable[..., T], /, *args: Any) -> T:
+    return func(*args)
+
+
 async def _first(
     feed: Feed, count: int, allowed: Callable[[], bool] = lambda: True
 ) -> list[SSEvent | None]:
-    stream = feed.open("a", (), None, True, allowed)
+    async def still_allowed() -> bool:
+        return allowed()
+
+    stream = await feed.open("a", (), None, True, still_allowed)
     try:
         return [await asyncio.wait_for(stream.__anext__(), 5) for _ in range(count)]
     finally:
@@ -313,13 +322,65 @@ def _feed(keepalive: float = 5.0) -> Feed:
     storage = MemoryStorage()
     storage.create_account("a", "", "a-key")
     storage.set("a", ("x",), 1)
-    return Feed(storage, StreamLimits(keepalive=keepalive))
+    return Feed(storage, StreamLimits(keepalive=keepalive), _on_loop)
 
 
 def test_an_idle_stream_gets_keepalives_carrying_its_revision() -> None:
     ping = asyncio.run(_first(_feed(keepalive=0.05), 3))[2]
     assert ping is not None
     assert (ping.comment, ping.event_id) == ("keep-alive", "1")
+
+
+class _OffLoopStorage(MemoryStorage):
+    """A storage that fails any read a stream makes on the event loop's thread."""
+
+    loop_thread: threading.Thread | None = None
+
+    def _off_loop(self) -> None:
+        assert threading.current_thread() is not self.loop_thread
+
+    def read(self, *args: Any, **kwargs: Any) -> Any:
+        self._off_loop()
+        return super().read(*args, **kwargs)
+
+    def changes(self, *args: Any, **kwargs: Any) -> Any:
+        self._off_loop()
+        return super().changes(*args, **kwargs)
+
+    def revision(self, *args: Any, **kwargs: Any) -> Any:
+        self._off_loop()
+        return super().revision(*args, **kwargs)
+
+
+def test_every_storage_call_of_a_stream_goes_through_the_workers_runner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A storage whose reads wait on the network (PostgreSQL) must never hold the loop.
+    monkeypatch.setattr(feed_module, "AUTH_SECONDS", 0.01)
+    storage = _OffLoopStorage()
+    storage.create_account("a", "", "a-key")
+    storage.set("a", ("x",), 1)
+
+    async def in_thread(func: Callable[..., T], /, *args: Any) -> T:
+        return await asyncio.to_thread(func, *args)
+
+    async def scenario() -> list[SSEvent | None]:
+        storage.loop_thread = threading.current_thread()
+        feed = Feed(storage, StreamLimits(keepalive=0.05), in_thread)
+        stream = await feed.open("a", (), 0, True, lambda: in_thread(lambda: True))
+        try:
+            events = [await asyncio.wait_for(stream.__anext__(), 5) for _ in range(2)]
+            await asyncio.to_thread(storage.set, "a", ("y",), 2)
+            feed.poke("a")
+            events.append(await asyncio.wait_for(stream.__anext__(), 5))
+            return events
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    events = asyncio.run(scenario())
+    replayed, ready, change = (event.serialize() if event else b"" for event in events)
+    assert b"event: put" in replayed and b"event: ready" in ready
+    assert b'"data":2' in change, change
 
 
 def test_a_key_no_longer_accepted_ends_the_stream(monkeypatch: pytest.MonkeyPatch) -> None:
