@@ -218,14 +218,14 @@ def _open(args: argparse.Namespace, command: str, *, create: bool = False) -> An
 
 
 def _create(args: argparse.Namespace) -> int:
-    from .storage import AccountExistsError
+    from .storage import AccountExistsError, InvalidAccountError
 
     storage = _open(args, "accounts create", create=True)
     if storage is None:
         return 1
     try:
         key = storage.create_account(args.id, args.email, args.api_key)
-    except AccountExistsError as exc:
+    except (AccountExistsError, InvalidAccountError) as exc:
         sys.stderr.write(f"kvpio accounts create: {exc}\n")
         return 1
     finally:

@@ -31,6 +31,7 @@ from kvpio_mapping.errors import InvalidPathError
 from kvpio_mapping.paths import MISSING, Path, delete_in, get_in, set_in
 from kvpio_mapping.server.storage import (
     AccountExistsError,
+    InvalidAccountError,
     MemoryStorage,
     Storage,
     UnknownAccountError,
@@ -413,6 +414,27 @@ def test_ensure_account_with_id_taken_by_another_key_raises(storage: Storage) ->
     storage.create_account("dev", "", "k1")
     with pytest.raises(AccountExistsError):
         storage.ensure_account("k2", "dev")
+
+
+@pytest.mark.parametrize(
+    ("id", "email"),
+    [("", ""), ("a\x00b", ""), ("ok", "a\x00@example.com"), ("tab\there", ""), ("x" * 257, "")],
+)
+def test_an_account_id_or_email_no_backend_can_store_is_refused(
+    storage: Storage, id: str, email: str
+) -> None:
+    with pytest.raises(InvalidAccountError):
+        storage.create_account(id, email, "k1")
+    with pytest.raises(InvalidAccountError):
+        storage.ensure_account("k1", id, email)
+    assert storage.list_accounts() == []
+    assert storage.authenticate("k1") is None
+
+
+def test_an_account_id_may_be_any_printable_text(storage: Storage) -> None:
+    for id in ("café", "a b/c", "x" * 256, "\U0001f600"):
+        storage.create_account(id, "é@example.com", f"key-{id}")
+        assert storage.authenticate(f"key-{id}") == id
 
 
 def test_wrong_key_does_not_authenticate(storage: Storage, acct: str) -> None:

@@ -7,6 +7,7 @@ from typing import Final
 from .base import (
     Account,
     AccountExistsError,
+    InvalidAccountError,
     Storage,
     StorageBusyError,
     StorageError,
@@ -20,6 +21,7 @@ __all__ = [
     "POSTGRES_SCHEMES",
     "Account",
     "AccountExistsError",
+    "InvalidAccountError",
     "MemoryStorage",
     "Storage",
     "StorageBusyError",

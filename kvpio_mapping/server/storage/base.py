@@ -63,6 +63,29 @@ class AccountExistsError(ValueError):
     """An account with that id, or that API key, exists already."""
 
 
+class InvalidAccountError(ValueError):
+    """An account id or e-mail address that no backend can store the same way."""
+
+
+MAX_ACCOUNT_FIELD: Final = 256
+"""Characters an account id or e-mail address may have."""
+
+
+def check_account(id: str, email: str) -> None:
+    """Refuse an account id or e-mail address that some backend cannot store the same way.
+
+    PostgreSQL text cannot hold NUL, and control characters in an id would
+    garble every log line and listing that names the account.
+    """
+    if not id:
+        raise InvalidAccountError("an account id cannot be empty")
+    for what, text in (("account id", id), ("e-mail address", email)):
+        if len(text) > MAX_ACCOUNT_FIELD:
+            raise InvalidAccountError(f"an {what} is at most {MAX_ACCOUNT_FIELD} characters")
+        if any(ord(char) < 32 or 127 <= ord(char) < 160 for char in text):
+            raise InvalidAccountError(f"the {what} {text!r} contains a control character")
+
+
 class UnknownAccountError(KeyError):
     """No account has that id (say, it was deleted while a request was on its way)."""
 

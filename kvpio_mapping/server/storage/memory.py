@@ -28,6 +28,7 @@ from .base import (
     UnknownAccountError,
     appendable,
     changes_after,
+    check_account,
     check_operation,
     failure,
     hash_key,
@@ -70,6 +71,7 @@ class MemoryStorage(Storage):
         self._accounts: dict[str, _Account] = {}
 
     def create_account(self, id: str, email: str, api_key: str | None = None) -> str:
+        check_account(id, email)
         key = api_key if api_key is not None else new_key()
         digest = hash_key(key)
         with self._lock:
@@ -79,6 +81,7 @@ class MemoryStorage(Storage):
         return key
 
     def ensure_account(self, api_key: str, id: str = "default", email: str = "") -> str:
+        check_account(id, email)
         with self._lock:
             found = self._find(hash_key(api_key))
             if found is not None:

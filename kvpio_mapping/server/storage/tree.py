@@ -96,6 +96,7 @@ from .base import (
     Storage,
     UnknownAccountError,
     appendable,
+    check_account,
     check_operation,
     failure,
     hash_key,
@@ -335,6 +336,7 @@ class TreeStorage(Storage):
     # accounts
 
     def create_account(self, id: str, email: str, api_key: str | None = None) -> str:
+        check_account(id, email)
         key = api_key if api_key is not None else new_key()
         digest = hash_key(key)
         with self._write() as conn:
@@ -349,6 +351,7 @@ class TreeStorage(Storage):
         return key
 
     def ensure_account(self, api_key: str, id: str = "default", email: str = "") -> str:
+        check_account(id, email)
         digest = hash_key(api_key)
         with self._write() as conn:
             found = self._find(conn, digest)
