@@ -8,6 +8,7 @@ gets a fresh account on the real server of the ``kvpio_server`` fixture.
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from hypothesis.stateful import (
 
 from kvpio_mapping import InvalidPathError, KVBucket
 from kvpio_mapping.paths import MISSING, delete_in, get_in, parse, set_in
-from kvpio_mapping.testing import new_account
+from kvpio_mapping.testing import new_account, run_server
 
 SEGMENTS = st.sampled_from(["a", "1", "2"])
 TOP_KEYS = st.sampled_from(["a", "b", "1"])
@@ -45,6 +46,7 @@ VALUES = st.recursive(
     max_leaves=6,
 )
 ABSENT = "<absent>"
+KEY = "hosts-key"
 
 
 def every_path(data: dict[str, Any]) -> list[str]:
@@ -75,19 +77,31 @@ def outcome(call):
 
 
 class BucketMachine(RuleBasedStateMachine):
-    """Set ``server`` and ``ttl`` in a subclass."""
+    """Set ``server`` and ``ttl`` in a subclass, and ``hosts`` to spread the calls over several.
+
+    With hosts, each use of :attr:`bucket` is a client of the next host in turn,
+    so every step reads back through another host what one host wrote.
+    """
 
     server: Any = None
+    hosts: tuple[Any, ...] = ()
     ttl: float = 5.0
 
     def __init__(self) -> None:
         super().__init__()
         account = new_account(self.server)
-        self.bucket = KVBucket(account.url, account.api_key, ttl=self.ttl)
+        self.buckets = [
+            KVBucket(host.url, account.api_key, ttl=self.ttl) for host in self.hosts
+        ] or [KVBucket(account.url, account.api_key, ttl=self.ttl)]
+        self.turns = itertools.count()
         # Checks through a second, uncached client leave the bucket's cache as the rules made it.
         self.server_view = KVBucket(account.url, account.api_key, ttl=0)
         self.model: dict[str, Any] = {}
         self.seen: set[str] = set()
+
+    @property
+    def bucket(self) -> KVBucket:
+        return self.buckets[next(self.turns) % len(self.buckets)]
 
     def model_set(self, path: str, value: Any) -> bool:
         """Apply a write to the model; False (model unchanged) where the bucket must refuse it."""
@@ -220,3 +234,23 @@ def test_random_operations_keep_the_bucket_equal_to_a_dict_model(kvpio_server, t
         machine,
         settings=settings(max_examples=25, stateful_step_count=30, deadline=None),
     )
+
+
+@pytest.mark.slow
+def test_random_operations_through_three_hosts_on_postgresql_keep_a_dict_model(
+    kvpio_postgres_db: str,
+) -> None:
+    with (
+        run_server(db=kvpio_postgres_db, api_key=KEY, workers=2) as first,
+        run_server(db=kvpio_postgres_db, api_key=KEY) as second,
+        run_server(db=kvpio_postgres_db, api_key=KEY) as third,
+    ):
+        machine = type(
+            "Machine",
+            (BucketMachine,),
+            {"server": first, "hosts": (first, second, third), "ttl": 0},
+        )
+        run_state_machine_as_test(
+            machine,
+            settings=settings(max_examples=10, stateful_step_count=30, deadline=None),
+        )
