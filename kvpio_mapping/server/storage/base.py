@@ -1,7 +1,7 @@
 """The storage interface: accounts, bucket values and templates, nothing of HTTP.
 
 Every backend implements :class:`Storage` and passes the one conformance
-suite in ``tests/server/test_storage_conformance.py``. Paths arrive already
+suite, :mod:`kvpio_mapping.testing.storage`. Paths arrive already
 validated as tuples of segments (:mod:`kvpio_mapping.paths`); values arrive
 decoded and checked (:mod:`kvpio_mapping.values`) and leave as compact JSON
 text, so a read can be sent without decoding it again.
@@ -258,10 +258,12 @@ def logged_commit(
     alone are too many. So does a commit of several changes with a
     ``reread`` among them: a follower reads a ``reread`` path after the whole
     commit, which would lose what the commit did there before its later
-    changes (say, the order in which it created keys).
+    changes (say, the order in which it created keys). A delete counts as a
+    change of its parent: a key deleted and made again moves to the end.
     """
     if len(operations) > LOGGED_ENTRIES:
-        return [("reread", _common_ancestor(op.path for op in operations), None)]
+        reach = (_reach(op.kind, op.path) for op in operations)
+        return [("reread", _common_ancestor(reach), None)]
     entries = [
         entry
         for operation, result in zip(operations, results, strict=True)
@@ -269,8 +271,14 @@ def logged_commit(
     ]
     too_many = len(entries) > LOGGED_ENTRIES
     if too_many or (len(entries) > 1 and any(kind == "reread" for kind, _, _ in entries)):
-        return [("reread", _common_ancestor(at for _, at, _ in entries), None)]
+        reach = (_reach(kind, at) for kind, at, _ in entries)
+        return [("reread", _common_ancestor(reach), None)]
     return entries
+
+
+def _reach(kind: str, path: Path) -> Path:
+    """The highest path a change of ``kind`` at ``path`` can alter, key order included."""
+    return path[:-1] if kind in ("delete", "pop") else path
 
 
 def _common_ancestor(found: Iterable[Path]) -> Path:

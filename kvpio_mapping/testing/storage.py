@@ -1,26 +1,29 @@
-"""One conformance suite for every storage backend.
+"""The storage conformance suite: every backend must pass it (memory, SQLite, PostgreSQL).
 
-Each test runs against :class:`MemoryStorage` (the reference behaviour),
-:class:`SQLiteStorage` and :class:`PostgresStorage` (on the session's
-PostgreSQL server, a fresh database per test); the SQLite-only tests at the
-end cover what only a database file has (several connections, threads, processes, durability).
+A new backend reuses it the way SQLAlchemy dialects reuse theirs: a test module
+that imports every test and provides a ``storage`` fixture yielding a fresh,
+empty instance of the backend::
+
+    import pytest
+    from kvpio_mapping.testing.storage import *  # noqa: F403
+
+    @pytest.fixture
+    def storage():
+        made = MyStorage(...)
+        yield made
+        made.close()
+
 Values are compared as the JSON text the storages return, which must be
-byte-identical across backends.
+byte-identical across backends; the random tests compare the backend with
+:class:`~kvpio_mapping.server.storage.MemoryStorage`, the reference. Needs
+pytest and Hypothesis (the ``test`` extra).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import sqlite3
-import subprocess
-import sys
-import threading
 import uuid
-from collections.abc import Iterator
-from pathlib import Path as FilePath
-from typing import Any
+from typing import Any, Final
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -51,10 +54,7 @@ from kvpio_mapping.server.storage.base import (
     Operation,
     hash_key,
 )
-from kvpio_mapping.server.storage.postgres import PostgresStorage
-from kvpio_mapping.server.storage.sqlite import BLOB_THRESHOLD, SQLiteStorage
-
-ROOT = FilePath(__file__).resolve().parents[2]
+from kvpio_mapping.server.storage.tree import BLOB_THRESHOLD
 
 
 def p(key: str) -> Path:
@@ -64,18 +64,6 @@ def p(key: str) -> Path:
 def j(value: Any) -> str:
     """The text a storage must return for ``value``."""
     return values.encode(value).decode()
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def storage(request: pytest.FixtureRequest, tmp_path: FilePath) -> Iterator[Storage]:
-    if request.param == "memory":
-        made: Storage = MemoryStorage()
-    elif request.param == "postgres":
-        made = PostgresStorage(request.getfixturevalue("kvpio_postgres_db"))
-    else:
-        made = SQLiteStorage(str(tmp_path / "db.sqlite3"))
-    yield made
-    made.close()
 
 
 @pytest.fixture
@@ -728,14 +716,21 @@ def test_appends_one_by_one_to_long_containers(storage: Storage, acct: str) -> N
 
 # agreement with the reference under random operations
 
+
 SEGMENTS = st.sampled_from(["a", "b", "1", "2", "3", "02"])
+
+
 PATHS = st.lists(SEGMENTS, min_size=1, max_size=4).map(tuple)
+
+
 SCALARS = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(-5, 5),
     st.sampled_from(["", "é", "x" * 40, "L" * (BLOB_THRESHOLD // 2), "H" * (BLOB_THRESHOLD + 1)]),
 )
+
+
 VALUES = st.recursive(
     SCALARS,
     lambda inner: st.one_of(
@@ -743,6 +738,8 @@ VALUES = st.recursive(
     ),
     max_leaves=12,
 )
+
+
 OPERATIONS = st.lists(
     st.one_of(
         st.tuples(st.just("set"), PATHS, VALUES, st.booleans()),
@@ -765,55 +762,13 @@ def _apply(storage: Storage, account: str, operation: tuple[Any, ...]) -> object
     return None
 
 
-@pytest.fixture(scope="module")
-def random_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Storage]]:
-    folder = tmp_path_factory.mktemp("random")
-    backends: list[Storage] = [
-        MemoryStorage(),
-        SQLiteStorage(str(folder / "default.sqlite3")),
-        SQLiteStorage(str(folder / "tiny.sqlite3"), blob_threshold=24),
-    ]
-    yield backends
-    for backend in backends:
-        backend.close()
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(operations=OPERATIONS)
-def test_random_operations_agree_with_memory_storage(
-    random_backends: list[Storage], operations: list[tuple[Any, ...]]
-) -> None:
-    account = uuid.uuid4().hex
-    for backend in random_backends:
-        backend.create_account(account, "", account)
-    reference, *others = random_backends
-    touched: set[Path] = set()
-    for operation in operations:
-        expected = _apply(reference, account, operation)
-        for backend in others:
-            assert _apply(backend, account, operation) == expected, operation
-        if operation[0] == "set_many":
-            touched.update(path for path, _value in operation[1])
-        else:
-            touched.add(operation[1])
-    whole = reference.get_all(account)
-    for backend in others:
-        assert backend.get_all(account) == whole
-        assert backend.keys(account) == reference.keys(account)
-        for path in touched:
-            for prefix in (path[:depth] for depth in range(1, len(path) + 1)):
-                assert backend.get(account, prefix) == reference.get(account, prefix), prefix
-                assert backend.keys(account, prefix) == reference.keys(account, prefix), prefix
-        facts = backend.account(account)
-        assert facts is not None
-        assert facts.size == len(whole.encode())
-
-
 FLAT_PATHS = st.tuples(
     st.sampled_from(["l", "o"]),
     st.sampled_from(["1", "2", "3", "05", "17", "40", "41", "60", "0", "k1", "k7", "new", "a"]),
     st.lists(st.sampled_from(["a", "1", "2"]), max_size=2),
 ).map(lambda parts: ("flat", parts[0], parts[1], *parts[2]))
+
+
 FLAT_OPERATIONS = st.lists(
     st.one_of(
         st.tuples(st.just("set"), FLAT_PATHS, VALUES, st.booleans()),
@@ -822,228 +777,6 @@ FLAT_OPERATIONS = st.lists(
     ),
     max_size=30,
 )
-
-
-@pytest.fixture(scope="module")
-def flat_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Storage]]:
-    folder = tmp_path_factory.mktemp("flat")
-    backends: list[Storage] = [MemoryStorage()]
-    for threshold in (24, 96, 256, BLOB_THRESHOLD):
-        backends.append(
-            SQLiteStorage(str(folder / f"{threshold}.sqlite3"), blob_threshold=threshold)
-        )
-    yield backends
-    for backend in backends:
-        backend.close()
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(operations=FLAT_OPERATIONS, length=st.integers(0, 60), size=st.integers(0, 3))
-def test_random_operations_on_long_flat_containers_agree_with_memory_storage(
-    flat_backends: list[Storage], operations: list[tuple[Any, ...]], length: int, size: int
-) -> None:
-    account = uuid.uuid4().hex
-    small = ["", 0, "é", [1], {"a": None}][: size + 2]
-    start = {
-        "l": [small[i % len(small)] for i in range(length)],
-        "o": {f"k{i}": small[i % len(small)] for i in range(length)},
-    }
-    reference, *others = flat_backends
-    for backend in flat_backends:
-        backend.create_account(account, "", account)
-        backend.set(account, ("flat",), start)
-    for operation in operations:
-        expected = _apply(reference, account, operation)
-        for backend in others:
-            assert _apply(backend, account, operation) == expected, operation
-    whole = reference.get_all(account)
-    for backend in others:
-        assert backend.get_all(account) == whole
-        for top in ("l", "o"):
-            assert backend.keys(account, ("flat", top)) == reference.keys(account, ("flat", top))
-            for key in reference.keys(account, ("flat", top)):
-                at = ("flat", top, key)
-                assert backend.get(account, at) == reference.get(account, at), at
-        facts = backend.account(account)
-        assert facts is not None
-        assert facts.size == len(whole.encode())
-
-
-# SQLite only: one file, many connections, threads and processes
-
-
-def test_sqlite_second_instance_sees_committed_writes(tmp_path: FilePath) -> None:
-    path = str(tmp_path / "deep" / "dir" / "db.sqlite3")
-    first = SQLiteStorage(path)
-    second = SQLiteStorage(path)
-    first.create_account("a", "", "k")
-    first.set("a", p("x"), big_doc(20_000))
-    assert second.authenticate("k") == "a"
-    assert second.get("a", p("x/meta/owner")) == '"ops"'
-    second.set("a", p("x/meta/owner"), "dev")
-    assert first.get("a", p("x/meta/owner")) == '"dev"'
-    first.close()
-    second.close()
-
-
-def test_sqlite_uses_wal_with_normal_sync(tmp_path: FilePath) -> None:
-    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
-    conn = storage._conn()
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1
-    storage.close()
-
-
-def test_sqlite_threads_writing_siblings_lose_nothing(tmp_path: FilePath) -> None:
-    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
-    storage.create_account("a", "", "k")
-    storage.set("a", p("top/seed"), "s" * BLOB_THRESHOLD)
-
-    def write(worker: int) -> None:
-        for i in range(40):
-            storage.set("a", ("top", f"w{worker}-{i}"), {"n": i, "pad": "x" * (i * 20)})
-
-    threads = [threading.Thread(target=write, args=(worker,)) for worker in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    keys = storage.keys("a", p("top"))
-    assert len(keys) == 1 + 4 * 40
-    assert storage.get("a", p("top/w3-39/n")) == "39"
-    storage.close()
-
-
-_CHILD = """
-import sys
-from kvpio_mapping.server.storage.sqlite import SQLiteStorage
-storage = SQLiteStorage(sys.argv[1])
-storage.ensure_account("k", "a")
-for i in range(int(sys.argv[3])):
-    storage.set("a", ("top", f"{sys.argv[2]}-{i}"), {"i": i, "pad": "p" * 200})
-    print(i, flush=True)
-"""
-
-
-def _child(db: str, name: str, count: int) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", _CHILD, db, name, str(count)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-
-
-def test_sqlite_processes_writing_one_file_lose_nothing(tmp_path: FilePath) -> None:
-    db = str(tmp_path / "db.sqlite3")
-    children = [_child(db, f"p{n}", 60) for n in range(2)]
-    for child in children:
-        child.communicate(timeout=60)
-        assert child.returncode == 0
-    storage = SQLiteStorage(db)
-    assert len(storage.keys("a", p("top"))) == 120
-    assert storage.revision("a") == 120
-    storage.close()
-
-
-def test_sqlite_acknowledged_writes_survive_kill(tmp_path: FilePath) -> None:
-    db = str(tmp_path / "db.sqlite3")
-    child = _child(db, "k", 100_000)
-    assert child.stdout is not None
-    acknowledged = -1
-    for line in child.stdout:
-        acknowledged = int(line)
-        if acknowledged >= 50:
-            break
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait(timeout=10)
-    storage = SQLiteStorage(db)
-    for i in range(acknowledged + 1):
-        assert json.loads(storage.get("a", ("top", f"k-{i}")) or "null") == {
-            "i": i,
-            "pad": "p" * 200,
-        }
-    storage.close()
-
-
-def _rows(storage: SQLiteStorage, account: str) -> int:
-    conn = storage._conn()
-    return int(
-        conn.execute("SELECT count(*) FROM nodes WHERE account = ?", (account,)).fetchone()[0]
-    )
-
-
-def test_sqlite_leaf_write_in_large_document_changes_few_rows(tmp_path: FilePath) -> None:
-    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
-    storage.create_account("a", "", "k")
-    storage.set("a", p("doc"), big_doc(2_000_000))
-    conn = storage._conn()
-    largest = conn.execute("SELECT max(length(CAST(body AS BLOB))) FROM nodes").fetchone()[0]
-    assert largest <= BLOB_THRESHOLD
-    before = conn.total_changes
-    storage.set("a", p("doc/users/u100/profile/age"), 1)
-    storage.set("a", p("doc/users/u200/history/4"), {"at": 0, "what": "new"})
-    # Eight tree rows at most, and one change-log row per write.
-    assert conn.total_changes - before <= 8 + 2
-    storage.close()
-
-
-def test_sqlite_large_value_is_split_and_merged_back_when_small(tmp_path: FilePath) -> None:
-    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
-    storage.create_account("a", "", "k")
-    storage.set("a", p("s"), {f"k{i}": "v" * (BLOB_THRESHOLD // 4) for i in range(8)})
-    assert _rows(storage, "a") == 9
-    for i in range(7):
-        storage.delete("a", ("s", f"k{i}"))
-    assert _rows(storage, "a") == 1
-    storage.set("a", p("s/k7"), "w" * (2 * BLOB_THRESHOLD))
-    storage.set("a", p("s/k8"), "small")
-    assert _rows(storage, "a") == 3
-    assert storage.get("a", p("s")) == j({"k7": "w" * (2 * BLOB_THRESHOLD), "k8": "small"})
-    storage.close()
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_sqlite_storage_used_after_fork_opens_its_own_connection(tmp_path: FilePath) -> None:
-    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
-    storage.create_account("a", "", "k")
-    storage.set("a", p("parent"), 1)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through its exit code
-        try:
-            storage.set("a", p("child"), 2)
-            os._exit(0 if storage.get("a", p("parent")) == "1" else 1)
-        except BaseException:
-            os._exit(2)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert storage.get("a", p("child")) == "2"
-    storage.set("a", p("parent"), 3)
-    assert storage.get_all("a") == j({"parent": 3, "child": 2})
-    storage.close()
-
-
-def test_sqlite_long_flat_containers_take_few_rows(tmp_path: FilePath) -> None:
-    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
-    storage.create_account("a", "", "k")
-    storage.set("a", p("l"), list(range(100_000)))
-    storage.set("a", p("o"), {f"k{i}": i for i in range(50_000)})
-    assert _rows(storage, "a") < 2_000
-    conn = storage._conn()
-    before = conn.total_changes
-    storage.delete("a", p("l/2"))
-    storage.set("a", p("l/50000"), "changed")
-    storage.set("a", p("o/k25000"), "changed")
-    storage.delete("a", p("o/k3"))
-    assert conn.total_changes - before < 1_000
-    expected = list(range(100_000))
-    del expected[1]
-    expected[49_999] = "changed"
-    assert storage.get("a", p("l")) == j(expected)
-    assert storage.get("a", p("o/k25000")) == '"changed"'
-    assert storage.get("a", p("o/k3")) is None
-    storage.close()
 
 
 # revisions, checks and atomic operations
@@ -1365,57 +1098,12 @@ COMMIT_OPERATIONS = st.lists(
     min_size=1,
     max_size=5,
 )
+
+
 COMMITS = st.lists(
     st.tuples(COMMIT_OPERATIONS, st.lists(st.tuples(PATHS, st.integers(0, 2)), max_size=3)),
     max_size=12,
 )
-
-
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(commits=COMMITS)
-def test_random_atomic_commits_agree_with_a_model(
-    random_backends: list[Storage], commits: list[tuple[list[Operation], list[tuple[Path, int]]]]
-) -> None:
-    account = uuid.uuid4().hex
-    for backend in random_backends:
-        backend.create_account(account, "", account)
-    model = Model()
-    history: dict[int, Any] = {0: {}}
-    for operations, wanted in commits:
-        # Each check expects what is there now, nothing, or anything, at random.
-        checks = []
-        for path, which in wanted:
-            found = get_in(model.data, path)
-            now = None if found is MISSING else tag(found)
-            checks.append(Check(path, [now, None, "*"][which]))
-        expected = model.commit(operations, checks)
-        for backend in random_backends:
-            assert _commit(backend, account, operations, checks) == expected, (operations, checks)
-        history[model.revision] = values.copy(model.data)
-    whole = j(model.data)
-    for backend in random_backends:
-        assert backend.read(account, ()) == (whole, model.revision)
-        logged = backend.changes(account, 0)
-        assert logged.complete and logged.revision == model.revision
-        assert j(replay(logged.changes, history)) == whole
-
-
-def test_sqlite_database_made_before_revisions_gains_them(tmp_path: FilePath) -> None:
-    db = str(tmp_path / "old.sqlite3")
-    with sqlite3.connect(db) as conn:
-        conn.execute(
-            "CREATE TABLE accounts (id TEXT PRIMARY KEY, email TEXT NOT NULL,"
-            " key_digest TEXT NOT NULL UNIQUE, reads INTEGER NOT NULL DEFAULT 0)"
-        )
-        conn.execute("INSERT INTO accounts (id, email, key_digest) VALUES ('old', '', 'x')")
-    conn.close()
-    storage = SQLiteStorage(db)
-    try:
-        assert storage.revision("old") == 0
-        assert storage.commit("old", [Operation("increment", p("n"), 1)]).revision == 1
-        assert storage.read("old", p("n")) == ("1", 1)
-    finally:
-        storage.close()
 
 
 # the change log
@@ -1497,6 +1185,17 @@ def test_a_commit_with_a_reread_among_several_changes_rereads_their_common_ances
     assert storage.changes(acct, 0).changes == [Change(1, "reread", p("b"), None)]
 
 
+def test_a_reread_after_a_delete_in_one_commit_rereads_the_deleted_keys_parent(
+    storage: Storage, acct: str
+) -> None:
+    # Deleted and made again, "b" moves after "a": only its parent can show that.
+    storage.set(acct, p("b"), None)
+    storage.set(acct, p("a"), None)
+    storage.commit(acct, [Operation("delete", p("b"), None), Operation("merge", p("b"), {})])
+    assert storage.get_all(acct) == '{"a":null,"b":{}}'
+    assert storage.changes(acct, 2).changes == [Change(3, "reread", (), None)]
+
+
 def test_failed_commits_log_nothing(storage: Storage, acct: str) -> None:
     storage.set(acct, p("s"), "text")
     with pytest.raises(ConflictError):
@@ -1537,57 +1236,6 @@ def test_change_log_of_an_unknown_or_deleted_account_raises(storage: Storage, ac
         storage.changes(acct, 0)
 
 
-def test_sqlite_processes_writing_one_file_log_every_revision(tmp_path: FilePath) -> None:
-    db = str(tmp_path / "shared.sqlite3")
-    SQLiteStorage(db).create_account("a", "", "a-key")
-    script = (
-        "import sys\n"
-        "from kvpio_mapping.server.storage.sqlite import SQLiteStorage\n"
-        "s = SQLiteStorage(sys.argv[1])\n"
-        "for n in range(50):\n"
-        "    s.set('a', (sys.argv[2],), n)\n"
-    )
-    writers = [
-        subprocess.Popen([sys.executable, "-c", script, db, f"w{w}"], cwd=ROOT) for w in range(3)
-    ]
-    for writer in writers:
-        assert writer.wait(timeout=60) == 0
-    storage = SQLiteStorage(db)
-    try:
-        logged = storage.changes("a", 0)
-        assert logged.complete and logged.revision == 150
-        assert [change.revision for change in logged.changes] == list(range(1, 151))
-        for w in range(3):
-            mine = [change.text for change in logged.changes if change.path == (f"w{w}",)]
-            assert mine == [str(n) for n in range(50)]
-    finally:
-        storage.close()
-
-
-def test_sqlite_database_made_before_the_change_log_starts_it_at_its_revision(
-    tmp_path: FilePath,
-) -> None:
-    db = str(tmp_path / "old.sqlite3")
-    with sqlite3.connect(db) as conn:
-        conn.execute(
-            "CREATE TABLE accounts (id TEXT PRIMARY KEY, email TEXT NOT NULL,"
-            " key_digest TEXT NOT NULL UNIQUE, reads INTEGER NOT NULL DEFAULT 0,"
-            " revision INTEGER NOT NULL DEFAULT 0)"
-        )
-        conn.execute(
-            "INSERT INTO accounts (id, email, key_digest, revision) VALUES ('old', '', 'x', 7)"
-        )
-    conn.close()
-    storage = SQLiteStorage(db)
-    try:
-        assert storage.changes("old", 6) == Changes(7, [], False)
-        assert storage.changes("old", 7) == Changes(7, [], True)
-        storage.set("old", p("n"), 1)
-        assert storage.changes("old", 7) == Changes(8, [Change(8, "put", p("n"), "1")], True)
-    finally:
-        storage.close()
-
-
 def test_restored_account_reads_back_with_its_key_revision_and_templates(
     storage: Storage,
 ) -> None:
@@ -1618,3 +1266,118 @@ def test_restore_over_a_taken_id_or_key_raises_and_changes_nothing(
             storage.restore_account(record, {"k": 2}, [])
     assert storage.get_all(acct) == '{"k":1}'
     assert [record.id for record in storage.account_records()] == [acct]
+
+
+RANDOM_CHECKS: Final = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+"""Each example takes a fresh account, so the test's one ``storage`` serves them all."""
+
+
+def assert_operations_agree(backends: list[Storage], operations: list[tuple[Any, ...]]) -> None:
+    """Apply ``operations`` in a fresh account of each backend: all answer and end as the first."""
+    account = uuid.uuid4().hex
+    for backend in backends:
+        backend.create_account(account, "", account)
+    reference, *others = backends
+    touched: set[Path] = set()
+    for operation in operations:
+        expected = _apply(reference, account, operation)
+        for backend in others:
+            assert _apply(backend, account, operation) == expected, operation
+        if operation[0] == "set_many":
+            touched.update(path for path, _value in operation[1])
+        else:
+            touched.add(operation[1])
+    whole = reference.get_all(account)
+    for backend in others:
+        assert backend.get_all(account) == whole
+        assert backend.keys(account) == reference.keys(account)
+        for path in touched:
+            for prefix in (path[:depth] for depth in range(1, len(path) + 1)):
+                assert backend.get(account, prefix) == reference.get(account, prefix), prefix
+                assert backend.keys(account, prefix) == reference.keys(account, prefix), prefix
+        facts = backend.account(account)
+        assert facts is not None
+        assert facts.size == len(whole.encode())
+
+
+def assert_flat_operations_agree(
+    backends: list[Storage], operations: list[tuple[Any, ...]], length: int, size: int
+) -> None:
+    """:func:`assert_operations_agree` below two long containers of ``length`` small items."""
+    account = uuid.uuid4().hex
+    small = ["", 0, "é", [1], {"a": None}][: size + 2]
+    start = {
+        "l": [small[i % len(small)] for i in range(length)],
+        "o": {f"k{i}": small[i % len(small)] for i in range(length)},
+    }
+    reference, *others = backends
+    for backend in backends:
+        backend.create_account(account, "", account)
+        backend.set(account, ("flat",), start)
+    for operation in operations:
+        expected = _apply(reference, account, operation)
+        for backend in others:
+            assert _apply(backend, account, operation) == expected, operation
+    whole = reference.get_all(account)
+    for backend in others:
+        assert backend.get_all(account) == whole
+        for top in ("l", "o"):
+            assert backend.keys(account, ("flat", top)) == reference.keys(account, ("flat", top))
+            for key in reference.keys(account, ("flat", top)):
+                at = ("flat", top, key)
+                assert backend.get(account, at) == reference.get(account, at), at
+        facts = backend.account(account)
+        assert facts is not None
+        assert facts.size == len(whole.encode())
+
+
+def assert_commits_agree_with_a_model(
+    backends: list[Storage], commits: list[tuple[list[Operation], list[tuple[Path, int]]]]
+) -> None:
+    """Random commits with checks: every backend answers, logs and ends as the :class:`Model`."""
+    account = uuid.uuid4().hex
+    for backend in backends:
+        backend.create_account(account, "", account)
+    model = Model()
+    history: dict[int, Any] = {0: {}}
+    for operations, wanted in commits:
+        # Each check expects what is there now, nothing, or anything, at random.
+        checks = []
+        for path, which in wanted:
+            found = get_in(model.data, path)
+            now = None if found is MISSING else tag(found)
+            checks.append(Check(path, [now, None, "*"][which]))
+        expected = model.commit(operations, checks)
+        for backend in backends:
+            assert _commit(backend, account, operations, checks) == expected, (operations, checks)
+        history[model.revision] = values.copy(model.data)
+    whole = j(model.data)
+    for backend in backends:
+        assert backend.read(account, ()) == (whole, model.revision)
+        logged = backend.changes(account, 0)
+        assert logged.complete and logged.revision == model.revision
+        assert j(replay(logged.changes, history)) == whole
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=RANDOM_CHECKS)
+@given(operations=OPERATIONS)
+def test_random_operations_agree_with_memory_storage(
+    storage: Storage, operations: list[tuple[Any, ...]]
+) -> None:
+    assert_operations_agree([MemoryStorage(), storage], operations)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=RANDOM_CHECKS)
+@given(operations=FLAT_OPERATIONS, length=st.integers(0, 60), size=st.integers(0, 3))
+def test_random_operations_on_long_flat_containers_agree_with_memory_storage(
+    storage: Storage, operations: list[tuple[Any, ...]], length: int, size: int
+) -> None:
+    assert_flat_operations_agree([MemoryStorage(), storage], operations, length, size)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=RANDOM_CHECKS)
+@given(commits=COMMITS)
+def test_random_atomic_commits_agree_with_a_model(
+    storage: Storage, commits: list[tuple[list[Operation], list[tuple[Path, int]]]]
+) -> None:
+    assert_commits_agree_with_a_model([storage], commits)

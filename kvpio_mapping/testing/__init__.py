@@ -261,7 +261,7 @@ def run_server(**options: Any) -> Iterator[RunningServer]:
 
 def new_account(server: RunningServer, email: str = "test@example.invalid") -> TestAccount:
     """Create a fresh account directly in the server's database."""
-    from .server.storage import open_storage
+    from ..server.storage import open_storage
 
     storage = open_storage(server.db)
     try:

@@ -1,0 +1,340 @@
+"""SQLite only: one file shared by connections, threads and processes, its blob
+thresholds, its durability and the databases of earlier releases."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path as FilePath
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kvpio_mapping.paths import Path
+from kvpio_mapping.server.storage import (
+    MemoryStorage,
+    Storage,
+)
+from kvpio_mapping.server.storage.base import (
+    Change,
+    Changes,
+    Operation,
+)
+from kvpio_mapping.server.storage.sqlite import BLOB_THRESHOLD, SQLiteStorage
+from kvpio_mapping.testing.storage import (
+    COMMITS,
+    FLAT_OPERATIONS,
+    OPERATIONS,
+    assert_commits_agree_with_a_model,
+    assert_flat_operations_agree,
+    assert_operations_agree,
+    big_doc,
+    j,
+    p,
+)
+
+ROOT = FilePath(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def random_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Storage]]:
+    folder = tmp_path_factory.mktemp("random")
+    backends: list[Storage] = [
+        MemoryStorage(),
+        SQLiteStorage(str(folder / "default.sqlite3")),
+        SQLiteStorage(str(folder / "tiny.sqlite3"), blob_threshold=24),
+    ]
+    yield backends
+    for backend in backends:
+        backend.close()
+
+
+@pytest.fixture(scope="module")
+def flat_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Storage]]:
+    folder = tmp_path_factory.mktemp("flat")
+    backends: list[Storage] = [MemoryStorage()]
+    for threshold in (24, 96, 256, BLOB_THRESHOLD):
+        backends.append(
+            SQLiteStorage(str(folder / f"{threshold}.sqlite3"), blob_threshold=threshold)
+        )
+    yield backends
+    for backend in backends:
+        backend.close()
+
+
+# SQLite only: one file, many connections, threads and processes
+
+
+def test_sqlite_second_instance_sees_committed_writes(tmp_path: FilePath) -> None:
+    path = str(tmp_path / "deep" / "dir" / "db.sqlite3")
+    first = SQLiteStorage(path)
+    second = SQLiteStorage(path)
+    first.create_account("a", "", "k")
+    first.set("a", p("x"), big_doc(20_000))
+    assert second.authenticate("k") == "a"
+    assert second.get("a", p("x/meta/owner")) == '"ops"'
+    second.set("a", p("x/meta/owner"), "dev")
+    assert first.get("a", p("x/meta/owner")) == '"dev"'
+    first.close()
+    second.close()
+
+
+def test_sqlite_uses_wal_with_normal_sync(tmp_path: FilePath) -> None:
+    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
+    conn = storage._conn()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+    storage.close()
+
+
+def test_sqlite_threads_writing_siblings_lose_nothing(tmp_path: FilePath) -> None:
+    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
+    storage.create_account("a", "", "k")
+    storage.set("a", p("top/seed"), "s" * BLOB_THRESHOLD)
+
+    def write(worker: int) -> None:
+        for i in range(40):
+            storage.set("a", ("top", f"w{worker}-{i}"), {"n": i, "pad": "x" * (i * 20)})
+
+    threads = [threading.Thread(target=write, args=(worker,)) for worker in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    keys = storage.keys("a", p("top"))
+    assert len(keys) == 1 + 4 * 40
+    assert storage.get("a", p("top/w3-39/n")) == "39"
+    storage.close()
+
+
+_CHILD = """
+import sys
+from kvpio_mapping.server.storage.sqlite import SQLiteStorage
+storage = SQLiteStorage(sys.argv[1])
+storage.ensure_account("k", "a")
+for i in range(int(sys.argv[3])):
+    storage.set("a", ("top", f"{sys.argv[2]}-{i}"), {"i": i, "pad": "p" * 200})
+    print(i, flush=True)
+"""
+
+
+def _child(db: str, name: str, count: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, db, name, str(count)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_sqlite_processes_writing_one_file_lose_nothing(tmp_path: FilePath) -> None:
+    db = str(tmp_path / "db.sqlite3")
+    children = [_child(db, f"p{n}", 60) for n in range(2)]
+    for child in children:
+        child.communicate(timeout=60)
+        assert child.returncode == 0
+    storage = SQLiteStorage(db)
+    assert len(storage.keys("a", p("top"))) == 120
+    assert storage.revision("a") == 120
+    storage.close()
+
+
+def test_sqlite_acknowledged_writes_survive_kill(tmp_path: FilePath) -> None:
+    db = str(tmp_path / "db.sqlite3")
+    child = _child(db, "k", 100_000)
+    assert child.stdout is not None
+    acknowledged = -1
+    for line in child.stdout:
+        acknowledged = int(line)
+        if acknowledged >= 50:
+            break
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=10)
+    storage = SQLiteStorage(db)
+    for i in range(acknowledged + 1):
+        assert json.loads(storage.get("a", ("top", f"k-{i}")) or "null") == {
+            "i": i,
+            "pad": "p" * 200,
+        }
+    storage.close()
+
+
+def _rows(storage: SQLiteStorage, account: str) -> int:
+    conn = storage._conn()
+    return int(
+        conn.execute("SELECT count(*) FROM nodes WHERE account = ?", (account,)).fetchone()[0]
+    )
+
+
+def test_sqlite_leaf_write_in_large_document_changes_few_rows(tmp_path: FilePath) -> None:
+    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
+    storage.create_account("a", "", "k")
+    storage.set("a", p("doc"), big_doc(2_000_000))
+    conn = storage._conn()
+    largest = conn.execute("SELECT max(length(CAST(body AS BLOB))) FROM nodes").fetchone()[0]
+    assert largest <= BLOB_THRESHOLD
+    before = conn.total_changes
+    storage.set("a", p("doc/users/u100/profile/age"), 1)
+    storage.set("a", p("doc/users/u200/history/4"), {"at": 0, "what": "new"})
+    # Eight tree rows at most, and one change-log row per write.
+    assert conn.total_changes - before <= 8 + 2
+    storage.close()
+
+
+def test_sqlite_large_value_is_split_and_merged_back_when_small(tmp_path: FilePath) -> None:
+    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
+    storage.create_account("a", "", "k")
+    storage.set("a", p("s"), {f"k{i}": "v" * (BLOB_THRESHOLD // 4) for i in range(8)})
+    assert _rows(storage, "a") == 9
+    for i in range(7):
+        storage.delete("a", ("s", f"k{i}"))
+    assert _rows(storage, "a") == 1
+    storage.set("a", p("s/k7"), "w" * (2 * BLOB_THRESHOLD))
+    storage.set("a", p("s/k8"), "small")
+    assert _rows(storage, "a") == 3
+    assert storage.get("a", p("s")) == j({"k7": "w" * (2 * BLOB_THRESHOLD), "k8": "small"})
+    storage.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_sqlite_storage_used_after_fork_opens_its_own_connection(tmp_path: FilePath) -> None:
+    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
+    storage.create_account("a", "", "k")
+    storage.set("a", p("parent"), 1)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        try:
+            storage.set("a", p("child"), 2)
+            os._exit(0 if storage.get("a", p("parent")) == "1" else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert storage.get("a", p("child")) == "2"
+    storage.set("a", p("parent"), 3)
+    assert storage.get_all("a") == j({"parent": 3, "child": 2})
+    storage.close()
+
+
+def test_sqlite_long_flat_containers_take_few_rows(tmp_path: FilePath) -> None:
+    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
+    storage.create_account("a", "", "k")
+    storage.set("a", p("l"), list(range(100_000)))
+    storage.set("a", p("o"), {f"k{i}": i for i in range(50_000)})
+    assert _rows(storage, "a") < 2_000
+    conn = storage._conn()
+    before = conn.total_changes
+    storage.delete("a", p("l/2"))
+    storage.set("a", p("l/50000"), "changed")
+    storage.set("a", p("o/k25000"), "changed")
+    storage.delete("a", p("o/k3"))
+    assert conn.total_changes - before < 1_000
+    expected = list(range(100_000))
+    del expected[1]
+    expected[49_999] = "changed"
+    assert storage.get("a", p("l")) == j(expected)
+    assert storage.get("a", p("o/k25000")) == '"changed"'
+    assert storage.get("a", p("o/k3")) is None
+    storage.close()
+
+
+def test_sqlite_database_made_before_revisions_gains_them(tmp_path: FilePath) -> None:
+    db = str(tmp_path / "old.sqlite3")
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TABLE accounts (id TEXT PRIMARY KEY, email TEXT NOT NULL,"
+            " key_digest TEXT NOT NULL UNIQUE, reads INTEGER NOT NULL DEFAULT 0)"
+        )
+        conn.execute("INSERT INTO accounts (id, email, key_digest) VALUES ('old', '', 'x')")
+    conn.close()
+    storage = SQLiteStorage(db)
+    try:
+        assert storage.revision("old") == 0
+        assert storage.commit("old", [Operation("increment", p("n"), 1)]).revision == 1
+        assert storage.read("old", p("n")) == ("1", 1)
+    finally:
+        storage.close()
+
+
+def test_sqlite_processes_writing_one_file_log_every_revision(tmp_path: FilePath) -> None:
+    db = str(tmp_path / "shared.sqlite3")
+    SQLiteStorage(db).create_account("a", "", "a-key")
+    script = (
+        "import sys\n"
+        "from kvpio_mapping.server.storage.sqlite import SQLiteStorage\n"
+        "s = SQLiteStorage(sys.argv[1])\n"
+        "for n in range(50):\n"
+        "    s.set('a', (sys.argv[2],), n)\n"
+    )
+    writers = [
+        subprocess.Popen([sys.executable, "-c", script, db, f"w{w}"], cwd=ROOT) for w in range(3)
+    ]
+    for writer in writers:
+        assert writer.wait(timeout=60) == 0
+    storage = SQLiteStorage(db)
+    try:
+        logged = storage.changes("a", 0)
+        assert logged.complete and logged.revision == 150
+        assert [change.revision for change in logged.changes] == list(range(1, 151))
+        for w in range(3):
+            mine = [change.text for change in logged.changes if change.path == (f"w{w}",)]
+            assert mine == [str(n) for n in range(50)]
+    finally:
+        storage.close()
+
+
+def test_sqlite_database_made_before_the_change_log_starts_it_at_its_revision(
+    tmp_path: FilePath,
+) -> None:
+    db = str(tmp_path / "old.sqlite3")
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TABLE accounts (id TEXT PRIMARY KEY, email TEXT NOT NULL,"
+            " key_digest TEXT NOT NULL UNIQUE, reads INTEGER NOT NULL DEFAULT 0,"
+            " revision INTEGER NOT NULL DEFAULT 0)"
+        )
+        conn.execute(
+            "INSERT INTO accounts (id, email, key_digest, revision) VALUES ('old', '', 'x', 7)"
+        )
+    conn.close()
+    storage = SQLiteStorage(db)
+    try:
+        assert storage.changes("old", 6) == Changes(7, [], False)
+        assert storage.changes("old", 7) == Changes(7, [], True)
+        storage.set("old", p("n"), 1)
+        assert storage.changes("old", 7) == Changes(8, [Change(8, "put", p("n"), "1")], True)
+    finally:
+        storage.close()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(operations=OPERATIONS)
+def test_random_operations_agree_across_blob_thresholds(
+    random_backends: list[Storage], operations: list[tuple[Any, ...]]
+) -> None:
+    assert_operations_agree(random_backends, operations)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(operations=FLAT_OPERATIONS, length=st.integers(0, 60), size=st.integers(0, 3))
+def test_random_operations_on_long_flat_containers_agree_across_blob_thresholds(
+    flat_backends: list[Storage], operations: list[tuple[Any, ...]], length: int, size: int
+) -> None:
+    assert_flat_operations_agree(flat_backends, operations, length, size)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(commits=COMMITS)
+def test_random_atomic_commits_agree_across_blob_thresholds(
+    random_backends: list[Storage], commits: list[tuple[list[Operation], list[tuple[Path, int]]]]
+) -> None:
+    assert_commits_agree_with_a_model(random_backends, commits)
