@@ -34,6 +34,7 @@ import falcon.asgi
 from .. import paths, values
 from ..errors import InvalidPathError
 from . import metrics
+from .bodies import BodyCutError, BodyLimits, BodyTimeoutError, Receive, guarded
 from .commits import committed_body, conditions, failed_body, parse_commit, path_operation
 from .feed import Feed, StreamLimits
 from .health import HealthResource, ReadyResource
@@ -859,11 +860,38 @@ async def _unavailable(
 def _serialize_error(
     req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: falcon.HTTPError
 ) -> None:
-    """Every error answer's body: ``{"error": message}``; a 413 also closes the connection."""
+    """Every error answer's body: ``{"error": message}``.
+
+    A 408 or 413 also closes the connection: the rest of the body may still
+    be on its way, and must not be read as the next request.
+    """
     resp.content_type = JSON_TYPE
     resp.data = json.dumps({"error": exc.description or exc.title}, ensure_ascii=False).encode()
-    if resp.status_code == 413:
+    if resp.status_code in (408, 413):
         resp.set_header("Connection", "close")
+
+
+async def _body_cut(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any
+) -> None:
+    """The client left mid-body: nothing was changed, and no one reads the answer."""
+    log.info("%s %s: %s; nothing was changed", req.method, req.path, exc)
+    raise ClientError(400, f"{exc}: nothing was changed")
+
+
+class _App(App):
+    """Falcon's ASGI app, with every request's body guarded (:mod:`.bodies`)."""
+
+    def __init__(self, body_limits: BodyLimits, **options: Any) -> None:
+        super().__init__(**options)
+        self.body_limits = body_limits
+
+    async def __call__(  # type: ignore[override]
+        self, scope: dict[str, Any], receive: Receive, send: Callable[[Any], Awaitable[None]]
+    ) -> None:
+        if scope["type"] == "http":
+            receive = guarded(receive, self.body_limits)
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -872,6 +900,7 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     limits: RenderLimits | None = None,
     streams: StreamLimits | None = None,
+    bodies: BodyLimits | None = None,
 ) -> App:
     """The ASGI app serving ``storage``; one per worker process."""
     server = Server(
@@ -881,7 +910,9 @@ def create_app(
         streams if streams is not None else StreamLimits(),
     )
     middleware: list[Any] = [AccessLog(), metrics.Metrics(server), _Middleware(server)]
-    app: App = falcon.asgi.App(middleware=middleware, cors_enable=False)
+    app: App = _App(
+        bodies if bodies is not None else BodyLimits(), middleware=middleware, cors_enable=False
+    )
     app.req_options.strip_url_path_trailing_slash = False
     app.req_options.auto_parse_qs_csv = False
     app.resp_options.default_media_type = JSON_TYPE
@@ -911,5 +942,7 @@ def create_app(
     app.add_error_handler(InvalidPathError, _handler(400))
     app.add_error_handler(ValueError, _handler(400))
     app.add_error_handler(RecursionError, _handler(400, "input nests too deeply: "))
+    app.add_error_handler(BodyTimeoutError, _handler(408))
+    app.add_error_handler(BodyCutError, _body_cut)
     app.set_error_serializer(_serialize_error)
     return app

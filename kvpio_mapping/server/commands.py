@@ -63,6 +63,13 @@ def add_commands(subparsers: Any) -> None:
         help="seconds a client may take to send a request head, else 408 (10 s)",
     )
     serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=None,
+        help="seconds a client may take to send a request body, plus 1 s per 500 bytes"
+        " received, else 408 (20 s)",
+    )
+    serve.add_argument(
         "--max-connections",
         type=int,
         default=None,
@@ -194,6 +201,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_body=args.max_body,
         render_timeout=args.render_timeout,
         header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
         max_connections=args.max_connections,
         sync=args.sync,
         log_level=args.log_level,

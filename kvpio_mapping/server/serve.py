@@ -50,6 +50,7 @@ API_KEY_ENV: Final = "KVPIO_SERVE_API_KEY"
 MAX_BODY_ENV: Final = "KVPIO_SERVE_MAX_BODY"
 RENDER_TIMEOUT_ENV: Final = "KVPIO_SERVE_RENDER_TIMEOUT"
 HEADER_TIMEOUT_ENV: Final = "KVPIO_SERVE_HEADER_TIMEOUT"
+BODY_TIMEOUT_ENV: Final = "KVPIO_SERVE_BODY_TIMEOUT"
 MAX_CONNECTIONS_ENV: Final = "KVPIO_SERVE_MAX_CONNECTIONS"
 SYNC_ENV: Final = "KVPIO_SERVE_SYNC"
 LOG_LEVEL_ENV: Final = "KVPIO_SERVE_LOG_LEVEL"
@@ -66,6 +67,7 @@ DEFAULT_WORKERS: Final = 2
 def app_from_env() -> App:
     """The app of one worker, configured by the variables :func:`serve` sets."""
     from .app import DEFAULT_MAX_BODY, create_app
+    from .bodies import BodyLimits
     from .feed import StreamLimits
     from .render import RenderLimits
     from .storage import open_storage
@@ -84,7 +86,10 @@ def app_from_env() -> App:
         streams = dataclasses.replace(streams, per_worker=int(os.environ[STREAMS_ENV]))
     if os.environ.get(ACCOUNT_STREAMS_ENV):
         streams = dataclasses.replace(streams, per_account=int(os.environ[ACCOUNT_STREAMS_ENV]))
-    return create_app(storage, max_body=max_body, limits=limits, streams=streams)
+    bodies = BodyLimits()
+    if os.environ.get(BODY_TIMEOUT_ENV):
+        bodies = dataclasses.replace(bodies, timeout=float(os.environ[BODY_TIMEOUT_ENV]))
+    return create_app(storage, max_body=max_body, limits=limits, streams=streams, bodies=bodies)
 
 
 def _bind(host: str, port: int, *, listen: bool = True, reuse_port: bool = False) -> socket.socket:
@@ -451,6 +456,7 @@ def serve(
     max_body: int | None = None,
     render_timeout: float | None = None,
     header_timeout: float | None = None,
+    body_timeout: float | None = None,
     max_connections: int | None = None,
     sync: str = "normal",
     log_level: str = "warning",
@@ -498,6 +504,7 @@ def serve(
         (MAX_BODY_ENV, max_body),
         (RENDER_TIMEOUT_ENV, render_timeout),
         (HEADER_TIMEOUT_ENV, header_timeout),
+        (BODY_TIMEOUT_ENV, body_timeout),
         (MAX_CONNECTIONS_ENV, cap if max_connections is None else min(max_connections, cap)),
         (SYNC_ENV, sync),
         (LOG_LEVEL_ENV, log_level),

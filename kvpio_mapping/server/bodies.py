@@ -1,0 +1,71 @@
+"""Request bodies arrive whole and in time, or the request fails before it changes anything.
+
+Falcon reads a body through ASGI ``receive``, and takes a client's disconnect
+as the body's end: a client gone part-way through ``123`` would have ``12``
+stored. A client may also trickle its body a byte at a time and hold its
+connection and its request for as long as it likes. :func:`guarded` wraps
+``receive`` for every request so that neither can happen: a disconnect before
+the body's last byte raises :class:`BodyCutError`, and a body that has not
+arrived within :attr:`BodyLimits.timeout` seconds, plus one second per
+:attr:`BodyLimits.min_rate` bytes received (Apache's ``mod_reqtimeout`` rule:
+a slow link gets more time, a trickle does not), raises
+:class:`BodyTimeoutError`, answered 408 with the connection closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+Receive = Callable[[], Awaitable[Any]]
+"""ASGI ``receive``: the next event of the request (a dict)."""
+
+BODY_TIMEOUT: Final = 20.0
+MIN_RATE: Final = 500
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """A request body may take ``timeout`` seconds, plus a second per ``min_rate`` bytes."""
+
+    timeout: float = BODY_TIMEOUT
+    min_rate: int = MIN_RATE
+
+
+class BodyCutError(Exception):
+    """The client went away before the whole body arrived: the request must change nothing."""
+
+
+class BodyTimeoutError(Exception):
+    """The body did not arrive in time (408)."""
+
+    def __init__(self, limits: BodyLimits) -> None:
+        super().__init__(
+            f"the request body did not arrive within {limits.timeout:g} s"
+            f" (plus 1 s per {limits.min_rate} bytes received)"
+        )
+
+
+def guarded(receive: Receive, limits: BodyLimits) -> Receive:
+    """``receive`` for one request, raising instead of handing on a late or cut body."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.timeout
+    complete = False
+
+    async def guarded_receive() -> Any:
+        nonlocal deadline, complete
+        if complete:  # after the body, only a disconnect can come: wait as long as it takes
+            return await receive()
+        try:
+            event = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+        except asyncio.TimeoutError:
+            raise BodyTimeoutError(limits) from None
+        if event["type"] == "http.disconnect":
+            raise BodyCutError("the client closed the connection before its body ended")
+        deadline += len(event.get("body", b"")) / limits.min_rate
+        complete = not event.get("more_body", False)
+        return event
+
+    return guarded_receive
