@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 from .bucket import KVBucket
 from .cache import CacheInfo
+from .changes import Change
 from .connection import Connection, connect
 from .errors import (
     AuthenticationError,
@@ -23,7 +24,7 @@ from .errors import (
 )
 from .sharing import Transaction, Versioned
 from .templates import TemplateStore, TemplateWatch
-from .watch import Change, Watch
+from .watch import Watch
 from .writeback import LiveDict, LiveList, WriteBackBucket
 
 __version__ = "0.1.0"

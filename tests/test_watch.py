@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from kvpio_mapping import KVBucket, TransportError, connect
+from kvpio_mapping.changes import Change, Event, parse_events
 from kvpio_mapping.testing import RunningServer, TestAccount, new_account, run_server, start_server
-from kvpio_mapping.watch import Change, Event, Watch, parse_events
+from kvpio_mapping.watch import Watch
 
 ROOT = Path(__file__).resolve().parents[1]
 
