@@ -38,6 +38,14 @@ class AsyncTemplateStore:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self._transport.url!r})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The configuration only, as :class:`AsyncKVBucket` pickles (no cache, lock or clock)."""
+        cache = self._cache
+        return {"transport": self._transport, "ttl": cache.ttl, "maxsize": cache.maxsize}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["transport"], ttl=state["ttl"], maxsize=state["maxsize"])  # type: ignore[misc]
+
     async def _run(self, flow: Flow[_T]) -> _T:
         return await run_async(flow, self._transport.send)
 
