@@ -34,6 +34,7 @@ _ASYNC = {
     "AsyncKVBucket": "async_bucket",
     "AsyncTemplateStore": "async_templates",
     "AsyncTransaction": "async_bucket",
+    "AsyncWatch": "async_watch",
     "connect_async": "async_connection",
 }
 
@@ -56,12 +57,14 @@ if TYPE_CHECKING:
     from .async_bucket import AsyncKVBucket, AsyncTransaction
     from .async_connection import AsyncConnection, connect_async
     from .async_templates import AsyncTemplateStore
+    from .async_watch import AsyncWatch
 
 __all__ = [
     "AsyncConnection",
     "AsyncKVBucket",
     "AsyncTemplateStore",
     "AsyncTransaction",
+    "AsyncWatch",
     "AuthenticationError",
     "CacheInfo",
     "Change",

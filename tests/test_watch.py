@@ -10,7 +10,6 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 import threading
-from pathlib import Path
 from typing import Any
 
 from feeds import Collector, until, writers
@@ -18,8 +17,6 @@ from feeds import Collector, until, writers
 from kvpio_mapping import KVBucket, connect
 from kvpio_mapping.changes import Event, parse_events
 from kvpio_mapping.testing import RunningServer, TestAccount, new_account
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_parse_events_reads_fields_comments_and_id_only_blocks() -> None:
