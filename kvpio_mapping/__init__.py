@@ -33,6 +33,7 @@ _ASYNC = {
     "AsyncConnection": "async_connection",
     "AsyncKVBucket": "async_bucket",
     "AsyncTemplateStore": "async_templates",
+    "AsyncTemplateWatch": "async_templates",
     "AsyncTransaction": "async_bucket",
     "AsyncWatch": "async_watch",
     "connect_async": "async_connection",
@@ -56,13 +57,14 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     from .async_bucket import AsyncKVBucket, AsyncTransaction
     from .async_connection import AsyncConnection, connect_async
-    from .async_templates import AsyncTemplateStore
+    from .async_templates import AsyncTemplateStore, AsyncTemplateWatch
     from .async_watch import AsyncWatch
 
 __all__ = [
     "AsyncConnection",
     "AsyncKVBucket",
     "AsyncTemplateStore",
+    "AsyncTemplateWatch",
     "AsyncTransaction",
     "AsyncWatch",
     "AuthenticationError",

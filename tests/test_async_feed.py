@@ -15,7 +15,7 @@ import pickle
 import signal
 from typing import Any
 
-from kvpio_mapping import AsyncKVBucket, KVBucket, connect_async
+from kvpio_mapping import AsyncKVBucket, KVBucket, connect, connect_async
 from kvpio_mapping.async_connection import AsyncConnection
 from kvpio_mapping.testing import TestAccount
 
@@ -191,3 +191,34 @@ def test_a_live_async_connection_drops_renderings_of_templates_others_change(
 
 async def _rendered(conn: AsyncConnection, text: str) -> bool:
     return await conn.templates.get("hi") == text
+
+
+def test_an_async_template_watch_renders_again_when_a_used_key_or_the_template_changes(
+    kvpio_account: TestAccount,
+) -> None:
+    other = connect(kvpio_account.url, kvpio_account.api_key)
+    other.bucket["user"] = {"name": "Ann"}
+    other.templates["hi"] = "Hello {{ user.name }}"
+    texts: list[str | None] = []
+
+    async def main() -> None:
+        async with connect_async(kvpio_account.url, kvpio_account.api_key) as conn:
+            watch = conn.templates.watch("hi")
+
+            async def collect() -> None:
+                async for text in watch:
+                    texts.append(text)
+
+            reader = asyncio.create_task(collect())
+            assert await until_async(lambda: asyncio.sleep(0, texts == ["Hello Ann"]))
+            other.bucket["unused"] = 1
+            other.bucket["user/name"] = "Bob"
+            assert await until_async(lambda: asyncio.sleep(0, texts == ["Hello Ann", "Hello Bob"]))
+            other.templates["hi"] = "Bye {{ user.name }}"
+            assert await until_async(lambda: asyncio.sleep(0, texts[-1:] == ["Bye Bob"]))
+            await watch.aclose()  # from another task than the one iterating it
+            await asyncio.wait_for(reader, 5)
+
+    asyncio.run(main())
+    other.close()
+    assert texts == ["Hello Ann", "Hello Bob", "Bye Bob"]
