@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from kvpio_mapping.changes import MAX_PAUSE, Change, Follow, Ready
+from kvpio_mapping.changes import MAX_PAUSE, Change, Event, Follow, Ready, parse_events
 from kvpio_mapping.errors import AuthenticationError, TransportError
 
 
@@ -67,3 +67,26 @@ def test_a_revoked_key_ends_the_watch_and_a_closing_server_asks_for_a_reconnect(
     with pytest.raises(AuthenticationError, match="key revoked"):
         feed(follow, "event: end", 'data: {"reason": "key revoked"}', "")
     assert follow.stopped
+
+
+def test_parse_events_reads_fields_comments_and_id_only_blocks() -> None:
+    lines = [
+        ": keep-alive",
+        "id: 4",
+        "",
+        "event: put",
+        "data: {",
+        "data: }",
+        "",
+        "data:x",
+        "id:7",
+        "",
+    ]
+    assert list(parse_events(lines)) == [
+        Event("", "", "4"),
+        Event("put", "{\n}", None),
+        Event("message", "x", "7"),
+    ]
+
+
+# watch

@@ -1,4 +1,5 @@
-"""Watching and the live cache against real ``kvpio serve`` processes.
+"""The blocking client's watches and live cache against real ``kvpio serve`` processes,
+beyond what test_clients_contract.py asks of both clients.
 
 Writers are separate processes or separate connections (so, with two
 workers, some of their writes go through the other worker); every wait is
@@ -15,31 +16,7 @@ from typing import Any
 from feeds import Collector, until, writers
 
 from kvpio_mapping import KVBucket, connect
-from kvpio_mapping.changes import Event, parse_events
 from kvpio_mapping.testing import RunningServer, TestAccount, new_account
-
-
-def test_parse_events_reads_fields_comments_and_id_only_blocks() -> None:
-    lines = [
-        ": keep-alive",
-        "id: 4",
-        "",
-        "event: put",
-        "data: {",
-        "data: }",
-        "",
-        "data:x",
-        "id:7",
-        "",
-    ]
-    assert list(parse_events(lines)) == [
-        Event("", "", "4"),
-        Event("put", "{\n}", None),
-        Event("message", "x", "7"),
-    ]
-
-
-# watch
 
 
 def test_a_thousand_changes_from_four_writers_arrive_in_order_without_a_gap(
