@@ -78,8 +78,10 @@ class AsyncWatch(AsyncIterator[Change]):
             self._waiting = task
             try:
                 await self._step()
-            except asyncio.CancelledError as exc:
-                if not self._closed or exc.args != (_CLOSED,) or _uncancel(task) > 0:
+            except asyncio.CancelledError:
+                # Closed by aclose() (which cancels a task blocked here): end the iteration,
+                # unless someone else cancelled the task too.
+                if not self._closed or _uncancel(task) > 0:
                     raise
             finally:
                 self._waiting = None

@@ -222,3 +222,24 @@ def test_an_async_template_watch_renders_again_when_a_used_key_or_the_template_c
     asyncio.run(main())
     other.close()
     assert texts == ["Hello Ann", "Hello Bob", "Bye Bob"]
+
+
+def test_a_cancelled_task_iterating_a_watch_stays_cancelled(kvpio_account: TestAccount) -> None:
+    async def main() -> None:
+        async with AsyncKVBucket(kvpio_account.url, kvpio_account.api_key) as bucket:
+            watch = bucket.watch()
+            seen: list[Any] = []
+
+            async def collect() -> None:
+                async for change in watch:
+                    seen.append(change)
+
+            reader = asyncio.create_task(collect())
+            assert await until_async(lambda: asyncio.sleep(0, len(seen) == 1))
+            reader.cancel()  # the owner's own cancellation is not taken for a close
+            await asyncio.wait([reader])
+            assert reader.cancelled()
+            await watch.aclose()
+            assert [change async for change in watch] == []
+
+    asyncio.run(main())
