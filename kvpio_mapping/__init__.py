@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 from .bucket import KVBucket
 from .cache import CacheInfo
+from .changes import Change
 from .connection import Connection, connect
 from .errors import (
     AuthenticationError,
@@ -23,7 +24,7 @@ from .errors import (
 )
 from .sharing import Transaction, Versioned
 from .templates import TemplateStore, TemplateWatch
-from .watch import Change, Watch
+from .watch import Watch
 from .writeback import LiveDict, LiveList, WriteBackBucket
 
 __version__ = "0.1.0"
@@ -32,7 +33,9 @@ _ASYNC = {
     "AsyncConnection": "async_connection",
     "AsyncKVBucket": "async_bucket",
     "AsyncTemplateStore": "async_templates",
+    "AsyncTemplateWatch": "async_templates",
     "AsyncTransaction": "async_bucket",
+    "AsyncWatch": "async_watch",
     "connect_async": "async_connection",
 }
 
@@ -54,13 +57,16 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     from .async_bucket import AsyncKVBucket, AsyncTransaction
     from .async_connection import AsyncConnection, connect_async
-    from .async_templates import AsyncTemplateStore
+    from .async_templates import AsyncTemplateStore, AsyncTemplateWatch
+    from .async_watch import AsyncWatch
 
 __all__ = [
     "AsyncConnection",
     "AsyncKVBucket",
     "AsyncTemplateStore",
+    "AsyncTemplateWatch",
     "AsyncTransaction",
+    "AsyncWatch",
     "AuthenticationError",
     "CacheInfo",
     "Change",

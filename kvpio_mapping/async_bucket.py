@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from . import operations, values
+from .async_live import AsyncLiveFeed
 from .async_transport import AsyncTransport
+from .async_watch import AsyncWatch
 from .bucket import DEFAULT_MAXSIZE, DEFAULT_TTL, update_pairs
 from .cache import PathCache
 from .operations import ClientState, Flow, Rooted, run_async
@@ -30,9 +32,13 @@ class AsyncKVBucket(Rooted):
     """A bucket of ``str`` slash paths to JSON values, for asyncio code.
 
     Configured as :class:`~kvpio_mapping.KVBucket` is (``url``, ``api_key``,
-    ``ttl``, ``maxsize``, ``timeout``, ``timer``); ``transport`` shares an
-    :class:`~kvpio_mapping.async_transport.AsyncTransport`. Use it from one
-    event loop, and close it with ``await b.aclose()`` or ``async with``.
+    ``ttl``, ``maxsize``, ``timeout``, ``timer``, ``live``); ``transport``
+    shares an :class:`~kvpio_mapping.async_transport.AsyncTransport`. With
+    ``live=True`` a task of the event loop follows the change feed and drops
+    cached reads as any client's writes change them (see
+    :mod:`kvpio_mapping.async_live`). Use it from one event loop, and close
+    it with ``await b.aclose()`` or ``async with``. Pickling keeps the
+    configuration; a forked child opens its own connections and feed.
     """
 
     def __init__(
@@ -45,9 +51,31 @@ class AsyncKVBucket(Rooted):
         timeout: float = DEFAULT_TIMEOUT,
         transport: AsyncTransport | None = None,
         timer: Callable[[], float] = time.monotonic,
+        live: bool = False,
     ) -> None:
         transport = transport or AsyncTransport(url, api_key, timeout=timeout)
         self._state = ClientState(transport, PathCache(ttl, maxsize, timer=timer))
+        self._root = ()
+        if live:
+            self._state.go_live(AsyncLiveFeed)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "transport": self._state.transport,
+            "ttl": self._state.cache.ttl,
+            "maxsize": self._state.cache.maxsize,
+            "root": self._root,
+            "live": self._state.live,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(  # type: ignore[misc]
+            transport=state["transport"],
+            ttl=state["ttl"],
+            maxsize=state["maxsize"],
+            live=state["live"],
+        )
+        self._root = state["root"]
 
     def view(self, path: str) -> AsyncKVBucket:
         """The bucket over the object at ``path``, sharing this one's connection and cache."""
@@ -191,10 +219,21 @@ class AsyncKVBucket(Rooted):
             seeds = failed
         raise conflict(retries, seeds)
 
+    # changes
+
+    def watch(self, path: str = "", *, revision: int | None = None) -> AsyncWatch:
+        """The changes at or below ``path`` (``''``: this bucket's root), as
+        :meth:`KVBucket.watch <kvpio_mapping.KVBucket.watch>` gives them:
+        ``async for change in bucket.watch(path)``; ``await watch.aclose()`` ends it."""
+        return AsyncWatch(self._state.transport, self._watched(path), revision=revision)
+
     # connection
 
     async def aclose(self) -> None:
-        """Close the pooled connections."""
+        """Stop the live feed, and close the pooled connections."""
+        feed = self._state.feed
+        if isinstance(feed, AsyncLiveFeed):
+            await feed.aclose()
         await self._state.transport.aclose()
 
     async def __aenter__(self) -> AsyncKVBucket:

@@ -4,14 +4,25 @@ for asyncio code, running the same template flows with the same rendered-text ca
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from . import operations, protocol
 from .async_transport import AsyncTransport
+from .async_watch import AsyncWatch
 from .cache import CacheInfo
 from .operations import Flow, run_async
-from .templates import RenderCache, clear, exists, remove, rendered, source, store
+from .templates import (
+    RenderCache,
+    TemplateFollow,
+    clear,
+    exists,
+    remove,
+    rendered,
+    rendering,
+    source,
+    store,
+)
 
 _T = TypeVar("_T")
 
@@ -37,6 +48,14 @@ class AsyncTemplateStore:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self._transport.url!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The configuration only, as :class:`AsyncKVBucket` pickles (no cache, lock or clock)."""
+        cache = self._cache
+        return {"transport": self._transport, "ttl": cache.ttl, "maxsize": cache.maxsize}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["transport"], ttl=state["ttl"], maxsize=state["maxsize"])  # type: ignore[misc]
 
     async def _run(self, flow: Flow[_T]) -> _T:
         return await run_async(flow, self._transport.send)
@@ -73,6 +92,13 @@ class AsyncTemplateStore:
         """Delete every template, without rendering them (one may not render)."""
         await self._run(clear(self._cache))
 
+    def watch(self, name: str) -> AsyncTemplateWatch:
+        """``name`` rendered now, then again each time the template or a top-level key it
+        uses changes (None while there is no such template): ``async for text in ...``;
+        ``await watch.aclose()`` ends it."""
+        protocol.template_target(name)
+        return AsyncTemplateWatch(self._transport, name)
+
     def bucket_changed(self, path: str | None) -> None:
         """Drop renderings that used the top-level key written at ``path`` (all if None)."""
         self._cache.bucket_changed(path)
@@ -87,3 +113,48 @@ class AsyncTemplateStore:
     def cache_info(self) -> CacheInfo:
         """Hits, misses, maximum and current size of the rendered-text cache."""
         return self._cache.info()
+
+
+class AsyncTemplateWatch(AsyncIterator[str | None]):
+    """See :meth:`AsyncTemplateStore.watch`: the rules of
+    :class:`~kvpio_mapping.templates.TemplateWatch` over an async watch."""
+
+    def __init__(self, transport: AsyncTransport, name: str) -> None:
+        self._transport = transport
+        self._follow = TemplateFollow(name)
+        self._watch: AsyncWatch | None = None
+        self._closed = False
+
+    def __aiter__(self) -> AsyncTemplateWatch:
+        return self
+
+    async def __anext__(self) -> str | None:
+        follow = self._follow
+        if self._watch is None:
+            if self._closed:
+                raise StopAsyncIteration
+            text, names, revision = await run_async(rendering(follow.name), self._transport.send)
+            follow.rendered(text, names)
+            # Resuming after the rendering's revision: nothing between is missed.
+            self._watch = AsyncWatch(self._transport, revision=revision, snapshot=False)
+            if self._closed:
+                await self._watch.aclose()
+            return text
+        async for change in self._watch:
+            if follow.relevant(change):
+                text, names, _ = await run_async(rendering(follow.name), self._transport.send)
+                if follow.rendered(text, names):
+                    return text
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """End the iteration (also one blocked in another task)."""
+        self._closed = True
+        if self._watch is not None:
+            await self._watch.aclose()
+
+    async def __aenter__(self) -> AsyncTemplateWatch:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()

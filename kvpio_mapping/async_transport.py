@@ -17,6 +17,7 @@ import httpx
 
 from . import protocol
 from .errors import KvpioTimeoutError, TransportError
+from .forks import reset_after_fork
 from .transport import (
     CONNECT_TIMEOUT,
     DEFAULT_RETRIES,
@@ -35,6 +36,8 @@ from .transport import (
 MAX_CONNECTIONS: Final = 100
 """Connections the pool opens to the server at most, and keeps while they stay fresh: a
 batch of concurrent calls reuses the connections the previous batch opened."""
+MAX_STREAMS: Final = 100
+"""Change-feed streams open at once at most (the server allows 100 per account and worker)."""
 _NOTHING_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 """Failures before any byte of the request reached the server (safe to resend)."""
 
@@ -42,7 +45,8 @@ _NOTHING_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 class AsyncTransport:
     """Sends requests to one server with one API key, over an ``httpx.AsyncClient`` pool.
 
-    Use it from one event loop; pickling keeps only the configuration.
+    Use it from one event loop; pickling keeps only the configuration, and a
+    forked child opens its own connections.
     ``client`` shares an ``httpx.AsyncClient`` of the caller's (not closed by
     :meth:`aclose`).
     """
@@ -66,26 +70,41 @@ class AsyncTransport:
         self.backoff = backoff
         self.base = f"{self.url}/{version}/"
         self._own_client = client is None
-        whole = httpx.Timeout(self.timeout, connect=min(CONNECT_TIMEOUT, self.timeout))
-        fixed = {
+        self._whole = httpx.Timeout(self.timeout, connect=min(CONNECT_TIMEOUT, self.timeout))
+        self._fixed = {
             "User-Agent": USER_AGENT,
             "Authorization": authorization(self.api_key),
             "Accept": "application/json, text/plain",
         }
         # Our own client has the whole timeout (the first attempt's) and the fixed headers
         # as its defaults, which spares httpx merging them into every request.
-        self._first: Any = httpx.USE_CLIENT_DEFAULT if client is None else whole
-        self._headers: dict[str, str] | None = None if client is None else fixed
-        self.client = client or httpx.AsyncClient(
-            headers=fixed,
-            timeout=whole,
+        self._first: Any = httpx.USE_CLIENT_DEFAULT if client is None else self._whole
+        self._headers: dict[str, str] | None = None if client is None else self._fixed
+        # Made once: a forked child's new clients reuse it (loading CAs takes milliseconds).
+        self._ssl = httpx.create_ssl_context()
+        self.client = client or self._new_client(MAX_CONNECTIONS)
+        self._streams: httpx.AsyncClient | None = None
+        reset_after_fork(self)
+
+    def _new_client(self, connections: int) -> httpx.AsyncClient:
+        """A client of our own with the fixed headers, the whole timeout and a fresh pool."""
+        return httpx.AsyncClient(
+            headers=self._fixed,
+            timeout=self._whole,
+            verify=self._ssl,
             limits=httpx.Limits(
-                max_connections=MAX_CONNECTIONS,
-                max_keepalive_connections=MAX_CONNECTIONS,
+                max_connections=connections,
+                max_keepalive_connections=connections,
                 keepalive_expiry=IDLE_LIMIT,
             ),
             follow_redirects=False,
         )
+
+    def _after_fork(self) -> None:
+        """Leave the parent's pooled connections to it: a forked child opens its own."""
+        if self._own_client:
+            self.client = self._new_client(MAX_CONNECTIONS)
+        self._streams = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -104,9 +123,31 @@ class AsyncTransport:
         return f"<AsyncTransport {self.url}>"
 
     async def aclose(self) -> None:
-        """Close the pooled connections of a client this transport made."""
+        """Close the pooled connections of a client this transport made, and the streams."""
         if self._own_client:
             await self.client.aclose()
+        streams, self._streams = self._streams, None
+        if streams is not None:
+            await streams.aclose()
+
+    async def stream(self, request: protocol.Request, read_timeout: float) -> httpx.Response:
+        """Send ``request`` (a long-lived GET) and return the answer, its body not read yet
+        (read it, then ``aclose()`` it); no retries.
+
+        Streams use a client of their own, so one open stream never holds a
+        connection the pooled requests need. Raises :class:`TransportError`
+        when no answer came (the caller decides when to try again).
+        """
+        if self._streams is None:
+            self._streams = self._new_client(MAX_STREAMS)
+        timeout = httpx.Timeout(read_timeout, connect=min(CONNECT_TIMEOUT, self.timeout))
+        built = self._streams.build_request(
+            request.method, self.base + request.target, headers=request.headers, timeout=timeout
+        )
+        try:
+            return await self._streams.send(built, stream=True)
+        except httpx.TransportError as exc:
+            raise TransportError(f"cannot reach the server at {self.url}: {exc!r}") from exc
 
     async def send(self, request: protocol.Request) -> httpx.Response:
         """Send ``request`` and return the answer, any status, within ``timeout`` seconds.

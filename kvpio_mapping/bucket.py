@@ -22,6 +22,7 @@ from typing import Any, Final, TypeVar, overload
 
 from . import operations, paths, values
 from .cache import NOT_CACHED, PathCache
+from .live import LiveFeed
 from .operations import ClientState, Flow, Rooted, run
 from .paths import MISSING
 from .sharing import SharingMixin
@@ -106,7 +107,7 @@ class KVBucket(SharingMixin, Rooted, MutableMapping[str, Any]):
         self._root = ()
         self._listing = _Listing()
         if live:
-            self._state.go_live()
+            self._state.go_live(LiveFeed)
 
     @property
     def _transport(self) -> Transport:
@@ -330,10 +331,7 @@ class KVBucket(SharingMixin, Rooted, MutableMapping[str, Any]):
         ``revision``), then yields each change as it is committed by any
         client, reconnecting by itself; ``.close()`` it from any thread.
         """
-        segments = self._root + (paths.parse(path) if path else ())
-        if segments:
-            paths.check(segments)
-        return Watch(self._transport, segments, revision=revision)
+        return Watch(self._transport, self._watched(path), revision=revision)
 
     def close(self) -> None:
         """Close the pooled connections (they reopen if the bucket is used again) and the feed."""

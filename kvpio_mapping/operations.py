@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from contextlib import contextmanager
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from . import paths, protocol, values
 from .cache import NOT_CACHED, CacheInfo, PathCache
 from .errors import InvalidPathError
-from .live import LiveFeed
+from .live import Coherence
 from .paths import MISSING
 from .protocol import Answer, Request
 
@@ -29,6 +29,16 @@ WriteListener = Callable[[str | None], None]
 """Called with the full path of each write (None: the whole bucket), whatever its outcome."""
 
 COUNTER_KINDS: Final = (int, float)
+
+
+class Feed(Protocol):
+    """A running change feed keeping a cache coherent (a thread or a task: see live.py)."""
+
+    def ensure(self) -> None:
+        """Start following in this process (and event loop) unless it already does."""
+
+    def close(self) -> None:
+        """Stop following; the cache keeps the TTL rule from now on."""
 
 
 class ClientState:
@@ -45,7 +55,7 @@ class ClientState:
         self.cache = cache
         self.listeners: list[WriteListener] = []
         self.template_listeners: list[WriteListener] = []
-        self._feed: LiveFeed | None = None
+        self.feed: Feed | None = None
 
     def add_listener(self, listener: WriteListener) -> None:
         """Call ``listener(path)`` after each write through this state (None: all paths)."""
@@ -55,26 +65,28 @@ class ClientState:
         """Call ``listener(name)`` when the live feed sees the template ``name`` change."""
         self.template_listeners.append(listener)
 
-    def go_live(self) -> None:
-        """Follow the bucket's change feed so cached reads stay until a change drops them."""
+    def go_live(self, follow: Callable[[Any, Coherence], Feed]) -> None:
+        """Follow the bucket's change feed so cached reads stay until a change drops them;
+        ``follow(transport, coherence)`` starts the thread or task that does."""
         if not self.cache.enabled:
             raise ValueError("live=True needs a cache: ttl > 0 and maxsize > 0")
-        self._feed = LiveFeed(self.transport, self.cache, self.listeners, self.template_listeners)
+        coherence = Coherence(self.cache, self.listeners, self.template_listeners)
+        self.feed = follow(self.transport, coherence)
 
     @property
     def live(self) -> bool:
         """Whether this state follows the change feed (see :meth:`go_live`)."""
-        return self._feed is not None
+        return self.feed is not None
 
     def ensure_live(self) -> None:
-        """Restart the feed in this process if it is not running here (a forked child)."""
-        if self._feed is not None:
-            self._feed.ensure()
+        """Restart the feed if it is not running here (a forked child, an event loop)."""
+        if self.feed is not None:
+            self.feed.ensure()
 
     def close_live(self) -> None:
         """Stop following the feed; the cache keeps the TTL rule from now on."""
-        if self._feed is not None:
-            self._feed.close()
+        if self.feed is not None:
+            self.feed.close()
 
     @contextmanager
     def writing(self, path: str | None) -> Iterator[None]:
@@ -105,6 +117,13 @@ class Rooted:
         view._state = self._state
         view._root = segments
         return view
+
+    def _watched(self, path: str) -> paths.Path:
+        """The checked segments of ``path`` below this mapping's root (``''``: the root)."""
+        segments = self._root + (paths.parse(path) if path else ())
+        if segments:
+            paths.check(segments)
+        return segments
 
     @property
     def state(self) -> ClientState:

@@ -143,6 +143,16 @@ def commit(body: bytes) -> Request:
     return Request("POST", "bucket/?commit=true", body=body, idempotent=False)
 
 
+def watch(full: str, revision: int | None, snapshot: bool = True) -> Request:
+    """Open the change feed of ``full`` ("Live"): from a snapshot, after ``revision`` if
+    given, with no value at all if not ``snapshot``."""
+    headers = {"Accept": "text/event-stream"}
+    if revision is not None:
+        headers["Last-Event-ID"] = str(revision)
+    target = bucket_target(full) + ("" if snapshot else "?snapshot=false")
+    return Request("GET", target, headers=headers)
+
+
 def account() -> Request:
     """The account's details."""
     return Request("GET", "account/")

@@ -12,6 +12,7 @@ from cachetools import TTLCache
 
 from . import operations, protocol, values
 from .cache import CacheInfo
+from .changes import Change
 from .forks import reset_after_fork
 from .operations import Flow, run
 from .paths import MISSING
@@ -273,6 +274,36 @@ class TemplateStore(MutableMapping[str, str]):
         return self._cache.info()
 
 
+class TemplateFollow:
+    """A template watch's rules, with no I/O (both template stores' watches follow them):
+    which changes call for a new rendering, and which renderings are yielded (not one
+    equal to the last yielded)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._names: frozenset[str] = frozenset()
+        self._last: str | None = None
+        self._started = False
+
+    def rendered(self, text: str | None, names: frozenset[str]) -> bool:
+        """Take a rendering (None: no such template) and the top-level names it used;
+        whether to yield it."""
+        if text is not None:
+            self._names = names
+        new = not self._started or text != self._last
+        self._started = True
+        self._last = text
+        return new
+
+    def relevant(self, change: Change) -> bool:
+        """Whether ``change`` may change the rendering: the template itself, a top-level
+        key it used, the whole bucket, or changes lost."""
+        if change.kind == "template":
+            return change.path == self.name
+        top = change.path.split("/", 1)[0]
+        return change.kind == "reset" or not top or top in self._names
+
+
 class TemplateWatch(Iterator[str | None]):
     """See :meth:`TemplateStore.watch`: follows the bucket's feed, renders on relevant changes.
 
@@ -281,42 +312,29 @@ class TemplateWatch(Iterator[str | None]):
 
     def __init__(self, transport: Transport, name: str) -> None:
         self._transport = transport
-        self._name = name
-        self._names: frozenset[str] = frozenset()
+        self._follow = TemplateFollow(name)
         self._watch: Watch | None = None
-        self._last: str | None = None
         self._closed = False
 
     def __iter__(self) -> TemplateWatch:
         return self
 
-    def _render(self) -> tuple[str | None, int]:
-        text, names, revision = run(rendering(self._name), self._transport.send)
-        if text is not None:
-            self._names = names
-        return text, revision
-
     def __next__(self) -> str | None:
+        follow = self._follow
         if self._watch is None:
             if self._closed:
                 raise StopIteration
-            text, revision = self._render()
+            text, names, revision = run(rendering(follow.name), self._transport.send)
+            follow.rendered(text, names)
             # Resuming after the rendering's revision: nothing between is missed.
             self._watch = Watch(self._transport, revision=revision, snapshot=False)
             if self._closed:
                 self._watch.close()
-            self._last = text
             return text
         for change in self._watch:
-            if change.kind == "template":
-                relevant = change.path == self._name
-            else:
-                top = change.path.split("/", 1)[0]
-                relevant = change.kind == "reset" or not top or top in self._names
-            if relevant:
-                text, _ = self._render()
-                if text != self._last:
-                    self._last = text
+            if follow.relevant(change):
+                text, names, _ = run(rendering(follow.name), self._transport.send)
+                if follow.rendered(text, names):
                     return text
         raise StopIteration
 

@@ -265,10 +265,9 @@ class Transport:
                 continue
             return response
 
-    def stream(
-        self, target: str, headers: Mapping[str, str], read_timeout: float
-    ) -> requests.Response:
-        """Open a long-lived GET of ``target`` whose body is read as it comes; no retries.
+    def stream(self, request: protocol.Request, read_timeout: float) -> requests.Response:
+        """Send ``request`` (a long-lived GET) and return the answer, its body read as it
+        comes; no retries.
 
         Streams use a session of their own, so one open stream never holds a
         connection the pooled requests need. Raises :class:`TransportError`
@@ -277,12 +276,12 @@ class Transport:
         if self._streams is None:
             self._streams = requests.Session()
         sent = self._headers.copy()
-        sent.update(headers)
+        sent.update(request.headers or {})
         options = dict(self._send_options, stream=True)
         options["timeout"] = (min(CONNECT_TIMEOUT, self.timeout), read_timeout)
-        request = requests.Request("GET", self.base + target, headers=sent)
+        prepared = requests.Request(request.method, self.base + request.target, headers=sent)
         try:
-            return self._streams.send(request.prepare(), **options)
+            return self._streams.send(prepared.prepare(), **options)
         except requests.RequestException as exc:
             raise TransportError(f"cannot reach the server at {self.url}: {exc}") from exc
 

@@ -1,15 +1,15 @@
 """Shared fixtures: ``api`` (raw HTTP on a fresh account), ``count_requests``,
-``clock`` and ``closed_url``."""
+``clock``, ``closed_url`` and ``server2`` (a server with two workers)."""
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from kvpio_mapping.testing import Api, TestAccount
+from kvpio_mapping.testing import Api, RunningServer, TestAccount, run_server
 
 
 @pytest.fixture
@@ -74,3 +74,10 @@ def closed_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def server2() -> Iterator[RunningServer]:
+    """A server with two workers."""
+    with run_server(workers=2) as server:
+        yield server

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from faults import fault_server
+from feeds import writers
 
 from kvpio_mapping import AsyncKVBucket, KVBucket, connect_async
 
@@ -107,6 +108,30 @@ def test_the_event_loop_runs_on_during_1000_mixed_operations(kvpio_account: Any)
     assert turns >= 500
     assert longest < 0.01, longest
     assert asyncio.run(_loop_turns(blocking()))[0] <= 1
+
+
+def test_the_event_loop_runs_on_while_a_watch_and_a_live_feed_wait_for_changes(
+    kvpio_account: Any,
+) -> None:
+    seen: list[int] = []
+
+    async def follow() -> int:
+        bucket = AsyncKVBucket(kvpio_account.url, kvpio_account.api_key, live=True)
+        async with bucket, bucket.watch("w0") as watch:
+            await anext(watch)  # the snapshot
+
+            async def work() -> None:
+                writer = writers(kvpio_account, 1, 100)[0]
+                seen.extend([(await anext(watch)).value for _ in range(100)])
+                assert await asyncio.to_thread(writer.wait, 60) == 0
+
+            return await _loop_turns(work())
+
+    # A writer process stores 100 values one by one; while the watch (and the live
+    # feed's task) wait for each, the other task runs. A blocking read never lets it.
+    turns = asyncio.run(follow())
+    assert seen == list(range(100))
+    assert turns >= 100
 
 
 @pytest.mark.slow

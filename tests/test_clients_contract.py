@@ -3,7 +3,9 @@
 Each test runs once per client through :class:`Sync` or :class:`Async`, which
 give both the same plain-call methods (the async bucket's coroutines run on
 the test's own event loop): the same answers as a ``dict``, the same round
-trips, the same cache coherence and the same exceptions.
+trips, the same cache coherence, the same exceptions, and the same change
+feed (watches, resumes, the live cache). A watch is read by a thread or by a
+task of that loop; the loop runs while the test waits.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 from faults import fault_server
+from feeds import Collector, until, writers
 
 from kvpio_mapping import (
     AsyncKVBucket,
@@ -29,7 +32,10 @@ from kvpio_mapping import (
     ServerError,
     TransportError,
 )
+from kvpio_mapping.async_watch import AsyncWatch
+from kvpio_mapping.changes import Change
 from kvpio_mapping.paths import MISSING, delete_in, get_in, parse, set_in
+from kvpio_mapping.testing import RunningServer, new_account, start_server
 
 
 class Sync:
@@ -74,6 +80,12 @@ class Sync:
     def send(self) -> Any:
         return self.bucket.state.transport.send
 
+    def follow(self, path: str = "", **options: Any) -> Collector:
+        return Collector(self.bucket.watch(path, **options))
+
+    def until(self, condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+        return until(condition, timeout)
+
     def wrap_send(self, sent: list[Any]) -> None:
         transport = self.bucket.state.transport
         original = transport.send
@@ -101,6 +113,18 @@ class Async:
     def view(self, path: str) -> Async:
         return Async(self.bucket.view(path), self.loop)
 
+    def follow(self, path: str = "", **options: Any) -> AsyncCollector:
+        return AsyncCollector(self.bucket.watch(path, **options), self.loop)
+
+    def until(self, condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+        """Poll ``condition`` with the event loop running in between (its tasks run then)."""
+
+        def check() -> bool:
+            self.loop.run_until_complete(asyncio.sleep(0.005))
+            return condition()
+
+        return until(check, timeout)
+
     def transact_add(self, key: str, by: int, meddle: Callable[[], None]) -> int:
         async def add(tx: Any) -> int:
             found = await tx.get(key, 0)
@@ -119,6 +143,40 @@ class Async:
             return await original(request)
 
         transport.send = send
+
+
+class AsyncCollector:
+    """Iterates an async watch in a task of ``loop``, collecting its changes; the loop runs
+    while the test waits for them."""
+
+    def __init__(self, watch: AsyncWatch, loop: asyncio.AbstractEventLoop) -> None:
+        self.watch = watch
+        self.loop = loop
+        self.changes: list[Change] = []
+        self.error: BaseException | None = None
+        self.task = loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            async for change in self.watch:
+                self.changes.append(change)
+        except Exception as exc:  # reported by the test
+            self.error = exc
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> list[Change]:
+        async def wait() -> None:
+            deadline = time.monotonic() + timeout
+            while len(self.changes) < count and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+
+        self.loop.run_until_complete(wait())
+        assert len(self.changes) >= count, self.changes[-5:]
+        return self.changes[:count]
+
+    def stop(self) -> None:
+        """Close the watch from another task than the one iterating it."""
+        self.loop.run_until_complete(self.watch.aclose())
+        self.loop.run_until_complete(asyncio.wait_for(self.task, 5))
 
 
 Client = Any
@@ -449,3 +507,139 @@ def test_an_empty_answer_without_the_missing_header_is_a_protocol_error(make: Ma
         client = make(url=fault.url, ttl=0)
         with pytest.raises(ProtocolError):
             client.get("k")
+
+
+# the change feed
+
+
+def test_a_watch_yields_a_snapshot_then_changes_with_full_paths(
+    client: Client, other: KVBucket
+) -> None:
+    other["cfg"] = {"a": 1}
+    collector = client.follow("cfg")
+    try:
+        assert collector.wait_for(1) == [Change("snapshot", "cfg", {"a": 1}, 1)]
+        other["cfg/b"] = [1]
+        del other["cfg/a"]
+        other["elsewhere"] = 1
+        other["cfg"] = 2
+        assert collector.wait_for(4)[1:] == [
+            Change("put", "cfg/b", [1], 2),
+            Change("delete", "cfg/a", None, 3),
+            Change("put", "cfg", 2, 5),
+        ]
+    finally:
+        collector.stop()
+    assert collector.error is None
+
+
+def test_a_watch_of_a_view_follows_the_view_path(client: Client, other: KVBucket) -> None:
+    collector = client.view("users").follow("ann")
+    try:
+        assert collector.wait_for(1) == [Change("delete", "users/ann", None, 0)]
+        other["users/ann/age"] = 7
+        assert collector.wait_for(2)[1] == Change("put", "users/ann/age", 7, 1)
+    finally:
+        collector.stop()
+
+
+def test_a_watch_from_a_revision_resumes_after_it_without_a_snapshot(
+    client: Client, other: KVBucket
+) -> None:
+    for n in range(3):
+        other["n"] = n
+    collector = client.follow("n", revision=1)
+    try:
+        assert collector.wait_for(2) == [Change("put", "n", 1, 2), Change("put", "n", 2, 3)]
+    finally:
+        collector.stop()
+
+
+def test_closing_a_blocked_watch_from_elsewhere_ends_its_iteration(client: Client) -> None:
+    collector = client.follow()
+    collector.wait_for(1)
+    started = time.monotonic()
+    collector.stop()
+    assert time.monotonic() - started < 2
+    assert collector.error is None
+
+
+def test_a_server_restart_in_the_middle_of_a_watch_loses_no_change(
+    make: Make, tmp_path: Any
+) -> None:
+    db = str(tmp_path / "kvpio.sqlite3")
+    server = start_server(db, workers=2)
+    port = int(server.url.rsplit(":", 1)[1])
+    account = new_account(server)
+    writer = KVBucket(account.url, account.api_key, ttl=0)
+    collector = make(account.url, account.api_key).follow("n")
+    try:
+        collector.wait_for(1)
+        for n in range(100):
+            writer["n"] = n
+        server.stop()
+        server = start_server(db, workers=2, port=port, api_key=server.api_key)
+        for n in range(100, 200):
+            writer["n"] = n
+        changes = collector.wait_for(201)[1:]
+        assert [change.kind for change in changes] == ["put"] * 200
+        assert [change.value for change in changes] == list(range(200))
+        assert [change.revision for change in changes] == list(range(1, 201))
+    finally:
+        collector.stop()
+        server.stop()
+
+
+# the live cache
+
+
+def test_a_live_cache_sees_a_write_of_another_process_through_another_worker(
+    make: Make, server2: RunningServer
+) -> None:
+    account = new_account(server2)
+    a = make(account.url, account.api_key, ttl=60, live=True)
+    b = KVBucket(account.url, account.api_key)
+    b["k"] = "old"
+    assert a.until(lambda: a.cache_info().live)
+    # b's write reaches a's feed after a while: read until an entry stays cached.
+    assert a.until(lambda: a.get("k") == "old" and a.cache_info().currsize == 1)
+    hits = a.cache_info().hits
+    assert a.get("k") == "old" and a.cache_info().hits == hits + 1
+    for process in writers(account, 1, 1):
+        assert process.wait(60) == 0
+    # The ttl is a minute: only the feed can make the next reads see it.
+    assert a.until(lambda: a.get("w0") == 0, timeout=5)
+    b["k"] = "new"
+    assert a.until(lambda: a.get("k") == "new", timeout=5)
+    assert a.cache_info().live
+
+
+def test_a_live_cache_falls_back_to_the_ttl_while_the_feed_is_down(make: Make, clock: Any) -> None:
+    server = start_server()
+    account = new_account(server)
+    a = make(account.url, account.api_key, ttl=5, live=True, timer=clock, timeout=1)
+    try:
+        assert a.until(lambda: a.cache_info().live)
+        a.set("k", 1)
+        # Our own write's event drops what a read stored meanwhile: read until one is cached.
+        assert a.until(lambda: a.get("k") == 1 and a.cache_info().currsize == 1)
+        clock.advance(60)
+        assert a.get("k") == 1, "live: an entry outlives its ttl"
+        server.stop()
+        assert a.until(lambda: not a.cache_info().live)
+        with pytest.raises(TransportError):
+            a.get("k")  # past its ttl and no feed: asked of the (stopped) server
+    finally:
+        server.stop()
+
+
+def test_cache_info_says_whether_the_cache_is_live(make: Make) -> None:
+    plain = make()
+    live = make(live=True)
+    assert not plain.cache_info().live
+    assert live.until(lambda: live.cache_info().live)
+
+
+def test_live_needs_a_cache(make: Make) -> None:
+    with pytest.raises(ValueError, match="needs a cache"):
+        make(ttl=0, live=True)

@@ -16,12 +16,12 @@ import pytest
 import requests
 from falcon.asgi import SSEvent
 
+from kvpio_mapping.changes import Event, parse_events
 from kvpio_mapping.server import feed as feed_module
 from kvpio_mapping.server.feed import REREAD, Feed, StreamLimits, event_for, relation
 from kvpio_mapping.server.storage import MemoryStorage
 from kvpio_mapping.server.storage.base import Change
 from kvpio_mapping.testing import Api, RunningServer, TestAccount, new_account, run_server
-from kvpio_mapping.watch import Event, parse_events
 
 T = TypeVar("T")
 
