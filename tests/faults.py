@@ -54,7 +54,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.read(length)
         fault.requests.append((self.command, self.path))
         if fault.delay:
+            with fault.lock:
+                fault.waiting += 1
+                fault.most_waiting = max(fault.most_waiting, fault.waiting)
             time.sleep(fault.delay)
+            with fault.lock:
+                fault.waiting -= 1
         if fault.hang or fault.drop:
             if fault.hang:
                 fault.released.wait(HANG_LIMIT)
@@ -82,6 +87,8 @@ class Fault:
         self.body = b'"value"'
         self.short_by = 0
         self.delay = 0.0
+        self.waiting = self.most_waiting = 0  # requests in their delay, now and at most
+        self.lock = threading.Lock()
         self.hang = False
         self.drop = False
         self.released = threading.Event()

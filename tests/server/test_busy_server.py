@@ -151,6 +151,11 @@ def test_large_reads_leave_other_accounts_small_reads_fast(server: RunningServer
         assert other.get("/v1/bucket/small", timeout=30).json() == "tiny"
         return time.monotonic() - started
 
+    # A small read queued behind a large one would wait about as long as the large one
+    # takes; timing one here scales the limit with how busy the machine is.
+    started = time.monotonic()
+    _read_whole_bucket(large.url, large.api_key, 1, len(body) // 2)
+    limit = max(0.1, (time.monotonic() - started) / 2)
     # Best of three rounds: the machine running the suite may be busy with other work.
     rounds = []
     for _ in range(3):
@@ -158,9 +163,9 @@ def test_large_reads_leave_other_accounts_small_reads_fast(server: RunningServer
         samples = _while_running(large_reads, 8, small_read, 60, processes)
         assert len(samples) >= 20
         rounds.append(_p99(samples))
-        if rounds[-1] < 0.1:
+        if rounds[-1] < limit:
             break
-    assert min(rounds) < 0.1, rounds
+    assert min(rounds) < limit, (rounds, limit)
 
 
 def test_one_accounts_render_flood_leaves_another_quick_render_fast(
