@@ -2,10 +2,11 @@
 
 It owns authentication, the deadline of each call, retries with backoff and
 the keep-alive pool; what an answer means is :mod:`kvpio_mapping.protocol`'s
-business. Work that
-``requests`` would repeat on every call (reading proxy settings from the
-environment, merging session settings, building the auth header, parsing the
-URL) is done once, when the transport is made.
+business. Work that ``requests`` would repeat on every call (picking the
+adapter, reading proxy and certificate settings from the environment, merging
+the session's settings and headers, choosing the connection pool, parsing the
+URL) is done once (see :class:`_Route`), and a call goes straight to the pool
+of the session's adapter, as ``HTTPAdapter.send`` would send it.
 """
 
 from __future__ import annotations
@@ -14,14 +15,19 @@ import base64
 import os
 import time
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import requests
+import urllib3.exceptions as u3
 from requests.adapters import HTTPAdapter
+from requests.cookies import extract_cookies_to_jar
 from requests.structures import CaseInsensitiveDict
-from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
+from requests.utils import get_encoding_from_headers
+from urllib3 import BaseHTTPResponse, HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.util import Timeout
 
 from . import protocol
 from .errors import AuthenticationError, KvpioTimeoutError, TransportError
@@ -108,6 +114,161 @@ class _FreshAdapter(HTTPAdapter):
         return manager
 
 
+_ADAPTER_SEND: Final = HTTPAdapter.send
+_SESSION_SEND: Final = requests.Session.send
+_ADAPTER_STEPS: Final = (
+    "get_connection_with_tls_context",
+    "cert_verify",
+    "request_url",
+    "add_headers",
+    "build_response",
+)
+"""The ``HTTPAdapter`` methods whose work a pooled call does itself: an adapter class
+that overrides one of them (or ``send``) gets the full ``session.send``."""
+
+
+def _settings(session: requests.Session) -> tuple[Any, ...]:
+    """What a :class:`_Route` is worked out from, to tell when the session changed."""
+    return (
+        tuple(session.adapters.items()),
+        tuple(session.proxies.items()),
+        session.verify,
+        session.cert,
+        session.trust_env,
+        tuple(session.headers.items()),
+    )
+
+
+class _Route:
+    """How calls to one base URL go out through one session, worked out once.
+
+    ``requests`` works all this out again on every call, although it changes
+    only when the session's settings do: so a call compares those settings
+    with the ones its route was worked out from (a few microseconds) and
+    works the route out again if any changed. The environment (proxy
+    variables, ``REQUESTS_CA_BUNDLE``) is read when the route is worked out.
+    """
+
+    def __init__(self, session: requests.Session, base: str, fixed: Mapping[str, str]) -> None:
+        self.seen = _settings(session)
+        self.session = session
+        self.base = base
+        settings = session.merge_environment_settings(base, {}, None, None, None)
+        self.proxies: dict[str, str] = dict(settings["proxies"])
+        self.verify: bool | str | None = settings["verify"]
+        self.cert: Any = settings["cert"]
+        merged: CaseInsensitiveDict[Any] = CaseInsensitiveDict(session.headers)
+        merged.update(fixed)
+        # requests drops a session header set to None; the rest keep their spelling
+        self.headers = {name: value for name, value in merged.items() if value is not None}
+        self.names = {"content-type": "Content-Type", "content-length": "Content-Length"}
+        self.names.update((name.lower(), name) for name in self.headers)
+        self.adapter = session.get_adapter(base)
+        self.pooled = isinstance(self.adapter, HTTPAdapter) and all(
+            getattr(type(self.adapter), step) is getattr(HTTPAdapter, step)
+            for step in _ADAPTER_STEPS
+        )
+        self._pool: Any = None
+        self.prefix = ""
+
+    def name(self, header: str) -> str:
+        """``header`` as the merged headers spell it, so a call replaces rather than repeats it."""
+        return self.names.get(header.lower(), header)
+
+    def pool(self) -> HTTPConnectionPool:
+        """The adapter's pool for the base URL (through the proxy, if one applies), and the
+        prefix of each call's URL in it, found as ``HTTPAdapter.send`` finds them."""
+        pool = self._pool
+        if pool is None:
+            probe = requests.PreparedRequest()
+            probe.method = "GET"
+            probe.url = self.base
+            adapter = cast(HTTPAdapter, self.adapter)
+            try:
+                pool = adapter.get_connection_with_tls_context(
+                    probe, self.verify, proxies=self.proxies, cert=self.cert
+                )
+            except u3.LocationValueError as exc:
+                raise requests.exceptions.InvalidURL(exc) from None
+            adapter.cert_verify(pool, self.base, self.verify, self.cert)  # type: ignore[no-untyped-call]
+            self.prefix = adapter.request_url(probe, self.proxies)
+            self._pool = pool
+        return cast(HTTPConnectionPool, pool)
+
+    def forget_pool(self) -> None:
+        """Find the pool again at the next call (the session closed it, or let it go)."""
+        self._pool = None
+
+    def send(
+        self, method: str, target: str, body: bytes | None, headers: dict[str, str], wait: Timeout
+    ) -> requests.Response:
+        """Send one request through the pool and read the whole answer, as ``session.send``
+        would with this route's settings, raising the same ``requests`` exceptions."""
+        started = time.perf_counter()
+        try:
+            try:
+                raw = self._urlopen(method, target, body, headers, wait)
+            except u3.ClosedPoolError:
+                self.forget_pool()
+                raw = self._urlopen(method, target, body, headers, wait)
+        except (u3.HTTPError, OSError) as exc:
+            translated = _as_requests_error(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        response = requests.Response()
+        response.status_code = raw.status
+        # urllib3's headers are case-insensitive already: requests' copy of them is spared
+        response.headers = raw.headers  # type: ignore[assignment]
+        response.encoding = get_encoding_from_headers(raw.headers)
+        response.raw = raw
+        response.reason = raw.reason  # type: ignore[assignment]
+        response.url = self.base + target
+        response.connection = cast(HTTPAdapter, self.adapter)
+        response.elapsed = timedelta(seconds=time.perf_counter() - started)
+        if "Set-Cookie" in raw.headers:
+            self._keep_cookies(response, method, headers)
+        try:
+            response._content = raw.read(decode_content=True)
+        except u3.HTTPError as exc:
+            translated = _as_body_error(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        return response
+
+    def _urlopen(
+        self, method: str, target: str, body: bytes | None, headers: dict[str, str], wait: Timeout
+    ) -> BaseHTTPResponse:
+        adapter = cast(HTTPAdapter, self.adapter)
+        return self.pool().urlopen(
+            method,
+            self.prefix + target,
+            body=body,
+            headers=headers,
+            redirect=False,
+            assert_same_host=False,
+            preload_content=False,
+            decode_content=False,
+            retries=adapter.max_retries,
+            timeout=wait,
+            chunked=False,
+        )
+
+    def _keep_cookies(
+        self, response: requests.Response, method: str, headers: dict[str, str]
+    ) -> None:
+        """Store the cookies an answer set, in it and in the session, as requests does
+        (the session then sends them: its calls take the full path while it has any)."""
+        request = requests.PreparedRequest()
+        request.method = method
+        request.url = response.url
+        request.headers = CaseInsensitiveDict(headers)
+        response.request = request
+        extract_cookies_to_jar(response.cookies, request, response.raw)  # type: ignore[no-untyped-call]
+        extract_cookies_to_jar(self.session.cookies, request, response.raw)  # type: ignore[no-untyped-call]
+
+
 class Transport:
     """Sends requests to one server with one API key, over a keep-alive pool.
 
@@ -137,7 +298,7 @@ class Transport:
         reset_after_fork(self)
 
     def _open(self, session: requests.Session | None) -> None:
-        """Make the session and everything derived from it and the environment, once."""
+        """Make the session (unless given one); the route is worked out at the first call."""
         if session is None:
             session = requests.Session()
             adapter = _FreshAdapter()
@@ -146,19 +307,34 @@ class Transport:
         self.session = session
         self._streams: requests.Session | None = None
         self.base = f"{self.url}/{self.version}/"
-        settings = self.session.merge_environment_settings(self.base, {}, None, None, None)
-        self._send_options: dict[str, Any] = {
-            "allow_redirects": False,
-            "proxies": settings["proxies"],
-            "verify": settings["verify"],
-            "cert": settings["cert"],
-            "stream": False,
+        self._fixed = {
+            "User-Agent": USER_AGENT,
+            "Authorization": authorization(self.api_key),
+            "Accept": "application/json, text/plain",
         }
-        headers: CaseInsensitiveDict[str | bytes] = CaseInsensitiveDict(self.session.headers)
-        headers["User-Agent"] = USER_AGENT
-        headers["Authorization"] = authorization(self.api_key)
-        headers["Accept"] = "application/json, text/plain"
-        self._headers = headers
+        self._route: _Route | None = None
+
+    def _current_route(self) -> _Route:
+        """The route worked out from the session's settings as they are now."""
+        route = self._route
+        if route is None or route.seen != _settings(self.session):
+            route = self._route = _Route(self.session, self.base, self._fixed)
+        return route
+
+    def _pooled(self, route: _Route) -> bool:
+        """Whether a call may go straight to the adapter's pool: not when the session or
+        its adapter does more than ``requests`` does by default (a ``send`` of its own,
+        response hooks, ``session.auth``, cookies to send), which only ``session.send``
+        does right."""
+        session = self.session
+        return (
+            route.pooled
+            and type(route.adapter).send is _ADAPTER_SEND
+            and type(session).send is _SESSION_SEND
+            and session.auth is None
+            and not session.hooks.get("response")
+            and not session.cookies
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -180,8 +356,10 @@ class Transport:
         self._streams = None
 
     def close(self) -> None:
-        """Close pooled connections; the transport reopens them if used again."""
+        """Close pooled connections; the transport reopens them if used again (and reads
+        the environment's settings again then)."""
         self.session.close()
+        self._route = None
         if self._streams is not None:
             self._streams.close()
 
@@ -220,26 +398,25 @@ class Transport:
         deadline = time.monotonic() + self.timeout
         if idempotent is None:
             idempotent = protocol.idempotent(method, target)
-        prepared = requests.PreparedRequest()
-        prepared.method = method
-        prepared.url = self.base + target
-        prepared.headers = self._headers.copy()  # type: ignore[assignment]
+        route = self._current_route()
+        sent = route.headers.copy()
         if headers:
-            prepared.headers.update(headers)
+            for name, value in headers.items():
+                sent[route.name(name)] = value
         if body is not None:
-            prepared.headers["Content-Type"] = "application/json"
-            prepared.headers["Content-Length"] = str(len(body))
+            sent[route.name("Content-Type")] = "application/json"
+            sent[route.name("Content-Length")] = str(len(body))
         elif method in ("POST", "PUT"):
-            prepared.headers["Content-Length"] = "0"
-        prepared.body = body
-        prepared.prepare_cookies(self.session.cookies)
-        prepared.hooks = {"response": []}
+            sent[route.name("Content-Length")] = "0"
         attempt = 0
         while True:
             left = deadline - time.monotonic()
-            options = self._send_options | {"timeout": (min(CONNECT_TIMEOUT, left), left)}
             try:
-                response = self.session.send(prepared, **options)
+                if self._pooled(route):
+                    wait = Timeout(connect=min(CONNECT_TIMEOUT, left), read=left)
+                    response = route.send(method, target, body, sent, wait)
+                else:
+                    response = self._send_in_full(route, method, target, body, sent, left)
             except requests.Timeout as exc:
                 if self._may_retry(attempt, deadline, idempotent or _nothing_sent(exc)):
                     attempt += 1
@@ -265,6 +442,37 @@ class Transport:
                 continue
             return response
 
+    def _send_in_full(
+        self,
+        route: _Route,
+        method: str,
+        target: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        left: float,
+    ) -> requests.Response:
+        """Send through ``session.send``, for a session or adapter that does more than
+        ``requests`` does by default: its hooks run, ``session.auth`` is applied (after
+        the API key's header, so it may replace it, as in ``requests``), its cookies go out."""
+        prepared = requests.PreparedRequest()
+        prepared.method = method
+        prepared.url = self.base + target
+        prepared.headers = CaseInsensitiveDict(headers)
+        prepared.body = body
+        prepared.prepare_cookies(self.session.cookies)
+        prepared.hooks = {"response": []}
+        if self.session.auth is not None:
+            prepared.prepare_auth(self.session.auth)
+        return self.session.send(
+            prepared,
+            allow_redirects=False,
+            stream=False,
+            proxies=route.proxies,
+            verify=route.verify,
+            cert=route.cert,
+            timeout=(min(CONNECT_TIMEOUT, left), left),
+        )
+
     def stream(self, request: protocol.Request, read_timeout: float) -> requests.Response:
         """Send ``request`` (a long-lived GET) and return the answer, its body read as it
         comes; no retries.
@@ -275,13 +483,20 @@ class Transport:
         """
         if self._streams is None:
             self._streams = requests.Session()
-        sent = self._headers.copy()
+        route = self._current_route()
+        sent: CaseInsensitiveDict[str] = CaseInsensitiveDict(route.headers)
         sent.update(request.headers or {})
-        options = dict(self._send_options, stream=True)
-        options["timeout"] = (min(CONNECT_TIMEOUT, self.timeout), read_timeout)
         prepared = requests.Request(request.method, self.base + request.target, headers=sent)
         try:
-            return self._streams.send(prepared.prepare(), **options)
+            return self._streams.send(
+                prepared.prepare(),
+                allow_redirects=False,
+                stream=True,
+                proxies=route.proxies,
+                verify=route.verify,
+                cert=route.cert,
+                timeout=(min(CONNECT_TIMEOUT, self.timeout), read_timeout),
+            )
         except requests.RequestException as exc:
             raise TransportError(f"cannot reach the server at {self.url}: {exc}") from exc
 
@@ -334,6 +549,50 @@ def retry_after(response: protocol.Answer) -> float | None:
 def authorization(api_key: str) -> str:
     """The ``Authorization`` header of ``api_key`` (HTTP Basic, the key as user name)."""
     return "Basic " + base64.b64encode(f"{api_key}:".encode()).decode()
+
+
+def _as_requests_error(exc: Exception) -> Exception:
+    """The exception ``HTTPAdapter.send`` raises for ``exc`` from ``urlopen`` (``exc``
+    itself where it lets it through), so a pooled call fails exactly as a full one."""
+    if isinstance(exc, u3.ProtocolError | OSError):
+        return requests.ConnectionError(exc)
+    if isinstance(exc, u3.MaxRetryError):
+        reason = exc.reason
+        if isinstance(reason, u3.ConnectTimeoutError) and not isinstance(
+            reason, u3.NewConnectionError
+        ):
+            return requests.ConnectTimeout(exc)
+        if isinstance(reason, u3.ResponseError):
+            return requests.exceptions.RetryError(exc)
+        if isinstance(reason, u3.ProxyError):
+            return requests.exceptions.ProxyError(exc)
+        if isinstance(reason, u3.SSLError):
+            return requests.exceptions.SSLError(exc)
+        return requests.ConnectionError(exc)
+    if isinstance(exc, u3.ClosedPoolError):
+        return requests.ConnectionError(exc)
+    if isinstance(exc, u3.ProxyError):
+        return requests.exceptions.ProxyError(exc)
+    if isinstance(exc, u3.SSLError):
+        return requests.exceptions.SSLError(exc)
+    if isinstance(exc, u3.ReadTimeoutError):
+        return requests.ReadTimeout(exc)
+    if isinstance(exc, u3.InvalidHeader):
+        return requests.exceptions.InvalidHeader(exc)
+    return exc
+
+
+def _as_body_error(exc: u3.HTTPError) -> Exception:
+    """The exception ``requests`` raises for ``exc`` while reading an answer's body."""
+    if isinstance(exc, u3.ProtocolError):
+        return requests.exceptions.ChunkedEncodingError(exc)
+    if isinstance(exc, u3.DecodeError):
+        return requests.exceptions.ContentDecodingError(exc)
+    if isinstance(exc, u3.ReadTimeoutError):
+        return requests.ConnectionError(exc)
+    if isinstance(exc, u3.SSLError):
+        return requests.exceptions.SSLError(exc)
+    return exc
 
 
 def _nothing_sent(exc: requests.RequestException) -> bool:
