@@ -460,7 +460,7 @@ class Transport:
         prepared.headers = CaseInsensitiveDict(headers)
         prepared.body = body
         prepared.prepare_cookies(self.session.cookies)
-        prepared.hooks = {"response": []}
+        prepared.hooks = {"response": list(self.session.hooks.get("response", ()))}
         if self.session.auth is not None:
             prepared.prepare_auth(self.session.auth)
         return self.session.send(

@@ -15,7 +15,10 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import responses
+from certs import self_signed
 from faults import fault_server
+from proxy import recording_proxy
+from requests.adapters import HTTPAdapter
 
 from kvpio_mapping import (
     AuthenticationError,
@@ -31,7 +34,7 @@ from kvpio_mapping import (
 )
 from kvpio_mapping.cli import main
 from kvpio_mapping.testing import new_account, run_server, start_server
-from kvpio_mapping.transport import DEFAULT_URL, IDLE_LIMIT, Transport
+from kvpio_mapping.transport import DEFAULT_URL, IDLE_LIMIT, Transport, authorization
 
 URL = "http://kv.test"
 KEY_URL = f"{URL}/v1/bucket/k"
@@ -383,6 +386,174 @@ def test_no_proxy_bypasses_the_proxy(clean_env, monkeypatch, kvpio_account):
     bucket = KVBucket(kvpio_account.url, kvpio_account.api_key)
     bucket["k"] = 1
     assert bucket["k"] == 1
+
+
+# the session's settings: every call honours them, on the pooled path or the full one
+
+
+def _through(session: requests.Session, account) -> KVBucket:
+    return KVBucket(transport=Transport(account.url, account.api_key, session=session), ttl=0)
+
+
+def test_a_proxy_of_the_session_carries_every_call(clean_env, kvpio_account):
+    with recording_proxy() as proxy:
+        session = requests.Session()
+        session.proxies = {"http": proxy.url}
+        bucket = _through(session, kvpio_account)
+        bucket["k"] = 1
+        assert bucket["k"] == 1
+        key_url = f"{kvpio_account.url}/v1/bucket/k"
+        assert proxy.calls == [("POST", key_url), ("GET", key_url)]
+
+
+def test_a_proxy_from_the_environment_carries_every_call(clean_env, monkeypatch, kvpio_account):
+    with recording_proxy() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        bucket = KVBucket(kvpio_account.url, kvpio_account.api_key, ttl=0)
+        bucket["k"] = 1
+        assert bucket["k"] == 1
+        assert len(proxy.calls) == 2
+        _, _, headers = proxy.requests[1]
+        assert headers["Authorization"] == authorization(kvpio_account.api_key)
+
+
+def test_a_proxy_set_on_the_session_after_some_calls_carries_the_next_ones(
+    clean_env, kvpio_account
+):
+    with recording_proxy() as proxy:
+        session = requests.Session()
+        bucket = _through(session, kvpio_account)
+        bucket["k"] = 1
+        session.proxies["http"] = proxy.url
+        assert bucket["k"] == 1
+        assert proxy.calls == [("GET", f"{kvpio_account.url}/v1/bucket/k")]
+        session.proxies.clear()
+        assert bucket["k"] == 1
+        assert len(proxy.calls) == 1
+
+
+def test_headers_set_on_the_session_go_out_with_the_next_calls(clean_env, kvpio_account):
+    with recording_proxy() as proxy:
+        session = requests.Session()
+        session.proxies = {"http": proxy.url}
+        bucket = _through(session, kvpio_account)
+        bucket["k"] = 1
+        session.headers["X-Trace"] = "abc"
+        assert bucket["k"] == 1
+        assert "X-Trace" not in proxy.requests[0][2]
+        assert proxy.requests[1][2]["X-Trace"] == "abc"
+
+
+def test_cookies_an_answer_sets_go_out_with_the_next_calls(clean_env, kvpio_account):
+    with recording_proxy() as proxy:
+        proxy.added["Set-Cookie"] = "route=b2; Path=/"
+        session = requests.Session()
+        session.proxies = {"http": proxy.url}
+        bucket = _through(session, kvpio_account)
+        bucket["k"] = 1
+        assert session.cookies.get("route") == "b2"
+        assert bucket["k"] == 1
+        assert "Cookie" not in proxy.requests[0][2]
+        assert proxy.requests[1][2]["Cookie"] == "route=b2"
+
+
+class _Gateway(requests.auth.AuthBase):
+    """An auth of the session's that adds a header of its own, as a gateway might need."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        self.calls += 1
+        request.headers["X-Gateway"] = "token"
+        return request
+
+
+def test_the_sessions_auth_and_response_hooks_apply_to_every_call(clean_env, kvpio_account):
+    with recording_proxy() as proxy:
+        session = requests.Session()
+        session.proxies = {"http": proxy.url}
+        session.auth = gateway = _Gateway()
+        answered: list[int] = []
+        session.hooks["response"].append(lambda answer, **_: answered.append(answer.status_code))
+        bucket = _through(session, kvpio_account)
+        bucket["k"] = 1
+        assert bucket["k"] == 1
+        assert gateway.calls == 2
+        assert answered == [200, 200]
+        assert [headers["X-Gateway"] for _, _, headers in proxy.requests] == ["token"] * 2
+        assert all(
+            headers["Authorization"] == authorization(kvpio_account.api_key)
+            for _, _, headers in proxy.requests
+        )
+
+
+def test_a_mounted_adapters_pool_carries_every_call(kvpio_account):
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_maxsize=2)
+    session.mount(kvpio_account.url, adapter)
+    transport = Transport(kvpio_account.url, kvpio_account.api_key, session=session)
+    bucket = KVBucket(transport=transport, ttl=0)
+    for n in range(5):
+        bucket["k"] = n
+        assert bucket["k"] == n
+    pools = adapter.poolmanager.pools
+    assert sum(pools[key].num_requests for key in pools.keys()) == 10
+
+
+class _Recording(HTTPAdapter):
+    """An adapter with a ``send`` of its own: the calls must go through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[str] = []
+
+    def send(self, request: requests.PreparedRequest, **kwargs) -> requests.Response:
+        self.sent.append(f"{request.method} {request.url}")
+        return super().send(request, **kwargs)
+
+
+def test_an_adapter_mounted_after_some_calls_with_a_send_of_its_own_gets_the_next_ones(
+    kvpio_account,
+):
+    session = requests.Session()
+    bucket = _through(session, kvpio_account)
+    bucket["k"] = 1
+    recording = _Recording()
+    session.mount("http://", recording)
+    assert bucket["k"] == 1
+    assert recording.sent == [f"GET {kvpio_account.url}/v1/bucket/k"]
+
+
+def test_a_session_closed_by_its_owner_opens_its_pool_again(kvpio_account):
+    session = requests.Session()
+    bucket = _through(session, kvpio_account)
+    bucket["k"] = 1
+    session.close()
+    assert bucket["k"] == 1
+
+
+@pytest.mark.slow
+def test_tls_verifies_against_the_certificate_the_session_or_environment_names(
+    tmp_path, monkeypatch
+):
+    cert, key = self_signed(tmp_path)
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # as in requests, they win
+        monkeypatch.delenv(name, raising=False)
+    options = ["--tls-cert", str(cert), "--tls-key", str(key)]
+    with run_server(db=tmp_path / "kv.sqlite3", options=options) as server:
+        session = requests.Session()
+        bucket = KVBucket(
+            transport=Transport(server.url, server.api_key, session=session, retries=0), ttl=0
+        )
+        with pytest.raises(TransportError) as raised:
+            bucket["k"] = 1
+        assert isinstance(raised.value.__cause__, requests.exceptions.SSLError)
+        session.verify = str(cert)
+        bucket["k"] = 1
+        assert bucket["k"] == 1
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+        assert KVBucket(server.url, server.api_key, ttl=0)["k"] == 1
 
 
 # idle keep-alive connections (a request racing the server's close is lost)

@@ -5,8 +5,6 @@ Every case runs real ``kvpio serve`` processes on loopback.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import logging
 import os
@@ -19,10 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from certs import self_signed
 from prometheus_client.parser import text_string_to_metric_families
 
 from kvpio_mapping.server import logs
@@ -205,40 +200,8 @@ def test_an_error_is_one_line_unless_at_debug_level() -> None:
 # TLS and exposure
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 signed by its own key, valid for a day."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kvpio test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_tls_serves_https_that_verifies_against_its_certificate(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     options = ["--tls-cert", str(cert), "--tls-key", str(key)]
     with run_server(db=tmp_path / "kv.sqlite3", workers=2, options=options) as server:
         assert server.url.startswith("https://127.0.0.1:")
@@ -257,9 +220,9 @@ def test_tls_serves_https_that_verifies_against_its_certificate(tmp_path: Path) 
 
 
 def test_tls_needs_a_certificate_and_its_key(tmp_path: Path) -> None:
-    cert, _ = _self_signed(tmp_path)
+    cert, _ = self_signed(tmp_path)
     (tmp_path / "other").mkdir()
-    _, other_key = _self_signed(tmp_path / "other")
+    _, other_key = self_signed(tmp_path / "other")
     for options, message in (
         (["--tls-cert", str(cert)], "kvpio serve: --tls-cert and --tls-key go together\n"),
         (["--tls-cert", str(cert), "--tls-key", str(other_key)], "cannot use the TLS certificate"),
