@@ -1,10 +1,11 @@
-"""Timing shared by the benchmarks: calls timed back to back with their baseline."""
+"""Timing shared by the benchmarks: calls timed back to back with their baselines."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 ROUNDS = 7
@@ -18,15 +19,30 @@ def per_call(fn: Callable[[], Any], number: int) -> float:
     return (time.perf_counter() - start) / number
 
 
-def side_by_side(
-    ours: Callable[[], Any], base: Callable[[], Any], number: int, rounds: int = ROUNDS
-) -> tuple[float, float]:
-    """Median seconds per call of each, timed alternately over ``rounds`` rounds.
+def alongside(
+    fns: Mapping[str, Callable[[], Any]], number: int, rounds: int = ROUNDS
+) -> dict[str, float]:
+    """Median seconds per call of each of ``fns``, each round timing them all in turn.
 
     Alternating keeps a machine that gets busier or quieter from favouring one side.
     """
-    ours_times, base_times = [], []
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
-        ours_times.append(per_call(ours, number))
-        base_times.append(per_call(base, number))
-    return statistics.median(ours_times), statistics.median(base_times)
+        for name, fn in fns.items():
+            times[name].append(per_call(fn, number))
+    return {name: statistics.median(found) for name, found in times.items()}
+
+
+def side_by_side(
+    ours: Callable[[], Any], base: Callable[[], Any], number: int, rounds: int = ROUNDS
+) -> tuple[float, float]:
+    """Median seconds per call of ``ours`` and of ``base``, timed alternately."""
+    found = alongside({"ours": ours, "base": base}, number, rounds)
+    return found["ours"], found["base"]
+
+
+def load() -> str:
+    """The machine's load averages (1, 5, 15 minutes), to print beside the figures."""
+    return "load average {:.2f}, {:.2f}, {:.2f} on {} cores".format(
+        *os.getloadavg(), os.cpu_count()
+    )
