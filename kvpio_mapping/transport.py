@@ -272,8 +272,13 @@ class _Route:
 class Transport:
     """Sends requests to one server with one API key, over a keep-alive pool.
 
-    Safe to share between threads. After ``os.fork()`` the child opens its
-    own connections; pickling keeps only the configuration.
+    ``session`` shares a ``requests.Session`` of the caller's: its settings
+    and mounted adapters apply to every call, which goes straight to the
+    adapter's pool unless the session has ``auth``, response hooks or
+    cookies, or the adapter (or session) class has a ``send`` of its own;
+    those calls go through ``session.send``. Safe to share between threads.
+    After ``os.fork()`` the child opens its own connections; pickling keeps
+    only the configuration.
     """
 
     def __init__(
