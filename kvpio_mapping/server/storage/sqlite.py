@@ -9,6 +9,9 @@ raise back with everything else), committed before the
 call returns; with WAL and ``synchronous=NORMAL`` (the default) an
 acknowledged write survives the process being killed, and with ``FULL``
 also a power loss or an operating system crash. Each thread uses its own connection.
+A group commit (:meth:`~.tree.TreeStorage.commit_group`) is one such
+transaction, a savepoint per write, and one sync. Processes take turns at
+the write lock through a record lock on ``DB-writer`` (:class:`_WriterTurn`).
 
 Each connection keeps the texts of its last :data:`READ_CACHE_ENTRIES`
 :meth:`SQLiteStorage.read` answers (text and revision) of at most a blob's size. An entry is used
