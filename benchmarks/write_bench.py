@@ -1,9 +1,9 @@
 """Server writes: small POSTs against the stack's body-reading ceiling, 16 writers
 against one, one worker against two, and a batch of 1.5 M small keys.
 
-Starts ``kvpio serve`` (temporary database) and drives small
-``POST /v1/bucket/w/{n}`` writes with ``wrk`` (16 connections, or 1 for the
-single writer), in alternating rounds with the baseline they are compared to:
+Starts ``kvpio serve`` (temporary database) and drives small writes to
+1,000 top-level keys, ``POST /v1/bucket/w{n}``, with ``wrk`` (16 connections,
+or 1 for the single writer), in alternating rounds with their baselines:
 
 - the ceiling: the same Falcon/uvicorn stack (uvloop, the server's HTTP
   protocol) reading the body and answering an empty 204, no storage;
@@ -55,7 +55,7 @@ _SCRIPT = """
 counter = 0
 request = function()
   counter = counter + 1
-  return wrk.format("POST", "/v1/bucket/w/" .. (counter % 1000), nil, "1")
+  return wrk.format("POST", "/v1/bucket/w" .. (counter % 1000), nil, "1")
 end
 """
 
