@@ -9,9 +9,11 @@ bounded in count and in time.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -250,4 +252,31 @@ def test_a_writer_turn_waited_for_too_long_is_busy_and_let_go_when_it_comes(
     assert taker.returncode == 0
     with turn.held(10):
         pass
+    turn.close()
+
+
+def test_a_child_forked_while_a_thread_holds_the_turn_gets_its_own(tmp_path: object) -> None:
+    turn = _WriterTurn(f"{tmp_path}/db-writer")
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with turn.held(10):
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(30)
+    child = os.fork()
+    if child == 0:
+        code = 1
+        try:
+            with turn.held(20):
+                code = 0
+        finally:
+            os._exit(code)
+    release.set()
+    holder.join(30)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
     turn.close()

@@ -43,6 +43,7 @@ from concurrent.futures import TimeoutError as WaitedTooLong
 from contextlib import contextmanager, suppress
 from typing import Final
 
+from ...forks import reset_after_fork
 from ...paths import Path
 from .base import StorageBusyError, StorageFullError
 from .schema import Migration, migrate
@@ -180,6 +181,16 @@ class _WriterTurn:
         # The record lock is the process's, so this process's threads take turns first.
         self._threads = threading.Lock()
         self._waiter: ThreadPoolExecutor | None = None
+        reset_after_fork(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: none of the parent's turn, its threads or its descriptor."""
+        self._threads = threading.Lock()
+        self._waiter = None
+        if self._pid:
+            with suppress(OSError):
+                os.close(self._fd)
+        self._pid = 0
 
     def _open(self) -> int:
         """This process's descriptor of the lock file (a forked child opens its own)."""
