@@ -213,7 +213,8 @@ class Server:
         self._flusher: asyncio.Task[None] | None = None
         self._disk_full = False
         self._queued: deque[tuple[Write, asyncio.Future[Committed]]] = deque()
-        self._committer: asyncio.Task[None] | None = None
+        self._committing = 0  # committers running (their tasks, kept from the collector, below)
+        self._committers: set[asyncio.Task[None]] = set()
         self.commits = 0
         self.commit_groups = 0
         self.auth_hits = 0
@@ -242,17 +243,21 @@ class Server:
         self._disk_full = full
 
     async def commit(self, write: Write) -> Committed:
-        """Commit ``write`` in the write thread, together with the commits waiting beside it.
+        """Commit ``write`` in a write thread, together with the commits waiting beside it.
 
-        Commits that arrive while the write thread is busy queue; its next turn
-        commits them all (up to :data:`GROUP_OPERATIONS` operations) with
-        :meth:`~.storage.Storage.commit_group`: one transaction, one sync.
-        Each still returns only after its own commit, with its own outcome.
+        Commits that arrive while the write threads are busy queue; a thread's
+        next turn commits all that wait (up to :data:`GROUP_OPERATIONS`
+        operations) with :meth:`~.storage.Storage.commit_group`: one
+        transaction, one sync. Each still returns only after its own commit,
+        with its own outcome.
         """
         future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
         self._queued.append((write, future))
-        if self._committer is None:
-            self._committer = asyncio.create_task(self._commit_queued())
+        if self._committing < self.storage.write_threads:
+            self._committing += 1
+            committer = asyncio.create_task(self._commit_queued())
+            self._committers.add(committer)
+            committer.add_done_callback(self._committers.discard)
         return await future
 
     async def _commit_queued(self) -> None:
@@ -285,7 +290,8 @@ class Server:
                     else:
                         future.set_result(outcome)
         finally:
-            self._committer = None
+            # In the step that found the queue empty, so a write queued later starts another.
+            self._committing -= 1
 
     async def authenticate(self, req: falcon.asgi.Request) -> str:
         """The account id named by the Basic auth user name; 404 for anything else.
