@@ -41,6 +41,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/client_bench.py
 	$(PY) benchmarks/async_bench.py
 	$(PY) benchmarks/server_bench.py
+	$(PY) benchmarks/write_bench.py
 	$(PY) benchmarks/storage_bench.py
 	$(PY) benchmarks/sharing_bench.py
 	$(PY) benchmarks/live_bench.py

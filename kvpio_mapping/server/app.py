@@ -20,7 +20,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -55,7 +55,7 @@ from .storage import (
     StorageUnavailableError,
     UnknownAccountError,
 )
-from .storage.base import Check, CheckFailedError, Committed, ConflictError, Operation
+from .storage.base import Check, CheckFailedError, Committed, ConflictError, Operation, Write
 
 log = logging.getLogger("kvpio.server")
 
@@ -68,6 +68,8 @@ LARGE_BODY: Final = 2**20
 LARGE_BODIES: Final = 1
 LARGE_WAIT: Final = 20.0  # below the clients' 30 s read timeout, so they see the 503
 READ_THREADS: Final = 1
+GROUP_OPERATIONS: Final = 1000
+"""Most operations one group commit holds (see :meth:`Server.commit`); a larger write goes alone."""
 NETWORK_READ_THREADS: Final = 8
 """Read threads of a worker whose storage's reads wait on the network, small ones included."""
 
@@ -210,6 +212,11 @@ class Server:
         self._inflight: list[Counter[str]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._disk_full = False
+        self._queued: deque[tuple[Write, asyncio.Future[Committed]]] = deque()
+        self._committing = 0  # committers running (their tasks, kept from the collector, below)
+        self._committers: set[asyncio.Task[None]] = set()
+        self.commits = 0
+        self.commit_groups = 0
         self.auth_hits = 0
         self.auth_misses = 0
 
@@ -223,14 +230,68 @@ class Server:
         try:
             result = await loop.run_in_executor(self._writer, lambda: func(*args, **kwargs))
         except StorageFullError:
-            if not self._disk_full:
-                self._disk_full = True
-                log.error("the disk holding the database is full: writes answer 507 until freed")
+            self._note_disk(full=True)
             raise
-        if self._disk_full:
-            self._disk_full = False
-            log.warning("the database accepts writes again")
+        self._note_disk(full=False)
         return result
+
+    def _note_disk(self, *, full: bool) -> None:
+        if full and not self._disk_full:
+            log.error("the disk holding the database is full: writes answer 507 until freed")
+        elif self._disk_full and not full:
+            log.warning("the database accepts writes again")
+        self._disk_full = full
+
+    async def commit(self, write: Write) -> Committed:
+        """Commit ``write`` in a write thread, together with the commits waiting beside it.
+
+        Commits that arrive while the write threads are busy queue; a thread's
+        next turn commits all that wait (up to :data:`GROUP_OPERATIONS`
+        operations) with :meth:`~.storage.Storage.commit_group`: one
+        transaction, one sync. Each still returns only after its own commit,
+        with its own outcome.
+        """
+        future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
+        self._queued.append((write, future))
+        if self._committing < self.storage.write_threads:
+            self._committing += 1
+            committer = asyncio.create_task(self._commit_queued())
+            self._committers.add(committer)
+            committer.add_done_callback(self._committers.discard)
+        return await future
+
+    async def _commit_queued(self) -> None:
+        """Commit the queued writes, a group at a time, until none wait."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queued:
+                group = [self._queued.popleft()]
+                size = len(group[0][0].operations)
+                while (
+                    self._queued and size + len(self._queued[0][0].operations) <= GROUP_OPERATIONS
+                ):
+                    size += len(self._queued[0][0].operations)
+                    group.append(self._queued.popleft())
+                writes = [write for write, _ in group]
+                self.commits += len(writes)
+                self.commit_groups += 1
+                try:
+                    outcomes = await loop.run_in_executor(
+                        self._writer, self.storage.commit_group, writes
+                    )
+                except Exception as exc:
+                    outcomes = [exc] * len(group)
+                self._note_disk(full=any(isinstance(o, StorageFullError) for o in outcomes))
+                for (_, future), outcome in zip(group, outcomes, strict=True):
+                    if future.done():  # the request was given up
+                        continue
+                    if isinstance(outcome, Exception):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+        finally:
+            # In the step that found the queue empty, so a write queued later starts another.
+            self._committing -= 1
 
     async def authenticate(self, req: falcon.asgi.Request) -> str:
         """The account id named by the Basic auth user name; 404 for anything else.
@@ -570,7 +631,7 @@ class BucketResource(_Resource):
         """
         account: str = req.context.account
         try:
-            committed = await self.server.write(self.storage.commit, account, operations, checks)
+            committed = await self.server.commit(Write(account, operations, checks))
         except ConflictError as exc:
             raise ClientError(409, str(exc)) from None
         except CheckFailedError as exc:

@@ -6,8 +6,8 @@ samples to files there (prometheus_client's multiprocess mode) and whichever
 worker answers ``/metrics`` reads them all. An app made in-process without
 that variable serves its own process's registry.
 
-A request pays for its own two samples (count and latency). The render pool
-and the caches keep plain integer counts on their objects; :class:`Metrics`
+A request pays for its own two samples (count and latency). The render pool,
+the caches and the group commits keep plain integer counts on their objects; :class:`Metrics`
 copies them into the metrics every :data:`SAMPLE_SECONDS`, off the hot paths.
 """
 
@@ -60,6 +60,10 @@ CACHE = Counter(
     "kvpio_cache_lookups",
     "Lookups in the server's caches, by cache and hit or miss",
     ["cache", "result"],
+)
+COMMITS = Counter("kvpio_commits", "Bucket writes committed or refused, grouped or alone")
+COMMIT_GROUPS = Counter(
+    "kvpio_commit_groups", "Transactions the bucket writes took (a group commit is one)"
 )
 WORKERS = Gauge(
     "kvpio_worker_start_time_seconds",
@@ -128,7 +132,7 @@ class Metrics:
             self.sample()
 
     def sample(self) -> None:
-        """Copy the render pool's and the caches' counts into the metrics."""
+        """Copy the render pool's, the caches' and the group commits' counts into the metrics."""
         server = self.server
         renderer = server.renderer
         if renderer is not None:
@@ -139,6 +143,8 @@ class Metrics:
         self._add("auth miss", server.auth_misses, CACHE.labels("auth", "miss"))
         self._add("read hit", storage.read_cache_hits, CACHE.labels("read", "hit"))
         self._add("read miss", storage.read_cache_misses, CACHE.labels("read", "miss"))
+        self._add("commits", server.commits, COMMITS)
+        self._add("commit groups", server.commit_groups, COMMIT_GROUPS)
 
     def _add(self, name: str, total: int, counter: Any) -> None:
         """Raise ``counter`` by what ``total`` grew since the last sample."""

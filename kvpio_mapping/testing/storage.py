@@ -52,6 +52,7 @@ from kvpio_mapping.server.storage.base import (
     ConflictError,
     Failure,
     Operation,
+    Write,
     hash_key,
 )
 from kvpio_mapping.server.storage.tree import BLOB_THRESHOLD
@@ -987,6 +988,35 @@ def test_a_failing_operation_applies_none_of_the_commit(storage: Storage, acct: 
 def test_commit_to_an_unknown_account_raises_key_error(storage: Storage, acct: str) -> None:
     with pytest.raises(KeyError):
         storage.commit("nobody", [Operation("increment", p("n"), 1)])
+
+
+def test_commit_group_refuses_writes_one_by_one_and_commits_the_rest(
+    storage: Storage, acct: str
+) -> None:
+    storage.create_account("bob", "bob@example.com", "bob-key")
+    storage.set(acct, p("text"), "a string")
+    storage.set(acct, p("list"), [0])
+    outcomes = storage.commit_group(
+        [
+            Write(acct, [Operation("set", p("a"), 1)]),
+            Write(acct, [Operation("increment", p("text"), 1)]),
+            Write("bob", [Operation("set", p("b"), 2)]),
+            Write(acct, [Operation("set", p("c"), 3)], [Check(p("c"), '"no-such-etag"')]),
+            Write("nobody", [Operation("set", p("d"), 4)]),
+            Write(acct, [Operation("set", p("list/9"), 5)]),
+            Write(acct, [Operation("set", p("e"), 6), Operation("append", p("list"), 1)]),
+        ]
+    )
+    assert outcomes[0] == Committed(3, [None])
+    assert isinstance(outcomes[1], ConflictError)
+    assert outcomes[2] == Committed(1, [None])
+    assert isinstance(outcomes[3], CheckFailedError)
+    assert isinstance(outcomes[4], UnknownAccountError)
+    assert isinstance(outcomes[5], InvalidPathError)
+    assert outcomes[6] == Committed(4, [None, "2"])
+    assert storage.get_all(acct) == j({"text": "a string", "list": [0, 1], "a": 1, "e": 6})
+    assert storage.get_all("bob") == j({"b": 2})
+    assert [change.revision for change in storage.changes(acct, 2).changes] == [3, 4, 4]
 
 
 class Model:

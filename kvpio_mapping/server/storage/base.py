@@ -175,6 +175,19 @@ class CheckFailedError(Exception):
         self.failures = failures
 
 
+class Write(NamedTuple):
+    """One account's commit, as :meth:`Storage.commit_group` takes it."""
+
+    account: str
+    operations: Sequence[Operation]
+    checks: Sequence[Check] = ()
+
+
+REFUSALS: Final = (CheckFailedError, ValueError, UnknownAccountError)
+"""What :meth:`Storage.commit` raises for a write refused on its own merits (a failed
+check, a conflict, a bad path or value, a gone account): nothing of the database's."""
+
+
 class Committed(NamedTuple):
     """What a commit did: the revision it made and, per operation, its result as JSON text.
 
@@ -504,6 +517,21 @@ class Storage(ABC):
         :func:`check_operation`; each changes nothing. Writes below a list
         follow :meth:`set`'s rules.
         """
+
+    def commit_group(self, writes: Sequence[Write]) -> list[Committed | Exception]:
+        """Commit each write as :meth:`commit` would, in order; each one's outcome, in order.
+
+        A write refused (:data:`REFUSALS`) or failed is its exception in the
+        list and changes nothing; the others still commit. Backends with one
+        write lock commit the group in one transaction and one sync.
+        """
+        outcomes: list[Committed | Exception] = []
+        for write in writes:
+            try:
+                outcomes.append(self.commit(*write))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
     def set(self, account: str, path: Path, value: Any, *, only_if_missing: bool = False) -> bool:
         """Store ``value`` at ``path``, creating missing or scalar parents as objects.

@@ -46,6 +46,7 @@ from .base import (
     Committed,
     Operation,
     StorageUnavailableError,
+    Write,
     new_key,
 )
 from .schema import Migration, migrate
@@ -420,6 +421,16 @@ class PostgresStorage(TreeStorage):
         return self._db.retrying(
             lambda: super(PostgresStorage, self).commit(account, operations, checks)
         )
+
+    def commit_group(self, writes: Sequence[Write]) -> list[Committed | Exception]:
+        # One order of accounts for every host, so two groups never wait on each other's rows;
+        # the sort is stable, so one account's writes keep their order.
+        order = sorted(range(len(writes)), key=lambda index: writes[index].account)
+        outcomes = super().commit_group([writes[index] for index in order])
+        ordered: list[Committed | Exception] = list(outcomes)
+        for index, outcome in zip(order, outcomes, strict=True):
+            ordered[index] = outcome
+        return ordered
 
     def clear(self, account: str) -> int:
         return self._db.retrying(lambda: super(PostgresStorage, self).clear(account))

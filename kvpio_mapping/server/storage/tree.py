@@ -82,6 +82,7 @@ from ...paths import MISSING, Path
 from .base import (
     CHANGE_LOG_REVISIONS,
     CHANGES_BATCH,
+    REFUSALS,
     Account,
     AccountExistsError,
     AccountRecord,
@@ -94,7 +95,10 @@ from .base import (
     Failure,
     Operation,
     Storage,
+    StorageError,
+    StorageUnavailableError,
     UnknownAccountError,
+    Write,
     appendable,
     check_account,
     check_operation,
@@ -304,13 +308,18 @@ class TreeStorage(Storage):
         another process) cannot leave values behind.
         """
         with self._write() as conn:
-            row = conn.execute(
-                "UPDATE accounts SET revision = revision + 1 WHERE id = ? RETURNING revision",
-                (account,),
-            ).fetchone()
-            if row is None:
-                raise UnknownAccountError(account)
-            yield conn, int(row[0])
+            yield conn, self._next_revision(conn, account)
+
+    @staticmethod
+    def _next_revision(conn: Connection, account: str) -> int:
+        """Raise the account's revision inside a write transaction; the revision it makes."""
+        row = conn.execute(
+            "UPDATE accounts SET revision = revision + 1 WHERE id = ? RETURNING revision",
+            (account,),
+        ).fetchone()
+        if row is None:
+            raise UnknownAccountError(account)
+        return int(row[0])
 
     @staticmethod
     def _log(
@@ -986,21 +995,60 @@ class TreeStorage(Storage):
     ) -> Committed:
         for operation in operations:
             check_operation(operation)
-        with self._write_to(account) as (conn, revision):
-            failures: list[Failure] = []
-            for index, check in enumerate(checks):
-                failed = failure(index, check, self._get(conn, account, check.path))
-                if failed is not None:
-                    failures.append(failed)
-            if failures:
-                raise CheckFailedError(failures)
-            results = self._apply_all(conn, account, operations)
-            self._log(
-                conn,
-                account,
-                revision,
-                logged_commit(operations, results),
-            )
+        with self._write() as conn:
+            return self._commit_in(conn, account, operations, checks)
+
+    def commit_group(self, writes: Sequence[Write]) -> list[Committed | Exception]:
+        """The group in one transaction (one lock, one sync), each write in a savepoint.
+
+        A refused write rolls back to its savepoint, taking its revision and its
+        log rows with it, and leaves its neighbours alone. Should the group fail
+        otherwise, each write is committed on its own instead, so a failure stays
+        the write's own; only the database's being busy, full or unreachable
+        fails the group as a whole.
+        """
+        if len(writes) < 2:
+            return super().commit_group(writes)
+        try:
+            return self._commit_together(writes)
+        except (StorageError, StorageUnavailableError):
+            raise
+        except Exception:
+            return super().commit_group(writes)
+
+    def _commit_together(self, writes: Sequence[Write]) -> list[Committed | Exception]:
+        outcomes: list[Committed | Exception] = []
+        with self._write() as conn:
+            for account, operations, checks in writes:
+                conn.execute("SAVEPOINT one_write")
+                try:
+                    for operation in operations:
+                        check_operation(operation)
+                    outcomes.append(self._commit_in(conn, account, operations, checks))
+                except REFUSALS as exc:
+                    conn.execute("ROLLBACK TO one_write")
+                    outcomes.append(exc)
+                conn.execute("RELEASE one_write")
+        return outcomes
+
+    def _commit_in(
+        self,
+        conn: Connection,
+        account: str,
+        operations: Sequence[Operation],
+        checks: Sequence[Check],
+    ) -> Committed:
+        """One commit inside a write transaction: revision, checks, operations, log."""
+        revision = self._next_revision(conn, account)
+        failures: list[Failure] = []
+        for index, check in enumerate(checks):
+            failed = failure(index, check, self._get(conn, account, check.path))
+            if failed is not None:
+                failures.append(failed)
+        if failures:
+            raise CheckFailedError(failures)
+        results = self._apply_all(conn, account, operations)
+        self._log(conn, account, revision, logged_commit(operations, results))
         return Committed(revision, results)
 
     def changes(self, account: str, since: int, limit: int = CHANGES_BATCH) -> Changes:
