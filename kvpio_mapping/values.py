@@ -103,8 +103,13 @@ def decode(data: bytes | str, max_nesting: int = MAX_NESTING) -> Any:
     except UnicodeDecodeError as exc:
         raise ValueError(f"body is not UTF-8: {exc}") from None
     if isinstance(value, dict | list):
-        _check_nesting(value, 1, max_nesting)
+        check_nesting(value, max_nesting)
     return value
+
+
+def check_nesting(value: dict[str, Any] | list[Any], limit: int) -> None:
+    """``ValueError`` if the decoded container ``value`` nests deeper than ``limit`` levels."""
+    _check_nesting(value, 1, limit)
 
 
 def _check_nesting(value: Any, depth: int, limit: int) -> None:

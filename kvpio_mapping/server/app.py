@@ -33,7 +33,7 @@ import falcon.asgi
 
 from .. import paths, values
 from ..errors import InvalidPathError
-from . import metrics
+from . import jsontext, metrics
 from .bodies import BodyCutError, BodyLimits, BodyTimeoutError, Receive, guarded
 from .commits import committed_body, conditions, failed_body, parse_commit, path_operation
 from .feed import Feed, StreamLimits
@@ -428,8 +428,8 @@ class Server:
         limit = values.MAX_NESTING + wrapper
         try:
             if len(body) <= LARGE_BODY:
-                return values.decode(body, limit)
-            return await asyncio.to_thread(values.decode, body, limit)
+                return jsontext.decode(body, limit)
+            return await asyncio.to_thread(jsontext.decode, body, limit)
         except ValueError as exc:
             message = str(exc).replace(f"than {limit} levels", f"than {values.MAX_NESTING} levels")
             raise ClientError(400, f"invalid JSON: {message}") from None

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Final, Literal, NamedTuple
 
 from ... import paths, values
 from ...paths import MISSING, Path
+from .. import jsontext
 
 MAX_COMMIT: Final = 1000
 """Most operations, and most checks, one commit may hold."""
@@ -241,18 +242,18 @@ def logged_changes(
     kind, path, value = operation
     entries: list[tuple[ChangeKind, Path, str | None]]
     if kind == "set":
-        entries = [("put", path, values.dump(value))]
+        entries = [("put", path, jsontext.dump(value))]
     elif kind in ("delete", "pop"):
         entries = [("delete", path, None)]
     elif kind == "increment":
         entries = [("put", path, result)]
     elif kind == "append":
         if result == "1":
-            entries = [("put", path, "[" + values.dump(value) + "]")]
+            entries = [("put", path, "[" + jsontext.dump(value) + "]")]
         else:
-            entries = [("put", (*path, str(result)), values.dump(value))]
+            entries = [("put", (*path, str(result)), jsontext.dump(value))]
     elif value:
-        entries = [("put", (*path, key), values.dump(item)) for key, item in value.items()]
+        entries = [("put", (*path, key), jsontext.dump(item)) for key, item in value.items()]
     else:
         entries = [("reread", path, None)]
     return [

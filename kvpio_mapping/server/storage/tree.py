@@ -79,6 +79,7 @@ from typing import Any, Final, NamedTuple, TypeAlias
 from ... import paths, values
 from ...errors import InvalidPathError
 from ...paths import MISSING, Path
+from .. import jsontext
 from .base import (
     CHANGE_LOG_REVISIONS,
     CHANGES_BATCH,
@@ -125,9 +126,9 @@ _LOOKUP_CHUNK: Final = 500
 """Paths per ``IN (...)`` lookup."""
 _CONTAINERS: Final = (dict, list)
 
-# The configuration of values.encode; values reach the storage already checked,
-# so subtrees are encoded without checking them again at every level.
-_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+# values.encode's text; values reach the storage already checked, so subtrees
+# are encoded without checking them again at every level.
+_encode = jsontext.dump
 
 _SELECT_NODE: Final = (
     "SELECT path, kind, label, body, pos, size FROM nodes WHERE account = ? AND path IN "
@@ -581,9 +582,9 @@ class TreeStorage(Storage):
         if (kind is list or (kind is dict and _addressable(value))) and depth < paths.MAX_DEPTH:
             # Each item takes at least two bytes: a long container need not be encoded to know.
             if 2 * len(value) + 1 <= self._threshold:
-                text = _encode(value)
-                size = len(text.encode())
-                if size <= self._threshold:
+                text = jsontext.dump_within(value, self._threshold)
+                if text is not None:
+                    size = len(text.encode())
                     rows.append((path, parent, pos, BLOB, label, text, size))
                     return size
             slot = len(rows)

@@ -1,0 +1,101 @@
+"""The server's orjson-backed JSON gives exactly the answers of :mod:`kvpio_mapping.values`."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from kvpio_mapping import values
+from kvpio_mapping.server import jsontext
+
+FLOATS = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(
+    [1e16, 1e-5, 1.5e-7, 0.0001, 9.999e-5, 1e15, 123456789012345680.0, 5e-324, -0.0]
+)
+INTEGERS = st.integers() | st.sampled_from([2**63, 2**64 - 1, 2**64, -(2**63) - 1, 10**40])
+SCALARS = st.none() | st.booleans() | INTEGERS | FLOATS | st.text()
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def _answer(decode: Any, data: bytes, limit: int = values.MAX_NESTING) -> tuple[str, Any]:
+    """What a decoder makes of ``data``: its value as text (floats exactly), or its error."""
+    try:
+        return "value", json.dumps(decode(data, limit), allow_nan=True) + repr(decode(data, limit))
+    except ValueError as exc:
+        return "error", str(exc)
+
+
+@settings(max_examples=400, deadline=None)
+@given(VALUES)
+def test_dump_is_values_dump(value: Any) -> None:
+    assert jsontext.dump(value) == values.dump(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        1e16,
+        1e-5,
+        0.00012,
+        [0.00001, "0.0000 as text"],
+        2**64,
+        -(2**63) - 1,
+        "\ud800",
+        {"key": "\x7f\x00\u2028\U0001f600"},
+        float(2**53),
+    ],
+)
+def test_dump_of_forms_orjson_writes_otherwise(value: Any) -> None:
+    assert jsontext.dump(value) == values.dump(value)
+
+
+@settings(max_examples=400, deadline=None)
+@given(VALUES)
+def test_decode_of_valid_text_is_values_decode(value: Any) -> None:
+    data = values.dump(value).encode()
+    assert _answer(jsontext.decode, data) == _answer(values.decode, data)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.binary(max_size=40) | st.text(alphabet='[]{}",:0123456789.eE+-\\ untrf', max_size=40))
+@example(b"18446744073709551616")
+@example(b"-9223372036854775809")
+@example(b"1e400")
+@example(b"NaN")
+@example(b'"\\ud800"')
+@example(b"\xef\xbb\xbf{}")
+@example('"é"'.encode("utf-16"))
+@example(b'"\xff"')
+@example(b'{"a":1,"a":2}')
+@example(b"[" * 300 + b"]" * 300)
+@example(b"")
+def test_decode_of_any_bytes_is_values_decode(data: bytes | str) -> None:
+    raw = data if isinstance(data, bytes) else data.encode()
+    assert _answer(jsontext.decode, raw) == _answer(values.decode, raw)
+
+
+@pytest.mark.parametrize("depth", [values.MAX_NESTING, values.MAX_NESTING + 1])
+def test_decode_keeps_the_nesting_limit(depth: int) -> None:
+    data = b"[" * depth + b"]" * depth
+    assert _answer(jsontext.decode, data) == _answer(values.decode, data)
+
+
+def test_decode_keeps_integers_beyond_64_bits() -> None:
+    assert jsontext.decode(b"[18446744073709551616, -9223372036854775809]") == [
+        2**64,
+        -(2**63) - 1,
+    ]
+
+
+def test_decode_refuses_infinity_spelled_out() -> None:
+    with pytest.raises(ValueError):
+        jsontext.decode(b"[Infinity]")
+    assert math.isinf(jsontext.decode(b"1e400"))  # as json reads it; storing it is refused
