@@ -33,7 +33,7 @@ import falcon.asgi
 
 from .. import paths, values
 from ..errors import InvalidPathError
-from . import jsontext, metrics
+from . import allocator, jsontext, metrics
 from .bodies import BodyCutError, BodyLimits, BodyTimeoutError, Receive, guarded
 from .commits import committed_body, conditions, failed_body, parse_commit, path_operation
 from .feed import Feed, StreamLimits
@@ -555,6 +555,20 @@ def _feed_start(req: falcon.asgi.Request) -> tuple[int | None, bool]:
     return last_id, snapshot
 
 
+def _send_large(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, answer: tuple[bytes, str, str]
+) -> bool:
+    """:func:`_send` of an answer that may be large (a listing, the whole bucket).
+
+    Over :data:`LARGE_BODY` bytes, the memory freed in building and sending it
+    goes back to the system once it is sent (:mod:`.allocator`), so the
+    worker does not keep it.
+    """
+    if len(answer[0]) > LARGE_BODY:
+        resp.schedule_sync(allocator.give_back)
+    return _send(req, resp, *answer)
+
+
 class BucketResource(_Resource):
     prefix = b"/v1/bucket"
 
@@ -571,14 +585,14 @@ class BucketResource(_Resource):
             keys = _flag(req, "keys")
             whole = not path and _flag(req, "values")  # checked even when keys wins
             if keys:
-                _send(req, resp, *await self.server.read(self._keys, account, path))
+                _send_large(req, resp, await self.server.read(self._keys, account, path))
                 return
             if whole:
-                if _send(req, resp, *await self.server.read(self._all, account)):
+                if _send_large(req, resp, await self.server.read(self._all, account)):
                     self.server.count_read(account)
                 return
         if not path:
-            _send(req, resp, *await self.server.read(self._keys, account, path))
+            _send_large(req, resp, await self.server.read(self._keys, account, path))
             return
         found, revision = await self.server.small(self.storage.read, account, path)
         _revision(resp, revision)

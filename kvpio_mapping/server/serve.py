@@ -66,12 +66,14 @@ DEFAULT_WORKERS: Final = 2
 
 def app_from_env() -> App:
     """The app of one worker, configured by the variables :func:`serve` sets."""
+    from .allocator import map_large_blocks
     from .app import DEFAULT_MAX_BODY, create_app
     from .bodies import BodyLimits
     from .feed import StreamLimits
     from .render import RenderLimits
     from .storage import open_storage
 
+    map_large_blocks()
     location = os.environ.get(DB_ENV) or default_db()
     storage = open_storage(location, sync=os.environ.get(SYNC_ENV) or "normal")
     api_key = os.environ.get(API_KEY_ENV)

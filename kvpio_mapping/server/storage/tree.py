@@ -134,7 +134,12 @@ _SELECT_NODE: Final = (
     "SELECT path, kind, label, body, pos, size FROM nodes WHERE account = ? AND path IN "
 )
 _ROWS: Final = "SELECT path, parent, pos, kind, label, body, size FROM nodes WHERE account = ?"
-_RENDER_ROWS: Final = "SELECT parent, path, kind, label, body FROM nodes WHERE account = ?"
+_RENDER_ROWS: Final = (
+    "SELECT parent, CASE WHEN body IS NULL THEN path END, kind, label || coalesce(body, '')"
+    " FROM nodes WHERE account = ?"
+)
+"""A row's parent, its path if it is a split container, its kind and its text (label and body,
+joined by the database: a whole read makes two objects a row, not five)."""
 _RANGE: Final = " AND path > ? AND path < ?"
 _INSERT: Final = (
     "INSERT OR REPLACE INTO nodes (account, path, parent, pos, kind, label, body, size)"
@@ -247,6 +252,22 @@ def _decode(body: str) -> Any:
     it), so a scalar body, maybe a long string, is not parsed.
     """
     return json.loads(body) if body[0] in "[{" else None
+
+
+def _joined(groups: Mapping[bytes, list[Any]], at: bytes, kind: int) -> str:
+    """The JSON text of the split container at ``at``, its rows grouped by parent.
+
+    A function of the module rather than a closure: a recursive closure is a
+    reference cycle, which would keep every row of a whole read alive until
+    the garbage collector next ran.
+    """
+    text = ",".join(
+        [
+            piece if child is None else piece + _joined(groups, child, child_kind)
+            for _parent, child, child_kind, piece in groups.get(at, ())
+        ]
+    )
+    return "{" + text + "}" if kind == OBJECT else "[" + text + "]"
 
 
 def _nest(segments: Sequence[str], value: Any) -> Any:
@@ -537,27 +558,18 @@ class TreeStorage(Storage):
     def _render(rows: list[Any], path: bytes, kind: int) -> str:
         """The JSON text of the split container at ``path`` from its subtree's rows.
 
-        ``rows`` are (parent, path, kind, label, body), ordered by parent, pos.
+        ``rows`` are :data:`_RENDER_ROWS`' (parent, path, kind, text), ordered by parent, pos.
+        The rows are grouped as they are, not copied: a whole read holds one copy.
         """
-        groups: dict[bytes, list[tuple[bytes, int, str, str | None]]] = {}
+        groups: dict[bytes, list[Any]] = {}
         current: bytes | None = None
-        members: list[tuple[bytes, int, str, str | None]] = []
-        for parent, *member in rows:
-            if parent != current:
-                current = parent
-                members = groups[parent] = []
-            members.append(member)
-
-        def render(at: bytes, at_kind: int) -> str:
-            text = ",".join(
-                [
-                    label + (body if body is not None else render(child, kind))
-                    for child, kind, label, body in groups.get(at, ())
-                ]
-            )
-            return "{" + text + "}" if at_kind == OBJECT else "[" + text + "]"
-
-        return render(path, kind)
+        members: list[Any] = []
+        for row in rows:
+            if row[0] != current:
+                current = row[0]
+                members = groups[current] = []
+            members.append(row)
+        return _joined(groups, path, kind)
 
     def _plan(
         self,
