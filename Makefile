@@ -42,6 +42,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/async_bench.py
 	$(PY) benchmarks/server_bench.py
 	$(PY) benchmarks/write_bench.py
+	$(PY) benchmarks/read_bench.py
 	$(PY) benchmarks/storage_bench.py
 	$(PY) benchmarks/sharing_bench.py
 	$(PY) benchmarks/live_bench.py

@@ -551,7 +551,7 @@ def _feed_start(req: falcon.asgi.Request) -> tuple[int | None, bool]:
         if not (header.strip().isascii() and header.strip().isdigit()):
             raise ClientError(400, "Last-Event-ID must be a revision (a whole number)")
         last_id = int(header)
-    snapshot = req.get_param("snapshot") is None or _flag(req, "snapshot")
+    snapshot = not req.query_string or req.get_param("snapshot") is None or _flag(req, "snapshot")
     return last_id, snapshot
 
 

@@ -54,6 +54,9 @@ BUSY_TIMEOUT_MS: Final = 10_000
 READ_CACHE_ENTRIES: Final = 1024
 """Answers of :meth:`SQLiteStorage.read` each connection keeps (see the module's notes)."""
 
+_DATA_VERSION: Final = "PRAGMA data_version"
+"""Run on a cursor kept per connection: a cached read's one statement, without making a cursor."""
+
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS accounts (
     id TEXT PRIMARY KEY,
@@ -295,6 +298,7 @@ class SQLiteStorage(TreeStorage):
             self._local.conn = conn
             self._local.pid = os.getpid()
             self._local.cache = OrderedDict()
+            self._local.versions = conn.cursor()
             self._local.version = None
             with self._connections_lock:
                 self._connections.append(conn)
@@ -398,13 +402,13 @@ class SQLiteStorage(TreeStorage):
         self._turn.close()
 
     def read(self, account: str, path: Path) -> tuple[str | None, int]:
-        conn = self._conn()
+        self._conn()  # this thread's connection, and with it the cache and the cursor below
         local = self._local
         cache: OrderedDict[tuple[str, Path], tuple[str | None, int]] = local.cache
         key = (account, path)
         # Outside a transaction, data_version is that of the latest commit: if it is
         # the one the entries were read under, they are what a read would see now.
-        if cache and conn.execute("PRAGMA data_version").fetchone()[0] == local.version:
+        if cache and local.versions.execute(_DATA_VERSION).fetchone()[0] == local.version:
             found = cache.get(key)
             if found is not None:
                 cache.move_to_end(key)
@@ -412,7 +416,7 @@ class SQLiteStorage(TreeStorage):
                 return found
         self.read_cache_misses += 1
         with self._read() as conn:
-            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            version = local.versions.execute(_DATA_VERSION).fetchone()[0]
             if version != local.version:
                 cache.clear()
                 local.version = version
