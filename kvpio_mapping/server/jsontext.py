@@ -25,6 +25,7 @@ _LONG_DIGITS: Final = b"0" * 19
 """19 digits in a row: maybe an integer orjson would read as a float (shorter ones fit 64 bits).
 
 Searched for as zeros once every digit is made one: far faster than a regular expression."""
+_DIGITS: Final = b"0123456789"
 _EXPONENT: Final = re.compile(rb"e[-0-9]")
 """Where an exponent may follow a digit (searched for the ``e``: far faster than for the digit)."""
 
@@ -33,7 +34,12 @@ def _as_json_writes(text: bytes) -> bool:
     """Whether orjson's ``text`` is ``json``'s: no float in it has an exponent or is below 1e-4."""
     if b"0.0000" in text:
         return False
-    return not any(text[found.start() - 1] in b"0123456789" for found in _EXPONENT.finditer(text))
+    found = _EXPONENT.search(text)
+    while found is not None:
+        if text[found.start() - 1] in _DIGITS:  # a JSON text never starts with "e"
+            return False
+        found = _EXPONENT.search(text, found.end())
+    return True
 
 
 def decode(data: bytes, max_nesting: int = values.MAX_NESTING) -> Any:
