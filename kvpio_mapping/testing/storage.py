@@ -52,6 +52,7 @@ from kvpio_mapping.server.storage.base import (
     ConflictError,
     Failure,
     Operation,
+    UncountableError,
     Write,
     hash_key,
 )
@@ -715,6 +716,147 @@ def test_appends_one_by_one_to_long_containers(storage: Storage, acct: str) -> N
     assert storage.keys(acct, p("o")) == list(members)
 
 
+# counts: len() of a container in constant time
+
+
+def dict_count(data: Any, path: Path) -> object:
+    """What a count of ``path`` in the bucket ``data`` must answer, as ``len()`` says it."""
+    found = get_in(data, path)
+    if found is MISSING:
+        return None
+    return len(found) if type(found) in (dict, list) else UncountableError
+
+
+def counted(storage: Storage, account: str, path: Path = ()) -> object:
+    """The storage's count at ``path`` (without its revision), or UncountableError."""
+    try:
+        return storage.count(account, path)[0]
+    except UncountableError:
+        return UncountableError
+
+
+def test_count_of_objects_lists_scalars_and_missing_paths(storage: Storage, acct: str) -> None:
+    assert storage.count(acct) == (0, 0)
+    storage.set(acct, p("o"), {"x": 1, "y": [1, 2, 3], "z": "s", "e": {}, "n": None})
+    assert storage.count(acct) == (1, 1)
+    assert storage.count(acct, p("o")) == (5, 1)
+    assert storage.count(acct, p("o/y")) == (3, 1)
+    assert storage.count(acct, p("o/e")) == (0, 1)
+    assert storage.count(acct, p("o/missing")) == (None, 1)
+    assert storage.count(acct, p("o/y/9")) == (None, 1)
+    assert storage.count(acct, p("o/z/below")) == (None, 1)
+    assert storage.count(acct, p("nothing/here")) == (None, 1)
+    for scalar, kind in (
+        ("o/x", "number"),
+        ("o/z", "string"),
+        ("o/n", "null"),
+        ("o/y/2", "number"),
+    ):
+        with pytest.raises(UncountableError, match=f"cannot count the {kind} at '{scalar}'"):
+            storage.count(acct, p(scalar))
+
+
+def test_count_of_large_containers_and_their_packed_members(storage: Storage, acct: str) -> None:
+    doc = big_doc(200_000)
+    flat = {f"k{i}": i for i in range(3000)}
+    storage.set(acct, p("doc"), doc)
+    storage.set(acct, p("flat"), flat)
+    storage.set(acct, p("list"), list(range(5000)))
+    bucket = {"doc": doc, "flat": flat, "list": list(range(5000))}
+    for path in ("doc", "doc/users", "doc/users/u3", "doc/users/u3/history", "flat", "list"):
+        assert counted(storage, acct, p(path)) == dict_count(bucket, p(path)), path
+    assert counted(storage, acct, p("list/02")) is UncountableError
+    assert counted(storage, acct, p("flat/k7")) is UncountableError
+    assert counted(storage, acct) == 3
+
+
+def test_count_of_the_bucket_follows_every_write_form(storage: Storage, acct: str) -> None:
+    bucket: dict[str, Any] = {}
+
+    def agree() -> None:
+        assert storage.count(acct)[0] == len(bucket)
+
+    storage.set(acct, p("a"), 1)
+    storage.set(acct, p("a"), 2)
+    storage.set(acct, p("b/c/d"), 3)
+    bucket.update(a=2, b={"c": {"d": 3}})
+    agree()
+    storage.set_many(acct, [(p(f"m{i}"), i) for i in range(50)] + [(p("a"), 0), (p("x/y"), 1)])
+    bucket.update({f"m{i}": i for i in range(50)}, a=0, x={"y": 1})
+    agree()
+    storage.delete(acct, p("m7"))
+    storage.delete(acct, p("m7"))
+    storage.delete(acct, p("b/c"))
+    assert storage.delete(acct, p("m8"), return_value=True) == "8"
+    del bucket["m7"], bucket["m8"], bucket["b"]["c"]
+    agree()
+    storage.commit(
+        acct,
+        [
+            Operation("increment", p("n"), 1),
+            Operation("append", p("l"), "x"),
+            Operation("merge", p("g"), {"k": 1}),
+            Operation("pop", p("m9")),
+            Operation("delete", p("m10")),
+            Operation("set", p("m10/again"), True),
+        ],
+    )
+    bucket.update(n=1, l=["x"], g={"k": 1}, m10={"again": True})
+    del bucket["m9"]
+    agree()
+    with pytest.raises(ConflictError):
+        storage.commit(acct, [Operation("set", p("new"), 1), Operation("append", p("n"), 1)])
+    with pytest.raises(CheckFailedError):
+        storage.commit(acct, [Operation("set", p("new"), 1)], [Check(p("a"), None)])
+    agree()
+    storage.clear(acct)
+    bucket.clear()
+    agree()
+    storage.set(acct, p("after"), 1)
+    assert storage.count(acct) == (1, storage.revision(acct))
+
+
+def test_count_of_nested_containers_follows_writes_at_every_size(
+    storage: Storage, acct: str
+) -> None:
+    members = {f"k{i}": ("v" * (i % 300)) if i % 5 else {"deep": [i]} for i in range(400)}
+    items: list[Any] = [("i" * (i % 200)) if i % 3 else [i, {"x": i}] for i in range(400)]
+    storage.set(acct, p("o"), values.copy(members))
+    storage.set(acct, p("l"), values.copy(items))
+    bucket: dict[str, Any] = {"o": members, "l": items}
+    edits: list[tuple[str, str, Any]] = [
+        ("set", "o/new", "tiny"),
+        ("set", "o/big", "B" * 3000),
+        ("delete", "o/k1", None),
+        ("delete", "o/k5", None),
+        ("delete", "o/big", None),
+        ("set", "o/k10/deep/2", 1),
+        ("set", "l/401", "appended"),
+        ("set", "l/402", ["big" * 900]),
+        ("delete", "l/1", None),
+        ("delete", "l/2", None),
+        ("delete", "l/401", None),
+        ("set", "l/3/3", "grown"),
+        ("delete", "l/3/1", None),
+    ]
+    for kind, path, value in edits:
+        if kind == "set":
+            storage.set(acct, p(path), value)
+            set_in(bucket, p(path), values.copy(value))
+        else:
+            storage.delete(acct, p(path))
+            delete_in(bucket, p(path))
+        for at in ("o", "l", "o/k10", "o/k10/deep", "l/3", "l/3/2", path):
+            assert counted(storage, acct, p(at)) == dict_count(bucket, p(at)), (kind, path, at)
+    storage.commit(acct, [Operation("append", p("l"), 1), Operation("merge", p("o"), {"m": 2})])
+    bucket["l"].append(1)
+    bucket["o"]["m"] = 2
+    assert counted(storage, acct, p("l")) == len(bucket["l"])
+    assert counted(storage, acct, p("o")) == len(bucket["o"])
+    storage.set(acct, p("o"), "scalar now")
+    assert counted(storage, acct, p("o")) is UncountableError
+
+
 # agreement with the reference under random operations
 
 
@@ -1321,10 +1463,13 @@ def assert_operations_agree(backends: list[Storage], operations: list[tuple[Any,
     for backend in others:
         assert backend.get_all(account) == whole
         assert backend.keys(account) == reference.keys(account)
+        data = json.loads(whole)
+        assert counted(backend, account) == len(data)
         for path in touched:
             for prefix in (path[:depth] for depth in range(1, len(path) + 1)):
                 assert backend.get(account, prefix) == reference.get(account, prefix), prefix
                 assert backend.keys(account, prefix) == reference.keys(account, prefix), prefix
+                assert counted(backend, account, prefix) == dict_count(data, prefix), prefix
         facts = backend.account(account)
         assert facts is not None
         assert facts.size == len(whole.encode())
@@ -1353,6 +1498,8 @@ def assert_flat_operations_agree(
         assert backend.get_all(account) == whole
         for top in ("l", "o"):
             assert backend.keys(account, ("flat", top)) == reference.keys(account, ("flat", top))
+            expected = dict_count(json.loads(whole), ("flat", top))
+            assert counted(backend, account, ("flat", top)) == expected
             for key in reference.keys(account, ("flat", top)):
                 at = ("flat", top, key)
                 assert backend.get(account, at) == reference.get(account, at), at
@@ -1380,6 +1527,10 @@ def assert_commits_agree_with_a_model(
         expected = model.commit(operations, checks)
         for backend in backends:
             assert _commit(backend, account, operations, checks) == expected, (operations, checks)
+            assert counted(backend, account) == len(model.data)
+            for operation in operations:
+                for at in (operation.path[:depth] for depth in range(1, len(operation.path) + 1)):
+                    assert counted(backend, account, at) == dict_count(model.data, at), at
         history[model.revision] = values.copy(model.data)
     whole = j(model.data)
     for backend in backends:

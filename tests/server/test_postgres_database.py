@@ -14,7 +14,12 @@ import pytest
 
 from kvpio_mapping import testing
 from kvpio_mapping.server.storage.base import StorageUnavailableError
-from kvpio_mapping.server.storage.postgres import MAX_ATTEMPTS, MIGRATIONS, Database
+from kvpio_mapping.server.storage.postgres import (
+    MAX_ATTEMPTS,
+    MIGRATIONS,
+    Database,
+    PostgresStorage,
+)
 from kvpio_mapping.server.storage.schema import SchemaTooNewError
 
 _OPEN = "from kvpio_mapping.server.storage.postgres import Database; Database(sys.argv[1]).close()"
@@ -175,3 +180,27 @@ def test_an_outage_fails_clearly_and_a_restart_is_picked_up() -> None:
             db.close()
     finally:
         server.destroy()
+
+
+def test_version_1_database_gains_exact_counts(kvpio_postgres_db: str) -> None:
+    bucket: dict[str, Any] = {
+        "flat": {f"k{i}": i for i in range(300)},
+        "list": [[i] * (i % 5) for i in range(200)],
+        "small": {"a": [1, 2]},
+    }
+    storage = PostgresStorage(kvpio_postgres_db, blob_threshold=64)
+    storage.create_account("a", "", "key")
+    storage.set_many("a", [((key,), value) for key, value in bucket.items()])
+    storage.close()
+    with psycopg.connect(kvpio_postgres_db) as conn:
+        conn.execute("ALTER TABLE nodes DROP COLUMN children")
+        conn.execute("ALTER TABLE accounts DROP COLUMN children")
+        conn.execute("UPDATE kvpio_schema SET version = 1")
+    storage = PostgresStorage(kvpio_postgres_db, blob_threshold=64)
+    try:
+        counts = {(): 3, ("flat",): 300, ("list",): 200, ("list", "8"): 2, ("small", "a"): 2}
+        for path, count in counts.items():
+            assert storage.count("a", path) == (count, 1), path
+    finally:
+        storage.close()
+    assert _version(kvpio_postgres_db) == [(1, len(MIGRATIONS))]

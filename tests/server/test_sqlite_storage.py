@@ -37,6 +37,8 @@ from kvpio_mapping.testing.storage import (
     assert_flat_operations_agree,
     assert_operations_agree,
     big_doc,
+    counted,
+    dict_count,
     j,
     p,
 )
@@ -146,6 +148,46 @@ def test_sqlite_processes_writing_one_file_lose_nothing(tmp_path: FilePath) -> N
     assert len(storage.keys("a", p("top"))) == 120
     assert storage.revision("a") == 120
     storage.close()
+
+
+_COUNTING = """
+import sys
+from kvpio_mapping.server.storage.base import Operation
+from kvpio_mapping.server.storage.sqlite import SQLiteStorage
+storage = SQLiteStorage(sys.argv[1], blob_threshold=64)
+name = sys.argv[2]
+for i in range(40):
+    storage.set("a", (f"{name}-{i}",), i)
+    storage.set("a", ("shared", f"{name}-{i}"), [i] * (i % 4))
+    storage.commit("a", [Operation("append", ("log",), i), Operation("merge", ("m",), {name: i})])
+    if i % 3 == 0:
+        storage.delete("a", (f"{name}-{i // 2}",))
+        storage.delete("a", ("shared", f"{name}-{i // 3}"))
+        storage.delete("a", ("log", "1"))
+"""
+
+
+def test_sqlite_counts_stay_exact_under_processes_writing_one_file(tmp_path: FilePath) -> None:
+    db = str(tmp_path / "db.sqlite3")
+    storage = SQLiteStorage(db, blob_threshold=64)
+    storage.create_account("a", "", "k")
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _COUNTING, db, f"p{n}"],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        for n in range(3)
+    ]
+    for child in children:
+        assert child.wait(timeout=120) == 0
+    try:
+        data = json.loads(storage.get_all("a"))
+        for path in ((), p("shared"), p("log"), p("m")):
+            assert counted(storage, "a", path) == dict_count(data, path), path
+        assert len(data["shared"]) == 3 * (40 - 14) and len(data["m"]) == 3
+    finally:
+        storage.close()
 
 
 def test_sqlite_acknowledged_writes_survive_kill(tmp_path: FilePath) -> None:

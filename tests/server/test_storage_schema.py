@@ -6,11 +6,85 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path as FilePath
+from typing import Any
 
 import pytest
 
+from kvpio_mapping.server.storage.base import UncountableError
 from kvpio_mapping.server.storage.schema import SchemaTooNewError, migrate
 from kvpio_mapping.server.storage.sqlite import MIGRATIONS, SQLiteStorage
+
+# A bucket whose containers are stored every way at a small blob threshold: blobs,
+# split objects and lists, runs of members and items.
+BUCKET: dict[str, Any] = {
+    "flat": {f"k{i}": i for i in range(300)},
+    "list": [[i] * (i % 5) for i in range(200)],
+    "doc": {"users": {f"u{i}": {"tags": ["a", "b"], "n": i} for i in range(50)}},
+    "small": {"a": [1, 2]},
+    "n": 7,
+}
+COUNTS = {
+    (): 5,
+    ("flat",): 300,
+    ("list",): 200,
+    ("list", "7"): 1,
+    ("doc", "users"): 50,
+    ("doc", "users", "u9", "tags"): 2,
+    ("small",): 1,
+    ("small", "a"): 2,
+    ("missing",): None,
+}
+
+
+def _written_by_version_1(db: FilePath) -> None:
+    """A database as schema version 1 wrote it: this layout, without the counts."""
+    storage = SQLiteStorage(str(db), blob_threshold=64)
+    storage.create_account("a", "", "key")
+    storage.create_account("empty", "", "other")
+    storage.set_many("a", [((key,), value) for key, value in BUCKET.items()])
+    storage.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("ALTER TABLE nodes DROP COLUMN children")
+        conn.execute("ALTER TABLE accounts DROP COLUMN children")
+        conn.execute("UPDATE kvpio_schema SET version = 1")
+    conn.close()
+
+
+def test_version_1_database_gains_exact_counts(tmp_path: FilePath) -> None:
+    db = tmp_path / "v1.sqlite3"
+    _written_by_version_1(db)
+    storage = SQLiteStorage(str(db), blob_threshold=64)
+    try:
+        for path, count in COUNTS.items():
+            assert storage.count("a", path)[0] == count, path
+        assert storage.count("empty") == (0, 0)
+        with pytest.raises(UncountableError):
+            storage.count("a", ("n",))
+        storage.delete("a", ("flat", "k3"))
+        storage.set("a", ("added",), 1)
+        assert storage.count("a", ("flat",))[0] == 299
+        assert storage.count("a")[0] == 6
+    finally:
+        storage.close()
+    assert _version(db) == len(MIGRATIONS)
+
+
+def test_database_of_release_0_1_with_values_gains_counts(tmp_path: FilePath) -> None:
+    db = tmp_path / "old.sqlite3"
+    _written_by_version_1(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE kvpio_schema")
+        conn.execute("DROP TABLE changes")
+        conn.execute("ALTER TABLE accounts DROP COLUMN log_start")
+        conn.execute("ALTER TABLE accounts DROP COLUMN revision")
+    conn.close()
+    storage = SQLiteStorage(str(db), blob_threshold=64)
+    try:
+        for path, count in COUNTS.items():
+            assert storage.count("a", path) == (count, 0), path
+    finally:
+        storage.close()
+    assert _version(db) == len(MIGRATIONS)
 
 
 def _version(db: FilePath) -> int:
@@ -86,7 +160,10 @@ def test_database_newer_than_the_code_is_refused_unchanged(tmp_path: FilePath) -
     db = tmp_path / "db.sqlite3"
     SQLiteStorage(str(db)).close()
     _with_next_release(db)
-    with pytest.raises(SchemaTooNewError, match=r"version 2, newer .* knows \(1\)"):
+    known = len(MIGRATIONS)
+    with pytest.raises(
+        SchemaTooNewError, match=rf"version {known + 1}, newer .* knows \({known}\)"
+    ):
         SQLiteStorage(str(db))
     assert _version(db) == len(MIGRATIONS) + 1
 

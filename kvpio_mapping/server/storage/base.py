@@ -132,6 +132,10 @@ class ConflictError(ValueError):
     """An atomic operation does not fit the value it targets (say, incrementing a string)."""
 
 
+class UncountableError(ConflictError):
+    """A count of a value that is neither an object nor a list (``len(5)`` is a ``TypeError``)."""
+
+
 class Operation(NamedTuple):
     """One write of a commit.
 
@@ -372,6 +376,13 @@ def mergeable(path: Path, current: Any) -> None:
         )
 
 
+def uncountable(path: Path, value: Any) -> UncountableError:
+    """The error of counting the scalar ``value`` at ``path``."""
+    return UncountableError(
+        f"cannot count the {_kind(value)} at {paths.join(path)!r}: it is not an object or a list"
+    )
+
+
 def _kind(value: Any) -> str:
     names = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}
     return names.get(type(value), "number")
@@ -503,6 +514,15 @@ class Storage(ABC):
 
         An object's keys in insertion order; a list's positions ``"1"``..``"n"``;
         ``[]`` for a scalar or a missing path.
+        """
+
+    @abstractmethod
+    def count(self, account: str, path: Path = ()) -> tuple[int | None, int]:
+        """How many children the value at ``path`` has, and the revision, from one snapshot.
+
+        An object's keys, a list's items, the top-level keys for ``()``; None
+        if nothing is there. Kept by the storage, so it costs the same at any
+        size. Raises :class:`UncountableError` for a scalar.
         """
 
     @abstractmethod

@@ -37,6 +37,7 @@ from .base import (
     mergeable,
     new_key,
     same_digest,
+    uncountable,
 )
 
 
@@ -171,6 +172,16 @@ class MemoryStorage(Storage):
     def get_all(self, account: str) -> str:
         with self._lock:
             return values.encode(self._state(account).data).decode()
+
+    def count(self, account: str, path: Path = ()) -> tuple[int | None, int]:
+        with self._lock:
+            state = self._state(account)
+            found = paths.get_in(state.data, path)
+            if found is MISSING:
+                return None, state.revision
+            if type(found) not in (dict, list):
+                raise uncountable(path, found)
+            return len(found), state.revision
 
     def keys(self, account: str, path: Path = ()) -> list[str]:
         with self._lock:

@@ -50,7 +50,7 @@ from .base import (
     new_key,
 )
 from .schema import Migration, migrate
-from .tree import ARRAY, BLOB_THRESHOLD, OBJECT, TreeStorage
+from .tree import ARRAY, BLOB_THRESHOLD, OBJECT, TreeStorage, count_children
 
 MAX_ATTEMPTS: Final = 5
 """Runs of one transaction, the first included, before a conflict is raised."""
@@ -130,7 +130,14 @@ def _create_tables(conn: psycopg.Connection[tuple[object, ...]]) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (_create_tables,)
+def _add_children(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Schema version 2: each split container and account keeps its count of children."""
+    conn.execute("ALTER TABLE nodes ADD COLUMN children BIGINT NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE accounts ADD COLUMN children BIGINT NOT NULL DEFAULT 0")
+    count_children(_Connection(conn))
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_create_tables, _add_children)
 """The schema's versions, in order (see :mod:`.schema`); append, never edit, one."""
 
 
@@ -275,7 +282,7 @@ def _translated(sql: str) -> str:
 
 
 _UPSERTS: Final = {
-    "nodes": ("parent", "pos", "kind", "label", "body", "size"),
+    "nodes": ("parent", "pos", "kind", "label", "body", "size", "children"),
     "members": ("run",),
 }
 

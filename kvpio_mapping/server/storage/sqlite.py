@@ -47,7 +47,7 @@ from ...forks import reset_after_fork
 from ...paths import Path
 from .base import StorageBusyError, StorageFullError
 from .schema import Migration, migrate
-from .tree import BLOB_THRESHOLD, TreeStorage
+from .tree import BLOB_THRESHOLD, TreeStorage, count_children
 
 BUSY_TIMEOUT_MS: Final = 10_000
 
@@ -118,7 +118,14 @@ def _create_tables(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE accounts SET log_start = revision")
 
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (_create_tables,)
+def _add_children(conn: sqlite3.Connection) -> None:
+    """Schema version 2: each split container and account keeps its count of children."""
+    conn.execute("ALTER TABLE nodes ADD COLUMN children INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE accounts ADD COLUMN children INTEGER NOT NULL DEFAULT 0")
+    count_children(conn)
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_create_tables, _add_children)
 """The schema's versions, in order (see :mod:`.schema`); append, never edit, one."""
 
 

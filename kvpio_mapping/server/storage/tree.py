@@ -43,6 +43,12 @@ compact JSON (of a run: of its body), kept up to date for split containers
 so that account sizes and merge decisions need no scan. A split container
 that shrinks to half the threshold is merged back into a blob.
 
+``children`` is the number of members or items of a split container, and
+the ``accounts`` row keeps the same for the bucket's top level, each changed
+by the write that adds or removes a child: so a count (``len()``) of any
+container costs a few indexed lookups, and a value in a blob or a run, being
+small, is counted from its decoded text. On other rows ``children`` means nothing.
+
 The threshold (4 KiB) is the largest that keeps a leaf write in a 10 MB
 document as cheap as one in a 1 KB document: the blob a write decodes and
 re-encodes stays small next to the transaction's fixed cost. Larger blobs
@@ -110,6 +116,7 @@ from .base import (
     mergeable,
     new_key,
     same_digest,
+    uncountable,
 )
 
 BLOB_THRESHOLD: Final = 4096
@@ -133,7 +140,9 @@ _encode = jsontext.dump
 _SELECT_NODE: Final = (
     "SELECT path, kind, label, body, pos, size FROM nodes WHERE account = ? AND path IN "
 )
-_ROWS: Final = "SELECT path, parent, pos, kind, label, body, size FROM nodes WHERE account = ?"
+_ROWS: Final = (
+    "SELECT path, parent, pos, kind, label, body, size, children FROM nodes WHERE account = ?"
+)
 _RENDER_ROWS: Final = (
     "SELECT parent, CASE WHEN body IS NULL THEN path END, kind, label || coalesce(body, '')"
     " FROM nodes WHERE account = ?"
@@ -142,8 +151,8 @@ _RENDER_ROWS: Final = (
 joined by the database: a whole read makes two objects a row, not five)."""
 _RANGE: Final = " AND path > ? AND path < ?"
 _INSERT: Final = (
-    "INSERT OR REPLACE INTO nodes (account, path, parent, pos, kind, label, body, size)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR REPLACE INTO nodes (account, path, parent, pos, kind, label, body, size, children)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_MEMBER: Final = "INSERT OR REPLACE INTO members (account, path, run) VALUES (?, ?, ?)"
 _LAST_CHILD: Final = (
@@ -172,8 +181,8 @@ class _Node(NamedTuple):
     size: int
 
 
-_NewRow = tuple[bytes, bytes, int, int, str, str | None, int]
-"""(path, parent, pos, kind, label, body, size) of a row to insert."""
+_NewRow = tuple[bytes, bytes, int, int, str, str | None, int, int]
+"""(path, parent, pos, kind, label, body, size, children) of a row to insert."""
 
 _Member = tuple[bytes, bytes]
 """(member path, run path) of a ``members`` row to insert."""
@@ -283,6 +292,34 @@ def _nest(segments: Sequence[str], value: Any) -> Any:
 Connection: TypeAlias = Any
 """A backend's connection inside a transaction: ``execute`` and ``executemany`` of the
 statements here (a :class:`Connection`, or an adapter with the same two calls)."""
+
+
+def count_children(conn: Connection) -> None:
+    """Fill in the ``children`` of every split container and account (schema version 2).
+
+    One pass over the rows below split containers: each row counts one
+    child, a run as many as it holds.
+    """
+    kinds = {
+        (account, bytes(path)): kind
+        for account, path, kind in conn.execute(
+            "SELECT account, path, kind FROM nodes WHERE kind IN (?, ?)", (OBJECT, ARRAY)
+        ).fetchall()
+    }
+    counts = dict.fromkeys(kinds, 0)
+    for account, parent, kind, body in conn.execute(
+        "SELECT account, parent, kind, body FROM nodes WHERE parent != x''"
+    ).fetchall():
+        key = (account, bytes(parent))
+        counts[key] += len(_run_children(kinds[key], body)) if kind == RUN else 1
+    conn.executemany(
+        "UPDATE nodes SET children = ? WHERE account = ? AND path = ?",
+        [(count, account, path) for (account, path), count in counts.items()],
+    )
+    conn.execute(
+        "UPDATE accounts SET children ="
+        " (SELECT count(*) FROM nodes WHERE nodes.account = accounts.id AND nodes.parent = x'')"
+    )
 
 
 class TreeStorage(Storage):
@@ -597,21 +634,21 @@ class TreeStorage(Storage):
                 text = jsontext.dump_within(value, self._threshold)
                 if text is not None:
                     size = len(text.encode())
-                    rows.append((path, parent, pos, BLOB, label, text, size))
+                    rows.append((path, parent, pos, BLOB, label, text, size, 0))
                     return size
             slot = len(rows)
-            rows.append((path, parent, pos, BLOB, label, None, 0))
+            rows.append((path, parent, pos, BLOB, label, None, 0, 0))
             if kind is dict:
                 split, children = OBJECT, list(value.items())
             else:
                 split, children = ARRAY, [(None, item) for item in value]
             joined, _count = self._plan_children(rows, members, path, split, 0, children, depth + 1)
             size = 2 + joined
-            rows[slot] = (path, parent, pos, split, label, None, size)
+            rows[slot] = (path, parent, pos, split, label, None, size, len(children))
             return size
         text = _scalar(value)
         size = len(text.encode())
-        rows.append((path, parent, pos, BLOB, label, text, size))
+        rows.append((path, parent, pos, BLOB, label, text, size, 0))
         return size
 
     def _plan_children(
@@ -645,7 +682,7 @@ class TreeStorage(Storage):
                 return
             run = reuse if reuse is not None else _run_path(where)
             reuse = None
-            rows.append((run, where, run_pos, RUN, "", ",".join(pieces), run_size))
+            rows.append((run, where, run_pos, RUN, "", ",".join(pieces), run_size, 0))
             members.extend((key, run) for key in keys)
             joined += run_size + (1 if count else 0)
             count += 1
@@ -718,6 +755,19 @@ class TreeStorage(Storage):
             conn.execute(
                 f"DELETE FROM {table} WHERE account = ? AND path > ? AND path < ?",
                 (account, path + b"\x00", path + b"\x01"),
+            )
+
+    @staticmethod
+    def _counted(conn: Connection, account: str, container: _Node | None, delta: int) -> None:
+        """Add ``delta`` to the children of the split container ``container`` (None: the bucket)."""
+        if container is None:
+            conn.execute(
+                "UPDATE accounts SET children = children + ? WHERE id = ?", (delta, account)
+            )
+        else:
+            conn.execute(
+                "UPDATE nodes SET children = children + ? WHERE account = ? AND path = ?",
+                (delta, account, container.path),
             )
 
     def _adjust(self, conn: Connection, account: str, ancestors: list[_Node], delta: int) -> None:
@@ -802,6 +852,7 @@ class TreeStorage(Storage):
         node = run.node
         where = container.path
         if changed is None:
+            self._counted(conn, account, container, -1)
             if container.kind == ARRAY:
                 self._shift_items(conn, account, where, node.pos)
             else:
@@ -891,9 +942,10 @@ class TreeStorage(Storage):
                 run, rows = last.path, []
             else:
                 run = _run_path(where)
-                rows = [(run, where, pos, RUN, "", text, piece)]
+                rows = [(run, where, pos, RUN, "", text, piece, 0)]
             members = [(path, run)] if key is not None else []
         self._insert(conn, account, rows, members)
+        self._counted(conn, account, container, 1)
         self._adjust(conn, account, chain, piece + (1 if container.size > 2 else 0))
 
     @staticmethod
@@ -948,6 +1000,47 @@ class TreeStorage(Storage):
     def _get_all(self, conn: Connection, account: str) -> str:
         rows = self._subtree(conn, account, b"", _RENDER_ROWS, " ORDER BY parent, pos")
         return self._render(rows, b"", OBJECT)
+
+    def count(self, account: str, path: Path = ()) -> tuple[int | None, int]:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT revision, children FROM accounts WHERE id = ?", (account,)
+            ).fetchone()
+            revision, top = (0, 0) if row is None else (int(row[0]), int(row[1]))
+            return (self._count(conn, account, path) if path else top), revision
+
+    def _count(self, conn: Connection, account: str, path: Path) -> int | None:
+        """The children of the value at ``path``, or None if nothing is there.
+
+        A split container keeps its count; a value in a blob or a run is
+        small, so it is decoded and counted.
+        """
+        chain, segments = self._locate(conn, account, path)
+        if not chain:
+            return None
+        node, depth = chain[-1], len(chain)
+        if node.kind != BLOB:
+            if depth == len(segments):
+                row = conn.execute(
+                    "SELECT children FROM nodes WHERE account = ? AND path = ?",
+                    (account, node.path),
+                ).fetchone()
+                return int(row[0])
+            run = self._find_run(conn, account, node, segments[depth])
+            if run is None:
+                return None
+            found = paths.get_in(run.children[run.at][1], path[depth + 1 :])
+        else:
+            assert node.body is not None
+            if depth == len(segments) and node.body[0] not in "[{":
+                # A scalar, maybe a long string: its kind is all the error needs.
+                raise uncountable(path, "" if node.body[0] == '"' else json.loads(node.body))
+            found = paths.get_in(_decode(node.body), path[depth:])
+        if found is MISSING:
+            return None
+        if type(found) not in _CONTAINERS:
+            raise uncountable(path, found)
+        return len(found)
 
     def keys(self, account: str, path: Path = ()) -> list[str]:
         with self._read() as conn:
@@ -1169,11 +1262,13 @@ class TreeStorage(Storage):
         pos = 0 if last is None else int(last) + 1
         rows: list[_NewRow] = []
         members: list[_Member] = []
+        added = 0
         for path, (key, value) in zip(keys, pairs.items(), strict=True):
             old = found.get(path)
             if old is None:
                 at = pos
                 pos += 1
+                added += 1
             else:
                 at = old[1]
                 if old[0] != BLOB:
@@ -1182,8 +1277,10 @@ class TreeStorage(Storage):
                 self._plan(rows, members, path, at, _label(key), value, 1)
             else:
                 text = _scalar(value)
-                rows.append((path, b"", at, BLOB, _label(key), text, len(text.encode())))
+                rows.append((path, b"", at, BLOB, _label(key), text, len(text.encode()), 0))
         self._insert(conn, account, rows, members)
+        if added:
+            self._counted(conn, account, None, added)
 
     def _set(
         self, conn: Connection, account: str, path: Path, value: Any, only_if_missing: bool
@@ -1235,6 +1332,7 @@ class TreeStorage(Storage):
             ).fetchone()[0]
             pos = 0 if last is None else int(last) + 1
             self._store(conn, account, _child(b"", segment), pos, _label(segment), child, 1, None)
+            self._counted(conn, account, None, 1)
             return True
         row = conn.execute(_LAST_CHILD, (account, container.path)).fetchone()
         last_row = None if row is None else _Node(*row)
@@ -1317,9 +1415,10 @@ class TreeStorage(Storage):
         node = chain[-1]
         self._delete_below(conn, account, node.path)
         conn.execute("DELETE FROM nodes WHERE account = ? AND path = ?", (account, node.path))
-        if len(chain) == 1:
+        parent = chain[-2] if len(chain) > 1 else None
+        self._counted(conn, account, parent, -1)
+        if parent is None:
             return
-        parent = chain[-2]
         if parent.kind == ARRAY:
             self._shift_items(conn, account, parent.path, node.pos)
         entry = len(node.label.encode()) + node.size
@@ -1352,7 +1451,7 @@ class TreeStorage(Storage):
         rows = self._subtree(
             conn, account, array, _ROWS, f" AND NOT (parent = ? AND kind = {RUN})", (array,)
         )
-        for path, parent, pos, kind, label, body, size in rows:
+        for path, parent, pos, kind, label, body, size, children in rows:
             end = path.find(b"\x00", base)
             segment = path[base:] if end < 0 else path[base:end]
             number = int(segment)
@@ -1366,7 +1465,9 @@ class TreeStorage(Storage):
             else:
                 new_parent, new_pos = new_prefix + parent[old_len:], pos
             old_paths.append((account, path))
-            moved.append((account, new_path, new_parent, new_pos, kind, label, body, size))
+            moved.append(
+                (account, new_path, new_parent, new_pos, kind, label, body, size, children)
+            )
         conn.executemany("DELETE FROM nodes WHERE account = ? AND path = ?", old_paths)
         conn.executemany(_INSERT, moved)
         renamed: list[tuple[str, bytes, bytes]] = []
@@ -1389,6 +1490,7 @@ class TreeStorage(Storage):
         with self._write_to(account) as (conn, revision):
             conn.execute("DELETE FROM nodes WHERE account = ?", (account,))
             conn.execute("DELETE FROM members WHERE account = ?", (account,))
+            conn.execute("UPDATE accounts SET children = 0 WHERE id = ?", (account,))
             self._log(conn, account, revision, [("delete", (), None)])
         return revision
 
