@@ -169,6 +169,7 @@ def _empty(resp: falcon.asgi.Response) -> None:
 
 
 REVISION: Final = "Kvpio-Revision"
+COUNT: Final = "Kvpio-Count"
 EVENT_STREAM: Final = "text/event-stream"
 
 
@@ -582,8 +583,12 @@ class BucketResource(_Resource):
             await self.watch(req, resp, account, path, since, snapshot)
             return
         if req.query_string:
+            count = _flag(req, "count")
             keys = _flag(req, "keys")
-            whole = not path and _flag(req, "values")  # checked even when keys wins
+            whole = not path and _flag(req, "values")  # checked even when count or keys wins
+            if count:
+                await self.count(req, resp, account, path)
+                return
             if keys:
                 _send_large(req, resp, await self.server.read(self._keys, account, path))
                 return
@@ -619,6 +624,24 @@ class BucketResource(_Resource):
         resp.sse = await server.feed.open(
             account, path, last_id, snapshot, server.still_allowed(req, account)
         )
+
+    async def count(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, account: str, path: paths.Path
+    ) -> None:
+        """Answer how many keys or items are at ``path`` (docs/protocol.md, "Counts").
+
+        The storage keeps counts, so this is a small read at any size.
+        """
+        try:
+            found, revision = await self.server.small(self.storage.count, account, path)
+        except ConflictError as exc:
+            raise ClientError(409, str(exc)) from None
+        _revision(resp, revision)
+        if found is None:
+            _missing(resp)
+            return
+        resp.set_header(COUNT, str(found))
+        _send(req, resp, str(found).encode(), JSON_TYPE)
 
     def _keys(self, account: str, path: paths.Path) -> tuple[bytes, str, str]:
         """The key listing at ``path``: body, content type, ETag (runs in a read thread)."""
