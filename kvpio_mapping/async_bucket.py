@@ -106,8 +106,8 @@ class AsyncKVBucket(Rooted):
         return await self._run(operations.keys(self.path))
 
     async def size(self) -> int:
-        """How many keys there are, in one request."""
-        return len(await self.keys())
+        """How many keys there are: one small request, or none when the cache can tell."""
+        return await self._run(operations.length(self._state, self.path))
 
     async def __aiter__(self) -> AsyncIterator[str]:
         for key in await self.keys():

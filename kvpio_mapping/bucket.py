@@ -206,7 +206,7 @@ class KVBucket(SharingMixin, Rooted, MutableMapping[str, Any]):
         return iter(self._keys())
 
     def __len__(self) -> int:
-        return len(self._keys())
+        return self._run(operations.length(self._state, self.path))
 
     def __reversed__(self) -> Iterator[str]:
         return reversed(self._keys())

@@ -6,6 +6,12 @@ at ``p`` drops ``p``, every ancestor of ``p`` and everything below ``p``, and
 bumps a generation counter so that a read which started before the write
 cannot store what it fetched afterwards.
 
+Counts (``len()`` of the bucket or of a view) are kept beside the values,
+by the path counted (``""`` for the bucket), and dropped by the same writes:
+a write at ``p`` drops the counts of ``p``, of its ancestors (the bucket's
+included) and of everything below it. A count is also answered from a
+cached value at its path or above it.
+
 An expired entry is kept (until the LRU order drops it) with the server's
 ``ETag``, so the next read can revalidate it with ``If-None-Match`` and get a
 bodiless 304 instead of the value again.
@@ -105,12 +111,14 @@ class PathCache:
         self.misses = 0
         self.timer = timer
         self._entries: LRUCache[str, _Entry] = LRUCache(max(maxsize, 1))
+        self._lengths: LRUCache[str, _Entry] = LRUCache(max(maxsize, 1))
         reset_after_fork(self)
 
     def _after_fork(self) -> None:
         """Start empty with a new lock: another thread of the parent may have held the old one."""
         self.lock = threading.RLock()
         self._entries = LRUCache(max(self.maxsize, 1))
+        self._lengths = LRUCache(max(self.maxsize, 1))
         self.live = False
 
     def exact(self, path: str) -> Any:
@@ -133,21 +141,46 @@ class PathCache:
         ``path`` must already be valid: ancestors are searched by splitting it.
         """
         with self.lock:
-            entries = self._entries
+            found = self._find(path, -math.inf if self.live else self.timer())
+            if found is NOT_CACHED:
+                self.misses += 1
+            else:
+                self.hits += 1
+            return found
+
+    def _find(self, path: str, now: float) -> Any:
+        """The value at ``path`` from a fresh entry at it or above it, or :data:`NOT_CACHED`."""
+        entries = self._entries
+        ancestor = path
+        while True:
+            entry = entries.get(ancestor)
+            if entry is not None and entry.expires > now:
+                if ancestor is path:
+                    return entry.value
+                rest = tuple(path[len(ancestor) + 1 :].split("/"))
+                return paths.get_in(entry.value, rest)
+            if "/" not in ancestor:
+                return NOT_CACHED
+            ancestor = ancestor.rsplit("/", 1)[0]
+
+    def length(self, path: str) -> Any:
+        """How many keys or items are at ``path`` (``""``: the bucket), or :data:`NOT_CACHED`.
+
+        From a fresh count, or a fresh value at ``path`` or above it; nothing
+        there, or a scalar, has none (as a view over it is empty).
+        """
+        with self.lock:
             now = -math.inf if self.live else self.timer()
-            ancestor = path
-            while True:
-                entry = entries.get(ancestor)
-                if entry is not None and entry.expires > now:
-                    self.hits += 1
-                    if ancestor is path:
-                        return entry.value
-                    rest = tuple(path[len(ancestor) + 1 :].split("/"))
-                    return paths.get_in(entry.value, rest)
-                if "/" not in ancestor:
-                    self.misses += 1
-                    return NOT_CACHED
-                ancestor = ancestor.rsplit("/", 1)[0]
+            entry = self._lengths.get(path)
+            if entry is not None and entry.expires > now:
+                self.hits += 1
+                return entry.value
+            found: Any = self._find(path, now) if path else NOT_CACHED
+            if found is NOT_CACHED:
+                self.misses += 1
+                return NOT_CACHED
+            self.hits += 1
+            return len(found) if type(found) in (dict, list) else 0
 
     def tagged(self, path: str, *, exact: bool = False) -> tuple[str, Any, str | None] | Any:
         """``(where, value, etag)`` of the fresh entry answering ``path``, or :data:`NOT_CACHED`.
@@ -194,6 +227,14 @@ class PathCache:
             if generation == self.generation:
                 self._entries[path] = self._entry(value, etag)
 
+    def store_length(self, path: str, length: int, generation: int) -> None:
+        """Cache the count of ``path`` if no write happened since ``generation`` was read."""
+        if not self.enabled or _unpadded(path) is not None:
+            return
+        with self.lock:
+            if generation == self.generation:
+                self._lengths[path] = _Entry(self.timer() + self.ttl, length, None)
+
     def store_many(self, items: Iterator[tuple[str, Any]], generation: int) -> None:
         """:meth:`store` for each pair, under one lock."""
         if not self.enabled:
@@ -207,19 +248,21 @@ class PathCache:
         """Forget ``path``, its ancestors and everything below it; everything if None."""
         with self.lock:
             self.generation += 1
-            entries = self._entries
             if path is None:
-                entries.clear()
+                self._entries.clear()
+                self._lengths.clear()
                 return
             path = _unpadded(path) or path
-            entries.pop(path, None)
-            ancestor = path
-            while "/" in ancestor:
-                ancestor = ancestor.rsplit("/", 1)[0]
-                entries.pop(ancestor, None)
-            prefix = path + "/"
-            for below in [key for key in entries if key.startswith(prefix)]:
-                entries.pop(below, None)
+            self._lengths.pop("", None)
+            for entries in (self._entries, self._lengths):
+                entries.pop(path, None)
+                ancestor = path
+                while "/" in ancestor:
+                    ancestor = ancestor.rsplit("/", 1)[0]
+                    entries.pop(ancestor, None)
+                prefix = path + "/"
+                for below in [key for key in entries if key.startswith(prefix)]:
+                    entries.pop(below, None)
 
     @contextmanager
     def writing(self, path: str | None) -> Iterator[None]:
@@ -233,5 +276,6 @@ class PathCache:
         """Hits, misses, maximum and current size."""
         with self.lock:
             now = -math.inf if self.live else self.timer()
-            fresh = sum(1 for entry in self._entries.values() if entry.expires > now)
+            entries = [*self._entries.values(), *self._lengths.values()]
+            fresh = sum(1 for entry in entries if entry.expires > now)
             return CacheInfo(self.hits, self.misses, self.maxsize, fresh, self.live)

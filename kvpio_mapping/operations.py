@@ -56,6 +56,8 @@ class ClientState:
         self.listeners: list[WriteListener] = []
         self.template_listeners: list[WriteListener] = []
         self.feed: Feed | None = None
+        self.counts: bool | None = None
+        """Whether the server answers ``count=true`` (None until an answer tells)."""
 
     def add_listener(self, listener: WriteListener) -> None:
         """Call ``listener(path)`` after each write through this state (None: all paths)."""
@@ -239,6 +241,28 @@ def keys(root: str) -> Flow[list[str]]:
     return (yield from keys_of(protocol.list_keys(root)))
 
 
+def length(state: ClientState, root: str) -> Flow[int]:
+    """How many keys (a list's items) are at ``root``, ``len()`` of the bucket or a view:
+    from the cache when it can tell, else one small count request; 0 when nothing, or
+    a scalar, is there. A server that ignores ``count=true`` is asked for the key
+    listing from then on."""
+    cache = state.cache
+    if cache.enabled:
+        found = cache.length(root)
+        if found is not NOT_CACHED:
+            return found  # type: ignore[no-any-return]
+    state.ensure_live()
+    generation = cache.generation
+    if state.counts is False:
+        number = len((yield from keys(root)))
+    else:
+        number, counted = protocol.length((yield protocol.count(root)), not root)
+        if counted is not None:
+            state.counts = counted
+    cache.store_length(root, number, generation)
+    return number
+
+
 def snapshot(state: ClientState, root: str) -> Flow[dict[str, Any]]:
     """The content below ``root`` (a list's items by 1-based position) in one request,
     warming the cache with it. The values are shared: copy what is handed out."""
@@ -252,6 +276,7 @@ def snapshot(state: ClientState, root: str) -> Flow[dict[str, Any]]:
         return dict(found) if type(found) is dict else {}  # the cache keeps `found`
     content: dict[str, Any] = protocol.document((yield protocol.snapshot()), dict)
     cache.store_many(iter(content.items()), generation)
+    cache.store_length("", len(content), generation)
     return content
 
 

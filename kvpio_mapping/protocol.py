@@ -32,6 +32,7 @@ from .errors import (
 from .paths import MISSING
 
 MISSING_HEADER: Final = "Kvpio-Missing"
+COUNT_HEADER: Final = "Kvpio-Count"
 NAMES_HEADER: Final = "Kvpio-Names"
 UNKNOWN_KEY: Final = "unknown API key"
 
@@ -90,6 +91,11 @@ def read(full: str, etag: str | None = None) -> Request:
 def list_keys(root: str = "") -> Request:
     """List the keys of the bucket, or of the object at ``root``."""
     return Request("GET", bucket_target(root) + "?keys=true" if root else "bucket/")
+
+
+def count(full: str) -> Request:
+    """Count the keys or items of the value at ``full`` (``''``: the bucket's top-level keys)."""
+    return Request("GET", bucket_target(full) + "?count=true")
 
 
 def snapshot() -> Request:
@@ -334,6 +340,35 @@ def keys(answer: Answer) -> list[str]:
     if not all(type(item) is str for item in found):
         raise ProtocolError(f"{_where(answer)} answered a key list with a key that is not text")
     return found
+
+
+def length(answer: Answer, root: bool) -> tuple[int, bool | None]:
+    """How many keys or items a count answered, as a view sees them, and whether the
+    server counted (None: the answer cannot tell).
+
+    Nothing there, or a scalar (409), has none. An answer without
+    ``Kvpio-Count`` comes from a server that ignores ``count=true``: it is
+    the key listing (at the ``root`` of the bucket) or the value, whose
+    length is taken.
+    """
+    if answer.status_code == 409:
+        return 0, True
+    check(answer)
+    if _is_missing(answer):
+        _value_body(answer)
+        return 0, None
+    if COUNT_HEADER in answer.headers:
+        number: int = document(answer, int)
+        if number < 0 or answer.headers[COUNT_HEADER] != str(number):
+            raise ProtocolError(
+                f"{_where(answer)} answered a count of {number} with {COUNT_HEADER}:"
+                f" {answer.headers[COUNT_HEADER]}"
+            )
+        return number, True
+    if root:
+        return len(keys(answer)), False
+    found = _value_body(answer)
+    return (len(found) if type(found) in (dict, list) else 0), False
 
 
 def template_names(answer: Answer) -> frozenset[str]:

@@ -218,3 +218,16 @@ def test_a_delete_by_name_may_be_resent(fault: Fault) -> None:
     with pytest.raises(TransportError):
         transport.request("DELETE", "bucket/name")
     assert fault.requests == [("DELETE", "/v1/bucket/name")] * 3
+
+
+@pytest.mark.parametrize(
+    ("body", "count"), [(b'"3"', "3"), (b"3", "4"), (b"-1", "-1"), (b"true", "1")]
+)
+def test_a_count_that_is_not_a_whole_number_as_its_header_says_is_a_protocol_error(
+    fault: Fault, bucket: KVBucket, body: bytes, count: str
+) -> None:
+    fault.answer(200, body, Content_Type="application/json", Kvpio_Count=count)
+    with pytest.raises(ProtocolError):
+        len(bucket)
+    with pytest.raises(ProtocolError):
+        len(bucket.view("o"))

@@ -185,6 +185,44 @@ def test_ttl_or_maxsize_zero_turns_the_cache_off(clock, ttl, maxsize):
     assert cache.lookup("b") is NOT_CACHED
 
 
+def test_a_count_is_found_until_ttl(cache, clock):
+    g = cache.generation
+    cache.store_length("", 3, g)
+    cache.store_length("a", 2, g)
+    assert (cache.length(""), cache.length("a"), cache.length("b")) == (3, 2, NOT_CACHED)
+    clock.advance(10.0)
+    assert cache.length("") is NOT_CACHED and cache.length("a") is NOT_CACHED
+
+
+def test_a_count_is_answered_from_a_cached_value_at_or_above_its_path(cache):
+    g = cache.generation
+    cache.store("a", {"o": {"x": 1, "y": 2}, "l": [1], "s": "t"}, g)
+    cache.store("m", MISSING, g)
+    lengths = [cache.length(path) for path in ("a", "a/o", "a/l", "a/s", "a/none", "m", "")]
+    assert lengths == [3, 2, 1, 0, 0, 0, NOT_CACHED]
+
+
+def test_a_write_drops_the_counts_of_its_path_its_ancestors_the_bucket_and_below(cache):
+    g = cache.generation
+    for path in ("", "a", "a/b", "a/b/c", "a/b/c/d", "a/x", "z"):
+        cache.store_length(path, 1, g)
+    cache.invalidate("a/b/c")
+    kept = {
+        path for path in ("", "a", "a/b", "a/b/c", "a/b/c/d", "a/x", "z") if cache.length(path) == 1
+    }
+    assert kept == {"a/x", "z"}
+    cache.store_length("", 1, cache.generation)
+    cache.invalidate()
+    assert cache.length("") is NOT_CACHED and cache.length("z") is NOT_CACHED
+
+
+def test_a_count_with_a_generation_older_than_a_write_is_dropped(cache):
+    g = cache.generation
+    cache.invalidate("anything")
+    cache.store_length("", 5, g)
+    assert cache.length("") is NOT_CACHED
+
+
 def test_info_counts_hits_misses_and_size(cache):
     cache.store("a", {"b": 1}, cache.generation)
     cache.lookup("a")
