@@ -46,3 +46,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/storage_bench.py
 	$(PY) benchmarks/sharing_bench.py
 	$(PY) benchmarks/live_bench.py
+	$(PY) benchmarks/count_bench.py
