@@ -216,6 +216,15 @@ class BucketMachine(RuleBasedStateMachine):
         assert list(self.server_view) == list(self.model)
         assert self.server_view.copy() == self.model
 
+    @rule(path=PATHS)
+    def lengths(self, path: str) -> None:
+        """``len`` and ``bool`` of the bucket and of a view are ``len`` of the model's."""
+        found = self.model_get(path)
+        expected = len(found) if type(found) in (dict, list) else 0
+        assert len(self.bucket.view(path)) == expected
+        assert len(self.bucket) == len(self.model)
+        assert bool(self.bucket) == bool(self.model)
+
     @rule()
     def whole_content(self) -> None:
         bucket, model = self.bucket, self.model
