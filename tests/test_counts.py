@@ -167,6 +167,29 @@ def test_async_size_is_one_count_request(kvpio_account: TestAccount) -> None:
     assert sent == [f"bucket/{path}?count=true" for path in ("", "o", "o/x", "a")]
 
 
+def test_the_async_live_cache_drops_a_count_when_another_client_changes_it(
+    kvpio_account: TestAccount, other: KVBucket
+) -> None:
+    async def main() -> list[int]:
+        bucket = AsyncKVBucket(kvpio_account.url, kvpio_account.api_key, ttl=60, live=True)
+        sizes = []
+        async with bucket:
+            for _ in range(2000):
+                if bucket.cache_info().live:
+                    break
+                await asyncio.sleep(0.005)
+            sizes.append(await bucket.size())
+            other["k"] = 1
+            for _ in range(2000):
+                if await bucket.size() == 1:
+                    break
+                await asyncio.sleep(0.005)
+            sizes.append(await bucket.size())
+        return sizes
+
+    assert asyncio.run(main()) == [0, 1]
+
+
 # a server from before counts: it ignores count=true
 
 
