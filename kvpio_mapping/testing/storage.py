@@ -1161,6 +1161,20 @@ def test_commit_group_refuses_writes_one_by_one_and_commits_the_rest(
     assert [change.revision for change in storage.changes(acct, 2).changes] == [3, 4, 4]
 
 
+def test_commit_group_keeps_counts_of_what_it_committed_only(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("o"), {"x": 1})
+    storage.commit_group(
+        [
+            Write(acct, [Operation("set", p("new"), 1), Operation("set", p("o/y"), 2)]),
+            Write(acct, [Operation("set", p("gone"), 1), Operation("increment", p("o"), 1)]),
+            Write(acct, [Operation("set", p("o/z"), 3), Operation("delete", p("new"))]),
+        ]
+    )
+    assert storage.get_all(acct) == j({"o": {"x": 1, "y": 2, "z": 3}})
+    assert counted(storage, acct) == 1
+    assert counted(storage, acct, p("o")) == 3
+
+
 class Model:
     """The bucket as a dict and its revision: what a commit must do, stated plainly."""
 
