@@ -202,6 +202,16 @@ class SharingMixin:
         return decorate(fn) if fn is not None else decorate
 
 
+def _reach(operation: _Operation) -> str:
+    """The path whose value ``operation`` may change: a list item's delete moves its
+    later siblings up, so it reaches the whole list."""
+    kind, path, _value = operation
+    parent, _, last = path.rpartition("/")
+    if kind == "delete" and parent and last.isascii() and last.isdigit():
+        return parent
+    return path
+
+
 def _within(path: str, top: str) -> bool:
     """Whether ``path`` is ``top`` or lies below it."""
     return path == top or path.startswith(top + "/")
@@ -251,10 +261,22 @@ class TransactionState:
 
     def _value(self, full: str) -> Flow[Any]:
         """The value at ``full`` with this transaction's writes applied (shared, or MISSING)."""
-        touching = [op for op in self._operations if _within(op[1], full) or _within(full, op[1])]
+        top = full
+        while True:
+            touching = [
+                op
+                for op in self._operations
+                if _within(_reach(op), top) or _within(top, _reach(op))
+            ]
+            # A list item's delete above ``top`` widens it to the list: look again from there.
+            wider = min(
+                [top, *(_reach(op) for op in touching if _within(top, _reach(op)))], key=len
+            )
+            if wider == top:
+                break
+            top = wider
         if not touching:
             return (yield from self._base(full))
-        top = min([full, *(op[1] for op in touching if _within(full, op[1]))], key=len)
         root: dict[str, Any] = {}
         base = yield from self._base(top)
         segments = tuple(top.split("/"))

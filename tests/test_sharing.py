@@ -483,3 +483,15 @@ def test_random_transactions_agree_with_a_dict(
     seen = random_bucket.transact(lambda tx: [_step(tx, *step) for step in steps])
     assert seen == expected
     assert random_bucket.copy() == model.data
+
+
+def test_a_transaction_reads_a_list_item_moved_up_by_its_own_delete(bucket: KVBucket) -> None:
+    bucket.update({"l": [1]})
+
+    def fn(tx: Any) -> Any:
+        tx.increment("l/2", 0)
+        del tx["l/1"]
+        return tx.get("l/1", "absent")
+
+    assert bucket.transact(fn) == 0
+    assert bucket["l"] == [0]
