@@ -114,8 +114,6 @@ class _FreshAdapter(HTTPAdapter):
         return manager
 
 
-_ADAPTER_SEND: Final = HTTPAdapter.send
-_SESSION_SEND: Final = requests.Session.send
 _ADAPTER_STEPS: Final = (
     "get_connection_with_tls_context",
     "cert_verify",
@@ -125,6 +123,18 @@ _ADAPTER_STEPS: Final = (
 )
 """The ``HTTPAdapter`` methods whose work a pooled call does itself: an adapter class
 that overrides one of them (or ``send``) gets the full ``session.send``."""
+
+
+def _requests_own(cls: type, name: str) -> bool:
+    """Whether ``cls.name`` is the method ``requests`` defines: neither a subclass's
+    override nor a test's patch of it (``responses``, ``mock.patch``), whenever made."""
+    method = getattr(cls, name, None)
+    return getattr(method, "__module__", None) in _REQUESTS_MODULES and getattr(
+        method, "__qualname__", None
+    ) in (f"HTTPAdapter.{name}", f"Session.{name}")
+
+
+_REQUESTS_MODULES: Final = frozenset({"requests.adapters", "requests.sessions"})
 
 
 def _settings(session: requests.Session) -> tuple[Any, ...]:
@@ -165,8 +175,7 @@ class _Route:
         self.names.update((name.lower(), name) for name in self.headers)
         self.adapter = session.get_adapter(base)
         self.pooled = isinstance(self.adapter, HTTPAdapter) and all(
-            getattr(type(self.adapter), step) is getattr(HTTPAdapter, step)
-            for step in _ADAPTER_STEPS
+            _requests_own(type(self.adapter), step) for step in _ADAPTER_STEPS
         )
         self._pool: Any = None
         self.prefix = ""
@@ -334,8 +343,8 @@ class Transport:
         session = self.session
         return (
             route.pooled
-            and type(route.adapter).send is _ADAPTER_SEND
-            and type(session).send is _SESSION_SEND
+            and _requests_own(type(route.adapter), "send")
+            and _requests_own(type(session), "send")
             and session.auth is None
             and not session.hooks.get("response")
             and not session.cookies

@@ -8,6 +8,8 @@ the real server of the ``kvpio_server`` fixture or a real closed port.
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from urllib.parse import urlsplit
@@ -654,3 +656,19 @@ def test_calls_ride_out_a_server_restart_on_the_same_port(tmp_path):
             running.stop()
             running.cleanup()
     assert down >= 1.0
+
+
+def test_a_mock_of_requests_active_before_the_package_is_imported_still_answers():
+    # The pooled path checks that requests' own methods are in place whenever it runs,
+    # so a mock that was already active when the package was imported is honoured too.
+    script = (
+        "import responses\n"
+        "with responses.RequestsMock() as mocked:\n"
+        "    from kvpio_mapping import KVBucket\n"
+        "    mocked.add(responses.GET, 'http://kv.invalid/v1/bucket/a', json=1)\n"
+        "    assert KVBucket('http://kv.invalid', 'k')['a'] == 1\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
