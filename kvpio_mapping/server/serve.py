@@ -243,6 +243,8 @@ FIRST_RESTART_DELAY: Final = 0.1
 MAX_RESTART_DELAY: Final = 5.0
 GIVE_UP_AFTER: Final = 10.0
 """Seconds with no worker serving before the server stops: it cannot run here."""
+STOP_GRACE: Final = 35.0
+"""Seconds a worker has, after SIGTERM, to finish its requests before it is killed."""
 
 
 def restart_delay(failures: int) -> float:
@@ -347,7 +349,7 @@ def _supervise(host: str, port: int, workers: int) -> int:
             slot.process.terminate()
     for slot in slots:
         if slot.process is not None:
-            slot.process.join(35)
+            slot.process.join(STOP_GRACE)
             if slot.process.is_alive():
                 slot.process.kill()
                 slot.process.join()

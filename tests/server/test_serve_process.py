@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from kvpio_mapping.server.serve import STOP_GRACE
 from kvpio_mapping.server.storage import open_storage
 from kvpio_mapping.testing import RunningServer, run_server, start_server
 
@@ -264,19 +265,24 @@ def test_the_default_location_is_created(tmp_path: Path) -> None:
 
 def test_the_start_up_line_names_the_database(tmp_path: Path) -> None:
     db = tmp_path / "kv.sqlite3"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kvpio_mapping.server", "serve", "--port", "0", "--db", str(db)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    with open(tmp_path / "stderr", "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kvpio_mapping.server", "serve", "--port", "0", "--db", str(db)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+        )
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
     finally:
         process.terminate()
-        process.wait(15)
+        try:
+            process.wait(STOP_GRACE + 10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise AssertionError((tmp_path / "stderr").read_text()) from None
     assert line.startswith("kvpio serving on http://127.0.0.1:")
     assert line.endswith(f" (database {db})\n")
 
