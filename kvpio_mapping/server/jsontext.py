@@ -19,6 +19,10 @@ from typing import Any, Final
 import orjson
 
 from .. import values
+from . import collector
+
+HELD_OFF_FROM: Final = 1 << 16
+"""Bodies of this many bytes or more are decoded with the garbage collector held off."""
 
 _DIGITS_AS_ZERO: Final = bytes.maketrans(b"123456789", b"000000000")
 _LONG_DIGITS: Final = b"0" * 19
@@ -46,7 +50,11 @@ def decode(data: bytes, max_nesting: int = values.MAX_NESTING) -> Any:
     """:func:`kvpio_mapping.values.decode`: the same value, or the same ``ValueError``."""
     if _LONG_DIGITS not in data.translate(_DIGITS_AS_ZERO):
         try:
-            value = orjson.loads(data)
+            if len(data) < HELD_OFF_FROM:
+                value = orjson.loads(data)
+            else:
+                with collector.held_off():
+                    value = orjson.loads(data)
         except orjson.JSONDecodeError:
             pass  # maybe valid for json (see the module's notes): its answer decides
         else:
@@ -83,3 +91,17 @@ def dump_within(value: Any, limit: int) -> str | None:
         return fast.decode() if len(fast) <= limit else None
     text = values.dump(value)
     return text if len(text.encode()) <= limit else None
+
+
+def dump_checked(value: Any) -> bytes | None:
+    """orjson's UTF-8 text of ``value`` if it is :func:`dump`'s, else None.
+
+    A part's orjson text is a piece of the whole's, so when the whole passes,
+    bare ``orjson.dumps`` of any part of it is :func:`dump`'s text too: one
+    check of the whole spares each part the checks.
+    """
+    try:
+        text = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return None
+    return text if _as_json_writes(text) else None

@@ -246,7 +246,9 @@ def logged_changes(
     kind, path, value = operation
     entries: list[tuple[ChangeKind, Path, str | None]]
     if kind == "set":
-        entries = [("put", path, jsontext.dump(value))]
+        # A text of over 4 bytes a character is over LOGGED_TEXT characters: never made whole.
+        text = jsontext.dump_within(value, 4 * LOGGED_TEXT)
+        entries = [("put", path, text) if text is not None else ("reread", path, None)]
     elif kind in ("delete", "pop"):
         entries = [("delete", path, None)]
     elif kind == "increment":

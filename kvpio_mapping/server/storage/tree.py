@@ -82,10 +82,12 @@ from contextlib import AbstractContextManager, contextmanager
 from json.encoder import encode_basestring
 from typing import Any, Final, NamedTuple, TypeAlias
 
+import orjson
+
 from ... import paths, values
 from ...errors import InvalidPathError
 from ...paths import MISSING, Path
-from .. import jsontext
+from .. import collector, jsontext
 from .base import (
     CHANGE_LOG_REVISIONS,
     CHANGES_BATCH,
@@ -235,6 +237,20 @@ def _parent_of(path: bytes) -> bytes:
 def _label(key: str) -> str:
     """What precedes an object member's value in compact JSON: ``"key":``."""
     return encode_basestring(key) + ":"
+
+
+def _size(text: str) -> int:
+    """The UTF-8 length of ``text`` (its length, when it is ASCII, without encoding it)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def _keyed(text: bytes) -> bool:
+    """Whether every key in a value's JSON ``text`` is a path segment (non-empty, no NUL).
+
+    Either would show in the text (``"":``, ``\\u0000``); so may some strings,
+    which only costs the check per object.
+    """
+    return b'"":' not in text and b"\\u0000" not in text
 
 
 def _addressable(value: dict[str, Any]) -> bool:
@@ -617,6 +633,7 @@ class TreeStorage(Storage):
         label: str,
         value: Any,
         depth: int,
+        fast: bool | None = None,
     ) -> int:
         """Append the rows that store ``value`` at ``path`` to ``rows``; return its size.
 
@@ -624,32 +641,73 @@ class TreeStorage(Storage):
         its children planned in turn (see :meth:`_plan_children`). Containers
         at the deepest addressable level stay blobs (nothing below them can be
         written by path), and so do objects with a key that cannot be a path
-        segment.
+        segment. ``fast`` tells whether bare ``orjson.dumps`` encodes every
+        part of ``value`` and every key in it is a path segment (None: not
+        known yet, found out with one encoding of the whole).
         """
         parent = _parent_of(path)
         kind = type(value)
-        if (kind is list or (kind is dict and _addressable(value))) and depth < paths.MAX_DEPTH:
-            # Each item takes at least two bytes: a long container need not be encoded to know.
-            if 2 * len(value) + 1 <= self._threshold:
-                text = jsontext.dump_within(value, self._threshold)
-                if text is not None:
-                    size = len(text.encode())
-                    rows.append((path, parent, pos, BLOB, label, text, size, 0))
-                    return size
-            slot = len(rows)
-            rows.append((path, parent, pos, BLOB, label, None, 0, 0))
-            if kind is dict:
-                split, children = OBJECT, list(value.items())
+        if (kind is dict or kind is list) and depth < paths.MAX_DEPTH:
+            if fast is None:
+                whole = jsontext.dump_checked(value)
+                fast = whole is not None and _keyed(whole)
+                if whole is not None:
+                    text = whole.decode() if len(whole) <= self._threshold else None
+                else:
+                    text = self._within(value, self._threshold, False)
             else:
-                split, children = ARRAY, [(None, item) for item in value]
-            joined, _count = self._plan_children(rows, members, path, split, 0, children, depth + 1)
-            size = 2 + joined
-            rows[slot] = (path, parent, pos, split, label, None, size, len(children))
-            return size
-        text = _scalar(value)
-        size = len(text.encode())
+                text = self._within(value, self._threshold, fast)
+            if text is None:
+                with collector.held_off():  # a large value: many rows, no cycles
+                    return self._split(rows, members, path, parent, pos, label, value, depth, fast)
+        else:
+            text = _scalar(value)
+        size = _size(text)
         rows.append((path, parent, pos, BLOB, label, text, size, 0))
         return size
+
+    def _split(
+        self,
+        rows: list[_NewRow],
+        members: list[_Member],
+        path: bytes,
+        parent: bytes,
+        pos: int,
+        label: str,
+        value: Any,
+        depth: int,
+        fast: bool,
+    ) -> int:
+        """:meth:`_plan` of a container known to be too large for one blob; its size."""
+        if type(value) is dict and not fast and not _addressable(value):
+            text = _encode(value)
+            size = _size(text)
+            rows.append((path, parent, pos, BLOB, label, text, size, 0))
+            return size
+        slot = len(rows)
+        rows.append((path, parent, pos, BLOB, label, None, 0, 0))
+        if type(value) is dict:
+            kind, children = OBJECT, list(value.items())
+        else:
+            kind, children = ARRAY, [(None, item) for item in value]
+        joined, _count = self._plan_children(
+            rows, members, path, kind, 0, children, depth + 1, fast=fast
+        )
+        size = 2 + joined
+        rows[slot] = (path, parent, pos, kind, label, None, size, len(children))
+        return size
+
+    def _within(self, value: Any, limit: int, fast: bool) -> str | None:
+        """The JSON text of a container if it takes at most ``limit`` bytes, else None.
+
+        Each item takes at least two bytes: a long container need not be encoded to know.
+        """
+        if 2 * len(value) + 1 > limit:
+            return None
+        if fast:
+            text = orjson.dumps(value)
+            return text.decode() if len(text) <= limit else None
+        return jsontext.dump_within(value, limit)
 
     def _plan_children(
         self,
@@ -661,20 +719,24 @@ class TreeStorage(Storage):
         children: Sequence[_Child],
         depth: int,
         reuse: bytes | None = None,
+        fast: bool | None = None,
     ) -> tuple[int, int]:
         """Append the rows storing ``children`` of the split container at ``where``.
 
         Small children are packed, in order, into runs of at most a threshold
         each; the others get rows of their own. ``first`` is the ``pos`` of
         the first row (for an array, the index of the first child); ``reuse``
-        is a path for the first run, if any. Returns the bytes of the
-        children's JSON text joined by commas, and the number of rows made.
+        is a path for the first run, if any; ``fast`` is :meth:`_plan`'s.
+        Returns the bytes of the children's JSON text joined by commas, and
+        the number of rows made.
         """
         joined = count = 0
         pos = index = first
         pieces: list[str] = []
         keys: list[bytes] = []
         run_size = run_pos = 0
+        run_limit = self._run_limit
+        is_object = kind == OBJECT
 
         def flush() -> None:
             nonlocal joined, count, reuse, pieces, keys
@@ -693,33 +755,71 @@ class TreeStorage(Storage):
                 label, path = _label(key), where + b"\x00" + key.encode()
             else:
                 label, path = "", where + b"\x00" + str(index + 1).encode()
-            mark = len(rows)
-            size = self._plan(rows, members, path, pos, label, value, depth)
-            piece = len(label.encode()) + size
-            if len(rows) == mark + 1 and rows[mark][3] == BLOB and piece <= self._run_item:
-                text = label + str(rows.pop()[5])
-                if pieces and run_size + 1 + piece > self._run_limit:
+            text, piece = self._plan_child(
+                rows, members, path, where, pos, label, value, depth, fast
+            )
+            if text is not None:
+                if pieces and run_size + 1 + piece > run_limit:
                     flush()
                 if pieces:
                     run_size += 1 + piece
                 else:
                     run_pos, run_size = pos, piece
-                    if kind == OBJECT:
+                    if is_object:
                         pos += 1
-                pieces.append(text)
+                pieces.append(label + text)
                 if key is not None:
                     keys.append(path)
             else:
                 flush()
                 joined += piece + (1 if count else 0)
                 count += 1
-                if kind == OBJECT:
+                if is_object:
                     pos += 1
-            if kind == ARRAY:
+            if not is_object:
                 index += 1
                 pos = index
         flush()
         return joined, count
+
+    def _plan_child(
+        self,
+        rows: list[_NewRow],
+        members: list[_Member],
+        path: bytes,
+        where: bytes,
+        pos: int,
+        label: str,
+        value: Any,
+        depth: int,
+        fast: bool | None,
+    ) -> tuple[str | None, int]:
+        """Plan one child of the split container at ``where``: (its text, its piece's size).
+
+        The text when it is small enough for a run (nothing appended); else
+        None, its rows appended to ``rows``. Scalars, and containers when
+        ``fast``, are encoded once, without planning them as a value of their own.
+        """
+        container = type(value) in _CONTAINERS
+        if container and (not fast or depth >= paths.MAX_DEPTH):
+            mark = len(rows)
+            piece = _size(label) + self._plan(rows, members, path, pos, label, value, depth, fast)
+            if len(rows) == mark + 1 and rows[mark][3] == BLOB and piece <= self._run_item:
+                return str(rows.pop()[5]), piece
+            return None, piece
+        if container:
+            text = self._within(value, self._threshold, True)
+            if text is None:
+                size = self._split(rows, members, path, where, pos, label, value, depth, True)
+                return None, _size(label) + size
+        else:
+            text = _scalar(value)
+        size = _size(text)
+        piece = _size(label) + size
+        if piece <= self._run_item:
+            return text, piece
+        rows.append((path, where, pos, BLOB, label, text, size, 0))
+        return None, piece
 
     @staticmethod
     def _insert(
