@@ -207,6 +207,25 @@ def test_stored_keys_that_cannot_be_path_segments_round_trip(storage: Storage, a
     assert storage.get(acct, p("odd")) == j(value)
 
 
+@pytest.mark.parametrize(
+    "odd",
+    [{"": 1}, {"nul\x00here": 1}, [0.00001, 1.5e-7], 2**64],
+    ids=["empty key", "NUL key", "small floats", "big integer"],
+)
+def test_a_big_document_with_an_odd_part_deep_inside_stores_as_json_writes_it(
+    storage: Storage, acct: str, odd: Any
+) -> None:
+    doc = big_doc(4 * BLOB_THRESHOLD)
+    doc["users"]["u3"]["odd"] = odd
+    storage.set(acct, p("doc"), doc)
+    assert storage.get(acct, p("doc")) == j(doc)
+    assert storage.get(acct, p("doc/users/u3/odd")) == j(odd)
+    assert storage.get(acct, p("doc/users/u4/name")) == j(doc["users"]["u4"]["name"])
+    storage.set(acct, p("doc/users/u3/name"), "renamed")
+    doc["users"]["u3"]["name"] = "renamed"
+    assert storage.get(acct, p("doc")) == j(doc)
+
+
 def test_get_text_is_compact_json_identical_to_values_encode(storage: Storage, acct: str) -> None:
     value = {"s": 'é"\\\n\u2028', "f": 1.5, "n": None, "b": [True, False], "e": {}, "l": []}
     storage.set(acct, p("v"), value)

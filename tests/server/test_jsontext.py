@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -99,3 +101,41 @@ def test_decode_refuses_infinity_spelled_out() -> None:
     with pytest.raises(ValueError):
         jsontext.decode(b"[Infinity]")
     assert math.isinf(jsontext.decode(b"1e400"))  # as json reads it; storing it is refused
+
+
+@settings(max_examples=400, deadline=None)
+@given(VALUES)
+def test_load_of_stored_text_is_json_loads(value: Any) -> None:
+    text = values.dump(value).encode()
+    assert json.dumps(jsontext.load(text)) + repr(jsontext.load(text)) == json.dumps(
+        json.loads(text)
+    ) + repr(json.loads(text))
+
+
+@settings(max_examples=400, deadline=None)
+@given(VALUES)
+def test_dump_checked_whole_makes_every_part_bare_orjson(value: Any) -> None:
+    checked = jsontext.dump_checked(value)
+    if checked is None:
+        return
+    assert checked.decode() == values.dump(value)
+    parts = [value]
+    while parts:
+        part = parts.pop()
+        assert orjson.dumps(part).decode() == values.dump(part)
+        if type(part) is dict:
+            parts.extend(part.values())
+        elif type(part) is list:
+            parts.extend(part)
+
+
+@pytest.mark.parametrize("value", [[1.5e-7], {"a": [2**64]}, {"s": "\ud800"}, [[0.00001]]])
+def test_dump_checked_refuses_a_whole_with_a_part_orjson_writes_otherwise(value: Any) -> None:
+    assert jsontext.dump_checked(value) is None
+
+
+def test_a_big_body_decodes_with_the_collector_held_off_and_leaves_it_on() -> None:
+    body = json.dumps({f"k{i}": {"n": i} for i in range(20_000)}).encode()
+    assert len(body) >= jsontext.HELD_OFF_FROM
+    assert jsontext.decode(body) == json.loads(body)
+    assert gc.isenabled()
