@@ -59,18 +59,39 @@ def parse(key: object) -> Path:
 
 def check(segments: Path, key: str | None = None) -> None:
     """Validate already-split segments (see :func:`parse`)."""
-    shown = repr(key if key is not None else SEPARATOR.join(segments))
     if not segments or segments == ("",):
         raise InvalidPathError("a key path must not be empty")
     if len(segments) > MAX_DEPTH:
-        raise InvalidPathError(f"key path {shown} is deeper than {MAX_DEPTH} levels")
+        raise InvalidPathError(
+            f"key path {_shown(segments, key)} is deeper than {MAX_DEPTH} levels"
+        )
     for segment in segments:
-        check_segment(segment, shown)
+        if _bad(segment):
+            check_segment(segment, _shown(segments, key))
+
+
+def _shown(segments: Path, key: str | None) -> str:
+    """The path as an error message names it (made only for a message)."""
+    return repr(key if key is not None else SEPARATOR.join(segments))
+
+
+def _bad(segment: str) -> bool:
+    """Whether :func:`check_segment` refuses ``segment`` (its tests, without a message)."""
+    return (
+        not segment
+        or segment == "."
+        or segment == ".."
+        or "\x00" in segment
+        or SEPARATOR in segment
+        or (len(segment) * 4 > MAX_SEGMENT_BYTES and len(segment.encode()) > MAX_SEGMENT_BYTES)
+    )
 
 
 def check_segment(segment: str, shown: str | None = None) -> None:
     """Validate one segment (also an object key inside a written value); ``shown`` is
     the path named in the message."""
+    if not _bad(segment):
+        return
     where = f"key path {shown}" if shown is not None else f"segment {segment!r}"
     if not segment:
         raise InvalidPathError(f"{where} has an empty segment")
@@ -80,8 +101,7 @@ def check_segment(segment: str, shown: str | None = None) -> None:
         raise InvalidPathError(f"{where} contains a NUL character")
     if SEPARATOR in segment:
         raise InvalidPathError(f"segment {segment!r} contains a '/'")
-    if len(segment) * 4 > MAX_SEGMENT_BYTES and len(segment.encode()) > MAX_SEGMENT_BYTES:
-        raise InvalidPathError(f"a segment of {where} is over {MAX_SEGMENT_BYTES} bytes")
+    raise InvalidPathError(f"a segment of {where} is over {MAX_SEGMENT_BYTES} bytes")
 
 
 def join(segments: Path) -> str:

@@ -830,7 +830,8 @@ class TreeStorage(Storage):
     def _insert(
         conn: Connection, account: str, rows: list[_NewRow], members: list[_Member]
     ) -> None:
-        conn.executemany(_INSERT, [(account, *row) for row in rows])
+        if rows:
+            conn.executemany(_INSERT, [(account, *row) for row in rows])
         if members:
             conn.executemany(_INSERT_MEMBER, [(account, *member) for member in members])
 
@@ -1333,12 +1334,12 @@ class TreeStorage(Storage):
         them a chunk at a time (one lookup, one insert) keeps the transaction,
         which holds the write lock, short.
         """
-        results: list[str | None] = []
+        results: list[str | None] = [None] * len(operations)
         top: dict[str, Any] = {}
-        for operation in operations:
-            if operation.kind == "set" and len(operation.path) == 1:
-                top[operation.path[0]] = operation.value
-                results.append(None)
+        for index, operation in enumerate(operations):
+            kind, path, value = operation
+            if kind == "set" and len(path) == 1:
+                top[path[0]] = value
                 if len(top) >= _BULK_CHUNK:
                     self._set_top(conn, account, top)
                     top = {}
@@ -1346,13 +1347,16 @@ class TreeStorage(Storage):
             if top:
                 self._set_top(conn, account, top)
                 top = {}
-            results.append(self._apply(conn, account, operation))
+            results[index] = self._apply(conn, account, operation)
         if top:
             self._set_top(conn, account, top)
         return results
 
     def _set_top(self, conn: Connection, account: str, pairs: dict[str, Any]) -> None:
-        """Store top-level ``key: value`` pairs, as :meth:`_set` would one by one."""
+        """Store top-level ``key: value`` pairs, as :meth:`_set` would one by one.
+
+        Scalars, most of what large batches hold, go straight to their insert's parameters.
+        """
         keys = [key.encode() for key in pairs]
         found: dict[bytes, tuple[int, int]] = {}
         for start in range(0, len(keys), _LOOKUP_CHUNK):
@@ -1365,6 +1369,7 @@ class TreeStorage(Storage):
             "SELECT max(pos) FROM nodes WHERE account = ? AND parent = x''", (account,)
         ).fetchone()[0]
         pos = 0 if last is None else int(last) + 1
+        scalars: list[tuple[Any, ...]] = []
         rows: list[_NewRow] = []
         members: list[_Member] = []
         added = 0
@@ -1382,7 +1387,9 @@ class TreeStorage(Storage):
                 self._plan(rows, members, path, at, _label(key), value, 1)
             else:
                 text = _scalar(value)
-                rows.append((path, b"", at, BLOB, _label(key), text, len(text.encode()), 0))
+                label = encode_basestring(key) + ":"
+                scalars.append((account, path, b"", at, BLOB, label, text, _size(text), 0))
+        conn.executemany(_INSERT, scalars)
         self._insert(conn, account, rows, members)
         if added:
             self._counted(conn, account, None, added)
