@@ -8,6 +8,10 @@ repeated runs, measured side by side in one process on one database:
    document);
 2. reading a whole 1 MB document with ``get()`` vs ``json.loads`` of the same
    text plus one indexed row read (target: at most 2x);
+3. writing the whole 10 MB document with ``set()`` vs ``json.dumps`` of it
+   (compact) in this process (target: at most 3x), and reading it whole with
+   ``get()`` vs ``json.loads`` of its text (target: at most 2x): the storage's
+   share of ``read_bench.py``'s whole-document rows;
 
 and, for context, the naive layout: the 10 MB document as one JSON row,
 one leaf changed with SQLite's ``json_set``; and the shapes packed into runs
@@ -15,10 +19,10 @@ one leaf changed with SQLite's ``json_set``; and the shapes packed into runs
 and an object of 50,000 small members vs ``json.loads`` of their text
 (target: at most 3x), and deleting the list's second item.
 
-It then times (1) and (2) for other blob thresholds, which is how the
+It then times (1), (2) and (3) for other blob thresholds, which is how the
 default threshold was chosen (``--no-sweep`` skips that).
 
-``--postgres`` also times (1), (2) and the naive whole-document write on
+``--postgres`` also times (1), (2), (3) and the naive whole-document write on
 PostgreSQL (the server ``$KVPIO_TEST_POSTGRES`` names, else a temporary one,
 as the tests start it), beside SQLite's figures from the same run.
 """
@@ -40,6 +44,7 @@ from typing import Any, Final
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from kvpio_mapping import values
+from kvpio_mapping.server.storage.base import Storage
 from kvpio_mapping.server.storage.sqlite import BLOB_THRESHOLD, SQLiteStorage
 
 ACCOUNT = "bench"
@@ -140,14 +145,35 @@ def wal_per_write(
     return grown
 
 
+WHOLE_RUNS: Final = 5
+"""Whole writes and reads of the 10 MB document per measurement."""
+COMPACT: Final = (",", ":")
+
+
+def whole(storage: Storage, doc: Any, runs: int) -> dict[str, float]:
+    """Medians (ms) of (3): ``doc`` set and got whole, beside ``json.dumps`` and ``json.loads``."""
+    text = json.dumps(doc, separators=COMPACT)
+    write_ms, dumps_ms = paired(
+        lambda: storage.set(ACCOUNT, ("whole",), doc),
+        lambda: json.dumps(doc, separators=COMPACT),
+        runs,
+    )
+    read_ms, loads_ms = paired(
+        lambda: storage.get(ACCOUNT, ("whole",)), lambda: json.loads(text), runs
+    )
+    storage.delete(ACCOUNT, ("whole",))
+    return {"whole_write": write_ms, "dumps": dumps_ms, "whole_read": read_ms, "loads": loads_ms}
+
+
 def measure(
     folder: str,
     threshold: int,
     docs: dict[str, Any],
     runs: int,
     read_baseline: Callable[[], object],
+    whole_runs: int = WHOLE_RUNS,
 ) -> dict[str, float]:
-    """Time the hybrid storage's leaf writes and whole reads at one threshold.
+    """Time the hybrid storage's leaf writes and whole reads and writes at one threshold.
 
     Each is timed alternately with its baseline, so load from other processes
     weighs on both sides alike.
@@ -177,8 +203,10 @@ def measure(
     conn = storage._conn()
     rows = conn.execute("SELECT count(*) FROM nodes").fetchone()[0]
     wal = wal_per_write(conn, db + "-wal", write_big, 50)
+    wholes = whole(storage, docs["big"], whole_runs)
     storage.close()
     return {
+        **wholes,
         "big": big_ms,
         "small": small_ms,
         "read": read_ms,
@@ -236,11 +264,13 @@ def measure_postgres(docs: dict[str, Any], runs: int) -> dict[str, float]:
                 lambda: storage.get(ACCOUNT, ("mid",)), read_baseline, max(runs // 10, 15)
             )
             naive_ms = median_ms(naive_write, 15)
+            wholes = whole(storage, docs["big"], WHOLE_RUNS)
         finally:
             conn.close()
             storage.close()
             server.drop_database(url)
     return {
+        **wholes,
         "big": big_ms,
         "small": small_ms,
         "read": read_ms,
@@ -340,8 +370,8 @@ def main() -> None:
 
         sweep: list[tuple[int, dict[str, float]]] = []
         if not args.no_sweep:
-            for threshold in (512, 1024, 2048, 8192, 16384, 65536):
-                result = measure(folder, threshold, docs, args.runs // 2, read_baseline)
+            for threshold in (512, 1024, 2048, 4096, 16384, 65536):
+                result = measure(folder, threshold, docs, args.runs // 2, read_baseline, 3)
                 sweep.append((threshold, result))
         flat = flat_reads(folder, conn)
         conn.close()
@@ -356,6 +386,20 @@ def main() -> None:
             ours["read"],
             read_base_ms,
             read_ratio,
+            2.0,
+        ),
+        (
+            "write 10 MB doc whole: set() vs json.dumps",
+            ours["whole_write"],
+            ours["dumps"],
+            ours["whole_write"] / ours["dumps"],
+            3.0,
+        ),
+        (
+            "read 10 MB doc whole: get() vs json.loads",
+            ours["whole_read"],
+            ours["loads"],
+            ours["whole_read"] / ours["loads"],
             2.0,
         ),
         (
@@ -404,24 +448,34 @@ def main() -> None:
         print(f"{'PostgreSQL beside SQLite (medians, ms)':<48} {'PostgreSQL':>10} {'SQLite':>9}")
         pg_write_ratio = postgres["big"] / postgres["small"]
         pg_read_ratio = postgres["read"] / postgres["read_base"]
+        pg_whole_write = postgres["whole_write"] / postgres["dumps"]
+        pg_whole_read = postgres["whole_read"] / postgres["loads"]
+        whole_write = ours["whole_write"] / ours["dumps"]
+        whole_read = ours["whole_read"] / ours["loads"]
         for name, pg, lite in (
             ("leaf write, 10 MB doc", postgres["big"], ours["big"]),
             ("leaf write, 1 KB doc", postgres["small"], ours["small"]),
             ("  ratio 10 MB / 1 KB (target <= 2x)", pg_write_ratio, write_ratio),
             ("read 1 MB doc with get()", postgres["read"], ours["read"]),
             ("  ratio to blob row + json.loads (<= 2x)", pg_read_ratio, read_ratio),
+            ("write 10 MB doc whole with set()", postgres["whole_write"], ours["whole_write"]),
+            ("  ratio to json.dumps (<= 3x)", pg_whole_write, whole_write),
+            ("read 10 MB doc whole with get()", postgres["whole_read"], ours["whole_read"]),
+            ("  ratio to json.loads (<= 2x)", pg_whole_read, whole_read),
             ("naive write of the 10 MB doc (jsonb_set, json_set)", postgres["naive"], naive_ms),
         ):
             print(f"{name:<48} {pg:>10.3f} {lite:>9.3f}")
     if sweep:
         print()
         header = ("threshold", "rows", "10MB leaf", "1KB leaf", "ratio", "1MB get", "ratio")
-        print("{:>9} {:>7} {:>10} {:>10} {:>6} {:>10} {:>6}   (ms)".format(*header))
+        header += ("10MB set", "ratio")
+        print("{:>9} {:>7} {:>10} {:>10} {:>6} {:>10} {:>6} {:>9} {:>6}   (ms)".format(*header))
         for threshold, result in [(BLOB_THRESHOLD, ours), *sweep]:
             print(
                 f"{threshold:>9} {result['rows']:>7.0f} {result['big']:>10.3f}"
                 f" {result['small']:>10.3f} {result['big'] / result['small']:>5.2f}x"
                 f" {result['read']:>10.3f} {result['read'] / result['read_base']:>5.2f}x"
+                f" {result['whole_write']:>9.1f} {result['whole_write'] / result['dumps']:>5.2f}x"
             )
 
 

@@ -14,9 +14,9 @@ either
   large values; or
 - a *run* (``kind`` 3): several consecutive small children of one split
   container, as the JSON text that renders them, comma-joined (``"a":1,"b":2``
-  for members, ``1,2`` for items), at most a quarter of
-  :data:`BLOB_THRESHOLD` bytes. A child is small when its label and JSON
-  take at most an eighth of the threshold; larger children get rows of
+  for members, ``1,2`` for items), at most :data:`RUN_LIMIT` bytes (a
+  quarter of a smaller threshold). A child is small when its label and JSON
+  take at most half that; larger children get rows of
   their own (a blob, or a split container). A run's path is its
   container's, a NUL, a 0xFF byte (never in UTF-8, so never a segment) and
   a random token; its ``label`` is empty. Runs are never below the bucket
@@ -49,18 +49,23 @@ by the write that adds or removes a child: so a count (``len()``) of any
 container costs a few indexed lookups, and a value in a blob or a run, being
 small, is counted from its decoded text. On other rows ``children`` means nothing.
 
-The threshold (4 KiB) is the largest that keeps a leaf write in a 10 MB
-document as cheap as one in a 1 KB document: the blob a write decodes and
-re-encodes stays small next to the transaction's fixed cost. Larger blobs
-make whole reads cheaper (fewer rows) but leaf writes dearer;
+The threshold (8 KiB) weighs whole writes against leaf writes. Every row
+costs a whole write (or a whole read) a few microseconds of SQL however small
+it is: at 4 KiB the 10 MB document of the benchmark takes 14,700 rows and
+29,000 ``members`` entries, at 8 KiB 3,900 and 4,500, and its whole write
+half the time. A leaf
+write decodes and re-encodes one blob or run, so larger blobs make it dearer:
+at 8 KiB a leaf write in a 10 MB document still costs under twice one in a
+1 KB document (at 4 KiB 1.4x, at 64 KiB over 2x);
 ``benchmarks/storage_bench.py`` measures both.
 
 Thanks to runs, a long container of tiny children (say a list of 100,000
 numbers) is one row per KiB or so: reading it whole costs less than a
 ``json.loads`` of its text, and a write inside it decodes and stores one
-run. Runs are kept to a quarter of the threshold because a leaf write
-decodes and re-encodes a whole run: longer runs would make whole reads a
-little cheaper but leaf writes in large documents dearer. Removing an item
+run. Runs are kept to 1 KiB because a leaf write decodes and re-encodes a
+whole run, and a run of an object that outgrows its limit is planned again
+into several rows, moving its later siblings' ``pos``: longer runs would
+make whole reads a little cheaper but leaf writes in large documents dearer. Removing an item
 that is not the last from a split array moves the later runs by one ``pos``
 and renames the later items that have rows of their own (with their
 subtrees).
@@ -121,8 +126,11 @@ from .base import (
     uncountable,
 )
 
-BLOB_THRESHOLD: Final = 4096
+BLOB_THRESHOLD: Final = 8192
 """Largest compact JSON (bytes) kept as one blob row; larger containers are split."""
+
+RUN_LIMIT: Final = 1024
+"""Largest run (bytes of its body): a quarter of the threshold, up to 1 KiB."""
 
 BLOB: Final = 0
 OBJECT: Final = 1
@@ -354,8 +362,8 @@ class TreeStorage(Storage):
     def __init__(self, *, blob_threshold: int = BLOB_THRESHOLD) -> None:
         self._threshold = blob_threshold
         self._merge_below = blob_threshold // 2
-        self._run_item = blob_threshold // 8
-        self._run_limit = blob_threshold // 4
+        self._run_limit = min(blob_threshold // 4, RUN_LIMIT)
+        self._run_item = self._run_limit // 2
 
     # transactions: the backend's
 
