@@ -41,6 +41,8 @@ MAX_HEAD: Final = 65536
 """An answer head longer than this goes to ``http.client`` (which takes 100 lines of 64 KiB)."""
 MAX_LINE: Final = 65536
 """The longest chunk-size or trailer line, as ``http.client`` allows."""
+MAX_LINES: Final = 101
+"""Lines of a head with more header fields than ``http.client`` takes (100)."""
 JOINED: Final = 65536
 """A body up to this size goes out in the same ``sendall`` as the head."""
 
@@ -60,6 +62,8 @@ _HEAD: Final = re.compile(
     r"HTTP/1\.1 ([2-9][0-9][0-9])(?: ([^\r\n]*))?((?:\r\n[!-9;-~]+:[^\r\n]*)*)"
 )
 """The answer heads read here: HTTP/1.1, a final status, one ``name: value`` per line."""
+_STATUS: Final = re.compile(rb"HTTP/1\.1 [2-9][0-9][0-9](?: [^\r\n]*)?\r\n")
+"""The status line of :data:`_HEAD`, to tell early that a head is not one of those."""
 _FOLD: Final = re.compile(r"[ \t]*\r\n[ \t]+")
 
 
@@ -294,22 +298,29 @@ class Wire:
             raise http.client.RemoteDisconnected("Remote end closed connection without response")
         end = data.find(b"\r\n\r\n")
         while end < 0:
-            if len(data) > MAX_HEAD or b"\n\n" in data or b"\n\r\n" in data:
+            # what http.client would judge before the head is whole, it judges now
+            status_end = data.find(b"\n")
+            if (
+                (status_end >= 0 and not _STATUS.match(data, 0, status_end + 1))
+                or len(data) > MAX_HEAD
+                or data.count(b"\n") > MAX_LINES
+                or b"\n\n" in data
+                or b"\n\r\n" in data
+            ):
                 return _handed_over(data, conn, sock, self.pool, method, url)
             more = sock.recv(RECEIVE)
             if not more:
                 return _handed_over(data, conn, sock, self.pool, method, url)
             data += more
             end = data.find(b"\r\n\r\n")
-        raw = data[:end]
-        found = _HEAD.fullmatch(raw.decode("latin-1"))
+        found = _HEAD.fullmatch(data[:end].decode("latin-1")) if end <= MAX_HEAD else None
         if found is None:
             return _handed_over(data, conn, sock, self.pool, method, url)
         status = int(found[1])
         headers: dict[str, str] = {}
         spelled: dict[str, str] = {}
         lines = found[3].split("\r\n")
-        if len(lines) > 101:
+        if len(lines) > MAX_LINES:
             return _handed_over(data, conn, sock, self.pool, method, url)
         for line in lines[1:]:
             name, _, value = line.partition(":")
