@@ -375,16 +375,22 @@ def _body(sock: socket.socket, rest: bytes, framing: int | None) -> tuple[bytes,
         return _Chunks(sock, rest).read()
     if len(rest) >= framing:
         return rest[:framing], rest[framing:]
-    body = bytearray(framing)
-    view = memoryview(body)
-    got = len(rest)
-    view[:got] = rest
-    while got < framing:
-        count = sock.recv_into(view[got:])
-        if not count:
-            raise http.client.IncompleteRead(bytes(view[:got]), framing - got)
-        got += count
-    return bytes(body), b""
+    return _exactly(sock, rest, framing), b""
+
+
+def _exactly(sock: socket.socket, start: bytes, count: int) -> bytes:
+    """``count`` bytes: ``start`` and the rest from the socket (``IncompleteRead`` if the
+    connection closes first), received straight into one buffer."""
+    buffer = bytearray(count)
+    view = memoryview(buffer)
+    got = len(start)
+    view[:got] = start
+    while got < count:
+        received = sock.recv_into(view[got:])
+        if not received:
+            raise http.client.IncompleteRead(bytes(view[:got]), count - got)
+        got += received
+    return bytes(buffer)
 
 
 class _Chunks:
@@ -418,11 +424,12 @@ class _Chunks:
 
     def take(self, count: int) -> bytes:
         """The next ``count`` bytes; ``IncompleteRead`` if the connection closes first."""
-        while len(self.data) - self.at < count:
-            if not self._more():
-                raise http.client.IncompleteRead(self.data[self.at :], count)
-        taken = self.data[self.at : self.at + count]
-        self.at += count
+        start = self.at
+        if len(self.data) - start >= count:
+            self.at = start + count
+            return self.data[start : self.at]
+        taken = _exactly(self.sock, self.data[start:], count)
+        self.data, self.at = b"", 0
         return taken
 
     def read(self) -> tuple[bytes, bytes]:
@@ -504,26 +511,31 @@ def _handed_over(
     original = http.client.HTTPResponse(
         cast(socket.socket, _HandOver(received, sock)), method=method
     )
-    original.begin()
+    try:
+        original.begin()
+        headers = HTTPHeaderDict()
+        for name, value in original.msg.items():
+            headers.add(name, _FOLD.sub(" ", value) if "\r\n" in value else value)
+        answer = HTTPResponse(
+            body=original,
+            headers=headers,
+            status=original.status,
+            version=original.version,
+            version_string="HTTP/1.1",
+            reason=original.reason,
+            preload_content=False,
+            decode_content=False,
+            original_response=original,
+            pool=pool,
+            connection=conn,
+            enforce_content_length=True,
+            request_method=method,
+            request_url=url,
+            sock_shutdown=sock.shutdown,
+        )
+    except BaseException:
+        original.close()  # lets the connection's socket close
+        raise
     if original.will_close:
         conn.close()  # the answer keeps the socket until it is read, as http.client does
-    headers = HTTPHeaderDict()
-    for name, value in original.msg.items():
-        headers.add(name, _FOLD.sub(" ", value) if "\r\n" in value else value)
-    return HTTPResponse(
-        body=original,
-        headers=headers,
-        status=original.status,
-        version=original.version,
-        version_string="HTTP/1.1",
-        reason=original.reason,
-        preload_content=False,
-        decode_content=False,
-        original_response=original,
-        pool=pool,
-        connection=conn,
-        enforce_content_length=True,
-        request_method=method,
-        request_url=url,
-        sock_shutdown=sock.shutdown,
-    )
+    return answer
