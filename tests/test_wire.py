@@ -275,6 +275,7 @@ def _as_requests_reads(fault: Fault) -> tuple[Any, ...]:
         return _outcome(lambda: session.get(f"{fault.url}/v1/{TARGET}"))
 
 
+BIG = b'"' + b"x" * 2**20 + b'"'
 GZIPPED = gzip.compress(b"[]", mtime=0)
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
 CHUNKED = HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
@@ -285,6 +286,11 @@ ANSWERS = {
         b"0\r\nX-Trailer: 1\r\n\r\n",
     ],
     "a length, in pieces": [HEAD + b"Content-Length: 7\r\n\r\n", b'"va', b'lue"'],
+    "a megabyte with a length": [HEAD + b"Content-Length: %d\r\n\r\n%b" % (len(BIG), BIG)],
+    "a megabyte in two chunks": [
+        CHUNKED + b"%x\r\n%b\r\n" % (len(BIG) - 9, BIG[:-9]),
+        b"9\r\n%b\r\n0\r\n\r\n" % BIG[-9:],
+    ],
     "repeated fields": [HEAD + b"X-A: 1\r\nx-a: 2\r\nContent-Length: 2\r\n\r\n[]"],
     "an interim 100": [b"HTTP/1.1 100 Continue\r\n\r\n", HEAD + b"Content-Length: 2\r\n\r\n[]"],
     "HTTP/1.0": [b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n[]"],
