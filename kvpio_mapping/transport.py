@@ -6,7 +6,9 @@ business. Work that ``requests`` would repeat on every call (picking the
 adapter, reading proxy and certificate settings from the environment, merging
 the session's settings and headers, choosing the connection pool, parsing the
 URL) is done once (see :class:`_Route`), and a call goes straight to the pool
-of the session's adapter, as ``HTTPAdapter.send`` would send it.
+of the session's adapter, as ``HTTPAdapter.send`` would send it: on an open
+connection of that pool as bytes written once per route
+(:class:`~kvpio_mapping.wire.Wire`), else through the pool's ``urlopen``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import base64
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final, cast
@@ -32,6 +34,7 @@ from urllib3.util import Timeout
 from . import protocol
 from .errors import AuthenticationError, KvpioTimeoutError, TransportError
 from .forks import reset_after_fork
+from .wire import Answer, Wire
 
 DEFAULT_URL: Final = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT: Final = 30.0
@@ -87,6 +90,12 @@ class _FreshConnection(HTTPConnection):
         if answered is not None and time.monotonic() - answered > IDLE_LIMIT:
             return False
         return super().is_connected
+
+
+def _answered(conn: Any) -> None:
+    """Note that ``conn`` answered now (the wire reads answers without ``getresponse``)."""
+    if isinstance(conn, _FreshConnection):
+        conn.answered_at = time.monotonic()
 
 
 class _FreshHTTPSConnection(HTTPSConnection, _FreshConnection):
@@ -179,6 +188,7 @@ class _Route:
         )
         self._pool: Any = None
         self.prefix = ""
+        self.wire: Wire | None = None
 
     def name(self, header: str) -> str:
         """``header`` as the merged headers spell it, so a call replaces rather than repeats it."""
@@ -201,6 +211,9 @@ class _Route:
                 raise requests.exceptions.InvalidURL(exc) from None
             adapter.cert_verify(pool, self.base, self.verify, self.cert)  # type: ignore[no-untyped-call]
             self.prefix = adapter.request_url(probe, self.proxies)
+            self.wire = Wire.of(
+                cast(HTTPConnectionPool, pool), self.prefix, self.headers, _answered
+            )
             self._pool = pool
         return cast(HTTPConnectionPool, pool)
 
@@ -208,42 +221,79 @@ class _Route:
         """Find the pool again at the next call (the session closed it, or let it go)."""
         self._pool = None
 
+    def merged(
+        self, method: str, body: bytes | None, headers: Mapping[str, str] | None
+    ) -> dict[str, str]:
+        """The headers of one call: this route's, then the call's own and the body's."""
+        sent = self.headers.copy()
+        if headers:
+            for name, value in headers.items():
+                sent[self.name(name)] = value
+        if body is not None:
+            sent[self.name("Content-Type")] = "application/json"
+            sent[self.name("Content-Length")] = str(len(body))
+        elif method in ("POST", "PUT"):
+            sent[self.name("Content-Length")] = "0"
+        return sent
+
     def send(
-        self, method: str, target: str, body: bytes | None, headers: dict[str, str], wait: Timeout
+        self,
+        method: str,
+        target: str,
+        body: bytes | None,
+        headers: Mapping[str, str] | None,
+        connect: float,
+        read: float,
     ) -> requests.Response:
         """Send one request through the pool and read the whole answer, as ``session.send``
-        would with this route's settings, raising the same ``requests`` exceptions."""
+        would with this route's settings, raising the same ``requests`` exceptions.
+
+        On an open connection a plain request goes out on the :class:`Wire`;
+        else (and for what the wire leaves to it) through ``urlopen``.
+        """
         started = time.perf_counter()
+        received: Answer | BaseHTTPResponse | None = None
+        self.pool()
+        wire = self.wire
         try:
-            try:
-                raw = self._urlopen(method, target, body, headers, wait)
-            except u3.ClosedPoolError:
-                self.forget_pool()
-                raw = self._urlopen(method, target, body, headers, wait)
+            if wire is not None and (head := wire.head(method, target, body, headers)):
+                try:
+                    received = wire.send(method, target, head, body, connect, read)
+                except u3.ClosedPoolError:
+                    self.forget_pool()
+            if received is None:
+                merged = self.merged(method, body, headers)
+                wait = Timeout(connect=connect, read=read)
+                try:
+                    received = self._urlopen(method, target, body, merged, wait)
+                except u3.ClosedPoolError:
+                    self.forget_pool()
+                    received = self._urlopen(method, target, body, merged, wait)
         except (u3.HTTPError, OSError) as exc:
-            translated = _as_requests_error(exc)
-            if translated is exc:
-                raise
-            raise translated from exc
+            raise _translated(exc, _as_requests_error) from exc
         response = requests.Response()
-        response.status_code = raw.status
-        # urllib3's headers are case-insensitive already: requests' copy of them is spared
-        response.headers = raw.headers  # type: ignore[assignment]
-        response.encoding = get_encoding_from_headers(raw.headers)
-        response.raw = raw
-        response.reason = raw.reason  # type: ignore[assignment]
+        response.status_code = received.status
+        response.reason = received.reason  # type: ignore[assignment]
         response.url = self.base + target
         response.connection = cast(HTTPAdapter, self.adapter)
         response.elapsed = timedelta(seconds=time.perf_counter() - started)
-        if "Set-Cookie" in raw.headers:
-            self._keep_cookies(response, method, headers)
         try:
-            response._content = raw.read(decode_content=True)
+            if type(received) is Answer:
+                response.headers = CaseInsensitiveDict(received.headers)
+                response.encoding = get_encoding_from_headers(response.headers)
+                response._content = received.read()
+            else:
+                raw = cast(BaseHTTPResponse, received)
+                # urllib3's headers are case-insensitive already: requests' copy is spared
+                response.headers = raw.headers  # type: ignore[assignment]
+                response.encoding = get_encoding_from_headers(raw.headers)
+                response.raw = raw
+                if "Set-Cookie" in raw.headers:
+                    self._keep_cookies(response, method, self.merged(method, body, headers))
+                response._content = raw.read(decode_content=True)
         except u3.HTTPError as exc:
-            translated = _as_body_error(exc)
-            if translated is exc:
-                raise
-            raise translated from exc
+            raise _translated(exc, _as_body_error) from exc
+        response._content_consumed = True  # type: ignore[attr-defined]
         return response
 
     def _urlopen(
@@ -413,23 +463,20 @@ class Transport:
         if idempotent is None:
             idempotent = protocol.idempotent(method, target)
         route = self._current_route()
-        sent = route.headers.copy()
-        if headers:
-            for name, value in headers.items():
-                sent[route.name(name)] = value
-        if body is not None:
-            sent[route.name("Content-Type")] = "application/json"
-            sent[route.name("Content-Length")] = str(len(body))
-        elif method in ("POST", "PUT"):
-            sent[route.name("Content-Length")] = "0"
         attempt = 0
         while True:
             left = deadline - time.monotonic()
+            if left <= 0:
+                raise KvpioTimeoutError(
+                    f"{self.url} did not answer {method} {target!r} within the timeout"
+                    f" of {self.timeout:g} s"
+                )
             try:
                 if self._pooled(route):
-                    wait = Timeout(connect=min(CONNECT_TIMEOUT, left), read=left)
-                    response = route.send(method, target, body, sent, wait)
+                    connect = min(CONNECT_TIMEOUT, left)
+                    response = route.send(method, target, body, headers, connect, left)
                 else:
+                    sent = route.merged(method, body, headers)
                     response = self._send_in_full(route, method, target, body, sent, left)
             except requests.Timeout as exc:
                 if self._may_retry(attempt, deadline, idempotent or _nothing_sent(exc)):
@@ -565,6 +612,14 @@ def authorization(api_key: str) -> str:
     return "Basic " + base64.b64encode(f"{api_key}:".encode()).decode()
 
 
+def _translated(exc: Exception, translate: Callable[[Exception], Exception]) -> Exception:
+    """``translate(exc)``, or ``exc`` itself raised again where it is left as it is."""
+    translated = translate(exc)
+    if translated is exc:
+        raise exc
+    return translated
+
+
 def _as_requests_error(exc: Exception) -> Exception:
     """The exception ``HTTPAdapter.send`` raises for ``exc`` from ``urlopen`` (``exc``
     itself where it lets it through), so a pooled call fails exactly as a full one."""
@@ -596,7 +651,7 @@ def _as_requests_error(exc: Exception) -> Exception:
     return exc
 
 
-def _as_body_error(exc: u3.HTTPError) -> Exception:
+def _as_body_error(exc: Exception) -> Exception:
     """The exception ``requests`` raises for ``exc`` while reading an answer's body."""
     if isinstance(exc, u3.ProtocolError):
         return requests.exceptions.ChunkedEncodingError(exc)

@@ -4,8 +4,10 @@ It answers every request with one canned answer (``status``, ``headers``,
 ``body``), can answer each request ``delay`` seconds late (a distant server,
 for what concurrency gains), can hang (bounded), close without answering
 (``drop``: the answer is lost after the request arrived), cut an answer
-short, or reset a keep-alive connection that stayed idle, as a server
-closing idle connections does when a request races the close.
+short, reset a keep-alive connection that stayed idle, as a server
+closing idle connections does when a request races the close, or answer
+with exact bytes (``raw``: garbled, chunked or oddly framed answers), sent in
+pieces a moment apart so the client reads them as they come.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 HANG_LIMIT = 10.0
+RAW_PAUSE = 0.02
+"""Seconds between the pieces of a raw answer."""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -31,6 +35,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet."""
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.fault.lock:
+            self.server.fault.connections += 1
 
     def handle_one_request(self) -> None:
         fault = self.server.fault
@@ -60,6 +69,14 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fault.delay)
             with fault.lock:
                 fault.waiting -= 1
+        if fault.raw is not None:
+            for number, piece in enumerate(fault.raw):
+                if number:
+                    time.sleep(RAW_PAUSE)
+                self.wfile.write(piece)
+                self.wfile.flush()
+            self.close_connection = fault.raw_close
+            return
         if fault.hang or fault.drop:
             if fault.hang:
                 fault.released.wait(HANG_LIMIT)
@@ -95,7 +112,15 @@ class Fault:
         self.reset_idle_after: float | None = None
         self.resets = 0
         self.requests: list[tuple[str, str]] = []
+        self.connections = self.closed = 0  # connections accepted, and closed by the server
+        self.raw: list[bytes] | None = None
+        self.raw_close = False
         self.url = ""
+
+    def answer_raw(self, *pieces: bytes, close: bool = False) -> None:
+        """Answer every request with exactly ``pieces`` (then close the connection if ``close``)."""
+        self.raw = list(pieces)
+        self.raw_close = close
 
     def answer(self, status: int, body: bytes = b"", **headers: str) -> None:
         """Answer every request with ``status``, ``headers`` (``_`` for ``-``) and ``body``."""
@@ -108,6 +133,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
     fault: Fault
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)
+        with self.fault.lock:
+            self.fault.closed += 1
 
 
 @contextmanager
