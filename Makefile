@@ -39,9 +39,10 @@ test: lint postgres
 
 # Each script prints ours beside its baselines; the load average is printed before it.
 # The PostgreSQL rows come from a server started as the tests start theirs. About 25 minutes.
+# busy_bench.py compares against another checkout: run it by hand with --baseline.
 BENCHES := client_bench.py async_bench.py 'server_bench.py --postgres' \
 	'write_bench.py --postgres' 'read_bench.py --postgres' 'storage_bench.py --postgres' \
-	sharing_bench.py live_bench.py count_bench.py busy_bench.py hostile_bench.py
+	sharing_bench.py live_bench.py count_bench.py hostile_bench.py
 bench: postgres
 	@for bench in $(BENCHES); do \
 	  echo "== benchmarks/$$bench; $$(uptime | sed 's/.*load/load/') on $$(nproc) cores"; \
