@@ -77,7 +77,6 @@ JSON_TYPE: Final = "application/json"
 TEXT_TYPE: Final = "text/plain; charset=utf-8"
 _TRUE: Final = frozenset({"True", "true", "1"})
 _FALSE: Final = frozenset({"False", "false", "0"})
-_CACHED_AUTH_METHODS: Final = frozenset({"GET", "HEAD"})
 _PARSED_PATHS: Final = 4096
 _PARSED_PATH_BYTES: Final = 256
 _CONTAINERS: Final = (dict, list)
@@ -297,15 +296,17 @@ class Server:
     async def authenticate(self, req: falcon.asgi.Request) -> str:
         """The account id named by the Basic auth user name; 404 for anything else.
 
-        Reads may use a lookup up to a second old; writes always look the key up,
-        so no write lands in an account deleted a moment ago.
+        A lookup is kept for :data:`AUTH_CACHE_SECONDS`. Every storage write
+        checks inside its own transaction that the account is still there, so
+        a deleted account's writes fail at once; its reads within that time.
+        A request that finds its account gone drops the entry (:meth:`forget`).
         """
         header = req.get_header("Authorization")
         if header is None:
             raise ClientError(404, "unknown API key")
         now = time.monotonic()
         cached = self._auth.get(header)
-        if cached is not None and cached[1] > now and req.method in _CACHED_AUTH_METHODS:
+        if cached is not None and cached[1] > now:
             self.auth_hits += 1
             return cached[0]
         self.auth_misses += 1
@@ -317,6 +318,12 @@ class Server:
             self._auth.clear()
         self._auth[header] = (account, now + AUTH_CACHE_SECONDS)
         return account
+
+    def forget(self, req: falcon.asgi.Request) -> None:
+        """Drop the request's API key from the auth cache: its account is gone."""
+        header = req.get_header("Authorization")
+        if header is not None:
+            self._auth.pop(header, None)
 
     def still_allowed(
         self, req: falcon.asgi.Request, account: str
@@ -535,6 +542,7 @@ class AccountResource(_Resource):
         server = self.server
         account = await server.write(self.storage.account, account_id)
         if account is None:
+            server.forget(req)
             raise ClientError(404, "unknown API key")
         reads = account.reads + server.unflushed(account_id)
         body = {"id": account.id, "email": account.email, "reads": reads, "size": account.size}
@@ -927,11 +935,16 @@ async def _full(
     raise ClientError(507, "the server's disk is full: nothing was stored")
 
 
-async def _unknown_account(
-    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any
-) -> None:
-    """The account went away between authentication and the storage call."""
-    raise ClientError(404, "unknown API key")
+def _unknown_account(server: Server) -> Callable[..., Awaitable[None]]:
+    """The handler of an account gone since its key was looked up: 404, and the key forgotten."""
+
+    async def handle(
+        req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any
+    ) -> None:
+        server.forget(req)
+        raise ClientError(404, "unknown API key")
+
+    return handle
 
 
 async def _unexpected(
@@ -1035,7 +1048,7 @@ def create_app(
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(StorageBusyError, _busy)
     app.add_error_handler(StorageFullError, _full)
-    app.add_error_handler(UnknownAccountError, _unknown_account)
+    app.add_error_handler(UnknownAccountError, _unknown_account(server))
     app.add_error_handler(StorageUnavailableError, _unavailable)
     app.add_error_handler(InvalidPathError, _handler(400))
     app.add_error_handler(ValueError, _handler(400))

@@ -17,6 +17,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kvpio_mapping.server.app import AUTH_CACHE_SECONDS
 from kvpio_mapping.testing import Api, RunningServer, new_account
 
 SECRET = b'"secret of A"'
@@ -232,3 +233,57 @@ def test_non_ascii_authorization_is_an_unknown_key(api: Api, header: str) -> Non
     status, _, body = api.raw("GET", "/v1/bucket/", headers={"Authorization": header})
     assert status == 404
     assert json.loads(body) == {"error": "unknown API key"}
+
+
+def _delete_account(server: RunningServer, id: str) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kvpio_mapping",
+            "accounts",
+            "delete",
+            id,
+            "--db",
+            server.db,
+            "--yes",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_deleted_accounts_key_stops_writing_at_once_though_the_worker_keeps_it(
+    kvpio_server: RunningServer,
+) -> None:
+    """Each write's own transaction finds the account gone; the refusal drops the kept key."""
+    account = new_account(kvpio_server)
+    auth = (account.api_key, "")
+    url = kvpio_server.url + "/v1/bucket/x"
+    with requests.Session() as session:  # one connection: one worker, which keeps the key
+        assert session.post(url, json=1, auth=auth, timeout=10).status_code == 200
+        assert session.get(url, auth=auth, timeout=10).json() == 1
+        _delete_account(kvpio_server, account.id)
+        for method in ("POST", "PUT", "DELETE"):
+            refused = session.request(method, url, json=2, auth=auth, timeout=10)
+            assert (refused.status_code, refused.json()) == (404, {"error": "unknown API key"})
+        assert session.get(url, auth=auth, timeout=10).status_code == 404
+
+
+def test_a_deleted_accounts_key_stops_reading_within_the_time_a_worker_keeps_it(
+    kvpio_server: RunningServer,
+) -> None:
+    account = new_account(kvpio_server)
+    auth = (account.api_key, "")
+    url = kvpio_server.url + "/v1/bucket/x"
+    with requests.Session() as session:
+        assert session.get(url, auth=auth, timeout=10).status_code == 200
+        _delete_account(kvpio_server, account.id)
+        deadline = time.monotonic() + 10 * AUTH_CACHE_SECONDS
+        for _ in range(1000):
+            if session.get(url, auth=auth, timeout=10).status_code == 404:
+                break
+            assert time.monotonic() < deadline, "the deleted account's key still reads"
+            time.sleep(AUTH_CACHE_SECONDS / 10)
