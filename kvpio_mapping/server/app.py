@@ -265,10 +265,14 @@ class Server:
         loop = asyncio.get_running_loop()
         try:
             while self._queued:
+                # The waiting writes, shared among the committers running (several write threads).
+                share = -(-len(self._queued) // self._committing)
                 group = [self._queued.popleft()]
                 size = len(group[0][0].operations)
                 while (
-                    self._queued and size + len(self._queued[0][0].operations) <= GROUP_OPERATIONS
+                    self._queued
+                    and len(group) < share
+                    and size + len(self._queued[0][0].operations) <= GROUP_OPERATIONS
                 ):
                     size += len(self._queued[0][0].operations)
                     group.append(self._queued.popleft())
