@@ -15,6 +15,7 @@ a slow link gets more time, a trickle does not), raises
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -48,6 +49,20 @@ class BodyTimeoutError(Exception):
         )
 
 
+if sys.version_info >= (3, 11):
+
+    async def _by(deadline: float, receive: Receive) -> Any:
+        """The next event, or ``TimeoutError`` at loop time ``deadline`` (no task of its own)."""
+        async with asyncio.timeout_at(deadline):
+            return await receive()
+
+else:
+
+    async def _by(deadline: float, receive: Receive) -> Any:
+        """The next event, or ``TimeoutError`` at loop time ``deadline``."""
+        return await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+
+
 def guarded(receive: Receive, limits: BodyLimits) -> Receive:
     """``receive`` for one request, raising instead of handing on a late or cut body."""
     loop = asyncio.get_running_loop()
@@ -58,8 +73,10 @@ def guarded(receive: Receive, limits: BodyLimits) -> Receive:
         nonlocal deadline, complete
         if complete:  # after the body, only a disconnect can come: wait as long as it takes
             return await receive()
+        if loop.time() >= deadline:
+            raise BodyTimeoutError(limits)
         try:
-            event = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+            event = await _by(deadline, receive)
         except asyncio.TimeoutError:
             raise BodyTimeoutError(limits) from None
         if event["type"] == "http.disconnect":
