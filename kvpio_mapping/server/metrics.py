@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 SAMPLE_SECONDS: Final = 1.0
+KEPT_SAMPLES: Final = 1024
+"""Most (route, method, status) sample pairs a worker keeps at hand (emptied when full)."""
 
 REQUESTS = Counter(
     "kvpio_http_requests",
@@ -97,6 +99,8 @@ class Metrics:
     def __init__(self, server: Server) -> None:
         self.server = server
         self._seen: dict[str, int] = {}
+        # Each route, method and status's samples: labels() is a locked lookup per call.
+        self._samples: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._sampler: asyncio.Task[None] | None = None
 
     async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
@@ -121,10 +125,20 @@ class Metrics:
         req_succeeded: bool,
     ) -> None:
         route = req.uri_template or "unrouted"
-        REQUESTS.labels(route, req.method, str(resp.status_code)).inc()
+        key = (route, req.method, resp.status_code)
+        samples = self._samples.get(key)
+        if samples is None:
+            if len(self._samples) >= KEPT_SAMPLES:
+                self._samples.clear()
+            samples = (
+                REQUESTS.labels(route, req.method, str(resp.status_code)),
+                LATENCY.labels(route),
+            )
+            self._samples[key] = samples
+        samples[0].inc()
         started = req.context.get("metrics_started")
         if started is not None:
-            LATENCY.labels(route).observe(time.perf_counter() - started)
+            samples[1].observe(time.perf_counter() - started)
 
     async def _sample_forever(self) -> None:
         while True:
