@@ -59,6 +59,39 @@ class _Notices:
             self._last[kind] = now
 
 
+class _Gathered:
+    """A connection's transport as its answers see it: one loop turn's writes leave together.
+
+    uvicorn writes a response's head and its body separately, a system call
+    each; held until the end of the loop's turn, they leave in one ``writev``.
+    A head written alone (a stream's, before its first event) leaves at that
+    turn's end all the same.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(data)
+
+    def flush(self) -> None:
+        """Send what is held now."""
+        held, self._held = self._held, []
+        if held and not self._transport.is_closing():
+            self._transport.writelines(held)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """One connection; the class attributes are set per server by :func:`protocol_class`."""
 
@@ -76,6 +109,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._gathered = _Gathered(transport, self.loop)
         self.waiting[self] = None
         self._start_head_timer()
         if len(self.connections) > self.limits.max_connections:
@@ -115,6 +149,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.waiting.pop(self, None)
         self._stop_head_timer()
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.transport = self._gathered  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -154,6 +190,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.waiting.pop(self, None)
         self._stop_head_timer()
         self._refused = True
+        self._gathered.flush()  # an answer still held goes first
         body = json.dumps({"error": message}).encode()
         self.transport.write(
             STATUS_LINE[status]

@@ -28,7 +28,10 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
+
+from ..forks import reset_after_fork
 
 if TYPE_CHECKING:
     import falcon.asgi
@@ -37,6 +40,28 @@ if TYPE_CHECKING:
 
 DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 SAMPLE_SECONDS: Final = 1.0
+
+
+class _ProcessId:
+    """This process's id, kept: prometheus_client asks for it at every sample written.
+
+    Its default asks the system each time, a system call per sample; a forked
+    child takes its own id at the fork, so its samples still go to its own file.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        reset_after_fork(self)
+
+    def _after_fork(self) -> None:
+        self.pid = os.getpid()
+
+    def __call__(self) -> int:
+        return self.pid
+
+
+if os.environ.get(DIR_ENV):
+    values.ValueClass = values.MultiProcessValue(_ProcessId())  # type: ignore[no-untyped-call]
 KEPT_SAMPLES: Final = 1024
 """Most (route, method, status) sample pairs a worker keeps at hand (emptied when full)."""
 
