@@ -204,7 +204,7 @@ class _WriterTurn:
 
     def _open(self) -> int:
         """This process's descriptor of the lock file (a forked child opens its own)."""
-        if self._pid != os.getpid():
+        if not self._pid:  # none yet, or a fork since (see _after_fork)
             self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
             self._pid = os.getpid()
             self._waiter = ThreadPoolExecutor(1, thread_name_prefix="kvpio-writer-turn")
@@ -275,6 +275,7 @@ class SQLiteStorage(TreeStorage):
         self._path = os.fspath(path)
         self._sync = sync
         self._local = threading.local()
+        reset_after_fork(self)
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._turn = _WriterTurn(self._path + "-writer")
@@ -285,14 +286,18 @@ class SQLiteStorage(TreeStorage):
 
     # connections and transactions
 
+    def _after_fork(self) -> None:
+        """In a forked child: none of the parent's connections (SQLite forbids using them)."""
+        self._local = threading.local()
+
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use.
 
         A connection is never used in a process other than the one that
-        opened it (SQLite forbids carrying one across ``fork``).
+        opened it: a forked child starts without any (:meth:`_after_fork`).
         """
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():
+        if conn is None:
             conn = sqlite3.connect(
                 self._path,
                 timeout=BUSY_TIMEOUT_MS / 1000,
@@ -303,7 +308,6 @@ class SQLiteStorage(TreeStorage):
             _use_wal(conn)
             conn.execute(f"PRAGMA synchronous = {self._sync.upper()}")
             self._local.conn = conn
-            self._local.pid = os.getpid()
             self._local.cache = OrderedDict()
             self._local.versions = conn.cursor()
             self._local.version = None
