@@ -994,8 +994,16 @@ async def _body_cut(
     raise ClientError(400, f"{exc}: nothing was changed")
 
 
+_BODY_HEADERS: Final = (b"content-length", b"transfer-encoding")
+
+
+def _has_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request's head announces a body: without one, its first event is all there is."""
+    return any(name in _BODY_HEADERS for name, _ in headers)
+
+
 class _App(App):
-    """Falcon's ASGI app, with every request's body guarded (:mod:`.bodies`)."""
+    """Falcon's ASGI app, with every request body guarded (:mod:`.bodies`)."""
 
     def __init__(self, body_limits: BodyLimits, **options: Any) -> None:
         super().__init__(**options)
@@ -1005,7 +1013,12 @@ class _App(App):
         self, scope: dict[str, Any], receive: Receive, send: Callable[[Any], Awaitable[None]]
     ) -> None:
         if scope["type"] == "http":
-            receive = guarded(receive, self.body_limits)
+            headers = scope["headers"]
+            if type(headers) is not list:  # any iterable of pairs, each read once (as in tests)
+                headers = [tuple(pair) for pair in headers]
+                scope = {**scope, "headers": headers}
+            if _has_body(headers):
+                receive = guarded(receive, self.body_limits)
         await super().__call__(scope, receive, send)
 
 
