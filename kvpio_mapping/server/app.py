@@ -994,6 +994,39 @@ async def _body_cut(
     raise ClientError(400, f"{exc}: nothing was changed")
 
 
+class _Router(falcon.routing.CompiledRouter):
+    """Falcon's router; a path under a prefix routed whole (``PREFIX/{path:path}``) found by it.
+
+    Every path longer than such a prefix has that one route (no other route
+    lies below it, which :meth:`add_route` makes sure of), and matching the
+    ``path`` converter took the compiled router several times what this does.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._whole: dict[str, tuple[object, Any, str]] = {}
+
+    def add_route(self, uri_template: str, resource: object, **kwargs: Any) -> None:
+        for prefix in self._whole:
+            if uri_template.startswith(prefix):
+                raise ValueError(f"{uri_template!r} lies below the route {prefix}{{path:path}}")
+        super().add_route(uri_template, resource, **kwargs)
+        if uri_template.endswith(_WHOLE):
+            prefix = uri_template.removesuffix(_WHOLE)
+            found = super().find(prefix + "-")
+            assert found is not None and found[3] == uri_template, found
+            self._whole[prefix] = (found[0], found[1], uri_template)
+
+    def find(
+        self, uri: str, req: Any = None
+    ) -> tuple[object, Any, dict[str, Any], str | None] | None:
+        for prefix, (resource, methods, template) in self._whole.items():
+            if len(uri) > len(prefix) and uri.startswith(prefix):
+                return resource, methods, {"path": uri[len(prefix) :]}, template
+        return super().find(uri, req)
+
+
+_WHOLE: Final = "{path:path}"
 _BODY_HEADERS: Final = (b"content-length", b"transfer-encoding")
 
 
@@ -1039,7 +1072,10 @@ def create_app(
     )
     middleware: list[Any] = [AccessLog(), metrics.Metrics(server), _Middleware(server)]
     app: App = _App(
-        bodies if bodies is not None else BodyLimits(), middleware=middleware, cors_enable=False
+        bodies if bodies is not None else BodyLimits(),
+        middleware=middleware,
+        cors_enable=False,
+        router=_Router(),
     )
     app.req_options.strip_url_path_trailing_slash = False
     app.req_options.auto_parse_qs_csv = False
