@@ -48,7 +48,7 @@ from kvpio_mapping.testing import RunningServer, run_postgres, run_server
 ROUNDS = 3
 SECONDS = 4
 CONNECTIONS = 16
-TARGET = 0.60
+TARGET = 0.80
 NESTED = "/v1/bucket/doc/a/b/c"
 TRIVIAL = "/openapi.json"
 SPREAD = "spread"
