@@ -55,7 +55,15 @@ from .storage import (
     StorageUnavailableError,
     UnknownAccountError,
 )
-from .storage.base import Check, CheckFailedError, Committed, ConflictError, Operation, Write
+from .storage.base import (
+    Check,
+    CheckFailedError,
+    Committed,
+    ConflictError,
+    Operation,
+    Write,
+    hash_key,
+)
 
 log = logging.getLogger("kvpio.server")
 
@@ -207,7 +215,7 @@ class Server:
             thread_name_prefix="kvpio-read",
         )
         self._large = asyncio.Semaphore(LARGE_BODIES)
-        self._auth: dict[str, tuple[str, float]] = {}
+        self._auth: dict[str, tuple[str, str, float]] = {}  # header: account, key digest, until
         self._pending: Counter[str] = Counter()
         self._inflight: list[Counter[str]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -300,28 +308,42 @@ class Server:
     async def authenticate(self, req: falcon.asgi.Request) -> str:
         """The account id named by the Basic auth user name; 404 for anything else.
 
-        A lookup is kept for :data:`AUTH_CACHE_SECONDS`. Every storage write
-        checks inside its own transaction that the account is still there, so
-        a deleted account's writes fail at once; its reads within that time.
-        A request that finds its account gone drops the entry (:meth:`forget`).
+        Sets ``req.context.key_digest``. A lookup is kept for
+        :data:`AUTH_CACHE_SECONDS`: a commit checks inside its own transaction
+        that the account still has the key (:class:`~.storage.base.Write`), the
+        other writes look the key up again (:meth:`confirm`), so a deleted
+        account's key stops writing at once, and reading within that time. A
+        request that finds its account gone drops the entry (:meth:`forget`).
         """
         header = req.get_header("Authorization")
         if header is None:
             raise ClientError(404, "unknown API key")
         now = time.monotonic()
         cached = self._auth.get(header)
-        if cached is not None and cached[1] > now:
+        if cached is not None and cached[2] > now:
             self.auth_hits += 1
+            req.context.key_digest = cached[1]
             return cached[0]
         self.auth_misses += 1
         user = api_key(header)
         account = await self.small(self.storage.authenticate, user) if user else None
-        if account is None:
+        if account is None or user is None:
             raise ClientError(404, "unknown API key")
         if len(self._auth) > 10_000:
             self._auth.clear()
-        self._auth[header] = (account, now + AUTH_CACHE_SECONDS)
+        digest = hash_key(user)
+        self._auth[header] = (account, digest, now + AUTH_CACHE_SECONDS)
+        req.context.key_digest = digest
         return account
+
+    async def confirm(self, req: falcon.asgi.Request) -> None:
+        """Look the request's key up afresh before a write that is not a commit: 404 unless
+        it still opens the account it was found to open."""
+        user = api_key(req.get_header("Authorization") or "")
+        found = await self.small(self.storage.authenticate, user) if user else None
+        if found != req.context.account:
+            self.forget(req)
+            raise ClientError(404, "unknown API key")
 
     def forget(self, req: falcon.asgi.Request) -> None:
         """Drop the request's API key from the auth cache: its account is gone."""
@@ -680,7 +702,9 @@ class BucketResource(_Resource):
         """
         account: str = req.context.account
         try:
-            committed = await self.server.commit(Write(account, operations, checks))
+            committed = await self.server.commit(
+                Write(account, operations, checks, req.context.key_digest)
+            )
         except ConflictError as exc:
             raise ClientError(409, str(exc)) from None
         except CheckFailedError as exc:
@@ -740,6 +764,7 @@ class BucketResource(_Resource):
         if not path:
             if not _flag(req, "all"):
                 raise ClientError(400, "deleting the whole bucket needs ?all=true")
+            await self.server.confirm(req)
             _revision(resp, await self.server.write(self.storage.clear, account))
             self.server.feed.poke(account)
             _empty(resp)
@@ -857,12 +882,14 @@ class TemplatesResource(_Resource):
             raise ClientError(413, str(exc)) from None
         except RenderError as exc:
             raise ClientError(422, str(exc)) from None
+        await self.server.confirm(req)
         await self.server.write(self.storage.set_template, account, name, source)
         _empty(resp)
 
     async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         account: str = req.context.account
         name = self.name(req)
+        await self.server.confirm(req)
         if _flag(req, "pop"):
             source = await self.server.write(self._pop, account, name)
             if source is None:

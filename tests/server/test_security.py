@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kvpio_mapping.server.app import AUTH_CACHE_SECONDS
+from kvpio_mapping.server.storage import open_storage
 from kvpio_mapping.testing import Api, RunningServer, new_account
 
 SECRET = b'"secret of A"'
@@ -287,3 +288,38 @@ def test_a_deleted_accounts_key_stops_reading_within_the_time_a_worker_keeps_it(
                 break
             assert time.monotonic() < deadline, "the deleted account's key still reads"
             time.sleep(AUTH_CACHE_SECONDS / 10)
+
+
+def test_a_key_kept_by_the_worker_never_writes_to_an_account_made_again_with_another_key(
+    kvpio_server: RunningServer,
+) -> None:
+    """Deleted and made again under the same id within the second a worker keeps a key: the
+    old key's writes of every kind are refused, and the new account holds none of them."""
+    account = new_account(kvpio_server)
+    old = (account.api_key, "")
+    base = kvpio_server.url + "/v1"
+    with requests.Session() as session:  # one connection: one worker, which keeps the key
+        assert session.post(f"{base}/bucket/x", json=1, auth=old, timeout=10).status_code == 200
+        storage = open_storage(kvpio_server.db)
+        try:
+            storage.delete_account(account.id)
+            new_key = storage.create_account(account.id, "next@example.invalid")
+        finally:
+            storage.close()
+        for method, target in (
+            ("POST", "/bucket/x"),
+            ("POST", "/bucket/?commit=true"),
+            ("DELETE", "/bucket/x"),
+            ("DELETE", "/bucket/?all=true"),
+            ("POST", "/templates/t"),
+            ("DELETE", "/templates/t"),
+        ):
+            body: object = {"operations": [{"op": "set", "path": "x", "value": 2}]}
+            if "commit" not in target:
+                body = "2"
+            if method == "DELETE":
+                body = None
+            refused = session.request(method, base + target, json=body, auth=old, timeout=10)
+            assert refused.status_code == 404, (method, target, refused.text)
+    new = requests.get(f"{base}/bucket/", auth=(new_key, ""), timeout=10)
+    assert (new.status_code, new.json()) == (200, [])  # its key listing: nothing written

@@ -186,6 +186,10 @@ class Write(NamedTuple):
     account: str
     operations: Sequence[Operation]
     checks: Sequence[Check] = ()
+    key_digest: str | None = None
+    """When given, the account must still have this key (:func:`hash_key`), checked in the
+    commit's transaction: a key the server checked a moment ago never writes to an account
+    deleted and made again with another key since."""
 
 
 REFUSALS: Final = (CheckFailedError, ValueError, UnknownAccountError)
@@ -529,7 +533,11 @@ class Storage(ABC):
 
     @abstractmethod
     def commit(
-        self, account: str, operations: Sequence[Operation], checks: Sequence[Check] = ()
+        self,
+        account: str,
+        operations: Sequence[Operation],
+        checks: Sequence[Check] = (),
+        key_digest: str | None = None,
     ) -> Committed:
         """Apply ``operations`` in order if every check holds, atomically: all or none.
 
@@ -538,7 +546,8 @@ class Storage(ABC):
         :class:`~kvpio_mapping.errors.InvalidPathError` for a path a write
         cannot take, or ``ValueError`` for an operation refused by
         :func:`check_operation`; each changes nothing. Writes below a list
-        follow :meth:`set`'s rules.
+        follow :meth:`set`'s rules. :class:`UnknownAccountError` if the account
+        is gone, or no longer has the key of ``key_digest`` (see :class:`Write`).
         """
 
     def commit_group(self, writes: Sequence[Write]) -> list[Committed | Exception]:

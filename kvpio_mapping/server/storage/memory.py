@@ -193,12 +193,18 @@ class MemoryStorage(Storage):
             return []
 
     def commit(
-        self, account: str, operations: Sequence[Operation], checks: Sequence[Check] = ()
+        self,
+        account: str,
+        operations: Sequence[Operation],
+        checks: Sequence[Check] = (),
+        key_digest: str | None = None,
     ) -> Committed:
         for operation in operations:
             check_operation(operation)
         with self._lock:
             state = self._state(account)
+            if key_digest is not None and not same_digest(state.key_digest, key_digest):
+                raise UnknownAccountError(account)
             failures: list[Failure] = []
             for index, check in enumerate(checks):
                 found = paths.get_in(state.data, check.path)

@@ -423,10 +423,14 @@ class PostgresStorage(TreeStorage):
         self._db.retrying(lambda: super(PostgresStorage, self).add_reads(ordered))
 
     def commit(
-        self, account: str, operations: Sequence[Operation], checks: Sequence[Check] = ()
+        self,
+        account: str,
+        operations: Sequence[Operation],
+        checks: Sequence[Check] = (),
+        key_digest: str | None = None,
     ) -> Committed:
         return self._db.retrying(
-            lambda: super(PostgresStorage, self).commit(account, operations, checks)
+            lambda: super(PostgresStorage, self).commit(account, operations, checks, key_digest)
         )
 
     def commit_group(self, writes: Sequence[Write]) -> list[Committed | Exception]:

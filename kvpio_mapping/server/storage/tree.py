@@ -399,12 +399,22 @@ class TreeStorage(Storage):
             yield conn, self._next_revision(conn, account)
 
     @staticmethod
-    def _next_revision(conn: Connection, account: str) -> int:
-        """Raise the account's revision inside a write transaction; the revision it makes."""
-        row = conn.execute(
-            "UPDATE accounts SET revision = revision + 1 WHERE id = ? RETURNING revision",
-            (account,),
-        ).fetchone()
+    def _next_revision(conn: Connection, account: str, key_digest: str | None = None) -> int:
+        """Raise the account's revision inside a write transaction; the revision it makes.
+
+        With ``key_digest``, only while the account still has that key.
+        """
+        if key_digest is None:
+            row = conn.execute(
+                "UPDATE accounts SET revision = revision + 1 WHERE id = ? RETURNING revision",
+                (account,),
+            ).fetchone()
+        else:
+            row = conn.execute(
+                "UPDATE accounts SET revision = revision + 1 WHERE id = ? AND key_digest = ?"
+                " RETURNING revision",
+                (account, key_digest),
+            ).fetchone()
         if row is None:
             raise UnknownAccountError(account)
         return int(row[0])
@@ -1211,12 +1221,16 @@ class TreeStorage(Storage):
         return self._length_after(None if row is None else _Node(*row))
 
     def commit(
-        self, account: str, operations: Sequence[Operation], checks: Sequence[Check] = ()
+        self,
+        account: str,
+        operations: Sequence[Operation],
+        checks: Sequence[Check] = (),
+        key_digest: str | None = None,
     ) -> Committed:
         for operation in operations:
             check_operation(operation)
         with self._write() as conn:
-            return self._commit_in(conn, account, operations, checks)
+            return self._commit_in(conn, account, operations, checks, key_digest)
 
     def commit_group(self, writes: Sequence[Write]) -> list[Committed | Exception]:
         """The group in one transaction (one lock, one sync), each write in a savepoint.
@@ -1239,12 +1253,12 @@ class TreeStorage(Storage):
     def _commit_together(self, writes: Sequence[Write]) -> list[Committed | Exception]:
         outcomes: list[Committed | Exception] = []
         with self._write() as conn:
-            for account, operations, checks in writes:
+            for account, operations, checks, key_digest in writes:
                 conn.execute("SAVEPOINT one_write")
                 try:
                     for operation in operations:
                         check_operation(operation)
-                    outcomes.append(self._commit_in(conn, account, operations, checks))
+                    outcomes.append(self._commit_in(conn, account, operations, checks, key_digest))
                 except REFUSALS as exc:
                     conn.execute("ROLLBACK TO one_write")
                     outcomes.append(exc)
@@ -1257,9 +1271,10 @@ class TreeStorage(Storage):
         account: str,
         operations: Sequence[Operation],
         checks: Sequence[Check],
+        key_digest: str | None,
     ) -> Committed:
         """One commit inside a write transaction: revision, checks, operations, log."""
-        revision = self._next_revision(conn, account)
+        revision = self._next_revision(conn, account, key_digest)
         failures: list[Failure] = []
         for index, check in enumerate(checks):
             failed = failure(index, check, self._get(conn, account, check.path))
