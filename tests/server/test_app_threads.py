@@ -49,10 +49,14 @@ class _MeetingWriters(_Networked):
         self.meeting = threading.Barrier(2, timeout=10)
 
     def commit(
-        self, account: str, operations: Sequence[Operation], checks: Sequence[Check] = ()
+        self,
+        account: str,
+        operations: Sequence[Operation],
+        checks: Sequence[Check] = (),
+        key_digest: str | None = None,
     ) -> Committed:
         self.meeting.wait()
-        return super().commit(account, operations, checks)
+        return super().commit(account, operations, checks, key_digest)
 
 
 async def _get(storage: MemoryStorage, path: str) -> Any:
