@@ -294,6 +294,15 @@ class Server:
                 except Exception as exc:
                     outcomes = [exc] * len(group)
                 self._note_disk(full=any(isinstance(o, StorageFullError) for o in outcomes))
+                unreachable = next(
+                    (o for o in outcomes if isinstance(o, StorageUnavailableError)), None
+                )
+                if unreachable is not None:
+                    # The writes that queued meanwhile would each wait as long to learn the
+                    # same: they are answered now (503, retry soon), not one wait after another.
+                    while self._queued:
+                        group.append(self._queued.popleft())
+                        outcomes.append(unreachable)
                 for (_, future), outcome in zip(group, outcomes, strict=True):
                     if future.done():  # the request was given up
                         continue
@@ -514,9 +523,11 @@ class _Middleware:
         resource: Any,
         req_succeeded: bool,
     ) -> None:
-        """Every answer to a known account carries its revision (reads and writes set their own)."""
+        """Every answer to a known account carries its revision (reads and writes set their
+        own), but a 5xx: the storage may be what failed, and asking it again would hold the
+        answer back as long again."""
         account = req.context.get("account")
-        if account is not None and resp.get_header(REVISION) is None:
+        if account is not None and resp.status_code < 500 and resp.get_header(REVISION) is None:
             _revision(resp, await self.server.small(self.server.storage.revision, account))
 
 
