@@ -108,6 +108,8 @@ def bench_invalidate() -> None:
     full, small = filled(1024), filled(10)
 
     def forget(cache: PathCache) -> Callable[[], None]:
+        """A write's invalidation of ``k5``, then ``k5/a`` stored again to keep the size."""
+
         def call() -> None:
             cache.invalidate("k5")
             cache.store("k5/a", 5, cache.generation)
