@@ -15,7 +15,10 @@
 4. ``dict(bucket)`` of 1,000 and 100,000 top-level keys (more than the
    cache holds) against ``bucket.copy()`` of the same bucket (target: at most
    1.2x; both are one request).
-5. For scale, a ``pottery.RedisDict`` get against a local Redis, when
+5. A write's cache invalidation on a full default-size cache (1,024 paths)
+   against the same on a cache of 10 paths (target: at most 1.2x): finding
+   what a write forgets costs in proportion to what is found.
+6. For scale, a ``pottery.RedisDict`` get against a local Redis, when
    ``redis-server`` and ``pottery`` are installed (target: a hit 50x faster).
 
 Medians of several rounds; each round times every side in turn. The machine's
@@ -40,6 +43,7 @@ from cachetools import TTLCache
 from timing import ROUNDS, load, side_by_side, timed
 
 from kvpio_mapping import KVBucket, values
+from kvpio_mapping.cache import PathCache
 from kvpio_mapping.testing import run_server
 
 try:
@@ -90,6 +94,31 @@ def bench_hits(bucket: KVBucket) -> None:
     row("hit, 3-field dict (copied)", ours, base, "TTLCache hit + lock + copy", "<= 1.3x", met)
     ours, base = side_by_side(lambda: bucket["scalar"], lambda: plain["scalar"], number)
     row("hit, scalar", ours, base, "dict lookup", "(context)", True)
+
+
+def filled(size: int) -> PathCache:
+    """A default-size cache holding ``size`` paths ``k{i}/a``."""
+    cache = PathCache(60, 1024)
+    cache.store_many(((f"k{i}/a", i) for i in range(size)), cache.generation)
+    return cache
+
+
+def bench_invalidate() -> None:
+    header("a write's cache invalidation (in process)")
+    full, small = filled(1024), filled(10)
+
+    def forget(cache: PathCache) -> Callable[[], None]:
+        """A write's invalidation of ``k5``, then ``k5/a`` stored again to keep the size."""
+
+        def call() -> None:
+            cache.invalidate("k5")
+            cache.store("k5/a", 5, cache.generation)
+
+        return call
+
+    ours, base = side_by_side(forget(full), forget(small), 20_000)
+    met = ours <= 1.2 * base
+    row("invalidate, 1,024 paths cached", ours, base, "the same, 10 paths cached", "<= 1.2x", met)
 
 
 def keep_alive(url: str, method: str, path: str, headers: dict[str, str], body: bytes | None):
@@ -241,6 +270,7 @@ def bench_redis(bucket: KVBucket) -> None:
 
 def main() -> int:
     print(load())
+    bench_invalidate()
     with run_server(workers=1) as one:
         bucket = KVBucket(one.url, one.api_key, ttl=3600)
         bench_hits(bucket)

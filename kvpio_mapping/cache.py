@@ -76,17 +76,26 @@ class _Recent(OrderedDict[str, _Entry]):
     """Entries by path, the least recently used first; storing one more than ``maxsize``
     drops the first. ``OrderedDict`` keeps the order in C: a hit is a lookup and a
     ``move_to_end``, two Python calls fewer than a ``cachetools.LRUCache`` hit, which
-    made a third of a cache hit's time."""
+    made a third of a cache hit's time.
+
+    Beside the order, a tree of the stored paths by segment (each path's children
+    that are stored or have stored paths below them), kept on store, eviction,
+    :meth:`forget` and ``clear``: :meth:`below` then costs what it finds, not
+    what the cache holds. Remove entries only through those.
+    """
 
     def __init__(self, maxsize: int) -> None:
         super().__init__()
         self.maxsize = maxsize
+        self._children: dict[str, set[str]] = {}
 
     def __setitem__(self, key: str, value: _Entry) -> None:
+        if key not in self:
+            self._link(key)
         super().__setitem__(key, value)
         self.move_to_end(key)
         if len(self) > self.maxsize:
-            self.popitem(last=False)
+            self._unlink(super().popitem(last=False)[0])
 
     def get(self, key: str, default: Any = None) -> Any:
         """The entry at ``key`` (now the most recently used), or ``default``."""
@@ -94,6 +103,52 @@ class _Recent(OrderedDict[str, _Entry]):
         if entry is not default:
             self.move_to_end(key)
         return entry
+
+    def forget(self, key: str) -> None:
+        """Drop the entry at ``key``, if there is one."""
+        if super().pop(key, None) is not None:
+            self._unlink(key)
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        super().clear()
+        self._children.clear()
+
+    def below(self, path: str) -> list[str]:
+        """The stored paths below ``path`` (not ``path`` itself)."""
+        children = self._children
+        found: list[str] = []
+        pending = list(children.get(path, ()))
+        while pending:
+            node = pending.pop()
+            if node in self:
+                found.append(node)
+            pending.extend(children.get(node, ()))
+        return found
+
+    def _link(self, key: str) -> None:
+        """Add ``key`` to the tree, under each ancestor not yet in it."""
+        children = self._children
+        while key:
+            parent = key.rpartition("/")[0]
+            siblings = children.get(parent)
+            if siblings is not None:
+                siblings.add(key)
+                return
+            children[parent] = {key}
+            key = parent
+
+    def _unlink(self, key: str) -> None:
+        """Take ``key`` (no longer stored) out of the tree, and each ancestor left empty."""
+        children = self._children
+        while key and key not in self and key not in children:
+            parent = key.rpartition("/")[0]
+            siblings = children[parent]
+            siblings.discard(key)
+            if siblings:
+                return
+            del children[parent]
+            key = parent
 
 
 class CacheInfo(NamedTuple):
@@ -281,16 +336,16 @@ class PathCache:
                 self._lengths.clear()
                 return
             path = _unpadded(path) or path
-            self._lengths.pop("", None)
+            self._lengths.forget("")
             for entries in (self._entries, self._lengths):
-                entries.pop(path, None)
+                entries.forget(path)
                 ancestor = path
                 while "/" in ancestor:
                     ancestor = ancestor.rsplit("/", 1)[0]
-                    entries.pop(ancestor, None)
-                prefix = path + "/"
-                for below in [key for key in entries if key.startswith(prefix)]:
-                    entries.pop(below, None)
+                    entries.forget(ancestor)
+                if path:
+                    for below in entries.below(path):
+                        entries.forget(below)
 
     @contextmanager
     def writing(self, path: str | None) -> Iterator[None]:

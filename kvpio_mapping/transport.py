@@ -24,7 +24,7 @@ from typing import Any, Final, cast
 import requests
 import urllib3.exceptions as u3
 from requests.adapters import HTTPAdapter
-from requests.cookies import extract_cookies_to_jar
+from requests.cookies import RequestsCookieJar, cookiejar_from_dict, extract_cookies_to_jar
 from requests.structures import CaseInsensitiveDict
 from requests.utils import get_encoding_from_headers
 from urllib3 import BaseHTTPResponse, HTTPConnectionPool, HTTPSConnectionPool
@@ -158,6 +158,34 @@ def _settings(session: requests.Session) -> tuple[Any, ...]:
     )
 
 
+_BLANK: Final = {
+    name: value
+    for name, value in vars(requests.Response()).items()
+    if name not in ("cookies", "history", "headers")
+}
+
+
+class _PooledResponse(requests.Response):
+    """A ``requests.Response`` whose cookie jar is made when first asked for: building
+    one per answer was half of ``Response()``'s cost, and most answers set no cookie."""
+
+    def __init__(self) -> None:
+        self.__dict__.update(_BLANK)
+        self.history = []
+
+    @property
+    def cookies(self) -> RequestsCookieJar:
+        """The cookies the answer set (an empty jar if none)."""
+        jar: RequestsCookieJar | None = self.__dict__.get("_cookies")
+        if jar is None:
+            jar = self.__dict__["_cookies"] = cookiejar_from_dict({})  # type: ignore[no-untyped-call]
+        return jar
+
+    @cookies.setter
+    def cookies(self, jar: RequestsCookieJar) -> None:
+        self.__dict__["_cookies"] = jar
+
+
 class _Route:
     """How calls to one base URL go out through one session, worked out once.
 
@@ -271,7 +299,7 @@ class _Route:
                     received = self._urlopen(method, target, body, merged, wait)
         except (u3.HTTPError, OSError) as exc:
             raise _translated(exc, _as_requests_error) from exc
-        response = requests.Response()
+        response = _PooledResponse()
         response.status_code = received.status
         response.reason = received.reason  # type: ignore[assignment]
         response.url = self.base + target

@@ -90,6 +90,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+"""One strict decoder: ``json.loads`` with an option builds a new one per call (3 us)."""
+
+
 def decode(data: bytes | str, max_nesting: int = MAX_NESTING) -> Any:
     """Parse JSON text strictly (no ``NaN``/``Infinity``); ``ValueError`` if it is not valid.
 
@@ -97,7 +101,11 @@ def decode(data: bytes | str, max_nesting: int = MAX_NESTING) -> Any:
     cannot exhaust the recursion limit of code that walks the value.
     """
     try:
-        value = json.loads(data, parse_constant=_reject_constant)
+        if not isinstance(data, str):
+            data = data.decode(json.detect_encoding(data), "surrogatepass")
+        elif data.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", data, 0)
+        value = _decoder.decode(data)
     except RecursionError:
         raise ValueError(f"value nests deeper than {MAX_NESTING} levels") from None
     except UnicodeDecodeError as exc:

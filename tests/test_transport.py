@@ -7,6 +7,7 @@ the real server of the ``kvpio_server`` fixture or a real closed port.
 
 from __future__ import annotations
 
+import pickle
 import socket
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from kvpio_mapping import (
     TemplateRenderError,
     TransportError,
     connect,
+    protocol,
 )
 from kvpio_mapping.cli import main
 from kvpio_mapping.testing import new_account, run_server, start_server
@@ -457,6 +459,19 @@ def test_cookies_an_answer_sets_go_out_with_the_next_calls(clean_env, kvpio_acco
         assert bucket["k"] == 1
         assert "Cookie" not in proxy.requests[0][2]
         assert proxy.requests[1][2]["Cookie"] == "route=b2"
+
+
+def test_an_answer_carries_the_cookies_it_set_as_a_requests_response_does(clean_env, kvpio_account):
+    with recording_proxy() as proxy:
+        session = requests.Session()
+        session.proxies = {"http": proxy.url}
+        transport = Transport(kvpio_account.url, kvpio_account.api_key, session=session)
+        plain = transport.send(protocol.Request("GET", "bucket/"))
+        assert plain.status_code == 200 and len(plain.cookies) == 0
+        proxy.added["Set-Cookie"] = "route=b2; Path=/"
+        setting = transport.send(protocol.Request("GET", "bucket/"))
+        assert setting.cookies.get("route") == "b2"
+        assert pickle.loads(pickle.dumps(setting)).cookies.get("route") == "b2"
 
 
 class _Gateway(requests.auth.AuthBase):
