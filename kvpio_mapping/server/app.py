@@ -348,9 +348,7 @@ class Server:
     async def confirm(self, req: falcon.asgi.Request) -> None:
         """Look the request's key up afresh before a write that is not a commit: 404 unless
         it still opens the account it was found to open."""
-        user = api_key(req.get_header("Authorization") or "")
-        found = await self.small(self.storage.authenticate, user) if user else None
-        if found != req.context.account:
+        if not await self.still_allowed(req, req.context.account)():
             self.forget(req)
             raise ClientError(404, "unknown API key")
 
