@@ -19,7 +19,8 @@ With ``--postgres``, every row also on PostgreSQL, a fresh database each (the
 server ``$KVPIO_TEST_POSTGRES`` names, else a temporary one, as the tests
 start it); its CPU column counts the worker only, not PostgreSQL's processes.
 
-Run: ``.venv/bin/python benchmarks/read_bench.py [--postgres]`` (2 minutes; 5 with PostgreSQL).
+Run: ``.venv/bin/python benchmarks/read_bench.py [--postgres] [--big]`` (2 minutes; 5 with
+PostgreSQL; ``--big``: only the big-value rows, seconds).
 """
 
 from __future__ import annotations
@@ -232,15 +233,18 @@ def _print(label: str, rows: list[tuple[str, str, str, str]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--postgres", action="store_true", help="also serve from PostgreSQL")
+    parser.add_argument(
+        "--big", action="store_true", help="only the big-value rows (writing, reading 10 MB)"
+    )
     args = parser.parse_args()
+    tables = (big_rows,) if args.big else (nested_rows, big_rows, rss_rows)
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} cores")
     print(f"{'server':<11} {'operation':<62} {'ours':>8} {'baseline':>9} {'ratio':>13}")
-    _print("SQLite", nested_rows({"workers": 1}))
-    _print("SQLite", big_rows({"workers": 1}))
-    _print("SQLite", rss_rows({"workers": 1}))
+    for rows in tables:
+        _print("SQLite", rows({"workers": 1}))
     if args.postgres:
         with run_postgres() as postgres:
-            for rows in (nested_rows, big_rows, rss_rows):
+            for rows in tables:
                 url = postgres.create_database()  # each its own: each server has its own key
                 try:
                     _print("PostgreSQL", rows({"workers": 1, "db": url}))
