@@ -90,6 +90,35 @@ def test_decode_keeps_the_nesting_limit(depth: int) -> None:
     assert _answer(jsontext.decode, data) == _answer(values.decode, data)
 
 
+BRACKETY = st.recursive(
+    st.integers() | st.text(alphabet='[]{}"\\/ab'),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(alphabet="[]{}a"), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(BRACKETY, st.integers(1, 6), st.booleans())
+def test_decode_measures_nesting_as_values_decode(value: Any, limit: int, indent: bool) -> None:
+    data = json.dumps(value, indent=1 if indent else None, ensure_ascii=False).encode()
+    assert _answer(jsontext.decode, data, limit) == _answer(values.decode, data, limit)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[" * 60 + b"1" + b"]" * 60,  # many rounds for few brackets: walked instead
+        b"[" + b",".join([b"[" * 99 + b"]" * 99] * 500) + b"]",
+        b"[" + b'"]]]",' * 50 + b"[" * 99 + b"]" * 99 + b"]",  # a string holds brackets: walked
+    ],
+)
+@pytest.mark.parametrize("limit", [values.MAX_NESTING, values.MAX_NESTING - 1, 59, 60])
+def test_decode_measures_deep_and_odd_texts_as_values_decode(data: bytes, limit: int) -> None:
+    assert _answer(jsontext.decode, data, limit) == _answer(values.decode, data, limit)
+
+
 def test_decode_keeps_integers_beyond_64_bits() -> None:
     assert jsontext.decode(b"[18446744073709551616, -9223372036854775809]") == [
         2**64,
