@@ -33,7 +33,7 @@ import falcon.asgi
 
 from .. import paths, values
 from ..errors import InvalidPathError
-from . import allocator, jsontext, metrics
+from . import allocator, collector, jsontext, metrics
 from .bodies import BodyCutError, BodyLimits, BodyTimeoutError, Receive, guarded
 from .commits import committed_body, conditions, failed_body, parse_commit, path_operation
 from .feed import Feed, StreamLimits
@@ -439,7 +439,10 @@ class Server:
         most :data:`LARGE_BODIES` bodies over :data:`LARGE_BODY` bytes are
         handled at once per worker; the next waits up to :data:`LARGE_WAIT`
         seconds, then gets 503. The slot is taken once the body has arrived,
-        so a slow sender holds none.
+        so a slow sender holds none. While a large body is handled, the
+        collector is held off (:mod:`.collector`): its value, hundreds of
+        thousands of young objects, would otherwise be scanned again and again
+        until stored; the handler drops the value before the block ends.
         """
         data = await self.read_body(req)
         if len(data) <= LARGE_BODY:
@@ -454,7 +457,8 @@ class Server:
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             ) from None
         try:
-            yield data
+            with collector.held_off():
+                yield data
         finally:
             self._large.release()
 
@@ -741,23 +745,19 @@ class BucketResource(_Resource):
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         path = self.path(req)
-        server = self.server
-        async with server.body(req) as body:
-            if not path:
-                if req.query_string and _flag(req, "commit"):
-                    commit = parse_commit(await server.decode(body))
-                    committed = await self.commit(req, resp, *commit)
-                    if committed is not None:
-                        resp.content_type = JSON_TYPE
-                        resp.data = committed_body(committed)
-                    return
-                # A batch wraps its values in an object or a list of pairs: one or two levels.
-                value = await server.decode(body, wrapper=2)
-                operations = await asyncio.to_thread(_batch, value)  # a large one takes a while
-                if await self.commit(req, resp, operations, []) is not None:
-                    _empty(resp)
-                return
-            value = await server.decode(body)
+        async with self.server.body(req) as body:
+            # Each in a coroutine of its own, so its value is gone before the body is let go.
+            if path:
+                await self._post_value(req, resp, path, body)
+            elif req.query_string and _flag(req, "commit"):
+                await self._post_commit(req, resp, body)
+            else:
+                await self._post_batch(req, resp, body)
+
+    async def _post_value(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, path: paths.Path, body: bytes
+    ) -> None:
+        value = await self.server.decode(body)
         kind = path_operation(req.get_param("op") if req.query_string else None)
         operation = Operation(kind, path, value)
         committed = await self.commit(req, resp, [operation], self.conditions(req, path))
@@ -766,6 +766,24 @@ class BucketResource(_Resource):
             result = committed.results[0]
             if result is not None:
                 resp.data = result.encode()
+
+    async def _post_commit(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, body: bytes
+    ) -> None:
+        commit = parse_commit(await self.server.decode(body))
+        committed = await self.commit(req, resp, *commit)
+        if committed is not None:
+            resp.content_type = JSON_TYPE
+            resp.data = committed_body(committed)
+
+    async def _post_batch(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, body: bytes
+    ) -> None:
+        # A batch wraps its values in an object or a list of pairs: one or two levels.
+        value = await self.server.decode(body, wrapper=2)
+        operations = await asyncio.to_thread(_batch, value)  # a large one takes a while
+        if await self.commit(req, resp, operations, []) is not None:
+            _empty(resp)
 
     async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         account: str = req.context.account

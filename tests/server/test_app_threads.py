@@ -1,17 +1,20 @@
 """Where the app runs storage calls: reads on the loop for a local database, in read
-threads for one that may wait on the network; writes to different accounts side by side."""
+threads for one that may wait on the network; writes to different accounts side by side;
+a large body stored with the garbage collector held off."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import gc
+import json
 import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import falcon.testing
 
-from kvpio_mapping.server.app import create_app
+from kvpio_mapping.server.app import LARGE_BODY, create_app
 from kvpio_mapping.server.storage import MemoryStorage
 from kvpio_mapping.server.storage.base import Check, Committed, Operation
 
@@ -103,3 +106,50 @@ def test_writes_to_two_accounts_run_at_once() -> None:
 
     assert asyncio.run(both()) == [200, 200]
     assert storage.get("a", ("k",)) == storage.get("b", ("k",)) == "1"
+
+
+class _NotingCollector(MemoryStorage):
+    """Memory storage that notes whether the collector was on during each commit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.collecting: list[bool] = []
+
+    def commit(
+        self,
+        account: str,
+        operations: Sequence[Operation],
+        checks: Sequence[Check] = (),
+        key_digest: str | None = None,
+    ) -> Committed:
+        self.collecting.append(gc.isenabled())
+        return super().commit(account, operations, checks, key_digest)
+
+
+def test_a_large_body_is_stored_with_the_collector_held_off_and_it_comes_back() -> None:
+    storage = _NotingCollector()
+    storage.create_account("a", "", "a-key")
+    large = json.dumps({"items": [{"n": i} for i in range(LARGE_BODY // 8)]})
+    assert len(large) > LARGE_BODY
+
+    async def writes() -> list[int]:
+        async with falcon.testing.ASGIConductor(create_app(storage)) as conductor:
+            return [
+                (await conductor.simulate_post(url, body=body, headers=_auth("a-key"))).status_code
+                for url, body in [
+                    ("/v1/bucket/big", large),
+                    (
+                        "/v1/bucket/?commit=true",
+                        json.dumps(
+                            {"operations": [{"op": "set", "path": "c", "value": json.loads(large)}]}
+                        ),
+                    ),
+                    ("/v1/bucket/", json.dumps({"batch": json.loads(large)})),
+                    ("/v1/bucket/small", "1"),
+                ]
+            ]
+
+    assert gc.isenabled()
+    assert asyncio.run(writes()) == [200, 200, 200, 200]
+    assert storage.collecting == [False, False, False, True]
+    assert gc.isenabled()

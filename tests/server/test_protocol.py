@@ -12,6 +12,7 @@ import requests
 from contract import NESTED, TEMPLATE_ROWS
 
 from kvpio_mapping import KVBucket, values
+from kvpio_mapping.server.app import LARGE_BODY
 from kvpio_mapping.testing import Api, RunningServer, TestAccount, run_server
 
 JSON = "application/json"
@@ -591,6 +592,51 @@ def test_a_value_at_the_nesting_limit_is_accepted_in_a_batch_too(api: Api, body:
     too_deep = api.post("/v1/bucket/", json=body(_nested(values.MAX_NESTING + 1)))
     assert too_deep.status_code == 400
     assert "nests deeper than 100" in too_deep.json()["error"]
+
+
+_TOO_DEEP = f"value nests deeper than {values.MAX_NESTING} levels"
+_PADS = {
+    "small": "",
+    "large": "x" * LARGE_BODY,
+    "large, brackets in strings": '[{"\\' * (LARGE_BODY // 4),
+}
+
+
+def _deep_body(kind: str, levels: int, pad: str) -> tuple[str, bytes, Any]:
+    """A write of ``kind`` whose body nests ``levels`` deep, padded with string ``pad``.
+
+    Also the value it stores at ``deep``.
+    """
+    if kind == "value":
+        deep: Any = [pad, _nested(levels - 1)]
+        return "/v1/bucket/deep", json.dumps(deep).encode(), deep
+    if kind == "batch":  # the batch's own object is not counted
+        deep = _nested(levels)
+        return "/v1/bucket/", json.dumps({"pad": pad, "deep": deep}).encode(), deep
+    deep = _nested(levels - 3)  # a commit's body is counted whole: object, list, operation
+    operations = [
+        {"op": "set", "path": "pad", "value": pad},
+        {"op": "set", "path": "deep", "value": deep},
+    ]
+    return "/v1/bucket/?commit=true", json.dumps({"operations": operations}).encode(), deep
+
+
+@pytest.mark.parametrize("pad", list(_PADS), ids=list(_PADS))
+@pytest.mark.parametrize("kind", ["value", "batch", "commit"])
+def test_a_body_at_the_nesting_limit_is_stored_and_one_level_more_is_400(
+    api: Api, kind: str, pad: str
+) -> None:
+    url, body, deep = _deep_body(kind, values.MAX_NESTING, _PADS[pad])
+    assert api.post(url, data=body).status_code == 200
+    assert api.get("/v1/bucket/deep").json() == deep
+    api.delete("/v1/bucket/deep")
+    url, body, _ = _deep_body(kind, values.MAX_NESTING + 1, _PADS[pad])
+    too_deep = api.post(url, data=body)
+    assert_error(too_deep, 400)
+    # A batch's values are measured one by one once the batch is read, so without the prefix.
+    prefix = "" if kind == "batch" else "invalid JSON: "
+    assert too_deep.json()["error"] == prefix + _TOO_DEEP
+    assert_missing(api.get("/v1/bucket/deep"))
 
 
 def test_update_of_a_value_at_the_nesting_limit(kvpio_account: TestAccount) -> None:
