@@ -252,18 +252,9 @@ def _size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode())
 
 
-def _keyed(text: bytes) -> bool:
-    """Whether every key in a value's JSON ``text`` is a path segment (non-empty, no NUL).
-
-    Either would show in the text (``"":``, ``\\u0000``); so may some strings,
-    which only costs the check per object.
-    """
-    return b'"":' not in text and b"\\u0000" not in text
-
-
 def _addressable(value: dict[str, Any]) -> bool:
     """Whether every key can be a row path segment (non-empty, no NUL): else keep a blob."""
-    return all(key and "\x00" not in key for key in value)
+    return "" not in value and "\x00" not in "".join(value)
 
 
 def _run_path(container: bytes) -> bytes:
@@ -665,15 +656,15 @@ class TreeStorage(Storage):
         at the deepest addressable level stay blobs (nothing below them can be
         written by path), and so do objects with a key that cannot be a path
         segment. ``fast`` tells whether bare ``orjson.dumps`` encodes every
-        part of ``value`` and every key in it is a path segment (None: not
-        known yet, found out with one encoding of the whole).
+        part of ``value`` (None: not known yet, found out with one encoding of
+        the whole).
         """
         parent = _parent_of(path)
         kind = type(value)
         if (kind is dict or kind is list) and depth < paths.MAX_DEPTH:
             if fast is None:
                 whole = jsontext.dump_checked(value)
-                fast = whole is not None and _keyed(whole)
+                fast = whole is not None
                 if whole is not None:
                     text = whole.decode() if len(whole) <= self._threshold else None
                 else:
@@ -702,7 +693,7 @@ class TreeStorage(Storage):
         fast: bool,
     ) -> int:
         """:meth:`_plan` of a container known to be too large for one blob; its size."""
-        if type(value) is dict and not fast and not _addressable(value):
+        if type(value) is dict and not _addressable(value):
             text = _encode(value)
             size = _size(text)
             rows.append((path, parent, pos, BLOB, label, text, size, 0))
