@@ -226,6 +226,27 @@ def test_a_big_document_with_an_odd_part_deep_inside_stores_as_json_writes_it(
     assert storage.get(acct, p("doc")) == j(doc)
 
 
+@pytest.mark.parametrize("in_list", [False, True], ids=["object", "list"])
+def test_a_big_document_whose_bulk_is_its_last_member_round_trips(
+    storage: Storage, acct: str, in_list: bool
+) -> None:
+    def wrap(bulk: Any) -> Any:
+        return ["x", 2, bulk] if in_list else {"é": 1, "ключ": "ü" * 9, "data": bulk}
+
+    last = "3" if in_list else "data"
+    inner = big_doc(3 * BLOB_THRESHOLD)
+    inner["small"] = "after a split member, before the last"
+    inner["zz"] = wrap(big_doc(2 * BLOB_THRESHOLD, seed=1))
+    doc = wrap(inner)
+    storage.set(acct, p("doc"), doc)
+    assert storage.get(acct, p("doc")) == j(doc)
+    deepest = inner["zz"][2 if in_list else "data"]
+    assert storage.get(acct, ("doc", last, "zz", last, "users", "u1")) == j(deepest["users"]["u1"])
+    storage.set(acct, ("doc", last, "zz", last, "meta", "owner"), "ünïcode")
+    deepest["meta"]["owner"] = "ünïcode"
+    assert storage.get(acct, p("doc")) == j(doc)
+
+
 def test_get_text_is_compact_json_identical_to_values_encode(storage: Storage, acct: str) -> None:
     value = {"s": 'é"\\\n\u2028', "f": 1.5, "n": None, "b": [True, False], "e": {}, "l": []}
     storage.set(acct, p("v"), value)

@@ -662,6 +662,7 @@ class TreeStorage(Storage):
         parent = _parent_of(path)
         kind = type(value)
         if (kind is dict or kind is list) and depth < paths.MAX_DEPTH:
+            whole = None
             if fast is None:
                 whole = jsontext.dump_checked(value)
                 fast = whole is not None
@@ -673,7 +674,9 @@ class TreeStorage(Storage):
                 text = self._within(value, self._threshold, fast)
             if text is None:
                 with collector.held_off():  # a large value: many rows, no cycles
-                    return self._split(rows, members, path, parent, pos, label, value, depth, fast)
+                    return self._split(
+                        rows, members, path, parent, pos, label, value, depth, fast, whole
+                    )
         else:
             text = _scalar(value)
         size = _size(text)
@@ -691,8 +694,13 @@ class TreeStorage(Storage):
         value: Any,
         depth: int,
         fast: bool,
+        known: bytes | None = None,
     ) -> int:
-        """:meth:`_plan` of a container known to be too large for one blob; its size."""
+        """:meth:`_plan` of a container known to be too large for one blob; its size.
+
+        ``known``: the container's text, when ``fast`` and it was encoded (see
+        :meth:`_plan_children`).
+        """
         if type(value) is dict and not _addressable(value):
             text = _encode(value)
             size = _size(text)
@@ -705,7 +713,7 @@ class TreeStorage(Storage):
         else:
             kind, children = ARRAY, [(None, item) for item in value]
         joined, _count = self._plan_children(
-            rows, members, path, kind, 0, children, depth + 1, fast=fast
+            rows, members, path, kind, 0, children, depth + 1, fast=fast, known=known
         )
         size = 2 + joined
         rows[slot] = (path, parent, pos, kind, label, None, size, len(children))
@@ -734,6 +742,7 @@ class TreeStorage(Storage):
         depth: int,
         reuse: bytes | None = None,
         fast: bool | None = None,
+        known: bytes | None = None,
     ) -> tuple[int, int]:
         """Append the rows storing ``children`` of the split container at ``where``.
 
@@ -741,6 +750,9 @@ class TreeStorage(Storage):
         each; the others get rows of their own. ``first`` is the ``pos`` of
         the first row (for an array, the index of the first child); ``reuse``
         is a path for the first run, if any; ``fast`` is :meth:`_plan`'s.
+        ``known`` is the container's whole text, if it was encoded: the last
+        child's text is then cut from it rather than encoded again (a big
+        value's bulk is often its last member: ``{"meta": ..., "data": ...}``).
         Returns the bytes of the children's JSON text joined by commas, and
         the number of rows made.
         """
@@ -764,13 +776,19 @@ class TreeStorage(Storage):
             count += 1
             pieces, keys = [], []
 
-        for key, value in children:
+        last = len(children) - 1
+        for at, (key, value) in enumerate(children):
             if key is not None:
                 label, path = _label(key), where + b"\x00" + key.encode()
             else:
                 label, path = "", where + b"\x00" + str(index + 1).encode()
+            cut = None
+            if at == last and known is not None:
+                # Past the opening bracket, the pieces before and their commas, the label.
+                start = 1 + joined + (1 if count else 0) + (run_size + 1 if pieces else 0)
+                cut = known[start + _size(label) : -1]
             text, piece = self._plan_child(
-                rows, members, path, where, pos, label, value, depth, fast
+                rows, members, path, where, pos, label, value, depth, fast, cut
             )
             if text is not None:
                 if pieces and run_size + 1 + piece > run_limit:
@@ -807,12 +825,14 @@ class TreeStorage(Storage):
         value: Any,
         depth: int,
         fast: bool | None,
+        known: bytes | None = None,
     ) -> tuple[str | None, int]:
         """Plan one child of the split container at ``where``: (its text, its piece's size).
 
         The text when it is small enough for a run (nothing appended); else
         None, its rows appended to ``rows``. Scalars, and containers when
-        ``fast``, are encoded once, without planning them as a value of their own.
+        ``fast``, are encoded once, without planning them as a value of their
+        own (a container's text is ``known`` when its parent's was).
         """
         container = type(value) in _CONTAINERS
         if container and (not fast or depth >= paths.MAX_DEPTH):
@@ -822,10 +842,15 @@ class TreeStorage(Storage):
                 return str(rows.pop()[5]), piece
             return None, piece
         if container:
-            text = self._within(value, self._threshold, True)
-            if text is None:
-                size = self._split(rows, members, path, where, pos, label, value, depth, True)
+            threshold = self._threshold
+            if known is None and 2 * len(value) + 1 <= threshold:
+                known = orjson.dumps(value)
+            if known is None or len(known) > threshold:
+                size = self._split(
+                    rows, members, path, where, pos, label, value, depth, True, known
+                )
                 return None, _size(label) + size
+            text = known.decode()
         else:
             text = _scalar(value)
         size = _size(text)
