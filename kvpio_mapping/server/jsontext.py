@@ -14,6 +14,7 @@ their ETags, and what it accepts and refuses stay exactly as with ``json``.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any, Final
 
 import orjson
@@ -32,6 +33,10 @@ Searched for as zeros once every digit is made one: far faster than a regular ex
 _NUMBER_BYTES_AS_ZERO: Final = bytes.maketrans(b"-0123456789", b"0" * 11)
 _BRACKETS: Final = bytes.maketrans(b"{}", b"[]")
 _NOT_STRUCTURE: Final = bytes(sorted(set(range(256)) - set(b'"[]{}')))
+_WIDE: Final = 32
+"""Children from which :func:`_counted` counts a container part by part rather than encoding it."""
+_LOOKED_AT: Final = 32
+"""Children :func:`_counted` looks at, at most, before :func:`dump_within` encodes the value."""
 _ROUNDS_PER_BYTE: Final = 8
 """Bytes of brackets :func:`_nests_within` may scan per byte it starts with, before giving up."""
 _EXPONENT: Final = b"0e0"
@@ -123,7 +128,12 @@ def dump_within(value: Any, limit: int) -> str | None:
     A value whose orjson text is over twice the limit is known to be too long
     without encoding it again: ``json`` writes every float at most 2 bytes
     shorter (``1e-05`` for ``0.00001``), and such a float takes at least 7.
+    A container that a few of its parts already show to be that long is not
+    encoded at all (:func:`_counted`).
     """
+    kind = type(value)
+    if (kind is dict or kind is list) and _counted(value, 2 * limit, [_LOOKED_AT]) > 2 * limit:
+        return None
     try:
         fast = orjson.dumps(value)
     except orjson.JSONEncodeError:
@@ -135,6 +145,41 @@ def dump_within(value: Any, limit: int) -> str | None:
         return fast.decode() if len(fast) <= limit else None
     text = values.dump(value)
     return text if len(text.encode()) <= limit else None
+
+
+def _counted(value: dict[str, Any] | list[Any], limit: int, budget: list[int]) -> int:
+    """At most twice the bytes of the JSON text of ``value``, counted until over ``limit``.
+
+    Keys, strings, brackets and separators count what they take at least; a
+    child container with under :data:`_WIDE` children counts its orjson
+    text, a wider one is counted the same way in turn; ``budget`` bounds the
+    children looked at. So a big value is known to be big from a few of its
+    parts, and a small one costs little more than encoding it.
+    """
+    counted = 1 + len(value)  # brackets and commas
+    if type(value) is dict:
+        counted += 3 * len(value) + sum(map(len, value))  # each key, quoted, and a colon
+        children: Iterable[Any] = value.values()
+    else:
+        children = value
+    for child in children:
+        if counted > limit or budget[0] <= 0:
+            break
+        budget[0] -= 1
+        kind = type(child)
+        if kind is str:
+            counted += len(child) + 2
+        elif kind is dict or kind is list:
+            if len(child) >= _WIDE:
+                counted += _counted(child, limit - counted, budget)
+            else:
+                try:
+                    counted += len(orjson.dumps(child))
+                except orjson.JSONEncodeError:  # a part only json writes
+                    counted += 2
+        else:
+            counted += 1
+    return counted
 
 
 def dump_checked(value: Any) -> bytes | None:

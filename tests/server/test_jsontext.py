@@ -119,6 +119,30 @@ def test_decode_measures_deep_and_odd_texts_as_values_decode(data: bytes, limit:
     assert _answer(jsontext.decode, data, limit) == _answer(values.decode, data, limit)
 
 
+@settings(max_examples=400, deadline=None)
+@given(VALUES, st.integers(0, 200))
+def test_dump_within_is_dump_when_short_enough(value: Any, limit: int) -> None:
+    text = values.dump(value)
+    assert jsontext.dump_within(value, limit) == (text if len(text.encode()) <= limit else None)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"meta": 1, "data": [{"x": "y" * 100, "n": i} for i in range(2000)]},
+        {"data": {f"k{i}": [0.00001] * 20 for i in range(2000)}},
+        [[0.00001] * 20] * 40,
+        {"a": [2**64] * 20, "b": [[2**64]] * 40, "c": "z" * 300},
+    ],
+    ids=["wide", "floats json writes shorter", "narrow floats", "parts only json writes"],
+)
+def test_dump_within_of_big_values_near_and_far_from_the_limit(value: Any) -> None:
+    text = values.dump(value)
+    size = len(text.encode())
+    for limit in (size // 3, size // 2, size - 1, size, 2 * size):
+        assert jsontext.dump_within(value, limit) == (text if size <= limit else None), limit
+
+
 def test_decode_keeps_integers_beyond_64_bits() -> None:
     assert jsontext.decode(b"[18446744073709551616, -9223372036854775809]") == [
         2**64,
