@@ -46,7 +46,7 @@ from kvpio_mapping.testing import RunningServer, run_postgres, run_server
 
 ROUNDS = 3
 BIG = 10_000_000
-BIG_ROUNDS = 3
+BIG_ROUNDS = 5
 BUCKET_KEYS = 200_000
 WHOLE_READS = 4
 COMPACT = (",", ":")
