@@ -850,10 +850,10 @@ class TreeStorage(Storage):
                     rows, members, path, where, pos, label, value, depth, True, known
                 )
                 return None, _size(label) + size
-            text = known.decode()
+            text, size = known.decode(), len(known)
         else:
             text = _scalar(value)
-        size = _size(text)
+            size = _size(text)
         piece = _size(label) + size
         if piece <= self._run_item:
             return text, piece
