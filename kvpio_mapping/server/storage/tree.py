@@ -783,7 +783,7 @@ class TreeStorage(Storage):
             else:
                 label, path = "", where + b"\x00" + str(index + 1).encode()
             cut = None
-            if at == last and known is not None:
+            if at == last and known is not None and type(value) in _CONTAINERS:
                 # Past the opening bracket, the pieces before and their commas, the label.
                 start = 1 + joined + (1 if count else 0) + (run_size + 1 if pieces else 0)
                 cut = known[start + _size(label) : -1]
