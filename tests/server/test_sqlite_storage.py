@@ -380,3 +380,103 @@ def test_random_atomic_commits_agree_across_blob_thresholds(
     random_backends: list[Storage], commits: list[tuple[list[Operation], list[tuple[Path, int]]]]
 ) -> None:
     assert_commits_agree_with_a_model(random_backends, commits)
+
+
+def test_sqlite_cached_read_asks_the_database_nothing_until_a_commit(tmp_path: FilePath) -> None:
+    db = str(tmp_path / "db.sqlite3")
+    storage, other = SQLiteStorage(db), SQLiteStorage(db)
+    storage.create_account("a", "", "k")
+    storage.set("a", p("x"), {"y": 1})
+    assert storage.read("a", p("x/y")) == ("1", 1)
+    assert storage.read("a", p("x/y")) == ("1", 1)  # found current by asking data_version
+    statements: list[str] = []
+    storage._conn().set_trace_callback(statements.append)
+    for _ in range(3):
+        assert storage.read("a", p("x/y")) == ("1", 1)
+    assert statements == []
+    assert storage.read_cache_hits == 4
+    other.set("a", p("x/y"), 2)
+    assert storage.read("a", p("x/y")) == ("2", 2)
+    assert statements != []
+    storage.close()
+    other.close()
+
+
+_WRITE_ON_REQUEST = """
+import sys
+from kvpio_mapping.server.storage.sqlite import SQLiteStorage
+storage = SQLiteStorage(sys.argv[1])
+for line in sys.stdin:
+    storage.set("a", ("x", "y"), int(line))
+    print("committed", flush=True)
+"""
+
+
+def test_sqlite_cached_reads_see_each_commit_of_another_process(tmp_path: FilePath) -> None:
+    db = str(tmp_path / "db.sqlite3")
+    storage = SQLiteStorage(db)
+    storage.create_account("a", "", "k")
+    storage.set("a", p("x"), {"y": 0})
+    child = subprocess.Popen(
+        [sys.executable, "-c", _WRITE_ON_REQUEST, db],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        for n in range(1, 101):
+            for _ in range(3):  # the first read after a commit misses, the others hit
+                assert storage.read("a", p("x/y")) == (str(n - 1), n)
+            child.stdin.write(f"{n}\n")
+            child.stdin.flush()
+            assert child.stdout.readline() == "committed\n"
+    finally:
+        child.stdin.close()
+        child.wait(timeout=60)
+    assert storage.read("a", p("x/y")) == ("100", 101)
+    assert storage.read_cache_hits == 200
+    assert child.returncode == 0
+    storage.close()
+
+
+_PROBE_SHM_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1] + "-shm", os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)  # SQLite's DMS byte
+except OSError:
+    print("held")
+else:
+    print("free")
+"""
+
+
+def _shm_lock(db: str) -> str:
+    """Whether another process finds SQLite's lock on the database's -shm file held."""
+    probe = [sys.executable, "-c", _PROBE_SHM_LOCK, db]
+    return subprocess.run(probe, capture_output=True, text=True, timeout=60).stdout.strip()
+
+
+def test_sqlite_cached_reads_keep_the_locks_sqlite_holds_on_the_shm_file(
+    tmp_path: FilePath,
+) -> None:
+    # Closing any descriptor of a file lets go of the process's POSIX locks on it: were the
+    # one mapping the WAL index header closed, another process opening the database first
+    # would truncate the -shm file under this one's connections.
+    db = str(tmp_path / "db.sqlite3")
+    storage = SQLiteStorage(db)
+    storage.create_account("a", "", "k")
+    storage.set("a", p("x"), 1)
+    assert _shm_lock(db) == "held"
+    for _ in range(3):
+        assert storage.read("a", p("x")) == ("1", 1)
+    assert _shm_lock(db) == "held"
+    storage.close()
+    again = SQLiteStorage(db)  # the same -shm file, mapped already
+    assert again.read("a", p("x")) == ("1", 1)
+    assert again.read("a", p("x")) == ("1", 1)
+    assert _shm_lock(db) == "held"
+    SQLiteStorage(db).set("a", p("x"), 2)
+    assert again.read("a", p("x")) == ("2", 2)
+    again.close()

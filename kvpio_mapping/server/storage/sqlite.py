@@ -22,6 +22,16 @@ changes it.
 The connection's own commits do not, so every write transaction empties
 the cache of the connection that ran it.
 
+Asking for ``data_version`` opens a read transaction, and with it takes and
+lets go of a lock in the ``-shm`` file (two system calls): most of a cached
+read's time. So the process maps the WAL index's header once
+(https://www.sqlite.org/walformat.html, "The WAL-Index Header"), which every
+commit rewrites (``iChange`` counts the transactions), and each connection
+keeps its bytes as read just before a ``data_version`` found its entries
+current: while the header holds those bytes still, nothing was committed
+since, and the entries are used without asking. A header read mid-rewrite
+differs from the kept one, and so only costs the statement.
+
 The change log is the ``changes`` table, one row per logged change keyed by
 ``(account, revision, seq)``, written by the transaction that makes the
 revision; the same transaction drops the rows the log no longer keeps.
@@ -32,8 +42,10 @@ a database made before the log was opened).
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -56,6 +68,60 @@ READ_CACHE_ENTRIES: Final = 1024
 
 _DATA_VERSION: Final = "PRAGMA data_version"
 """Run on a cursor kept per connection: a cached read's one statement, without making a cursor."""
+
+_WAL_HEADER: Final = 48
+"""Bytes of the WAL index's header: its first copy, the one a commit writes last."""
+_WAL_VERSION: Final = 3007000
+"""The header's ``iVersion``, its first field (in the machine's byte order), in the known format."""
+MAPPED_FILES: Final = 64
+"""Most ``-shm`` files a process opens to map (see :func:`_map_wal_header`)."""
+
+_mapped: dict[str, tuple[tuple[int, int], mmap.mmap | None]] = {}  # -shm path: (device, inode), map
+_kept: list[mmap.mmap] = []  # every mapping made, never closed
+_opened = 0
+_mapped_lock = threading.Lock()
+
+
+def _map_wal_header(path: str) -> mmap.mmap | None:
+    """The WAL index header of the database at ``path``, mapped read-only; None without one.
+
+    Called with a connection of this process open on the database, so the
+    ``-shm`` file at its path is the one SQLite uses, and stays so (SQLite
+    keeps it, whole, while any connection has it open). Its descriptor is
+    never closed: closing any descriptor of a file lets go of every POSIX lock
+    the process holds on it, SQLite's own locks on the ``-shm`` file among
+    them, and a mapping holds a descriptor of its own. So a process opens
+    and maps each ``-shm`` file once, at most :data:`MAPPED_FILES` of them,
+    and keeps every mapping it made.
+    """
+    global _opened
+    shm = path + "-shm"
+    with _mapped_lock:
+        try:
+            found = os.stat(shm)
+        except OSError:
+            return None
+        identity = (found.st_dev, found.st_ino)
+        kept = _mapped.get(shm)
+        if kept is not None and kept[0] == identity:
+            return kept[1]
+        if _opened >= MAPPED_FILES:
+            return None
+        try:
+            fd = os.open(shm, os.O_RDONLY)
+        except OSError:
+            return None
+        _opened += 1
+        opened = os.fstat(fd)
+        header: mmap.mmap | None = None
+        with suppress(OSError, ValueError):  # not a file to map, or shorter than a header
+            header = mmap.mmap(fd, _WAL_HEADER, access=mmap.ACCESS_READ)
+            _kept.append(header)
+        if header is not None and int.from_bytes(header[:4], sys.byteorder) != _WAL_VERSION:
+            header = None
+        _mapped[shm] = ((opened.st_dev, opened.st_ino), header)
+        return header
+
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -311,6 +377,9 @@ class SQLiteStorage(TreeStorage):
             self._local.cache = OrderedDict()
             self._local.versions = conn.cursor()
             self._local.version = None
+            self._local.wal = None
+            self._local.mapped = False  # tried at the first read (the -shm file exists by then)
+            self._local.header = None
             with self._connections_lock:
                 self._connections.append(conn)
         return conn
@@ -338,6 +407,7 @@ class SQLiteStorage(TreeStorage):
             finally:
                 # This connection's own commits leave data_version as it was.
                 self._local.cache.clear()
+                self._local.header = None
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -417,9 +487,10 @@ class SQLiteStorage(TreeStorage):
         local = self._local
         cache: OrderedDict[tuple[str, Path], tuple[str | None, int]] = local.cache
         key = (account, path)
-        # Outside a transaction, data_version is that of the latest commit: if it is
-        # the one the entries were read under, they are what a read would see now.
-        if cache and local.versions.execute(_DATA_VERSION).fetchone()[0] == local.version:
+        wal: mmap.mmap | None = local.wal
+        # Read before any statement below, so it is never newer than what that statement sees.
+        header = None if wal is None else wal[:_WAL_HEADER]
+        if cache and ((header is not None and header == local.header) or self._current(header)):
             found = cache.get(key)
             if found is not None:
                 cache.move_to_end(key)
@@ -431,10 +502,29 @@ class SQLiteStorage(TreeStorage):
             if version != local.version:
                 cache.clear()
                 local.version = version
+                local.header = None  # commits may have come between it and this snapshot
+            else:
+                local.header = header
             revision = self._revision(conn, account)
             text = self._get(conn, account, path) if path else self._get_all(conn, account)
+        if not local.mapped:
+            local.mapped = True
+            local.wal = _map_wal_header(self._path)
         if text is None or len(text) <= self._threshold:
             cache[key] = (text, revision)
             if len(cache) > READ_CACHE_ENTRIES:
                 cache.popitem(last=False)
         return text, revision
+
+    def _current(self, header: bytes | None) -> bool:
+        """Whether this connection's cached entries are what a read would see now.
+
+        Outside a transaction, data_version is that of the latest commit: if it is
+        the one the entries were read under, they are. ``header`` (the WAL index
+        header, read before asking) is then kept as describing them.
+        """
+        local = self._local
+        if local.versions.execute(_DATA_VERSION).fetchone()[0] != local.version:
+            return False
+        local.header = header
+        return True
