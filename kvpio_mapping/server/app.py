@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 from urllib.parse import quote, unquote_to_bytes
 
 import falcon
@@ -82,11 +82,18 @@ NETWORK_READ_THREADS: Final = 8
 """Read threads of a worker whose storage's reads wait on the network, small ones included."""
 
 JSON_TYPE: Final = "application/json"
+REVISION: Final = "Kvpio-Revision"
+COUNT: Final = "Kvpio-Count"
+MISSING: Final = "Kvpio-Missing"
 TEXT_TYPE: Final = "text/plain; charset=utf-8"
 _TRUE: Final = frozenset({"True", "true", "1"})
 _FALSE: Final = frozenset({"False", "false", "0"})
 _PARSED_PATHS: Final = 4096
 _PARSED_PATH_BYTES: Final = 256
+_READY_ANSWERS: Final = 1024
+"""Answers a bucket resource keeps made (see :meth:`BucketResource.ready`)."""
+_READY_TEXT: Final = 1024
+"""Longest text, in characters, whose answer is kept (so they take at most a few MiB)."""
 _CONTAINERS: Final = (dict, list)
 
 T = TypeVar("T")
@@ -140,6 +147,47 @@ def _tag_matches(header: str, tag: str) -> bool:
     return False
 
 
+class _Ready(NamedTuple):
+    """An answer's body and headers, made once (see :func:`_ready`) and sent by :func:`_answer`."""
+
+    body: bytes | None
+    """None for nothing there (``Kvpio-Missing``)."""
+    tag: str | None
+    headers: list[tuple[str, str]]
+    """The headers of a 200 (or of the missing answer)."""
+    unchanged: list[tuple[str, str]]
+    """The headers of a 304."""
+
+
+def _ready(
+    body: bytes | None, ctype: str, tag: str | None = None, revision: int | None = None
+) -> _Ready:
+    """The answer of ``body`` (None: missing), with its ETag and, if given, the revision."""
+    unchanged = [] if revision is None else [(REVISION, str(revision))]
+    if body is None:
+        return _Ready(None, None, [*unchanged, (MISSING, "true"), ("Content-Type", ctype)], [])
+    if tag is None:
+        tag = values.etag(body)
+    unchanged.append(("ETag", tag))
+    return _Ready(body, tag, [*unchanged, ("Content-Type", ctype)], unchanged)
+
+
+def _answer(req: falcon.asgi.Request, resp: falcon.asgi.Response, ready: _Ready) -> bool:
+    """Answer with ``ready``: a 200, or a 304 if the client has its body already.
+
+    Returns whether the body is served (a 200 to a GET), which is what counts as a read.
+    """
+    if ready.tag is not None:
+        match = req.get_header("If-None-Match")
+        if match is not None and _tag_matches(match, ready.tag):
+            resp.set_headers(ready.unchanged)
+            resp.status = 304
+            return False
+    resp.set_headers(ready.headers)
+    resp.data = b"" if ready.body is None else ready.body
+    return ready.body is not None and req.method == "GET"
+
+
 def _send(
     req: falcon.asgi.Request,
     resp: falcon.asgi.Response,
@@ -152,20 +200,11 @@ def _send(
     ``tag`` is the body's ETag when it was computed already (off the event loop).
     Returns whether the body is served (a 200 to a GET), which is what counts as a read.
     """
-    if tag is None:
-        tag = values.etag(body)
-    resp.set_header("ETag", tag)
-    match = req.get_header("If-None-Match")
-    if match is not None and _tag_matches(match, tag):
-        resp.status = 304
-        return False
-    resp.content_type = ctype
-    resp.data = body
-    return req.method == "GET"
+    return _answer(req, resp, _ready(body, ctype, tag))
 
 
 def _missing(resp: falcon.asgi.Response, ctype: str = JSON_TYPE) -> None:
-    resp.set_header("Kvpio-Missing", "true")
+    resp.set_header(MISSING, "true")
     resp.content_type = ctype
     resp.data = b""
 
@@ -175,8 +214,6 @@ def _empty(resp: falcon.asgi.Response) -> None:
     resp.data = b""
 
 
-REVISION: Final = "Kvpio-Revision"
-COUNT: Final = "Kvpio-Count"
 EVENT_STREAM: Final = "text/event-stream"
 
 
@@ -620,6 +657,10 @@ def _send_large(
 class BucketResource(_Resource):
     prefix = b"/v1/bucket"
 
+    def __init__(self, server: Server) -> None:
+        super().__init__(server)
+        self._ready: dict[tuple[str | None, int], _Ready] = {}
+
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         account: str = req.context.account
         path = self.path(req)
@@ -646,12 +687,8 @@ class BucketResource(_Resource):
         if not path:
             _send_large(req, resp, await self.server.read(self._keys, account, path))
             return
-        found, revision = await self.server.small(self.storage.read, account, path)
-        _revision(resp, revision)
-        if found is None:
-            _missing(resp)
-            return
-        if _send(req, resp, found.encode(), JSON_TYPE):
+        found = await self.server.small(self.storage.read, account, path)
+        if _answer(req, resp, self.ready(found)):
             self.server.count_read(account)
 
     on_head = on_get
@@ -689,6 +726,24 @@ class BucketResource(_Resource):
             return
         resp.set_header(COUNT, str(found))
         _send(req, resp, str(found).encode(), JSON_TYPE)
+
+    def ready(self, found: tuple[str | None, int]) -> _Ready:
+        """The answer to a read that found ``found`` (text or None, revision).
+
+        Keeps those of up to :data:`_READY_ANSWERS` small texts (emptied when
+        full), so a read the storage answers from its cache, the same tuple each
+        time, finds its body, ETag and headers made.
+        """
+        text, revision = found
+        if text is not None and len(text) > _READY_TEXT:
+            return _ready(text.encode(), JSON_TYPE, revision=revision)
+        ready = self._ready.get(found)
+        if ready is None:
+            ready = _ready(None if text is None else text.encode(), JSON_TYPE, revision=revision)
+            if len(self._ready) >= _READY_ANSWERS:
+                self._ready.clear()
+            self._ready[found] = ready
+        return ready
 
     def _keys(self, account: str, path: paths.Path) -> tuple[bytes, str, str]:
         """The key listing at ``path``: body, content type, ETag (runs in a read thread)."""

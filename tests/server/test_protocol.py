@@ -488,6 +488,39 @@ def test_etag_and_304(api: Api, url: str) -> None:
     assert changed.headers["ETag"] != tag
 
 
+def test_repeated_reads_answer_each_revision_with_its_own_headers(api: Api) -> None:
+    api.post("/v1/bucket/doc", json={"a": {"b": 1}})
+    first = api.get("/v1/bucket/doc/a/b")
+    tag = first.headers["ETag"]
+    assert (first.headers["Kvpio-Revision"], first.content) == ("1", b"1")
+    assert api.get("/v1/bucket/doc/a/b").headers["Kvpio-Revision"] == "1"
+    api.post("/v1/bucket/other", json=0)  # the same text at a new revision
+    again = api.get("/v1/bucket/doc/a/b")
+    assert (again.headers["Kvpio-Revision"], again.headers["ETag"], again.content) == (
+        "2",
+        tag,
+        b"1",
+    )
+    unchanged = api.get("/v1/bucket/doc/a/b", headers={"If-None-Match": tag})
+    assert unchanged.status_code == 304
+    assert (unchanged.headers["Kvpio-Revision"], unchanged.headers["ETag"]) == ("2", tag)
+    assert "Content-Type" not in unchanged.headers
+    api.post("/v1/bucket/doc/a/b", json=2)
+    changed = api.get("/v1/bucket/doc/a/b", headers={"If-None-Match": tag})
+    assert (changed.status_code, changed.headers["Kvpio-Revision"], changed.content) == (
+        200,
+        "3",
+        b"2",
+    )
+    assert changed.headers["ETag"] == values.etag(b"2") != tag
+    assert changed.headers["Content-Type"] == JSON
+    for _ in range(2):
+        missing = api.get("/v1/bucket/doc/a/c")
+        assert_missing(missing)
+        assert missing.headers["Kvpio-Revision"] == "3"
+        assert "ETag" not in missing.headers
+
+
 def test_template_etag_is_of_the_rendered_text(api: Api) -> None:
     api.post("/v1/templates/t", json="{{ foo }}")
     api.post("/v1/bucket/foo", json="one")
