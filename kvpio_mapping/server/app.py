@@ -172,17 +172,18 @@ def _ready(
     return _Ready(body, tag, [*unchanged, ("Content-Type", ctype)], unchanged)
 
 
-def _answer(req: falcon.asgi.Request, resp: falcon.asgi.Response, ready: _Ready) -> bool:
-    """Answer with ``ready``: a 200, or a 304 if the client has its body already.
+def _answer(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, ready: _Ready, match: str | None
+) -> bool:
+    """Answer with ``ready``: a 200, or a 304 if ``match`` (the request's ``If-None-Match``)
+    names its ETag.
 
     Returns whether the body is served (a 200 to a GET), which is what counts as a read.
     """
-    if ready.tag is not None:
-        match = req.get_header("If-None-Match")
-        if match is not None and _tag_matches(match, ready.tag):
-            resp.set_headers(ready.unchanged)
-            resp.status = 304
-            return False
+    if match is not None and ready.tag is not None and _tag_matches(match, ready.tag):
+        resp.set_headers(ready.unchanged)
+        resp.status = 304
+        return False
     resp.set_headers(ready.headers)
     resp.data = b"" if ready.body is None else ready.body
     return ready.body is not None and req.method == "GET"
@@ -200,7 +201,7 @@ def _send(
     ``tag`` is the body's ETag when it was computed already (off the event loop).
     Returns whether the body is served (a 200 to a GET), which is what counts as a read.
     """
-    return _answer(req, resp, _ready(body, ctype, tag))
+    return _answer(req, resp, _ready(body, ctype, tag), req.get_header("If-None-Match"))
 
 
 def _missing(resp: falcon.asgi.Response, ctype: str = JSON_TYPE) -> None:
@@ -628,9 +629,27 @@ class AccountResource(_Resource):
     on_head = on_get
 
 
-def _feed_start(req: falcon.asgi.Request) -> tuple[int | None, bool]:
-    """Where a change feed starts: the ``Last-Event-ID`` revision, and whether to snapshot first."""
-    header = req.get_header("Last-Event-ID")
+_READ_HEADERS: Final = frozenset({b"accept", b"if-none-match", b"last-event-id"})
+
+
+def _read_headers(req: falcon.asgi.Request) -> dict[bytes, str]:
+    """The headers a bucket read looks at (:data:`_READ_HEADERS`), by lower-case name.
+
+    One pass over the request's headers: ``get_header`` raises and catches a
+    ``KeyError`` for each that is absent, which most of them are. A repeated
+    header's values are joined with commas, as Falcon joins them.
+    """
+    found: dict[bytes, str] = {}
+    for name, value in req.scope["headers"]:
+        if name in _READ_HEADERS:
+            text = value.decode("latin1")
+            found[name] = found[name] + "," + text if name in found else text
+    return found
+
+
+def _feed_start(req: falcon.asgi.Request, header: str | None) -> tuple[int | None, bool]:
+    """Where a change feed starts: the ``Last-Event-ID`` revision (``header``), and whether
+    to snapshot first."""
     last_id = None
     if header is not None and header.strip():
         if not (header.strip().isascii() and header.strip().isdigit()):
@@ -665,8 +684,9 @@ class BucketResource(_Resource):
         account: str = req.context.account
         path = self.path(req)
         # The feed's inputs are checked on every GET, as every flag is, streamed or not.
-        since, snapshot = _feed_start(req)
-        accept = req.get_header("Accept")
+        headers = _read_headers(req)
+        since, snapshot = _feed_start(req, headers.get(b"last-event-id"))
+        accept = headers.get(b"accept")
         if accept is not None and EVENT_STREAM in accept and req.method == "GET":
             await self.watch(req, resp, account, path, since, snapshot)
             return
@@ -688,7 +708,7 @@ class BucketResource(_Resource):
             _send_large(req, resp, await self.server.read(self._keys, account, path))
             return
         found = await self.server.small(self.storage.read, account, path)
-        if _answer(req, resp, self.ready(found)):
+        if _answer(req, resp, self.ready(found), headers.get(b"if-none-match")):
             self.server.count_read(account)
 
     on_head = on_get

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 import requests
@@ -519,6 +521,42 @@ def test_repeated_reads_answer_each_revision_with_its_own_headers(api: Api) -> N
         assert_missing(missing)
         assert missing.headers["Kvpio-Revision"] == "3"
         assert "ETag" not in missing.headers
+
+
+def _get_with_repeated_headers(api: Api, path: str, name: str, values: list[str]) -> int:
+    """The status of a GET sending header ``name`` once for each of ``values``."""
+    parts = urlsplit(api.url)
+    connection = http.client.HTTPConnection(parts.netloc, timeout=10)
+    try:
+        connection.putrequest("GET", path)
+        connection.putheader("Authorization", _basic(api.api_key))
+        for value in values:
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def _basic(key: str) -> str:
+    return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+
+
+def test_read_headers_sent_twice_count_as_one_list(api: Api) -> None:
+    api.post("/v1/bucket/doc", json={"a": 1})
+    tag = api.get("/v1/bucket/doc/a").headers["ETag"]
+    path = "/v1/bucket/doc/a"
+    assert _get_with_repeated_headers(api, path, "If-None-Match", ['"other"', tag]) == 304
+    assert _get_with_repeated_headers(api, path, "If-None-Match", ['"other"', '"more"']) == 200
+    assert _get_with_repeated_headers(api, path, "Last-Event-ID", ["1", "2"]) == 400
+
+
+def test_every_get_checks_its_last_event_id(api: Api) -> None:
+    api.post("/v1/bucket/doc", json={"a": 1})
+    assert_error(api.get("/v1/bucket/doc/a", headers={"Last-Event-ID": "x1"}), 400)
+    assert_json(api.get("/v1/bucket/doc/a", headers={"Last-Event-ID": "7"}), b"1")
 
 
 def test_template_etag_is_of_the_rendered_text(api: Api) -> None:
