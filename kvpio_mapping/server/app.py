@@ -566,8 +566,10 @@ class _Middleware:
         """Every answer to a known account carries its revision (reads and writes set their
         own), but a 5xx: the storage may be what failed, and asking it again would hold the
         answer back as long again."""
+        if resp.get_header(REVISION) is not None:  # looked at first: most answers have it
+            return
         account = req.context.get("account")
-        if account is not None and resp.status_code < 500 and resp.get_header(REVISION) is None:
+        if account is not None and resp.status_code < 500:
             _revision(resp, await self.server.small(self.server.storage.revision, account))
 
 
