@@ -46,6 +46,18 @@ def test_refused_writes_leave_the_revision(api: Api) -> None:
     assert revision(api.get("/v1/bucket/l")) == 1
 
 
+def test_error_answers_to_an_account_carry_its_revision_and_others_none(api: Api) -> None:
+    api.post("/v1/bucket/l", json=[1])
+    refused = api.post("/v1/bucket/l/7", json=1)
+    assert (refused.status_code, revision(refused)) == (400, 1)
+    bad_path = api.get("/v1/bucket/a%FF")
+    assert (bad_path.status_code, revision(bad_path)) == (400, 1)
+    unknown = requests.get(api.url + "/v1/bucket/l", auth=("no-such-key", ""))
+    assert unknown.status_code == 404
+    assert "Kvpio-Revision" not in unknown.headers
+    assert "Kvpio-Revision" not in requests.get(api.url + "/openapi.json").headers
+
+
 # conditional writes
 
 
