@@ -45,7 +45,11 @@ def workers_of(server: RunningServer) -> list[int]:
     """The pids of the server's worker processes (its spawned children)."""
     pids = []
     for task in Path(f"/proc/{server.pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:  # a thread that ended since the listing
+            continue
+        for child in children:
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
             if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
                 pids.append(int(child))
