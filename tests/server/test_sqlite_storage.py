@@ -24,6 +24,7 @@ from kvpio_mapping.server.storage import (
     Storage,
 )
 from kvpio_mapping.server.storage.base import (
+    CHANGE_LOG_REVISIONS,
     Change,
     Changes,
     Operation,
@@ -480,3 +481,20 @@ def test_sqlite_cached_reads_keep_the_locks_sqlite_holds_on_the_shm_file(
     SQLiteStorage(db).set("a", p("x"), 2)
     assert again.read("a", p("x")) == ("2", 2)
     again.close()
+
+
+def test_sqlite_change_log_drops_the_revisions_it_stopped_keeping(tmp_path: FilePath) -> None:
+    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
+    storage.create_account("a", "")
+    try:
+        for n in range(2 * CHANGE_LOG_REVISIONS):
+            storage.set("a", ("n",), n)
+        with storage._read() as conn:
+            rows = conn.execute("SELECT count(*), min(revision) FROM changes").fetchone()
+        changes = storage.changes("a", storage.revision("a") - CHANGE_LOG_REVISIONS)
+    finally:
+        storage.close()
+    # Dropped a batch of revisions at a time: never more than one batch beyond those kept.
+    assert CHANGE_LOG_REVISIONS <= rows[0] < CHANGE_LOG_REVISIONS + 64
+    assert rows[1] > CHANGE_LOG_REVISIONS - 64  # the first revisions are gone
+    assert changes.complete and len(changes.changes) == CHANGE_LOG_REVISIONS

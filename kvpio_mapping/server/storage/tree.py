@@ -141,6 +141,8 @@ _BULK_CHUNK: Final = 10_000
 """Top-level pairs of a batch planned and inserted at a time (bounds the rows held)."""
 _LOOKUP_CHUNK: Final = 500
 """Paths per ``IN (...)`` lookup."""
+_LOG_TRIM: Final = 64
+"""Revisions between drops of the change log's rows past :data:`CHANGE_LOG_REVISIONS`."""
 _CONTAINERS: Final = (dict, list)
 
 # values.encode's text; values reach the storage already checked, so subtrees
@@ -417,7 +419,8 @@ class TreeStorage(Storage):
         revision: int,
         entries: Sequence[tuple[ChangeKind, Path, str | None]],
     ) -> None:
-        """Log a revision's changes and drop the revision the log stops keeping."""
+        """Log a revision's changes; every :data:`_LOG_TRIM` revisions, drop those the log
+        stopped keeping (:meth:`changes` never reads them, so they may wait)."""
         conn.executemany(
             "INSERT INTO changes (account, revision, seq, kind, path, body)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -426,10 +429,11 @@ class TreeStorage(Storage):
                 for seq, (kind, path, text) in enumerate(entries)
             ],
         )
-        conn.execute(
-            "DELETE FROM changes WHERE account = ? AND revision <= ?",
-            (account, revision - CHANGE_LOG_REVISIONS),
-        )
+        if revision % _LOG_TRIM == 0:
+            conn.execute(
+                "DELETE FROM changes WHERE account = ? AND revision <= ?",
+                (account, revision - CHANGE_LOG_REVISIONS),
+            )
 
     # accounts
 
@@ -1404,10 +1408,12 @@ class TreeStorage(Storage):
             query = f"SELECT path, kind, pos FROM nodes WHERE account = ? AND path IN ({marks})"
             for path, kind, pos in conn.execute(query, [account, *part]):
                 found[path] = (kind, pos)
-        last = conn.execute(
-            "SELECT max(pos) FROM nodes WHERE account = ? AND parent = x''", (account,)
-        ).fetchone()[0]
-        pos = 0 if last is None else int(last) + 1
+        pos = 0
+        if len(found) < len(keys):  # a new key goes last
+            last = conn.execute(
+                "SELECT max(pos) FROM nodes WHERE account = ? AND parent = x''", (account,)
+            ).fetchone()[0]
+            pos = 0 if last is None else int(last) + 1
         scalars: list[tuple[Any, ...]] = []
         rows: list[_NewRow] = []
         members: list[_Member] = []
@@ -1428,7 +1434,8 @@ class TreeStorage(Storage):
                 text = _scalar(value)
                 label = encode_basestring(key) + ":"
                 scalars.append((account, path, b"", at, BLOB, label, text, _size(text), 0))
-        conn.executemany(_INSERT, scalars)
+        if scalars:
+            conn.executemany(_INSERT, scalars)
         self._insert(conn, account, rows, members)
         if added:
             self._counted(conn, account, None, added)
