@@ -29,7 +29,7 @@ from kvpio_mapping.server.storage.base import (
     Changes,
     Operation,
 )
-from kvpio_mapping.server.storage.sqlite import BLOB_THRESHOLD, SQLiteStorage
+from kvpio_mapping.server.storage.sqlite import BLOB_THRESHOLD, CHECKPOINT_ROWS, SQLiteStorage
 from kvpio_mapping.testing.storage import (
     COMMITS,
     FLAT_OPERATIONS,
@@ -498,3 +498,27 @@ def test_sqlite_change_log_drops_the_revisions_it_stopped_keeping(tmp_path: File
     assert CHANGE_LOG_REVISIONS <= rows[0] < CHANGE_LOG_REVISIONS + 64
     assert rows[1] > CHANGE_LOG_REVISIONS - 64  # the first revisions are gone
     assert changes.complete and len(changes.changes) == CHANGE_LOG_REVISIONS
+
+
+def test_sqlite_checkpoints_run_off_the_commits_and_keep_the_log_bounded(
+    tmp_path: FilePath,
+) -> None:
+    db = str(tmp_path / "db.sqlite3")
+    storage = SQLiteStorage(db)
+    storage.create_account("a", "")
+    try:
+        with storage._write() as conn:
+            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        for n in range(3 * CHECKPOINT_ROWS):
+            storage.set("a", (f"k{n % 50}",), "x" * 500)
+        storage.close()  # waits for the checkpoints asked for
+        assert storage.checkpoints >= 2
+        # A whole checkpoint lets the next write start the log over: the log never
+        # grew to hold every write's pages (tens of MB).
+        wal = db + "-wal"
+        assert not os.path.exists(wal) or os.path.getsize(wal) < 16 << 20
+        reopened = SQLiteStorage(db)
+        assert reopened.read("a", ("k49",)) == (json.dumps("x" * 500), 3 * CHECKPOINT_ROWS)
+        reopened.close()
+    finally:
+        storage.close()

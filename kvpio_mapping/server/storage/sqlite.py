@@ -32,6 +32,15 @@ current: while the header holds those bytes still, nothing was committed
 since, and the entries are used without asking. A header read mid-rewrite
 differs from the kept one, and so only costs the statement.
 
+SQLite's own checkpoints (copying the WAL back into the database file, with
+its syncs) would run inside the commit that passes 1,000 pages of log, and
+so in that request's time: connections turn them off
+(``wal_autocheckpoint = 0``), and once a process's commits have changed
+:data:`CHECKPOINT_ROWS` rows since its last checkpoint, the next runs in a
+thread of its own (:meth:`SQLiteStorage._checkpoint`). A ``PASSIVE``
+checkpoint waits for no one and no writer waits for it; the next write
+after a whole one starts the log over.
+
 The change log is the ``changes`` table, one row per logged change keyed by
 ``(account, revision, seq)``, written by the transaction that makes the
 revision; the same transaction drops the rows the log no longer keeps.
@@ -62,6 +71,10 @@ from .schema import Migration, migrate
 from .tree import BLOB_THRESHOLD, TreeStorage, count_children
 
 BUSY_TIMEOUT_MS: Final = 10_000
+
+CHECKPOINT_ROWS: Final = 1000
+"""Rows a process's commits change before it checkpoints the WAL: a small write changes
+a row or two per page it writes, so about the 1,000 pages after which SQLite's would."""
 
 READ_CACHE_ENTRIES: Final = 1024
 """Answers of :meth:`SQLiteStorage.read` each connection keeps (see the module's notes)."""
@@ -345,6 +358,9 @@ class SQLiteStorage(TreeStorage):
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._turn = _WriterTurn(self._path + "-writer")
+        self._checkpointer: ThreadPoolExecutor | None = None
+        self._unchecked = 0  # rows this process's commits changed since its last checkpoint
+        self.checkpoints = 0
         directory = os.path.dirname(os.path.abspath(self._path))
         os.makedirs(directory, exist_ok=True)
         with self._write() as conn:
@@ -355,6 +371,8 @@ class SQLiteStorage(TreeStorage):
     def _after_fork(self) -> None:
         """In a forked child: none of the parent's connections (SQLite forbids using them)."""
         self._local = threading.local()
+        self._checkpointer = None  # the parent's thread is not in the child
+        self._unchecked = 0
 
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use.
@@ -373,6 +391,7 @@ class SQLiteStorage(TreeStorage):
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             _use_wal(conn)
             conn.execute(f"PRAGMA synchronous = {self._sync.upper()}")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # see the module's notes
             self._local.conn = conn
             self._local.cache = OrderedDict()
             self._local.versions = conn.cursor()
@@ -395,6 +414,7 @@ class SQLiteStorage(TreeStorage):
         with _translated(), self._turn.held(BUSY_TIMEOUT_MS / 1000):
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
+            changes = conn.total_changes
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -408,6 +428,23 @@ class SQLiteStorage(TreeStorage):
                 # This connection's own commits leave data_version as it was.
                 self._local.cache.clear()
                 self._local.header = None
+            # Counted holding the turn, which one thread of the process holds at a time.
+            self._unchecked += conn.total_changes - changes
+            if self._unchecked >= CHECKPOINT_ROWS:
+                self._unchecked = 0
+                if self._checkpointer is None:
+                    self._checkpointer = ThreadPoolExecutor(
+                        1, thread_name_prefix="kvpio-checkpoint"
+                    )
+                self._checkpointer.submit(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL back into the database file, in the checkpoint thread."""
+        try:
+            self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:  # a full disk, say: the next one tries again
+            return
+        self.checkpoints += 1
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -475,6 +512,9 @@ class SQLiteStorage(TreeStorage):
         os.replace(partial, destination)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.shutdown(wait=True, cancel_futures=True)
+            self._checkpointer = None
         with self._connections_lock:
             for conn in self._connections:
                 conn.close()
