@@ -84,7 +84,11 @@ async def _loop_turns(work: Any) -> tuple[int, float]:
 def test_the_event_loop_runs_on_during_1000_mixed_operations(kvpio_account: Any) -> None:
     async def mixed() -> tuple[int, float]:
         async with AsyncKVBucket(kvpio_account.url, kvpio_account.api_key) as bucket:
-            await bucket.get("warm")  # the first request loads httpx's lazy parts, once
+            # The first request of each kind loads lazy parts (httpx's, the codecs'), once.
+            await bucket.get("warm")
+            await bucket.set("warm", {"step": 0})
+            await bucket.increment("warm counter")
+            await bucket.contains("warm")
 
             async def work() -> None:
                 for step in range(250):
@@ -102,11 +106,12 @@ def test_the_event_loop_runs_on_during_1000_mixed_operations(kvpio_account: Any)
 
     # The 250 sets and 250 increments are requests whatever the cache holds: each one
     # lets the loop run other work while it waits, and no step between two turns holds
-    # the loop for more than a few milliseconds of work (under 1 ms here). The blocking
-    # client never lets it turn.
+    # the loop for more than a few milliseconds of CPU (under 1 ms here; the bound
+    # leaves room for a collection or a cache-cold step on a loaded machine, and
+    # catches work that grows with the operations). The blocking client never lets it turn.
     turns, longest = asyncio.run(mixed())
     assert turns >= 500
-    assert longest < 0.01, longest
+    assert longest < 0.025, longest
     assert asyncio.run(_loop_turns(blocking()))[0] <= 1
 
 
