@@ -359,6 +359,7 @@ class SQLiteStorage(TreeStorage):
         self._connections_lock = threading.Lock()
         self._turn = _WriterTurn(self._path + "-writer")
         self._checkpointer: ThreadPoolExecutor | None = None
+        self._checkpointing: Future[None] | None = None  # the checkpoint asked for last
         self._unchecked = 0  # rows this process's commits changed since its last checkpoint
         self.checkpoints = 0
         directory = os.path.dirname(os.path.abspath(self._path))
@@ -372,6 +373,7 @@ class SQLiteStorage(TreeStorage):
         """In a forked child: none of the parent's connections (SQLite forbids using them)."""
         self._local = threading.local()
         self._checkpointer = None  # the parent's thread is not in the child
+        self._checkpointing = None
         self._unchecked = 0
 
     def _conn(self) -> sqlite3.Connection:
@@ -430,13 +432,15 @@ class SQLiteStorage(TreeStorage):
                 self._local.header = None
             # Counted holding the turn, which one thread of the process holds at a time.
             self._unchecked += conn.total_changes - changes
-            if self._unchecked >= CHECKPOINT_ROWS:
+            # One checkpoint at a time: rows changed while one runs ask for the next.
+            running = self._checkpointing is not None and not self._checkpointing.done()
+            if self._unchecked >= CHECKPOINT_ROWS and not running:
                 self._unchecked = 0
                 if self._checkpointer is None:
                     self._checkpointer = ThreadPoolExecutor(
                         1, thread_name_prefix="kvpio-checkpoint"
                     )
-                self._checkpointer.submit(self._checkpoint)
+                self._checkpointing = self._checkpointer.submit(self._checkpoint)
 
     def _checkpoint(self) -> None:
         """Copy the WAL back into the database file, in the checkpoint thread."""
@@ -514,7 +518,7 @@ class SQLiteStorage(TreeStorage):
     def close(self) -> None:
         if self._checkpointer is not None:
             self._checkpointer.shutdown(wait=True, cancel_futures=True)
-            self._checkpointer = None
+            self._checkpointer = self._checkpointing = None
         with self._connections_lock:
             for conn in self._connections:
                 conn.close()
