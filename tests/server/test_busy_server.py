@@ -193,16 +193,27 @@ def test_one_accounts_render_flood_leaves_another_quick_render_fast(
 
 
 def _peak_rss(pid: int) -> int:
-    """The largest peak resident memory of ``pid`` and its descendants (the workers), bytes."""
-    with open(f"/proc/{pid}/status") as status:
-        peak = max(
-            (int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:")),
-            default=0,
-        )
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as children:
-            for child in children.read().split():
-                peak = max(peak, _peak_rss(int(child)))
+    """The largest peak resident memory of ``pid`` and its descendants (the workers), bytes.
+
+    A process or thread that ends during the walk is skipped: it is no longer holding memory.
+    """
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            peak = max(
+                (int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:")),
+                default=0,
+            )
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return 0
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as children:
+                kids = children.read().split()
+        except FileNotFoundError:
+            continue
+        for child in kids:
+            peak = max(peak, _peak_rss(int(child)))
     return peak
 
 

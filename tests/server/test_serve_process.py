@@ -50,7 +50,10 @@ def workers_of(server: RunningServer) -> list[int]:
         except FileNotFoundError:  # a thread that ended since the listing
             continue
         for child in children:
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            except FileNotFoundError:  # a child reaped since the listing
+                continue
             if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
                 pids.append(int(child))
     return pids
@@ -75,8 +78,15 @@ def listeners(port: int) -> int:
 
 def replacement(server: RunningServer, known: set[int]) -> int:
     """The pid of the one worker not in ``known``, once it has started."""
-    wait_for(lambda: len(set(workers_of(server)) - known) == 1, 10, "a replacement worker")
-    return (set(workers_of(server)) - known).pop()
+    new: set[int] = set()
+
+    def started() -> bool:
+        new.clear()
+        new.update(set(workers_of(server)) - known)
+        return len(new) == 1
+
+    wait_for(started, 10, "a replacement worker")
+    return new.pop()
 
 
 def get(server: RunningServer, path: str) -> requests.Response:
