@@ -8,6 +8,7 @@ cache, the server's storages and the tests' oracle all call them.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -68,6 +69,26 @@ def check(segments: Path, key: str | None = None) -> None:
     for segment in segments:
         if _bad(segment):
             check_segment(segment, _shown(segments, key))
+
+
+def one_segment_each(keys: Collection[str]) -> bool:
+    """Whether each key is a valid path of one segment (:func:`parse` would give ``(key,)``).
+
+    The rules of :func:`check_segment`, tested over all the keys at once (a
+    batch of a million top-level keys): False says only that some key is not
+    plainly one segment, and :func:`parse` of each must tell which and why.
+    """
+    if "" in keys or "." in keys or ".." in keys:
+        return False
+    joined = "".join(keys)
+    if SEPARATOR in joined or "\x00" in joined:
+        return False
+    if not joined.isascii():
+        try:
+            joined.encode()
+        except UnicodeEncodeError:
+            return False
+    return max(map(len, keys), default=0) * 4 <= MAX_SEGMENT_BYTES
 
 
 def _shown(segments: Path, key: str | None) -> str:

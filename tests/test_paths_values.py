@@ -6,6 +6,8 @@ import copy
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kvpio_mapping import InvalidPathError, paths, values
 from kvpio_mapping.paths import MISSING
@@ -81,6 +83,19 @@ def test_parse_limits_a_segment_to_768_utf8_bytes(char, width):
     assert len(over.encode()) == 769
     with pytest.raises(InvalidPathError):
         paths.parse(over)
+
+
+@given(st.lists(st.text(st.sampled_from("a/.\x00é😀\ud800"), max_size=200), max_size=5))
+def test_one_segment_each_says_yes_only_for_keys_parse_leaves_whole(keys):
+    if paths.one_segment_each(keys):
+        assert all(paths.parse(key) == (key,) for key in keys)
+
+
+def test_one_segment_each_of_plain_keys_and_of_each_kind_of_bad_one():
+    plain = {f"key {n}/x".replace("/", ":"): n for n in range(100)} | {"ü": 1, "a" * 192: 2}
+    assert paths.one_segment_each(plain)
+    for bad in ("", ".", "..", "a/b", "a\x00", "\ud800", "a" * 769):
+        assert not paths.one_segment_each({**plain, bad: 1}), bad
 
 
 def test_check_refuses_a_segment_holding_a_slash():

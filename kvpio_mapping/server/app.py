@@ -21,7 +21,7 @@ import logging
 import sqlite3
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -61,6 +61,7 @@ from .storage.base import (
     Committed,
     ConflictError,
     Operation,
+    TopLevelSets,
     Write,
     hash_key,
 )
@@ -95,6 +96,7 @@ _READY_ANSWERS: Final = 1024
 _READY_TEXT: Final = 1024
 """Longest text, in characters, whose answer is kept (so they take at most a few MiB)."""
 _CONTAINERS: Final = (dict, list)
+_CONTAINERS_SET: Final = frozenset(_CONTAINERS)
 
 T = TypeVar("T")
 App = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
@@ -781,7 +783,7 @@ class BucketResource(_Resource):
         self,
         req: falcon.asgi.Request,
         resp: falcon.asgi.Response,
-        operations: list[Operation],
+        operations: Sequence[Operation],
         checks: list[Check],
     ) -> Committed | None:
         """Commit in the write thread; on a failed check or a conflict, answer it and return None.
@@ -858,7 +860,7 @@ class BucketResource(_Resource):
     ) -> None:
         # A batch wraps its values in an object or a list of pairs: one or two levels.
         value = await self.server.decode(body, wrapper=2)
-        operations = await asyncio.to_thread(_batch, value)  # a large one takes a while
+        operations = await asyncio.to_thread(_batch, value, body)  # a large one takes a while
         if await self.commit(req, resp, operations, []) is not None:
             _empty(resp)
 
@@ -888,10 +890,21 @@ class BucketResource(_Resource):
             resp.data = removed.encode()
 
 
-def _batch(value: Any) -> list[Operation]:
-    """The sets of a batch write: a ``{path: value}`` object or a ``[[path, value], ...]`` list."""
+def _batch(value: Any, body: bytes) -> Sequence[Operation]:
+    """The sets of a batch write: a ``{path: value}`` object or a ``[[path, value], ...]`` list.
+
+    An object whose keys are each one segment (a bulk import, mostly) is
+    :class:`~.storage.base.TopLevelSets` of its ``body``: no operation is
+    made for each of its keys unless the storage asks.
+    """
     pairs: Iterable[Any]
     if type(value) is dict:
+        if paths.one_segment_each(value):
+            if not _CONTAINERS_SET.isdisjoint(map(type, value.values())):
+                for item in value.values():
+                    if type(item) in _CONTAINERS:
+                        values.check(item)  # the batch was decoded allowing for its own levels
+            return TopLevelSets(value, body)
         pairs = value.items()
     elif type(value) is list and all(
         type(pair) is list and len(pair) == 2 and type(pair[0]) is str for pair in value

@@ -51,9 +51,14 @@ def _as_json_writes(text: bytes) -> bool:
     return b"0.0000" not in text and _EXPONENT not in text.translate(_NUMBER_BYTES_AS_ZERO)
 
 
+def has_long_digits(data: bytes) -> bool:
+    """Whether ``data`` holds 19 digits in a row (maybe an integer beyond 64 bits)."""
+    return _LONG_DIGITS in data.translate(_DIGITS_AS_ZERO)
+
+
 def decode(data: bytes, max_nesting: int = values.MAX_NESTING) -> Any:
     """:func:`kvpio_mapping.values.decode`: the same value, or the same ``ValueError``."""
-    if _LONG_DIGITS not in data.translate(_DIGITS_AS_ZERO):
+    if not has_long_digits(data):
         try:
             if len(data) < HELD_OFF_FROM:
                 value = orjson.loads(data)
@@ -105,7 +110,7 @@ def load(data: bytes) -> Any:
 
     Stored text was checked when it was written, so its nesting is not measured again.
     """
-    if _LONG_DIGITS not in data.translate(_DIGITS_AS_ZERO):
+    if not has_long_digits(data):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:

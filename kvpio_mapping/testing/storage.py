@@ -52,6 +52,7 @@ from kvpio_mapping.server.storage.base import (
     ConflictError,
     Failure,
     Operation,
+    TopLevelSets,
     UncountableError,
     Write,
     hash_key,
@@ -349,6 +350,76 @@ def test_only_if_missing_refuses_when_a_value_exists(storage: Storage, acct: str
 def test_set_many_applies_pairs_in_order(storage: Storage, acct: str) -> None:
     storage.set_many(acct, [(p("a"), [1]), (p("a/2"), 2), (p("b/c"), 3), (p("a/1"), 0)])
     assert storage.get_all(acct) == j({"a": [0, 2], "b": {"c": 3}})
+
+
+def _top_level_sets(text: str) -> TopLevelSets:
+    return TopLevelSets(json.loads(text), text.encode())
+
+
+def _plain_members(count: int, prefix: str) -> dict[str, Any]:
+    """More than a logged commit's worth of top-level keys, of every plain kind of value."""
+    kinds = [7, -12, 0, "text", "ünïcode ✓", "", True, False, None, 2**62]
+    return {f"{prefix}{n}-ключ": kinds[n % len(kinds)] for n in range(count)}
+
+
+def test_top_level_sets_store_what_their_operations_would(storage: Storage, acct: str) -> None:
+    storage.set(acct, p("first"), 1)
+    storage.set(acct, p("split"), big_doc(3 * BLOB_THRESHOLD))
+    bucket: dict[str, Any] = {"first": 1, "split": big_doc(3 * BLOB_THRESHOLD)}
+    new = _plain_members(LOGGED_ENTRIES + 5, "k")
+    for members in (
+        new,  # new keys only
+        {**_plain_members(LOGGED_ENTRIES + 1, "m"), **dict.fromkeys(list(new)[:3], "again")},
+        {**_plain_members(LOGGED_ENTRIES + 1, "f"), "float": 1.5, "big": 2**70},
+    ):
+        text = json.dumps(members, ensure_ascii=False)
+        committed = storage.commit(acct, _top_level_sets(text))
+        assert committed.results == [None] * len(members)
+        bucket.update(members)
+        assert storage.get_all(acct) == j(bucket)
+        assert storage.count(acct)[0] == len(bucket)
+    escaped = json.dumps(_plain_members(LOGGED_ENTRIES + 1, 'q"\\'))  # escapes, \u in keys
+    storage.commit(acct, _top_level_sets(escaped))
+    bucket.update(json.loads(escaped))
+    storage.commit(acct, _top_level_sets(json.dumps({"split": 5, **new})))  # a split one stored
+    bucket.update({"split": 5, **new})
+    storage.set(acct, p("last"), [1])
+    bucket["last"] = [1]
+    assert storage.get_all(acct) == j(bucket)
+    assert storage.keys(acct) == list(bucket)
+    assert storage.get(acct, p("k5-ключ")) == '""' and storage.get(acct, p("k9-ключ")) == str(2**62)
+    assert storage.count(acct)[0] == len(bucket)
+
+
+def test_top_level_sets_with_a_key_twice_keep_its_first_place_and_last_value(
+    storage: Storage, acct: str
+) -> None:
+    members = _plain_members(LOGGED_ENTRIES + 1, "d")
+    text = json.dumps(members)[:-1] + ', "d0-ключ": "last", "d1-ключ": 1}'
+    storage.commit(acct, _top_level_sets(text))
+    assert storage.get_all(acct) == j(json.loads(text))
+    assert storage.count(acct)[0] == len(members)
+    assert storage.changes(acct, 0).changes == [Change(1, "reread", (), None)]
+
+
+def test_a_bulk_import_then_writes_reads_and_deletes_of_its_keys(
+    storage: Storage, acct: str
+) -> None:
+    members = _plain_members(LOGGED_ENTRIES + 1, "b")
+    storage.commit(acct, _top_level_sets(json.dumps(members)))
+    bucket = dict(members)
+    storage.delete(acct, p("b3-ключ"))
+    storage.set(acct, p("b4-ключ/below"), 1)
+    storage.set(acct, p("b5-ключ"), 2)
+    storage.set(acct, p("after"), 3)
+    del bucket["b3-ключ"]
+    bucket.update({"b4-ключ": {"below": 1}, "b5-ключ": 2, "after": 3})
+    assert storage.get_all(acct) == j(bucket)
+    assert storage.keys(acct) == list(bucket)
+    assert storage.get(acct, p("b6-ключ")) == j(members["b6-ключ"])
+    assert storage.count(acct)[0] == len(bucket)
+    account = storage.account(acct)
+    assert account is not None and account.size == len(j(bucket).encode())
 
 
 def test_set_many_stores_nothing_when_one_pair_is_invalid(storage: Storage, acct: str) -> None:

@@ -665,6 +665,27 @@ def test_a_value_at_the_nesting_limit_is_accepted_in_a_batch_too(api: Api, body:
     assert "nests deeper than 100" in too_deep.json()["error"]
 
 
+_BULK = {f"bulk{n}": n for n in range(1500)}
+
+
+def test_a_bulk_batch_of_top_level_keys_is_stored_whole_in_its_order(api: Api) -> None:
+    api.post("/v1/bucket/bulk7", json={"was": "here"})
+    assert_empty(api.post("/v1/bucket/", json={**_BULK, "x": {"y": [1]}, "s": "é"}))
+    expected = {"bulk7": None, **_BULK, "x": {"y": [1]}, "s": "é"}  # bulk7 keeps its place
+    assert api.get("/v1/bucket/?values=true").json() == expected
+    assert api.get("/v1/bucket/").json() == list(expected)
+    assert_json(api.get("/v1/bucket/x/y/1"), b"1")
+
+
+@pytest.mark.parametrize(
+    "bad", [{"": 1}, {"a/../b": 1}, {"deep": _nested(values.MAX_NESTING + 1)}, {"l/9": 1}]
+)
+def test_a_bulk_batch_with_one_bad_pair_is_refused_whole(api: Api, bad: dict[str, Any]) -> None:
+    api.post("/v1/bucket/l", json=[0])
+    assert_error(api.post("/v1/bucket/", json={**_BULK, **bad}), 400)
+    assert_json(api.get("/v1/bucket/?values=true"), b'{"l":[0]}')
+
+
 _TOO_DEEP = f"value nests deeper than {values.MAX_NESTING} levels"
 _PADS = {
     "small": "",

@@ -23,11 +23,13 @@ from kvpio_mapping.server.storage import (
     MemoryStorage,
     Storage,
 )
+from kvpio_mapping.server.storage import sqlite as sqlite_storage
 from kvpio_mapping.server.storage.base import (
     CHANGE_LOG_REVISIONS,
     Change,
     Changes,
     Operation,
+    TopLevelSets,
 )
 from kvpio_mapping.server.storage.sqlite import BLOB_THRESHOLD, CHECKPOINT_ROWS, SQLiteStorage
 from kvpio_mapping.testing.storage import (
@@ -383,7 +385,11 @@ def test_random_atomic_commits_agree_across_blob_thresholds(
     assert_commits_agree_with_a_model(random_backends, commits)
 
 
-def test_sqlite_cached_read_asks_the_database_nothing_until_a_commit(tmp_path: FilePath) -> None:
+def test_sqlite_cached_read_asks_the_database_nothing_until_a_commit(
+    tmp_path: FilePath, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # However many databases the tests before this one mapped in this process.
+    monkeypatch.setattr(sqlite_storage, "MAPPED_FILES", sqlite_storage._opened + 1)
     db = str(tmp_path / "db.sqlite3")
     storage, other = SQLiteStorage(db), SQLiteStorage(db)
     storage.create_account("a", "", "k")
@@ -401,6 +407,42 @@ def test_sqlite_cached_read_asks_the_database_nothing_until_a_commit(tmp_path: F
     assert statements != []
     storage.close()
     other.close()
+
+
+def _bulk(text: str) -> TopLevelSets:
+    return TopLevelSets(json.loads(text), text.encode())
+
+
+def test_sqlite_stores_a_plain_bulk_import_with_one_statement(tmp_path: FilePath) -> None:
+    storage, reference = SQLiteStorage(str(tmp_path / "db.sqlite3")), MemoryStorage()
+    members = {
+        f"key {n}: {{[ü": ["a:{[b", n, -n, True, False, None, "日本"][n % 7] for n in range(1500)
+    }
+    # Whitespace between tokens, and numbers written unusually but within 64 bits.
+    text = (
+        json.dumps(members, indent=1, ensure_ascii=False)[:-1] + ',"neg":-0,"e":999999999999999999}'
+    )
+    for made in (storage, reference):
+        made.create_account("a", "", "k")
+        made.set("a", p("before"), {"x": 1})
+    statements: list[str] = []
+    storage._conn().set_trace_callback(statements.append)
+    for made in (storage, reference):
+        made.commit("a", _bulk(text))
+    inserts = [s for s in statements if s.startswith(("INSERT INTO nodes", "INSERT OR REPLACE"))]
+    assert len(inserts) == 1 and "json_each" in inserts[0]
+    assert storage.get_all("a") == reference.get_all("a")
+    assert json.loads(storage.get_all("a"))["neg"] == 0
+    assert storage.keys("a") == reference.keys("a")
+    assert storage.count("a") == reference.count("a")
+    statements.clear()
+    again = json.dumps({**{f"new{n}": n for n in range(1500)}, "key 3: {[ü": "again"})
+    for made in (storage, reference):  # a key stored already: the usual way, same outcome
+        made.commit("a", _bulk(again))
+    assert any(s.startswith("INSERT OR REPLACE INTO nodes") for s in statements)
+    assert storage.get_all("a") == reference.get_all("a")
+    assert storage.count("a") == reference.count("a")
+    storage.close()
 
 
 _WRITE_ON_REQUEST = """

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Literal, NamedTuple
+from typing import Any, ClassVar, Final, Literal, NamedTuple, overload
 
 from ... import paths, values
 from ...paths import MISSING, Path
@@ -150,6 +151,44 @@ class Operation(NamedTuple):
     kind: OperationKind
     path: Path
     value: Any = None
+
+
+class TopLevelSets(Sequence[Operation]):
+    """A batch's ``set`` of each member of ``members`` at the top level, made only as read.
+
+    A bulk import of a million keys need not become a million operations to
+    be stored: a backend may store the members at once from ``text``, the
+    JSON object they were decoded from; any other reads the operations.
+    Whoever makes one has checked that each key is a path of one segment
+    (:func:`kvpio_mapping.paths.one_segment_each`) and each value a JSON
+    value, so :func:`check_operations` passes it without a look. Indexing
+    walks the members: it is for the odd look, not for loops.
+    """
+
+    __slots__ = ("members", "text")
+
+    def __init__(self, members: dict[str, Any], text: bytes) -> None:
+        self.members = members
+        self.text = text
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __iter__(self) -> Iterator[Operation]:
+        return (Operation("set", (key,), value) for key, value in self.members.items())
+
+    @overload
+    def __getitem__(self, index: int) -> Operation: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Operation]: ...
+
+    def __getitem__(self, index: int | slice) -> Operation | list[Operation]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        if not -len(self) <= index < len(self):
+            raise IndexError("operation index out of range")
+        return next(itertools.islice(self, index % len(self), None))
 
 
 class Check(NamedTuple):
@@ -407,6 +446,14 @@ def check_operation(operation: Operation) -> None:
             raise ValueError("a merge needs a JSON object")
         for key in value:
             paths.check((key,))
+
+
+def check_operations(operations: Sequence[Operation]) -> None:
+    """:func:`check_operation` of each operation (a :class:`TopLevelSets` was checked when made)."""
+    if type(operations) is TopLevelSets:
+        return
+    for operation in operations:
+        check_operation(operation)
 
 
 def hash_key(api_key: str) -> str:

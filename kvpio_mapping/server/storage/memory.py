@@ -29,7 +29,7 @@ from .base import (
     appendable,
     changes_after,
     check_account,
-    check_operation,
+    check_operations,
     failure,
     hash_key,
     incremented,
@@ -199,8 +199,7 @@ class MemoryStorage(Storage):
         checks: Sequence[Check] = (),
         key_digest: str | None = None,
     ) -> Committed:
-        for operation in operations:
-            check_operation(operation)
+        check_operations(operations)
         with self._lock:
             state = self._state(account)
             if key_digest is not None and not same_digest(state.key_digest, key_digest):

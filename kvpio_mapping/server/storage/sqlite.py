@@ -345,6 +345,9 @@ class SQLiteStorage(TreeStorage):
     ``blob_threshold`` is :class:`~.tree.TreeStorage`'s.
     """
 
+    reads_json_each = sqlite3.sqlite_version_info >= (3, 38, 0)  # JSON built in from 3.38
+    duplicate_errors = (sqlite3.IntegrityError,)
+
     def __init__(
         self, path: str, *, blob_threshold: int = BLOB_THRESHOLD, sync: str = "normal"
     ) -> None:

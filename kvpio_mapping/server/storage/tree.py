@@ -70,6 +70,12 @@ that is not the last from a split array moves the later runs by one ``pos``
 and renames the later items that have rows of their own (with their
 subtrees).
 
+A bulk import (a batch of more than :data:`~.base.LOGGED_ENTRIES` new
+top-level keys with plain scalar values) spends its time on rows, not on
+Python: on SQLite one statement reads the members from the batch's JSON text
+with ``json_each`` (:data:`_INSERT_NEW_TOP`), one row per key, and anything it
+cannot store exactly is stored the usual way.
+
 :class:`TreeStorage` holds every rule of the layout and the statements that
 read and write it, written in SQLite's dialect with ``?`` placeholders (a
 backend that reads SQL otherwise translates them: see :mod:`.postgres`).
@@ -85,7 +91,7 @@ from abc import abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from json.encoder import encode_basestring
-from typing import Any, Final, NamedTuple, TypeAlias
+from typing import Any, ClassVar, Final, NamedTuple, TypeAlias
 
 import orjson
 
@@ -96,6 +102,7 @@ from .. import collector, jsontext
 from .base import (
     CHANGE_LOG_REVISIONS,
     CHANGES_BATCH,
+    LOGGED_ENTRIES,
     REFUSALS,
     Account,
     AccountExistsError,
@@ -111,11 +118,12 @@ from .base import (
     Storage,
     StorageError,
     StorageUnavailableError,
+    TopLevelSets,
     UnknownAccountError,
     Write,
     appendable,
     check_account,
-    check_operation,
+    check_operations,
     failure,
     hash_key,
     incremented,
@@ -167,6 +175,21 @@ _INSERT: Final = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_MEMBER: Final = "INSERT OR REPLACE INTO members (account, path, run) VALUES (?, ?, ?)"
+_INSERT_NEW_TOP: Final = (
+    "INSERT INTO nodes (account, path, parent, pos, kind, label, body, size, children)"
+    " SELECT ?, CAST(key AS BLOB), x'', ? + id, 0, '\"' || key || '\":', body,"
+    " length(CAST(body AS BLOB)), 0 FROM (SELECT key, id, CASE type"
+    " WHEN 'text' THEN '\"' || value || '\"' WHEN 'integer' THEN CAST(value AS TEXT)"
+    " ELSE type END AS body FROM json_each(?))"
+)
+"""Blob rows of a JSON object's members, new top-level keys, read from its text by SQLite's
+``json_each`` (its ``id`` grows in the text's order: ``pos`` with gaps). Right for texts
+:meth:`TreeStorage._store_new_top` lets through: no escapes, scalars that are strings,
+integers, ``true``, ``false`` or ``null`` (whose ``type`` is their text). A key stored
+already, or twice in the text, fails the whole statement."""
+_PLAIN_SCALARS: Final = frozenset((str, int, bool, type(None)))
+"""The value types whose text :data:`_INSERT_NEW_TOP` writes as :func:`_scalar` would."""
+_BOM: Final = b"\xef\xbb\xbf"
 _LAST_CHILD: Final = (
     "SELECT path, kind, label, body, pos, size FROM nodes WHERE account = ? AND parent = ?"
     " ORDER BY pos DESC LIMIT 1"
@@ -351,6 +374,11 @@ class TreeStorage(Storage):
     row; it exists for tuning and tests, the default suits documents from a
     few bytes to tens of megabytes.
     """
+
+    reads_json_each: ClassVar[bool] = False
+    """Whether the backend's SQL has SQLite's ``json_each`` (:data:`_INSERT_NEW_TOP`)."""
+    duplicate_errors: ClassVar[tuple[type[Exception], ...]] = ()
+    """What a statement storing a key twice raises (the statement changes nothing)."""
 
     def __init__(self, *, blob_threshold: int = BLOB_THRESHOLD) -> None:
         self._threshold = blob_threshold
@@ -1247,8 +1275,7 @@ class TreeStorage(Storage):
         checks: Sequence[Check] = (),
         key_digest: str | None = None,
     ) -> Committed:
-        for operation in operations:
-            check_operation(operation)
+        check_operations(operations)
         with self._write() as conn:
             return self._commit_in(conn, account, operations, checks, key_digest)
 
@@ -1276,8 +1303,7 @@ class TreeStorage(Storage):
             for account, operations, checks, key_digest in writes:
                 conn.execute("SAVEPOINT one_write")
                 try:
-                    for operation in operations:
-                        check_operation(operation)
+                    check_operations(operations)
                     outcomes.append(self._commit_in(conn, account, operations, checks, key_digest))
                 except REFUSALS as exc:
                     conn.execute("ROLLBACK TO one_write")
@@ -1378,6 +1404,8 @@ class TreeStorage(Storage):
         which holds the write lock, short.
         """
         results: list[str | None] = [None] * len(operations)
+        if type(operations) is TopLevelSets and self._store_new_top(conn, account, operations):
+            return results
         top: dict[str, Any] = {}
         for index, operation in enumerate(operations):
             kind, path, value = operation
@@ -1394,6 +1422,38 @@ class TreeStorage(Storage):
         if top:
             self._set_top(conn, account, top)
         return results
+
+    def _store_new_top(self, conn: Connection, account: str, sets: TopLevelSets) -> bool:
+        """Store a large batch of new top-level keys with one statement; False if it cannot.
+
+        A bulk import spends its time on rows, not on Python: SQLite reads
+        the members from the batch's text itself (:data:`_INSERT_NEW_TOP`).
+        That is exact only for plain texts (UTF-8 without escapes, integers
+        of at most 18 digits, no floats, no containers), and only when every
+        key is new and appears once: anything else is stored as usual.
+        """
+        text = sets.text
+        if (
+            not self.reads_json_each
+            or len(sets) <= LOGGED_ENTRIES
+            or b"\\" in text
+            or b"\x00" in text
+            or text.startswith(_BOM)
+            or not _PLAIN_SCALARS.issuperset(map(type, sets.members.values()))
+            or jsontext.has_long_digits(text)
+        ):
+            return False
+        last = conn.execute(
+            "SELECT max(pos) FROM nodes WHERE account = ? AND parent = x''", (account,)
+        ).fetchone()[0]
+        try:
+            conn.execute(
+                _INSERT_NEW_TOP, (account, 0 if last is None else int(last) + 1, text.decode())
+            )
+        except self.duplicate_errors:
+            return False
+        self._counted(conn, account, None, len(sets))
+        return True
 
     def _set_top(self, conn: Connection, account: str, pairs: dict[str, Any]) -> None:
         """Store top-level ``key: value`` pairs, as :meth:`_set` would one by one.
