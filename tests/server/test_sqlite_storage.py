@@ -10,14 +10,16 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path as FilePath
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from kvpio_mapping import paths
 from kvpio_mapping.paths import Path
 from kvpio_mapping.server.storage import (
     MemoryStorage,
@@ -26,6 +28,7 @@ from kvpio_mapping.server.storage import (
 from kvpio_mapping.server.storage import sqlite as sqlite_storage
 from kvpio_mapping.server.storage.base import (
     CHANGE_LOG_REVISIONS,
+    LOGGED_ENTRIES,
     Change,
     Changes,
     Operation,
@@ -443,6 +446,44 @@ def test_sqlite_stores_a_plain_bulk_import_with_one_statement(tmp_path: FilePath
     assert storage.get_all("a") == reference.get_all("a")
     assert storage.count("a") == reference.count("a")
     storage.close()
+
+
+_PAD = {f"pad{n}": n for n in range(LOGGED_ENTRIES + 1)}
+_SCALARS = st.one_of(
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(),
+    st.text(max_size=12),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    before=st.dictionaries(st.text(min_size=1, max_size=8), _SCALARS, max_size=4),
+    members=st.dictionaries(st.text(min_size=1, max_size=12), _SCALARS, max_size=12),
+    ascii_only=st.booleans(),
+)
+def test_random_bulk_imports_store_what_the_reference_stores(
+    random_backends: list[Storage],
+    before: dict[str, Any],
+    members: dict[str, Any],
+    ascii_only: bool,
+) -> None:
+    assume(paths.one_segment_each(before) and paths.one_segment_each(members))
+    again = dict.fromkeys(list(members)[::2], "again")  # keys written twice in the text
+    parts = (json.dumps(part, ensure_ascii=ascii_only)[1:-1] for part in (members, _PAD, again))
+    text = "{" + ",".join(part for part in parts if part) + "}"
+    account = uuid.uuid4().hex
+    for storage in random_backends:
+        storage.create_account(account, "")
+        storage.set_many(account, [((key,), value) for key, value in before.items()])
+        storage.commit(account, _bulk(text))
+    reference, *others = random_backends
+    for storage in others:
+        assert storage.get_all(account) == reference.get_all(account)
+        assert storage.count(account) == reference.count(account)
 
 
 _WRITE_ON_REQUEST = """
