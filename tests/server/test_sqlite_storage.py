@@ -416,6 +416,17 @@ def _bulk(text: str) -> TopLevelSets:
     return TopLevelSets(json.loads(text), text.encode())
 
 
+def test_top_level_sets_read_as_the_list_of_their_operations() -> None:
+    text = '{"a": 1, "b": [2], "c": null}'
+    sets, operations = _bulk(text), [Operation("set", (k,), v) for k, v in json.loads(text).items()]
+    assert list(sets) == operations and len(sets) == 3
+    assert [sets[0], sets[-1], sets[1:]] == [operations[0], operations[-1], operations[1:]]
+    assert list(reversed(sets)) == operations[::-1] and sets.index(operations[1]) == 1
+    for outside in (3, -4):
+        with pytest.raises(IndexError):
+            sets[outside]
+
+
 def test_sqlite_stores_a_plain_bulk_import_with_one_statement(tmp_path: FilePath) -> None:
     storage, reference = SQLiteStorage(str(tmp_path / "db.sqlite3")), MemoryStorage()
     members = {
