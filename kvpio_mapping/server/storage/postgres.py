@@ -50,7 +50,7 @@ from .base import (
     new_key,
 )
 from .schema import Migration, migrate
-from .tree import ARRAY, BLOB_THRESHOLD, OBJECT, TreeStorage, count_children
+from .tree import ARRAY, BLOB, BLOB_THRESHOLD, OBJECT, TreeStorage, count_children
 
 MAX_ATTEMPTS: Final = 5
 """Runs of one transaction, the first included, before a conflict is raised."""
@@ -287,6 +287,17 @@ _UPSERTS: Final = {
 }
 
 
+_NEW_TOP_ROWS: Final = (
+    "INSERT INTO nodes (account, path, parent, pos, kind, label, body, size, children)"
+    f" SELECT %s, convert_to(key, 'UTF8'), '\\x'::bytea, %s + n, {BLOB}, '\"' || key || '\":',"
+    " body, octet_length(body), 0 FROM (SELECT key, n, CASE json_typeof(value)"
+    " WHEN 'number' THEN value::text::numeric::text ELSE value::text END AS body"
+    " FROM json_each(%s::json) WITH ORDINALITY AS j (key, value, n)) AS rows"
+)
+""":attr:`.tree.TreeStorage.new_top_rows`: a ``json`` value's text is as written (``-0`` made
+``0`` as :mod:`json` reads it), and ``json_each`` keeps the text's order and its repeats."""
+
+
 def _stored(source: str) -> str:
     """A template source as its table keeps it: JSON text (PostgreSQL text cannot hold NUL)."""
     return json.dumps(source, ensure_ascii=False)
@@ -324,6 +335,8 @@ class PostgresStorage(TreeStorage):
 
     reads_block = True
     write_threads = 4
+    new_top_rows = _NEW_TOP_ROWS
+    duplicate_errors = (errors.UniqueViolation,)
 
     def __init__(self, url: str, *, blob_threshold: int = BLOB_THRESHOLD) -> None:
         super().__init__(blob_threshold=blob_threshold)

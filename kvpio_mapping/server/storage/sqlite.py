@@ -68,7 +68,7 @@ from ...forks import reset_after_fork
 from ...paths import Path
 from .base import StorageBusyError, StorageFullError
 from .schema import Migration, migrate
-from .tree import BLOB_THRESHOLD, TreeStorage, count_children
+from .tree import BLOB, BLOB_THRESHOLD, TreeStorage, count_children
 
 BUSY_TIMEOUT_MS: Final = 10_000
 
@@ -180,6 +180,18 @@ CREATE TABLE IF NOT EXISTS templates (
     PRIMARY KEY (account, name)
 ) WITHOUT ROWID;
 """
+
+
+_NEW_TOP_ROWS: Final = (
+    "INSERT INTO nodes (account, path, parent, pos, kind, label, body, size, children)"
+    f" SELECT ?, CAST(key AS BLOB), x'', ? + id, {BLOB}, '\"' || key || '\":', body,"
+    " length(CAST(body AS BLOB)), 0 FROM (SELECT key, id, CASE type"
+    " WHEN 'text' THEN '\"' || value || '\"' WHEN 'integer' THEN CAST(value AS TEXT)"
+    " ELSE type END AS body FROM json_each(?))"
+)
+""":attr:`.tree.TreeStorage.new_top_rows` (JSON is built in from SQLite 3.38): ``json_each``'s
+``id`` grows in the text's order, and the ``type`` of ``true``, ``false`` and ``null`` is
+their text."""
 
 
 def _create_tables(conn: sqlite3.Connection) -> None:
@@ -345,7 +357,7 @@ class SQLiteStorage(TreeStorage):
     ``blob_threshold`` is :class:`~.tree.TreeStorage`'s.
     """
 
-    reads_json_each = sqlite3.sqlite_version_info >= (3, 38, 0)  # JSON built in from 3.38
+    new_top_rows = _NEW_TOP_ROWS if sqlite3.sqlite_version_info >= (3, 38, 0) else None
     duplicate_errors = (sqlite3.IntegrityError,)
 
     def __init__(

@@ -72,8 +72,8 @@ subtrees).
 
 A bulk import (a batch of more than :data:`~.base.LOGGED_ENTRIES` new
 top-level keys with plain scalar values) spends its time on rows, not on
-Python: on SQLite one statement reads the members from the batch's JSON text
-with ``json_each`` (:data:`_INSERT_NEW_TOP`), one row per key, and anything it
+Python: one statement reads the members from the batch's JSON text in the database
+with ``json_each`` (:attr:`TreeStorage.new_top_rows`), one row per key, and anything it
 cannot store exactly is stored the usual way.
 
 :class:`TreeStorage` holds every rule of the layout and the statements that
@@ -175,20 +175,9 @@ _INSERT: Final = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_MEMBER: Final = "INSERT OR REPLACE INTO members (account, path, run) VALUES (?, ?, ?)"
-_INSERT_NEW_TOP: Final = (
-    "INSERT INTO nodes (account, path, parent, pos, kind, label, body, size, children)"
-    " SELECT ?, CAST(key AS BLOB), x'', ? + id, 0, '\"' || key || '\":', body,"
-    " length(CAST(body AS BLOB)), 0 FROM (SELECT key, id, CASE type"
-    " WHEN 'text' THEN '\"' || value || '\"' WHEN 'integer' THEN CAST(value AS TEXT)"
-    " ELSE type END AS body FROM json_each(?))"
-)
-"""Blob rows of a JSON object's members, new top-level keys, read from its text by SQLite's
-``json_each`` (its ``id`` grows in the text's order: ``pos`` with gaps). Right for texts
-:meth:`TreeStorage._store_new_top` lets through: no escapes, scalars that are strings,
-integers, ``true``, ``false`` or ``null`` (whose ``type`` is their text). A key stored
-already, or twice in the text, fails the whole statement."""
 _PLAIN_SCALARS: Final = frozenset((str, int, bool, type(None)))
-"""The value types whose text :data:`_INSERT_NEW_TOP` writes as :func:`_scalar` would."""
+"""The value types whose text a backend's :attr:`TreeStorage.new_top_rows` writes as
+:func:`_scalar` would (see there)."""
 _BOM: Final = b"\xef\xbb\xbf"
 _LAST_CHILD: Final = (
     "SELECT path, kind, label, body, pos, size FROM nodes WHERE account = ? AND parent = ?"
@@ -375,10 +364,17 @@ class TreeStorage(Storage):
     few bytes to tens of megabytes.
     """
 
-    reads_json_each: ClassVar[bool] = False
-    """Whether the backend's SQL has SQLite's ``json_each`` (:data:`_INSERT_NEW_TOP`)."""
+    new_top_rows: ClassVar[str | None] = None
+    """The backend's statement storing the members of a JSON object as new top-level blob rows,
+    reading them from its text in the database (``json_each``); None: it has none.
+
+    Parameters: the account, the first ``pos`` (a member's is that plus its place in the
+    text: ``pos`` may have gaps), the text. It need be right only for the texts
+    :meth:`_store_new_top` lets through: no escapes, scalars that are strings, integers
+    of at most 18 digits, ``true``, ``false`` or ``null``. A key stored already, or twice
+    in the text, must fail it with one of :attr:`duplicate_errors`."""
     duplicate_errors: ClassVar[tuple[type[Exception], ...]] = ()
-    """What a statement storing a key twice raises (the statement changes nothing)."""
+    """What :attr:`new_top_rows` raises for a key stored already or twice."""
 
     def __init__(self, *, blob_threshold: int = BLOB_THRESHOLD) -> None:
         self._threshold = blob_threshold
@@ -1427,14 +1423,14 @@ class TreeStorage(Storage):
         """Store a large batch of new top-level keys with one statement; False if it cannot.
 
         A bulk import spends its time on rows, not on Python: SQLite reads
-        the members from the batch's text itself (:data:`_INSERT_NEW_TOP`).
+        the members from the batch's text itself (:attr:`new_top_rows`).
         That is exact only for plain texts (UTF-8 without escapes, integers
         of at most 18 digits, no floats, no containers), and only when every
         key is new and appears once: anything else is stored as usual.
         """
-        text = sets.text
+        text, statement = sets.text, self.new_top_rows
         if (
-            not self.reads_json_each
+            statement is None
             or len(sets) <= LOGGED_ENTRIES
             or b"\\" in text
             or b"\x00" in text
@@ -1446,12 +1442,14 @@ class TreeStorage(Storage):
         last = conn.execute(
             "SELECT max(pos) FROM nodes WHERE account = ? AND parent = x''", (account,)
         ).fetchone()[0]
+        conn.execute("SAVEPOINT new_top")  # a failed statement ends a PostgreSQL transaction
         try:
-            conn.execute(
-                _INSERT_NEW_TOP, (account, 0 if last is None else int(last) + 1, text.decode())
-            )
+            conn.execute(statement, (account, 0 if last is None else int(last) + 1, text.decode()))
         except self.duplicate_errors:
+            conn.execute("ROLLBACK TO new_top")
+            conn.execute("RELEASE new_top")
             return False
+        conn.execute("RELEASE new_top")
         self._counted(conn, account, None, len(sets))
         return True
 
