@@ -189,7 +189,10 @@ def test_one_accounts_render_flood_leaves_another_quick_render_fast(
 
     samples = _while_running(spin, 6, hello, 60)
     assert len(samples) >= 3
-    assert max(samples) < 1.0, samples
+    # Queued behind the flood, each render would wait a spin's render timeout (1.5 s) or
+    # more; a busy machine may still stall one now and then, so the median is what tells.
+    assert statistics.median(samples) < 0.75, samples
+    assert max(samples) < 3.0, samples
 
 
 def _peak_rss(pid: int) -> int:
