@@ -132,6 +132,16 @@ def test_set_if_absent(bucket: KVBucket) -> None:
     assert bucket["lock"] == "me"
 
 
+def test_delete_if_of_a_list_item_leaves_no_stale_cached_item(
+    bucket: KVBucket, other: KVBucket
+) -> None:
+    bucket["l"] = ["x", "y", "z"]
+    assert (bucket["l/2"], bucket["l/3"]) == ("y", "z")
+    assert bucket.delete_if("l/1", bucket.versioned("l/1").etag)
+    assert [bucket.get(f"l/{n}") for n in (1, 2, 3)] == ["y", "z", None]
+    assert other["l"] == ["y", "z"]
+
+
 def test_versioned_of_a_missing_key_raises_key_error(bucket: KVBucket) -> None:
     with pytest.raises(KeyError):
         bucket.versioned("nothing")
@@ -495,3 +505,18 @@ def test_a_transaction_reads_a_list_item_moved_up_by_its_own_delete(bucket: KVBu
 
     assert bucket.transact(fn) == 0
     assert bucket["l"] == [0]
+
+
+def test_a_transactions_delete_of_a_list_item_leaves_no_stale_cached_item(
+    bucket: KVBucket, other: KVBucket
+) -> None:
+    bucket["l"] = ["x", "y", "z"]
+    assert (bucket["l/2"], bucket["l/3"]) == ("y", "z")
+
+    def fn(tx: Any) -> None:
+        tx["l/3"] = "w"
+        del tx["l/1"]
+
+    bucket.transact(fn)
+    assert [bucket.get(f"l/{n}") for n in (1, 2, 3)] == ["y", "w", None]
+    assert other["l"] == ["y", "w"]
