@@ -38,15 +38,18 @@ _NO_DEFAULT: Final[Any] = object()
 
 
 class _Listing(threading.local):
-    """The values of this thread's last ``keys()`` listing not yet looked up.
+    """The values of this thread's last ``keys()`` listing not yet looked up, and the
+    root of the mapping that listed them.
 
     ``dict(bucket)`` iterates ``keys()`` and then looks up each key; serving
     those lookups from the listing's own snapshot makes it one request at
-    any size and ``ttl``, and one consistent state of the bucket. Any other
-    lookup, and any write, drops it.
+    any size and ``ttl``, and one consistent state of the bucket. A bucket
+    and its views share one listing, so any other lookup, and any write,
+    through any of them drops it.
     """
 
     pending: dict[str, Any] | None = None
+    root: paths.Path = ()
 
 
 def update_pairs(other: Any, kwargs: Mapping[str, Any]) -> list[tuple[Any, Any]]:
@@ -145,7 +148,7 @@ class KVBucket(SharingMixin, Rooted, MutableMapping[str, Any]):
         nothing, or a scalar, is at ``path``.
         """
         view: KVBucket = self._viewed(path)
-        view._listing = _Listing()
+        view._listing = self._listing
         return view
 
     def _run(self, flow: Flow[_T]) -> _T:
@@ -161,12 +164,14 @@ class KVBucket(SharingMixin, Rooted, MutableMapping[str, Any]):
         return self._run(operations.read(self._state, full))
 
     def __getitem__(self, key: str) -> Any:
-        pending = self._listing.pending
+        listing = self._listing
+        pending = listing.pending
         if pending is not None:
-            found = pending.pop(key, MISSING) if type(key) is str else MISSING
+            mine = type(key) is str and listing.root == self._root
+            found = pending.pop(key, MISSING) if mine else MISSING
             if found is not MISSING:
                 return values.copy(found)
-            self._listing.pending = None
+            listing.pending = None
         cache = self._state.cache
         if cache.enabled and type(key) is str and not self._root:
             found = cache.exact(key)
@@ -373,7 +378,8 @@ class _View:
 class _KeysView(_View, KeysView[str]):
     def __iter__(self) -> Iterator[str]:
         snapshot = self._content()
-        self._mapping._listing.pending = snapshot
+        listing = self._mapping._listing
+        listing.pending, listing.root = snapshot, self._mapping._root
         return iter(list(snapshot))
 
     def __reversed__(self) -> Iterator[str]:
