@@ -338,6 +338,16 @@ def _transferrer(bucket: KVBucket, seed: int, count: int) -> None:
         )
 
 
+def _appender_merger_and_swapper(bucket: KVBucket, worker: int, count: int) -> None:
+    for n in range(count):
+        bucket.append("log", [worker, n])
+        bucket.merge("seen", {f"w{worker}n{n}": True})
+        while True:
+            read = bucket.versioned("swapped")
+            if bucket.set_if("swapped", read.value + 1, read.etag):
+                break
+
+
 def _run(target: Callable[..., None], args: list[tuple[Any, ...]]) -> None:
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=target, args=arguments) for arguments in args]
@@ -365,6 +375,18 @@ def shared(two_workers: RunningServer) -> KVBucket:
 def test_processes_incrementing_one_key_lose_nothing(shared: KVBucket) -> None:
     _run(_incrementer, [(shared, 200)] * 4)
     assert shared.get("counter") == 800
+
+
+@pytest.mark.slow
+def test_processes_appending_merging_and_swapping_lose_nothing(shared: KVBucket) -> None:
+    shared["swapped"] = 0
+    _run(_appender_merger_and_swapper, [(shared, worker, 50) for worker in range(4)])
+    final = KVBucket(shared.url, shared._transport.api_key, ttl=0).copy()
+    for worker in range(4):
+        assert [n for w, n in final["log"] if w == worker] == list(range(50))
+    assert len(final["log"]) == 200
+    assert len(final["seen"]) == 200
+    assert final["swapped"] == 200
 
 
 @pytest.mark.slow
