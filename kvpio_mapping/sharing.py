@@ -283,15 +283,23 @@ class TransactionState:
             _apply(root, operation)
         return paths.get_in(root, tuple(full.split("/")))
 
+    def _found(self, key: object) -> Flow[Any]:
+        """The value at ``key`` as this transaction sees it (shared), or MISSING, also for
+        a key that can never be stored (answered as ``dict`` answers an absent key)."""
+        full = self._bucket._valid(key)
+        if full is None:
+            return MISSING
+        return (yield from self._value(full))
+
     def _lookup(self, key: str) -> Flow[Any]:
         """The caller's copy of the value at ``key`` as this transaction sees it; KeyError."""
-        found = yield from self._value(self._bucket._full(key))
+        found = yield from self._found(key)
         if found is MISSING:
             raise KeyError(key)
         return values.copy(found)
 
     def _present(self, key: object) -> Flow[bool]:
-        return (yield from self._value(self._bucket._full(key))) is not MISSING
+        return (yield from self._found(key)) is not MISSING
 
     def _removal(self, key: str) -> Flow[None]:
         """Buffer the delete of ``key``; KeyError if it is not there."""

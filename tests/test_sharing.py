@@ -269,6 +269,22 @@ def test_delete_of_a_missing_key_in_a_transaction_raises_key_error(bucket: KVBuc
         bucket.transact(body)
 
 
+@pytest.mark.parametrize("key", [1, None, "", "a//b", ".."], ids=repr)
+def test_a_transactions_read_of_a_key_that_can_never_exist_answers_as_dict_does(
+    bucket: KVBucket, key: Any
+) -> None:
+    def fn(tx: Transaction) -> list[Any]:
+        with pytest.raises(KeyError):
+            tx[key]
+        with pytest.raises(KeyError):
+            del tx[key]
+        with pytest.raises(TypeError, match="unhashable"):
+            tx.get([key])
+        return [tx.get(key, "dflt"), key in tx, tx.pop(key, "dflt")]
+
+    assert bucket.transact(fn) == ["dflt", False, "dflt"]
+
+
 def test_a_transaction_that_only_reads_sends_no_commit(
     bucket: KVBucket, count_requests: Counter
 ) -> None:
