@@ -12,6 +12,7 @@ import time
 from collections.abc import (
     Callable,
     ItemsView,
+    Iterable,
     Iterator,
     KeysView,
     Mapping,
@@ -355,20 +356,36 @@ class _View:
 
     ``list(view)`` iterates the view, then asks its ``len()`` for a size hint;
     ``len()`` answers from the snapshot the iteration before it took (once),
-    so that costs one request.
+    so that costs one request. Only while that iteration runs, and only if
+    nothing was written since its snapshot: else the view is as live as ever.
     """
 
     _mapping: KVBucket
-    _taken: dict[str, Any] | None = None
+    _taken: tuple[dict[str, Any], int] | None = None
 
     def __len__(self) -> int:
         taken, self._taken = self._taken, None
-        return len(taken) if taken is not None else len(self._mapping)
+        if taken is not None and taken[1] == self._mapping._state.cache.generation:
+            return len(taken[0])
+        return len(self._mapping)
 
     def _content(self) -> dict[str, Any]:
-        """A new snapshot for an iteration, kept for the ``len()`` that may follow."""
-        self._taken = taken = self._mapping._snapshot()
-        return taken
+        """A new snapshot (shared values), without keeping it for ``len()``."""
+        return self._mapping._snapshot()
+
+    def _iterated(self, snapshot: dict[str, Any], items: Iterable[_T]) -> Iterator[_T]:
+        """An iterator of ``items`` of ``snapshot``, a new snapshot kept for the ``len()``
+        that may follow until the iteration ends."""
+        taken = self._taken = (snapshot, self._mapping._state.cache.generation)
+
+        def iterate() -> Iterator[_T]:
+            try:
+                yield from items
+            finally:
+                if self._taken is taken:
+                    self._taken = None
+
+        return iterate()
 
     def _given(self) -> dict[str, Any]:
         """A new snapshot as the caller's own values (live ones in write-back mode)."""
@@ -380,7 +397,7 @@ class _KeysView(_View, KeysView[str]):
         snapshot = self._content()
         listing = self._mapping._listing
         listing.pending, listing.root = snapshot, self._mapping._root
-        return iter(list(snapshot))
+        return self._iterated(snapshot, list(snapshot))
 
     def __reversed__(self) -> Iterator[str]:
         return reversed(list(self._content()))
@@ -388,7 +405,8 @@ class _KeysView(_View, KeysView[str]):
 
 class _ItemsView(_View, ItemsView[str, Any]):
     def __iter__(self) -> Iterator[tuple[str, Any]]:
-        return iter(self._given().items())
+        given = self._given()
+        return self._iterated(given, given.items())
 
     def __reversed__(self) -> Iterator[tuple[str, Any]]:
         return reversed(self._given().items())
@@ -437,7 +455,8 @@ class _ItemsView(_View, ItemsView[str, Any]):
 
 class _ValuesView(_View, ValuesView[Any]):
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._given().values())
+        given = self._given()
+        return self._iterated(given, given.values())
 
     def __reversed__(self) -> Iterator[Any]:
         return reversed(self._given().values())
