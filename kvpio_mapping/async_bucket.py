@@ -251,7 +251,7 @@ class AsyncTransaction(TransactionState):
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value at ``key`` as this transaction sees it, or ``default``."""
-        found = await self._bucket._run(self._value(self._bucket._full(key)))
+        found = await self._bucket._run(self._found(key))
         return default if found is MISSING else values.copy(found)
 
     async def contains(self, key: str) -> bool:

@@ -12,6 +12,7 @@ import time
 from collections.abc import (
     Callable,
     ItemsView,
+    Iterable,
     Iterator,
     KeysView,
     Mapping,
@@ -38,15 +39,18 @@ _NO_DEFAULT: Final[Any] = object()
 
 
 class _Listing(threading.local):
-    """The values of this thread's last ``keys()`` listing not yet looked up.
+    """The values of this thread's last ``keys()`` listing not yet looked up, and the
+    root of the mapping that listed them.
 
     ``dict(bucket)`` iterates ``keys()`` and then looks up each key; serving
     those lookups from the listing's own snapshot makes it one request at
-    any size and ``ttl``, and one consistent state of the bucket. Any other
-    lookup, and any write, drops it.
+    any size and ``ttl``, and one consistent state of the bucket. A bucket
+    and its views share one listing, so any other lookup, and any write,
+    through any of them drops it.
     """
 
     pending: dict[str, Any] | None = None
+    root: paths.Path = ()
 
 
 def update_pairs(other: Any, kwargs: Mapping[str, Any]) -> list[tuple[Any, Any]]:
@@ -145,7 +149,7 @@ class KVBucket(SharingMixin, Rooted, MutableMapping[str, Any]):
         nothing, or a scalar, is at ``path``.
         """
         view: KVBucket = self._viewed(path)
-        view._listing = _Listing()
+        view._listing = self._listing
         return view
 
     def _run(self, flow: Flow[_T]) -> _T:
@@ -161,12 +165,14 @@ class KVBucket(SharingMixin, Rooted, MutableMapping[str, Any]):
         return self._run(operations.read(self._state, full))
 
     def __getitem__(self, key: str) -> Any:
-        pending = self._listing.pending
+        listing = self._listing
+        pending = listing.pending
         if pending is not None:
-            found = pending.pop(key, MISSING) if type(key) is str else MISSING
+            mine = type(key) is str and listing.root == self._root
+            found = pending.pop(key, MISSING) if mine else MISSING
             if found is not MISSING:
                 return values.copy(found)
-            self._listing.pending = None
+            listing.pending = None
         cache = self._state.cache
         if cache.enabled and type(key) is str and not self._root:
             found = cache.exact(key)
@@ -350,20 +356,36 @@ class _View:
 
     ``list(view)`` iterates the view, then asks its ``len()`` for a size hint;
     ``len()`` answers from the snapshot the iteration before it took (once),
-    so that costs one request.
+    so that costs one request. Only while that iteration runs, and only if
+    nothing was written since its snapshot: else the view is as live as ever.
     """
 
     _mapping: KVBucket
-    _taken: dict[str, Any] | None = None
+    _taken: tuple[dict[str, Any], int] | None = None
 
     def __len__(self) -> int:
         taken, self._taken = self._taken, None
-        return len(taken) if taken is not None else len(self._mapping)
+        if taken is not None and taken[1] == self._mapping._state.cache.generation:
+            return len(taken[0])
+        return len(self._mapping)
 
     def _content(self) -> dict[str, Any]:
-        """A new snapshot for an iteration, kept for the ``len()`` that may follow."""
-        self._taken = taken = self._mapping._snapshot()
-        return taken
+        """A new snapshot (shared values), without keeping it for ``len()``."""
+        return self._mapping._snapshot()
+
+    def _iterated(self, snapshot: dict[str, Any], items: Iterable[_T]) -> Iterator[_T]:
+        """An iterator of ``items`` of ``snapshot``, a new snapshot kept for the ``len()``
+        that may follow until the iteration ends."""
+        taken = self._taken = (snapshot, self._mapping._state.cache.generation)
+
+        def iterate() -> Iterator[_T]:
+            try:
+                yield from items
+            finally:
+                if self._taken is taken:
+                    self._taken = None
+
+        return iterate()
 
     def _given(self) -> dict[str, Any]:
         """A new snapshot as the caller's own values (live ones in write-back mode)."""
@@ -373,8 +395,9 @@ class _View:
 class _KeysView(_View, KeysView[str]):
     def __iter__(self) -> Iterator[str]:
         snapshot = self._content()
-        self._mapping._listing.pending = snapshot
-        return iter(list(snapshot))
+        listing = self._mapping._listing
+        listing.pending, listing.root = snapshot, self._mapping._root
+        return self._iterated(snapshot, list(snapshot))
 
     def __reversed__(self) -> Iterator[str]:
         return reversed(list(self._content()))
@@ -382,7 +405,8 @@ class _KeysView(_View, KeysView[str]):
 
 class _ItemsView(_View, ItemsView[str, Any]):
     def __iter__(self) -> Iterator[tuple[str, Any]]:
-        return iter(self._given().items())
+        given = self._given()
+        return self._iterated(given, given.items())
 
     def __reversed__(self) -> Iterator[tuple[str, Any]]:
         return reversed(self._given().items())
@@ -431,7 +455,8 @@ class _ItemsView(_View, ItemsView[str, Any]):
 
 class _ValuesView(_View, ValuesView[Any]):
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._given().values())
+        given = self._given()
+        return self._iterated(given, given.values())
 
     def __reversed__(self) -> Iterator[Any]:
         return reversed(self._given().values())

@@ -171,7 +171,7 @@ class Follow:
 
     def _event(self, found: Event) -> None:
         kind, data, id_ = found
-        body = values.decode(data, values.READ_NESTING) if data else {}
+        body = values.load(data) if data else {}
         if kind == "end":
             reason = body.get("reason")
             if reason in ("account deleted", "key revoked"):

@@ -21,6 +21,7 @@ import os
 import threading
 from collections.abc import Callable
 
+from . import paths
 from .cache import PathCache
 from .changes import Change
 from .errors import KvpioError
@@ -65,10 +66,7 @@ class Coherence:
         if change.kind == "reset":
             path = None
         elif change.kind == "delete" and path is not None:
-            parent, _, last = path.rpartition("/")
-            if last.isascii() and last.isdigit():
-                # Removing a list item moves the later ones up: forget the whole list.
-                path = parent or None
+            path = paths.deleted_reach(path)
         self._forget(path)
 
     def _forget(self, path: str | None) -> None:

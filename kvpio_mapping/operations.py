@@ -315,10 +315,7 @@ def store_many(state: ClientState, batch: list[tuple[str, Any]], scope: str | No
 
 def pop(state: ClientState, full: str) -> Flow[Any]:
     """Remove ``full`` atomically on the server and return what was there, or MISSING."""
-    parent, _, last = full.rpartition("/")
-    # Removing a list item moves the later items up: forget all of the parent.
-    stale = parent if parent and last.isascii() and last.isdigit() else full
-    with state.writing(stale):
+    with state.writing(paths.deleted_reach(full)):
         return protocol.value((yield protocol.pop(full)))
 
 
@@ -373,11 +370,13 @@ def write_if(
     """A write that applies only if ``full`` has ``etag`` (None: nothing there).
 
     Returns whether it applied and, if not, the current value (or MISSING)
-    the 412 carried; the cache learns the outcome either way.
+    the 412 carried; the cache learns the outcome, except for a delete that
+    may have moved later list items up (it forgets the whole list instead).
     """
     cache = state.cache
     generation = cache.generation
-    with state.writing(full):
+    reach = full if body is not None else paths.deleted_reach(full)
+    with state.writing(reach):
         answer = yield protocol.write_if(method, full, body, etag)
         if answer.status_code == 412:
             current, tag = protocol.tagged(answer)
@@ -387,7 +386,8 @@ def write_if(
         cache.store(full, current, generation + 1, tag)
         return False, current
     if body is None:
-        cache.store(full, MISSING, generation + 1)
+        if reach == full:
+            cache.store(full, MISSING, generation + 1)
     else:
         cache.store(full, values.decode(body), generation + 1, values.etag(body))
     return True, MISSING

@@ -143,6 +143,13 @@ def position(segment: str, length: int) -> int | None:
     return index if 0 <= index < length else None
 
 
+def deleted_reach(path: str) -> str:
+    """The path whose value deleting ``path`` may change: removing a list item moves the
+    later items up, so a last segment that may be a position reaches its parent."""
+    parent, _, last = path.rpartition(SEPARATOR)
+    return parent if parent and last.isascii() and last.isdigit() else path
+
+
 def get_in(data: Any, segments: Path) -> Any:
     """The value at ``segments`` below ``data``, or :data:`MISSING`."""
     for segment in segments:

@@ -273,7 +273,7 @@ def error_message(answer: Answer) -> str:
 
 def _decode(answer: Answer) -> Any:
     try:
-        return values.decode(answer.content, values.READ_NESTING)
+        return values.load(answer.content)
     except ValueError as exc:
         raise ProtocolError(f"{_where(answer)} answered a body that is not JSON: {exc}") from None
 
@@ -303,7 +303,7 @@ def tagged(answer: Answer) -> tuple[Any, str | None]:
 def refusal(answer: Answer) -> Any:
     """The JSON body of a 412 to a commit (its failed checks), which nests values."""
     try:
-        return values.decode(answer.content, values.READ_NESTING + 4)
+        return values.load(answer.content, values.READ_NESTING + 4)
     except ValueError as exc:
         raise ProtocolError(f"{_where(answer)} answered a body that is not JSON: {exc}") from None
 

@@ -206,10 +206,7 @@ def _reach(operation: _Operation) -> str:
     """The path whose value ``operation`` may change: a list item's delete moves its
     later siblings up, so it reaches the whole list."""
     kind, path, _value = operation
-    parent, _, last = path.rpartition("/")
-    if kind == "delete" and parent and last.isascii() and last.isdigit():
-        return parent
-    return path
+    return paths.deleted_reach(path) if kind == "delete" else path
 
 
 def _within(path: str, top: str) -> bool:
@@ -286,15 +283,23 @@ class TransactionState:
             _apply(root, operation)
         return paths.get_in(root, tuple(full.split("/")))
 
+    def _found(self, key: object) -> Flow[Any]:
+        """The value at ``key`` as this transaction sees it (shared), or MISSING, also for
+        a key that can never be stored (answered as ``dict`` answers an absent key)."""
+        full = self._bucket._valid(key)
+        if full is None:
+            return MISSING
+        return (yield from self._value(full))
+
     def _lookup(self, key: str) -> Flow[Any]:
         """The caller's copy of the value at ``key`` as this transaction sees it; KeyError."""
-        found = yield from self._value(self._bucket._full(key))
+        found = yield from self._found(key)
         if found is MISSING:
             raise KeyError(key)
         return values.copy(found)
 
     def _present(self, key: object) -> Flow[bool]:
-        return (yield from self._value(self._bucket._full(key))) is not MISSING
+        return (yield from self._found(key)) is not MISSING
 
     def _removal(self, key: str) -> Flow[None]:
         """Buffer the delete of ``key``; KeyError if it is not there."""
@@ -338,7 +343,7 @@ class TransactionState:
         cache = state.cache
         checks = {path: etag for path, (_value, etag) in self._seen.items()}
         request = protocol.commit(commit_body(checks, pending))
-        written = list(dict.fromkeys(path for _kind, path, _value in pending))
+        written = list(dict.fromkeys(_reach(operation) for operation in pending))
         generation = cache.generation
         try:
             answer = yield request
@@ -356,7 +361,7 @@ class TransactionState:
         generation += len(written)
         for index, (kind, path, value) in enumerate(pending):
             later = pending[index + 1 :]
-            if any(_within(path, other) or _within(other, path) for _k, other, _v in later):
+            if any(_within(path, _reach(op)) or _within(_reach(op), path) for op in later):
                 continue
             if kind == "set":
                 cache.store(path, value, generation, values.etag(values.encode(value)))

@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 
 from cachetools import TTLCache
 
-from . import operations, protocol, values
+from . import operations, paths, protocol, values
 from .cache import CacheInfo
 from .changes import Change
+from .errors import InvalidPathError
 from .forks import reset_after_fork
 from .operations import Flow, run
 from .paths import MISSING
@@ -94,8 +95,22 @@ class RenderCache:
 # The template operations as flows (see kvpio_mapping.operations), for both stores.
 
 
+def _impossible(name: object) -> bool:
+    """Whether ``name`` can never name a stored template (not a ``str``, or not a valid
+    path): reads answer it as ``dict`` answers an absent key, without a request. An
+    unhashable ``name`` raises ``TypeError``, as it does for ``dict``."""
+    try:
+        paths.parse(name)
+    except (TypeError, InvalidPathError):
+        hash(name)
+        return True
+    return False
+
+
 def _fetch(name: object, raw: bool = False, data: bytes | None = None) -> Flow[Any]:
     """A template's text (rendered, or its source) and the names it used; KeyError if none."""
+    if _impossible(name):
+        raise KeyError(name)
     answer = yield protocol.template(name, raw=raw, data=data)
     found = protocol.text(answer)
     if found is MISSING:
@@ -161,6 +176,8 @@ def store(cache: RenderCache, name: str, text: str) -> Flow[None]:
 
 def remove(cache: RenderCache, name: str) -> Flow[None]:
     """Delete the template ``name``; KeyError if there is none."""
+    if _impossible(name):
+        raise KeyError(name)
     request = protocol.pop_template(name)
     try:
         found = protocol.text((yield request))

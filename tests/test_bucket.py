@@ -181,6 +181,28 @@ def test_views_are_live(pair):
 
 
 @pytest.mark.parametrize("view", ["keys", "values", "items"])
+@pytest.mark.parametrize("use", ["for", "in", "reversed", "break"])
+def test_a_views_len_counts_a_write_made_after_it_was_used(pair, view, use):
+    def call(m):
+        seen = getattr(m, view)()
+        if use == "for":
+            for _ in seen:
+                pass
+        elif use == "in":
+            ("a", 1) in seen  # noqa: B015
+        elif use == "reversed":
+            list(reversed(seen))
+        else:
+            for _ in seen:
+                m["late"] = "added"
+                return len(seen)
+        m["late"] = "added"
+        return len(seen)
+
+    same(pair, call)
+
+
+@pytest.mark.parametrize("view", ["keys", "values", "items"])
 def test_views_are_reversible(pair, view):
     same(pair, lambda m: list(reversed(getattr(m, view)())))
 

@@ -168,6 +168,32 @@ class BucketMachine(RuleBasedStateMachine):
     def set_a_stored_path(self, data: st.DataObject, value: Any) -> None:
         self.set(data.draw(st.sampled_from(every_path(self.model)), label="path"), value)
 
+    @rule(path=PATHS)
+    def delete_if_unchanged(self, path: str) -> None:
+        bucket = self.bucket
+        if self.model_get(path) == ABSENT:
+            with pytest.raises(KeyError):
+                bucket.versioned(path)
+            return
+        assert bucket.delete_if(path, bucket.versioned(path).etag)
+        delete_in(self.model, parse(path))
+
+    @rule(path=PATHS, written=PATHS, value=VALUES)
+    def transact_delete_then_set(self, path: str, written: str, value: Any) -> None:
+        def fn(tx: Any) -> None:
+            if path in tx:
+                del tx[path]
+            tx[written] = value
+
+        before = copy.deepcopy(self.model)
+        delete_in(self.model, parse(path))
+        if self.model_set(written, value):
+            self.bucket.transact(fn)
+        else:
+            self.model = before
+            with pytest.raises(ValueError):
+                self.bucket.transact(fn)
+
     @rule(path=PATHS, default=st.none() | st.just("default"))
     def pop(self, path: str, default: Any) -> None:
         expected = self.model_get(path)

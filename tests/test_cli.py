@@ -136,6 +136,8 @@ def test_set_value_that_is_not_json_is_a_string(run: Any) -> None:
     assert run("bucket", "get", "greeting") == (0, '"hello world"\n', "")
     assert run("bucket", "set", "n", "NaN")[0] == 0  # not JSON either
     assert run("bucket", "get", "n") == (0, '"NaN"\n', "")
+    assert run("bucket", "set", "n", "1e999")[0] == 0  # beyond a float: not storable JSON
+    assert run("bucket", "get", "n") == (0, '"1e999"\n', "")
     assert run("bucket", "set", "t", "true")[0] == 0
     assert run("bucket", "get", "t") == (0, "true\n", "")
 

@@ -367,8 +367,10 @@ def test_floats_round_trip_exactly():
         assert type(decoded) is float
 
 
-@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity", "[NaN]", '{"a": Infinity}'])
-def test_decode_refuses_non_finite_constants(text):
+@pytest.mark.parametrize(
+    "text", ["NaN", "Infinity", "-Infinity", "[NaN]", '{"a": Infinity}', "1e400", '{"a": [-1e999]}']
+)
+def test_decode_refuses_non_finite_numbers(text):
     with pytest.raises(ValueError):
         values.decode(text)
 

@@ -250,6 +250,22 @@ def test_a_lookup_after_a_write_is_not_served_from_the_listing(kvpio_account):
     assert [bucket[key] for key in keys] == [10, 2]
 
 
+@pytest.mark.parametrize("ttl", [5.0, 0], ids=["cached", "uncached"])
+def test_a_lookup_after_a_write_through_a_view_is_not_served_from_the_listing(kvpio_account, ttl):
+    bucket = KVBucket(kvpio_account.url, kvpio_account.api_key, ttl=ttl)
+    bucket.update({"a": {"x": 1}, "b": 2})
+    keys = iter(bucket.keys())
+    bucket.view("a")["x"] = 10
+    assert [bucket[key] for key in keys] == [{"x": 10}, 2]
+
+
+def test_a_views_lookup_is_not_served_from_its_buckets_listing(kvpio_account):
+    bucket = KVBucket(kvpio_account.url, kvpio_account.api_key, ttl=0)
+    bucket.update({"a": {"a": "inner"}, "b": 2})
+    keys = iter(bucket.keys())
+    assert bucket.view("a")[next(keys)] == "inner"
+
+
 def test_the_listing_serves_only_the_thread_that_listed(kvpio_account):
     bucket = KVBucket(kvpio_account.url, kvpio_account.api_key, ttl=0)
     other = KVBucket(kvpio_account.url, kvpio_account.api_key, ttl=0)

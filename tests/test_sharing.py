@@ -132,6 +132,16 @@ def test_set_if_absent(bucket: KVBucket) -> None:
     assert bucket["lock"] == "me"
 
 
+def test_delete_if_of_a_list_item_leaves_no_stale_cached_item(
+    bucket: KVBucket, other: KVBucket
+) -> None:
+    bucket["l"] = ["x", "y", "z"]
+    assert (bucket["l/2"], bucket["l/3"]) == ("y", "z")
+    assert bucket.delete_if("l/1", bucket.versioned("l/1").etag)
+    assert [bucket.get(f"l/{n}") for n in (1, 2, 3)] == ["y", "z", None]
+    assert other["l"] == ["y", "z"]
+
+
 def test_versioned_of_a_missing_key_raises_key_error(bucket: KVBucket) -> None:
     with pytest.raises(KeyError):
         bucket.versioned("nothing")
@@ -259,6 +269,22 @@ def test_delete_of_a_missing_key_in_a_transaction_raises_key_error(bucket: KVBuc
         bucket.transact(body)
 
 
+@pytest.mark.parametrize("key", [1, None, "", "a//b", ".."], ids=repr)
+def test_a_transactions_read_of_a_key_that_can_never_exist_answers_as_dict_does(
+    bucket: KVBucket, key: Any
+) -> None:
+    def fn(tx: Transaction) -> list[Any]:
+        with pytest.raises(KeyError):
+            tx[key]
+        with pytest.raises(KeyError):
+            del tx[key]
+        with pytest.raises(TypeError, match="unhashable"):
+            tx.get([key])
+        return [tx.get(key, "dflt"), key in tx, tx.pop(key, "dflt")]
+
+    assert bucket.transact(fn) == ["dflt", False, "dflt"]
+
+
 def test_a_transaction_that_only_reads_sends_no_commit(
     bucket: KVBucket, count_requests: Counter
 ) -> None:
@@ -328,6 +354,16 @@ def _transferrer(bucket: KVBucket, seed: int, count: int) -> None:
         )
 
 
+def _appender_merger_and_swapper(bucket: KVBucket, worker: int, count: int) -> None:
+    for n in range(count):
+        bucket.append("log", [worker, n])
+        bucket.merge("seen", {f"w{worker}n{n}": True})
+        while True:
+            read = bucket.versioned("swapped")
+            if bucket.set_if("swapped", read.value + 1, read.etag):
+                break
+
+
 def _run(target: Callable[..., None], args: list[tuple[Any, ...]]) -> None:
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=target, args=arguments) for arguments in args]
@@ -355,6 +391,18 @@ def shared(two_workers: RunningServer) -> KVBucket:
 def test_processes_incrementing_one_key_lose_nothing(shared: KVBucket) -> None:
     _run(_incrementer, [(shared, 200)] * 4)
     assert shared.get("counter") == 800
+
+
+@pytest.mark.slow
+def test_processes_appending_merging_and_swapping_lose_nothing(shared: KVBucket) -> None:
+    shared["swapped"] = 0
+    _run(_appender_merger_and_swapper, [(shared, worker, 50) for worker in range(4)])
+    final = KVBucket(shared.url, shared._transport.api_key, ttl=0).copy()
+    for worker in range(4):
+        assert [n for w, n in final["log"] if w == worker] == list(range(50))
+    assert len(final["log"]) == 200
+    assert len(final["seen"]) == 200
+    assert final["swapped"] == 200
 
 
 @pytest.mark.slow
@@ -495,3 +543,18 @@ def test_a_transaction_reads_a_list_item_moved_up_by_its_own_delete(bucket: KVBu
 
     assert bucket.transact(fn) == 0
     assert bucket["l"] == [0]
+
+
+def test_a_transactions_delete_of_a_list_item_leaves_no_stale_cached_item(
+    bucket: KVBucket, other: KVBucket
+) -> None:
+    bucket["l"] = ["x", "y", "z"]
+    assert (bucket["l/2"], bucket["l/3"]) == ("y", "z")
+
+    def fn(tx: Any) -> None:
+        tx["l/3"] = "w"
+        del tx["l/1"]
+
+    bucket.transact(fn)
+    assert [bucket.get(f"l/{n}") for n in (1, 2, 3)] == ["y", "w", None]
+    assert other["l"] == ["y", "w"]

@@ -161,12 +161,27 @@ def test_a_template_name_with_a_slash_is_one_flat_name(store):
     assert "a" not in store
 
 
-@pytest.mark.parametrize("name", ["", "a//b", "/a", ".."])
-def test_an_invalid_name_raises_invalid_path_error_and_sends_nothing(store, sent, name):
+@pytest.mark.parametrize("name", ["", "a//b", "/a", "..", "a\x00"])
+def test_an_invalid_name_is_refused_by_writes_and_sends_nothing(store, sent, name):
     with pytest.raises(InvalidPathError):
         store[name] = "x"
-    with pytest.raises(InvalidPathError):
+    assert sent.sent == []
+
+
+@pytest.mark.parametrize("name", ["", "a//b", "..", 1, None, ("t",)], ids=repr)
+def test_a_read_of_a_name_that_can_never_exist_answers_as_dict_does_and_sends_nothing(
+    store, sent, name
+):
+    with pytest.raises(KeyError) as caught:
         store[name]
+    assert caught.value.args == (name,)
+    assert name not in store
+    assert store.get(name, "dflt") == "dflt"
+    assert store.pop(name, "dflt") == "dflt"
+    with pytest.raises(KeyError):
+        del store[name]
+    with pytest.raises(TypeError, match="unhashable"):
+        store.get(["t"])
     assert sent.sent == []
 
 

@@ -1027,7 +1027,7 @@ class TemplatesResource(_Resource):
             except InvalidPathError:
                 continue
             if found is not None:
-                context[variable] = values.decode(found, values.READ_NESTING)
+                context[variable] = values.load(found)
         return context
 
     def _pop(self, account: str, name: str) -> str | None:

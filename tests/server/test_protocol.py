@@ -186,7 +186,10 @@ def test_empty_write_body_is_400(api: Api) -> None:
     assert_error(api.post("/v1/bucket/foo", data=b""), 400)
 
 
-@pytest.mark.parametrize("body", [b"{", b"NaN", b"[Infinity]", b"-Infinity", b"'x'", b"\xff"])
+@pytest.mark.parametrize(
+    "body",
+    [b"{", b"NaN", b"[Infinity]", b"-Infinity", b"'x'", b"\xff", b"1e400", b'{"a": [-1e999]}'],
+)
 def test_invalid_json_is_400_and_stores_nothing(api: Api, body: bytes) -> None:
     response = api.post("/v1/bucket/foo", data=body)
     assert_error(response, 400)
