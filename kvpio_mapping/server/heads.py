@@ -30,6 +30,8 @@ HEADER_TIMEOUT: Final = 10.0
 LINGER: Final = 2.0
 """Seconds a refused connection is read and discarded, so the client can read the answer."""
 NOTICE_EVERY: Final = 10.0
+HTTP_VERSIONS: Final = frozenset({"1.0", "1.1"})
+"""The HTTP versions a request head may name; httptools also reads 0.9 and 2.0."""
 """Seconds between two log lines about refused connections of one kind."""
 
 
@@ -106,6 +108,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        self._bad_head = ""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -148,6 +151,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self.waiting.pop(self, None)
         self._stop_head_timer()
+        version = self.parser.get_http_version()
+        if version not in HTTP_VERSIONS:
+            # httptools reads "HTTP/0.9" and "HTTP/2.0" heads, which no ASGI app takes: an
+            # error raised in a parser callback ends the parse, and uvicorn answers it with
+            # send_400_response.
+            self._bad_head = f"HTTP/{version} is not served, only HTTP/1.1 and HTTP/1.0"
+            raise ValueError(self._bad_head)
         super().on_headers_complete()
         if self.cycle is not None:
             self.cycle.transport = self._gathered  # type: ignore[assignment]
@@ -161,6 +171,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if self.cycle.response_complete and not self.transport.is_closing():
             self.waiting[self] = None
+
+    def send_400_response(self, msg: str) -> None:
+        """Answer a request that is not HTTP/1.x with a JSON error, as every other 4xx is."""
+        self.waiting.pop(self, None)
+        self._stop_head_timer()
+        self._gathered.flush()
+        self.transport.write(_error_answer(400, self._bad_head or "invalid HTTP request"))
+        self.transport.close()
 
     def _start_head_timer(self) -> None:
         self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
@@ -191,19 +209,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._stop_head_timer()
         self._refused = True
         self._gathered.flush()  # an answer still held goes first
-        body = json.dumps({"error": message}).encode()
-        self.transport.write(
-            STATUS_LINE[status]
-            + b"content-type: application/json\r\ncontent-length: "
-            + str(len(body)).encode()
-            + b"\r\nconnection: close\r\n\r\n"
-            + body
-        )
+        self.transport.write(_error_answer(status, message))
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER, self.transport.close)
         peer = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
         self.notices.tell(str(status), f"{status} to {peer}: {message}")
+
+
+def _error_answer(status: int, message: str) -> bytes:
+    """A whole error answer that closes the connection: ``{"error": message}``, as the app's."""
+    body = json.dumps({"error": message}).encode()
+    return (
+        STATUS_LINE[status]
+        + b"content-type: application/json\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\nconnection: close\r\n\r\n"
+        + body
+    )
 
 
 def protocol_class(limits: HeadLimits) -> type[BoundedHttpToolsProtocol]:

@@ -69,6 +69,24 @@ def test_a_head_over_64_kib_gets_431_before_authentication() -> None:
         assert "431 to 127.0.0.1:" in server.stderr()
 
 
+def test_heads_of_other_http_versions_and_garbage_get_a_json_400() -> None:
+    heads = {
+        b"GET /v1/bucket/ HTTP/2.0\r\nHost: kvpio\r\n\r\n": b"HTTP/2.0 is not served",
+        b"GET /v1/bucket/\r\n\r\n": b"HTTP/0.9 is not served",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n": b"invalid HTTP request",
+    }
+    with run_server() as server:
+        for head, error in heads.items():
+            with socket.create_connection(address(server), timeout=5) as sock:
+                sock.sendall(head)
+                answer = answer_of(sock, 5)
+            assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer
+            assert b"content-type: application/json\r\n" in answer
+            assert error in answer.partition(b"\r\n\r\n")[2]
+        assert read_status(server) == 200
+        assert "Exception in ASGI application" not in server.stderr()
+
+
 def test_a_head_under_the_limit_is_served() -> None:
     with run_server() as server:
         headers = {"X-Big": "a" * 60_000}
