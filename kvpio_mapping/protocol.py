@@ -297,7 +297,12 @@ def tagged(answer: Answer) -> tuple[Any, str | None]:
     if answer.status_code != 412:
         check(answer)
     found = _value_body(answer)
-    return found, None if found is MISSING else answer.headers.get("ETag")
+    if found is MISSING:
+        return found, None
+    etag = answer.headers.get("ETag")
+    if not etag:
+        raise ProtocolError(f"{_where(answer)} answered a value without its ETag")
+    return found, etag
 
 
 def refusal(answer: Answer) -> Any:
@@ -386,6 +391,8 @@ def text(answer: Answer) -> Any:
     """The text of a template answer (rendered or source), or ``MISSING``."""
     check(answer)
     if _is_missing(answer):
+        if answer.content:
+            raise ProtocolError(f"{_where(answer)} answered {MISSING_HEADER} with a body")
         return MISSING
     try:
         return answer.content.decode("utf-8")

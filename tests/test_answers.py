@@ -107,6 +107,24 @@ def test_the_missing_answer_is_missing(fault: Fault, bucket: KVBucket) -> None:
         bucket["k"]
 
 
+def test_a_missing_answer_with_a_body_is_a_protocol_error_never_a_key_error(fault: Fault):
+    fault.answer(200, b'"text"', Kvpio_Missing="true", Content_Type="text/plain; charset=utf-8")
+    templates = TemplateStore(Transport(fault.url, "key", retries=0))
+    for read in (lambda: templates["page"], lambda: templates.source("page")):
+        with pytest.raises(ProtocolError, match="Kvpio-Missing with a body"):
+            read()
+
+
+def test_a_value_without_its_etag_is_a_protocol_error_to_a_versioned_read(
+    fault: Fault, bucket: KVBucket
+) -> None:
+    fault.answer(200, b'{"a": 1}', Content_Type="application/json")
+    with pytest.raises(ProtocolError, match="without its ETag"):
+        bucket.versioned("k")
+    with pytest.raises(ProtocolError, match="without its ETag"):
+        bucket.transact(lambda tx: tx.get("k"))
+
+
 @pytest.mark.parametrize(
     "body", [b"[1, 2]", b'{"a": 1}', b'"text"', b"[1, {}]"], ids=["ints", "object", "str", "mixed"]
 )
