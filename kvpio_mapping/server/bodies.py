@@ -64,22 +64,34 @@ else:
 
 
 def guarded(receive: Receive, limits: BodyLimits) -> Receive:
-    """``receive`` for one request, raising instead of handing on a late or cut body."""
+    """``receive`` for one request, raising instead of handing on a late or cut body.
+
+    Falcon awaits the first event before any error handler can answer, so
+    that one never raises: a disconnect is handed on (Falcon then drops the
+    request), and a first event too late is handed on as an empty piece,
+    the error raised at the next call, when a resource reads the body.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limits.timeout
     complete = False
+    first = True
 
     async def guarded_receive() -> Any:
-        nonlocal deadline, complete
+        nonlocal deadline, complete, first
         if complete:  # after the body, only a disconnect can come: wait as long as it takes
             return await receive()
         if loop.time() >= deadline:
             raise BodyTimeoutError(limits)
+        was_first, first = first, False
         try:
             event = await _by(deadline, receive)
         except asyncio.TimeoutError:
+            if was_first:  # an empty piece of a body still to come
+                return {"type": "http.request", "body": b"", "more_body": True}
             raise BodyTimeoutError(limits) from None
         if event["type"] == "http.disconnect":
+            if was_first:
+                return event
             raise BodyCutError("the client closed the connection before its body ended")
         deadline += len(event.get("body", b"")) / limits.min_rate
         complete = not event.get("more_body", False)

@@ -104,3 +104,21 @@ def test_a_slow_but_steady_body_is_stored() -> None:
             answer = sock.recv(65536)
         assert answer.startswith(b"HTTP/1.1 200 "), answer
         assert Api(server.url, KEY).get("/v1/bucket/slow").json() == "x" * 1998
+
+
+def test_a_body_that_never_starts_gets_408_and_one_cut_before_it_starts_is_dropped() -> None:
+    options = ["--body-timeout", "1", "--workers", "1"]
+    with run_server(api_key=KEY, options=options) as server:
+        api = Api(server.url, KEY)
+        with connect(server) as sock:
+            sock.sendall(head("/v1/bucket/t", 10))
+            answer = b""
+            while chunk := sock.recv(65536):  # the server answers, then closes
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert b"did not arrive within 1 s" in answer
+        with connect(server) as sock:
+            sock.sendall(head("/v1/bucket/t", 10))
+            time.sleep(0.2)  # the server has the head, and waits for the body
+        assert api.get("/v1/bucket/t").headers["Kvpio-Missing"] == "true"
+        assert "Exception in ASGI application" not in server.stderr()
