@@ -824,6 +824,8 @@ class BucketResource(_Resource):
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         path = self.path(req)
+        if req.query_string:
+            _refuse_misplaced(req, path)
         async with self.server.body(req) as body:
             # Each in a coroutine of its own, so its value is gone before the body is let go.
             if path:
@@ -870,6 +872,13 @@ class BucketResource(_Resource):
         if not path:
             if not _flag(req, "all"):
                 raise ClientError(400, "deleting the whole bucket needs ?all=true")
+            if (
+                req.get_header("If-Match") is not None
+                or req.get_header("If-None-Match") is not None
+            ):
+                raise ClientError(
+                    400, "deleting the whole bucket takes no If-Match or If-None-Match condition"
+                )
             await self.server.confirm(req)
             _revision(resp, await self.server.write(self.storage.clear, account))
             self.server.feed.poke(account)
@@ -888,6 +897,15 @@ class BucketResource(_Resource):
         else:
             resp.content_type = JSON_TYPE
             resp.data = removed.encode()
+
+
+def _refuse_misplaced(req: falcon.asgi.Request, path: paths.Path) -> None:
+    """400 for a write's query flag that means something only elsewhere, rather than a write
+    of another meaning: a commit body stored as a path's value, a batch of increments as sets."""
+    if path and _flag(req, "commit"):
+        raise ClientError(400, "?commit=true is taken only at /v1/bucket/, not below it")
+    if not path and req.get_param("op") is not None:
+        raise ClientError(400, "?op= is taken only by a write to a path, not at /v1/bucket/")
 
 
 def _batch(value: Any, body: bytes) -> Sequence[Operation]:

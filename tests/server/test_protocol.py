@@ -446,6 +446,26 @@ def test_delete_all_needs_all_true_and_keeps_templates(api: Api) -> None:
     assert_json(api.get("/v1/templates/"), b'["t"]')
 
 
+@pytest.mark.parametrize("header", [{"If-Match": '"nothing-has-this-tag"'}, {"If-None-Match": "*"}])
+def test_delete_all_with_a_condition_is_400_and_deletes_nothing(
+    api: Api, header: dict[str, str]
+) -> None:
+    api.post("/v1/bucket/a", json=1)
+    assert_error(api.delete("/v1/bucket/?all=true", headers=header), 400)
+    assert_json(api.get("/v1/bucket/a"), b"1")
+
+
+def test_a_flag_of_another_write_is_400_not_a_write_of_another_meaning(api: Api) -> None:
+    api.post("/v1/bucket/a", json=5)
+    commit = {"operations": [{"op": "increment", "path": "a", "value": 1}]}
+    assert_error(api.post("/v1/bucket/a?commit=true", json=commit), 400)
+    assert_error(api.post("/v1/bucket/?op=increment", json={"a": 1}), 400)
+    assert_error(api.post("/v1/bucket/?commit=true&op=increment", json=commit), 400)
+    assert_json(api.get("/v1/bucket/a"), b"5")
+    assert_empty(api.post("/v1/bucket/a?commit=false", json=6))
+    assert_json(api.get("/v1/bucket/a"), b"6")
+
+
 def test_pop_returns_the_removed_value_or_missing(api: Api) -> None:
     api.post("/v1/bucket/foo", json=NESTED)
     assert_json(api.delete("/v1/bucket/foo/2?pop=true"), b'{"10":"Ten","20":[46],"2":"two"}')
