@@ -1192,17 +1192,23 @@ _WHOLE: Final = "{path:path}"
 _BODY_HEADERS: Final = (b"content-length", b"transfer-encoding")
 
 
-def _has_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    """Whether a request's head announces a body: without one, its first event is all there is."""
-    return any(name in _BODY_HEADERS for name, _ in headers)
+def _announced(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    """The body a request's head announces: None for none (its first event is all there is),
+    else its ``Content-Length``, 0 when chunked."""
+    announced = None
+    for name, value in headers:
+        if name in _BODY_HEADERS:
+            announced = max(announced or 0, int(value) if name == b"content-length" else 0)
+    return announced
 
 
 class _App(App):
     """Falcon's ASGI app, with every request body guarded (:mod:`.bodies`)."""
 
-    def __init__(self, body_limits: BodyLimits, **options: Any) -> None:
+    def __init__(self, body_limits: BodyLimits, max_body: int, **options: Any) -> None:
         super().__init__(**options)
         self.body_limits = body_limits
+        self.max_body = max_body
 
     async def __call__(  # type: ignore[override]
         self, scope: dict[str, Any], receive: Receive, send: Callable[[Any], Awaitable[None]]
@@ -1212,8 +1218,9 @@ class _App(App):
             if type(headers) is not list:  # any iterable of pairs, each read once (as in tests)
                 headers = [tuple(pair) for pair in headers]
                 scope = {**scope, "headers": headers}
-            if _has_body(headers):
-                receive = guarded(receive, self.body_limits)
+            announced = _announced(headers)
+            if announced is not None:
+                receive = guarded(receive, self.body_limits, announced > self.max_body)
         await super().__call__(scope, receive, send)
 
 
@@ -1235,6 +1242,7 @@ def create_app(
     middleware: list[Any] = [AccessLog(), metrics.Metrics(server), _Middleware(server)]
     app: App = _App(
         bodies if bodies is not None else BodyLimits(),
+        max_body,
         middleware=middleware,
         cors_enable=False,
         router=_Router(),

@@ -63,13 +63,16 @@ else:
         return await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
 
 
-def guarded(receive: Receive, limits: BodyLimits) -> Receive:
+def guarded(receive: Receive, limits: BodyLimits, refused: bool = False) -> Receive:
     """``receive`` for one request, raising instead of handing on a late or cut body.
 
     Falcon awaits the first event before any error handler can answer, so
     that one never raises: a disconnect is handed on (Falcon then drops the
     request), and a first event too late is handed on as an empty piece,
     the error raised at the next call, when a resource reads the body.
+    ``refused``: the body is over the size limit and will not be read, so
+    that empty piece comes at once, without asking the client for the body
+    (uvicorn answers ``Expect: 100-continue`` at the first ``receive``).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limits.timeout
@@ -78,6 +81,9 @@ def guarded(receive: Receive, limits: BodyLimits) -> Receive:
 
     async def guarded_receive() -> Any:
         nonlocal deadline, complete, first
+        if first and refused:
+            first = False
+            return {"type": "http.request", "body": b"", "more_body": True}
         if complete:  # after the body, only a disconnect can come: wait as long as it takes
             return await receive()
         if loop.time() >= deadline:

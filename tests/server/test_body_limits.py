@@ -122,3 +122,16 @@ def test_a_body_that_never_starts_gets_408_and_one_cut_before_it_starts_is_dropp
             time.sleep(0.2)  # the server has the head, and waits for the body
         assert api.get("/v1/bucket/t").headers["Kvpio-Missing"] == "true"
         assert "Exception in ASGI application" not in server.stderr()
+
+
+def test_a_body_over_the_limit_is_refused_at_once_and_never_asked_for() -> None:
+    with run_server(api_key=KEY, options=["--max-body", "1000"]) as server:
+        for expect in (b"", b"Expect: 100-continue\r\n"):
+            with connect(server) as sock:
+                sock.sendall(head("/v1/bucket/t", 1001)[:-2] + expect + b"\r\n")
+                answer = b""
+                while chunk := sock.recv(65536):  # the server answers, then closes
+                    answer += chunk
+            assert answer.startswith(b"HTTP/1.1 413 "), answer
+            assert b"over the limit of 1000 bytes" in answer
+        assert Api(server.url, KEY).get("/v1/bucket/t").headers["Kvpio-Missing"] == "true"
