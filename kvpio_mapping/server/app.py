@@ -726,8 +726,15 @@ class BucketResource(_Resource):
         last_id: int | None,
         snapshot: bool,
     ) -> None:
-        """Answer with the change feed of ``path`` (docs/protocol.md, "Live")."""
+        """Answer with the change feed of ``path`` (docs/protocol.md, "Live").
+
+        A body the request announces is read first, and ignored: Falcon watches
+        for the client's disconnect by reading on, where a late or cut body would
+        end the stream with an error rather than with a 408.
+        """
         server = self.server
+        if req.content_length or req.get_header("Transfer-Encoding") is not None:
+            await server.read_body(req)
         resp.set_header("Cache-Control", "no-store")
         resp.sse = await server.feed.open(
             account, path, last_id, snapshot, server.still_allowed(req, account)
