@@ -249,7 +249,7 @@ def cmd_bucket_clear(args: argparse.Namespace) -> int:
         confirm(f"Delete every key in the bucket at {transport.url}?", args.yes)
     except NotConfirmed as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
-    _call(transport, protocol.clear())
+    _call(transport, protocol.clear(), protocol.done)
     return EXIT_OK
 
 
@@ -280,13 +280,13 @@ def cmd_bucket_set(args: argparse.Namespace) -> int:
         body = values.encode(value, addressable=True)
     except InvalidPathError as exc:
         raise CommandError(f"cannot store {args.key}: {exc}") from None
-    _call(_transport(args), protocol.write(full, body))
+    _call(_transport(args), protocol.write(full, body), protocol.done)
     return EXIT_OK
 
 
 def cmd_bucket_del(args: argparse.Namespace) -> int:
     """Delete KEY and everything below it."""
-    _call(_transport(args), protocol.delete(_path(args.key)))
+    _call(_transport(args), protocol.delete(_path(args.key)), protocol.done)
     return EXIT_OK
 
 
@@ -358,7 +358,7 @@ def cmd_bucket_import(args: argparse.Namespace) -> int:
     for number, batch in enumerate(batches, 1):
         progress.update(written, f"batch {number}/{len(batches)}")
         try:
-            _call(transport, protocol.write_many(batch))
+            _call(transport, protocol.write_many(batch), protocol.done)
         except (CommandError, KeyboardInterrupt) as exc:
             progress.finish()
             if isinstance(exc, CommandError):
@@ -403,13 +403,13 @@ def cmd_template_get(args: argparse.Namespace) -> int:
 
 def cmd_template_set(args: argparse.Namespace) -> int:
     """Store TEMPLATE under NAME."""
-    _call(_transport(args), protocol.write_template(_path(args.name), args.template))
+    _call(_transport(args), protocol.write_template(_path(args.name), args.template), protocol.done)
     return EXIT_OK
 
 
 def cmd_template_del(args: argparse.Namespace) -> int:
     """Delete template NAME."""
-    _call(_transport(args), protocol.delete_template(_path(args.name)))
+    _call(_transport(args), protocol.delete_template(_path(args.name)), protocol.done)
     return EXIT_OK
 
 

@@ -300,7 +300,7 @@ def store(state: ClientState, full: str, value: Any) -> Flow[None]:
     """Write ``value`` at ``full`` (checked first: nothing is sent if bad)."""
     body = values.encode(value, addressable=True)
     with state.writing(full):
-        protocol.check((yield protocol.write(full, body)))
+        protocol.done((yield protocol.write(full, body)))
 
 
 def store_many(state: ClientState, batch: list[tuple[str, Any]], scope: str | None) -> Flow[None]:
@@ -310,7 +310,7 @@ def store_many(state: ClientState, batch: list[tuple[str, Any]], scope: str | No
         values.check(value, addressable=True)
     request = protocol.write_many(batch)
     with state.writing(scope):
-        protocol.check((yield request))
+        protocol.done((yield request))
 
 
 def pop(state: ClientState, full: str) -> Flow[Any]:
@@ -322,7 +322,7 @@ def pop(state: ClientState, full: str) -> Flow[Any]:
 def clear(state: ClientState, root: str) -> Flow[None]:
     """Remove every key (below ``root``, whose object becomes ``{}``)."""
     with state.writing(root or None):
-        protocol.check((yield protocol.clear(root)))
+        protocol.done((yield protocol.clear(root)))
 
 
 def check_number(by: Any) -> None:
@@ -361,7 +361,7 @@ def merge(state: ClientState, full: str, members: dict[str, Any]) -> Flow[None]:
         paths.parse(name)
     body = values.encode(members)
     with state.writing(full):
-        protocol.check((yield protocol.operate(full, "merge", body)))
+        protocol.done((yield protocol.operate(full, "merge", body)))
 
 
 def write_if(
@@ -381,7 +381,7 @@ def write_if(
         if answer.status_code == 412:
             current, tag = protocol.tagged(answer)
         else:
-            protocol.check(answer)
+            protocol.done(answer)
     if answer.status_code == 412:
         cache.store(full, current, generation + 1, tag)
         return False, current

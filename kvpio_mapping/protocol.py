@@ -254,6 +254,17 @@ def check(answer: Answer) -> None:
     raise ServerError(f"the server failed with HTTP {status}: {message}", status)
 
 
+def done(answer: Answer) -> None:
+    """Raise unless ``answer`` is the success of a write that answers nothing: a 200 with an
+    empty body. Any body there (a proxy's page, another server's) is a :class:`ProtocolError`:
+    the write's fate is not known, and it is never reported done."""
+    check(answer)
+    if answer.content:
+        raise ProtocolError(
+            f"{_where(answer)} answered a write with a body, which a kvpio v1 server never sends"
+        )
+
+
 def _location(answer: Answer) -> str:
     location = answer.headers.get("Location")
     return f" (to {location})" if location else ""

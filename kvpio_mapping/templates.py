@@ -169,7 +169,7 @@ def store(cache: RenderCache, name: str, text: str) -> Flow[None]:
         raise TypeError(f"a template source must be str, not {type(text).__name__}")
     request = protocol.write_template(name, text)
     try:
-        protocol.check((yield request))
+        protocol.done((yield request))
     finally:
         cache.forget(name)
 

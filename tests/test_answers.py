@@ -125,6 +125,33 @@ def test_a_value_without_its_etag_is_a_protocol_error_to_a_versioned_read(
         bucket.transact(lambda tx: tx.get("k"))
 
 
+WRITES = {
+    "set": lambda bucket, templates: bucket.__setitem__("k", 1),
+    "update": lambda bucket, templates: bucket.update({"k": 1, "j": 2}),
+    "clear": lambda bucket, templates: bucket.clear(),
+    "merge": lambda bucket, templates: bucket.merge("k", {"a": 1}),
+    "set_if": lambda bucket, templates: bucket.set_if("k", 1, None),
+    "template": lambda bucket, templates: templates.__setitem__("page", "x"),
+}
+
+
+@pytest.mark.parametrize("write", WRITES.values(), ids=WRITES.keys())
+def test_a_write_answered_with_a_page_is_a_protocol_error_never_done(
+    fault: Fault, bucket: KVBucket, write: Any
+) -> None:
+    fault.answer(200, b"<html>Sign in to the network</html>", Content_Type="text/html")
+    with pytest.raises(ProtocolError, match="answered a write with a body"):
+        write(bucket, TemplateStore(bucket._transport))
+
+
+def test_the_cli_reports_a_write_answered_with_a_page(
+    fault: Fault, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fault.answer(200, b"<html>Sign in to the network</html>", Content_Type="text/html")
+    assert main(["--url", fault.url, "--api-key", "k", "bucket", "set", "k", "1"]) != 0
+    assert "answered a write with a body" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "body", [b"[1, 2]", b'{"a": 1}', b'"text"', b"[1, {}]"], ids=["ints", "object", "str", "mixed"]
 )
