@@ -170,14 +170,20 @@ class Follow:
         return pause
 
     def _event(self, found: Event) -> None:
+        """Take one event; a garbled one raises ``ValueError`` (reconnect, as for a cut).
+
+        An ``end`` leaves the pause as it is: a stream that ended after its
+        ``ready`` reconnects at once, one that keeps ending before it backs off.
+        """
         kind, data, id_ = found
         body = values.load(data) if data else {}
+        if type(body) is not dict:
+            raise ValueError(f"the data of a {kind!r} event is not a JSON object")
         if kind == "end":
             reason = body.get("reason")
             if reason in ("account deleted", "key revoked"):
                 self.stopped = True
                 raise AuthenticationError(f"the change feed ended: {reason}")
-            self._pause = 0.0
             raise TransportError(f"the change feed ended: {reason}")
         if kind == "ready":
             self._pause = 0.0
@@ -201,12 +207,19 @@ class Follow:
                 return Change("delete", self.base, None, 0)
             return Change("reset", self.base, None, 0) if body.get("reset") else None
         if kind == "template":
-            return Change("template", body["name"], body.get("source"), 0)
+            name, source = body.get("name"), body.get("source")
+            if type(name) is not str or not (source is None or type(source) is str):
+                raise ValueError("a template event without a template name or source text")
+            return Change("template", name, source, 0)
+        if kind not in ("put", "delete"):
+            return None  # an event of a later version of the protocol
         relative = body.get("path")
-        if not isinstance(relative, str):
-            return None
+        if type(relative) is not str or (kind == "put" and "data" not in body):
+            raise ValueError(f"a {kind} event without its path{' or value' * (kind == 'put')}")
         base = self.base
         full = f"{base}/{relative}" if base and relative else base or relative
+        if full:
+            paths.parse(full)
         if kind == "put":
-            return Change("put", full, body.get("data"), 0)
-        return Change("delete", full, None, 0) if kind == "delete" else None
+            return Change("put", full, body["data"], 0)
+        return Change("delete", full, None, 0)

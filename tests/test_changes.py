@@ -69,6 +69,42 @@ def test_a_revoked_key_ends_the_watch_and_a_closing_server_asks_for_a_reconnect(
     assert follow.stopped
 
 
+def test_a_stream_that_keeps_ending_before_it_is_ready_backs_off() -> None:
+    follow = Follow()
+    pauses = []
+    for _ in range(4):
+        with pytest.raises(TransportError, match="server closing"):
+            feed(follow, "event: end", 'data: {"reason": "server closing"}', "")
+        pauses.append(follow.lost())
+    assert pauses == [0.0, 0.05, 0.1, 0.2]
+    feed(follow, "event: ready", "id: 1", "data: {}", "")
+    with pytest.raises(TransportError):
+        feed(follow, "event: end", 'data: {"reason": "server closing"}', "")
+    assert follow.lost() == 0.0  # after a ready, at once
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        ["event: snapshot", "id: 1", "data: [1]"],
+        ["event: end", "data: 5"],
+        ["event: put", "id: 1", 'data: {"path": "a"}'],
+        ["event: put", "id: 1", 'data: {"path": 5, "data": 1}'],
+        ["event: delete", "id: 1", 'data: {"path": "../x"}'],
+        ["event: put", "id: 1", 'data: {"path": "a//b", "data": 1}'],
+        ["event: template", "id: 1", 'data: {"source": "x"}'],
+    ],
+)
+def test_a_garbled_event_is_a_value_error_for_a_reconnect_and_yields_nothing(
+    event: list[str],
+) -> None:
+    follow = Follow(("w",))
+    with pytest.raises(ValueError):
+        feed(follow, *event, "")
+    follow.lost()
+    assert follow.next() is None
+
+
 def test_parse_events_reads_fields_comments_and_id_only_blocks() -> None:
     lines = [
         ": keep-alive",
