@@ -34,6 +34,8 @@ from .paths import MISSING
 MISSING_HEADER: Final = "Kvpio-Missing"
 COUNT_HEADER: Final = "Kvpio-Count"
 NAMES_HEADER: Final = "Kvpio-Names"
+ANY_NAME: Final = "*"
+"""``Kvpio-Names: *``: the names a rendering used are too many to list; any write may matter."""
 UNKNOWN_KEY: Final = "unknown API key"
 
 
@@ -388,9 +390,14 @@ def length(answer: Answer, root: bool) -> tuple[int, bool | None]:
 
 
 def template_names(answer: Answer) -> frozenset[str]:
-    """The top-level names a rendering used (``Kvpio-Names``)."""
+    """The top-level names a rendering used (``Kvpio-Names``; :data:`ANY_NAME` for any)."""
     header = answer.headers.get(NAMES_HEADER, "")
     return frozenset(unquote(item) for item in header.split(",") if item)
+
+
+def uses(names: frozenset[str], top: str) -> bool:
+    """Whether a rendering that used ``names`` may change with the top-level key ``top``."""
+    return top in names or ANY_NAME in names
 
 
 def revision(answer: Answer) -> int:

@@ -77,7 +77,7 @@ class RenderCache:
                 self._renders.clear()
                 return
             top = path.split("/", 1)[0]
-            for name in [n for n, (_, used) in self._renders.items() if top in used]:
+            for name in [n for n, (_, used) in self._renders.items() if protocol.uses(used, top)]:
                 self._renders.pop(name, None)
 
     def info(self) -> CacheInfo:
@@ -318,7 +318,7 @@ class TemplateFollow:
         if change.kind == "template":
             return change.path == self.name
         top = change.path.split("/", 1)[0]
-        return change.kind == "reset" or not top or top in self._names
+        return change.kind == "reset" or not top or protocol.uses(self._names, top)
 
 
 class TemplateWatch(Iterator[str | None]):

@@ -350,6 +350,15 @@ def test_invalidate_drops_cached_renderings(kvpio_account, conn):
     assert conn.templates["u"] == "new!"
 
 
+def test_a_rendering_of_names_too_many_to_list_is_dropped_by_any_write(conn):
+    many = "".join(f"{{{{ {'é' * 300}{n} }}}}" for n in range(90))
+    conn.templates["t"] = many + "{{ foo }}"
+    conn.bucket["foo"] = "old"
+    assert conn.templates["t"] == "old"
+    conn.bucket["foo"] = "new"
+    assert conn.templates["t"] == "new"
+
+
 def test_cache_info_counts_hits_and_misses(store):
     store["t"] = "x"
     store["t"]

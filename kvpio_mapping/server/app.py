@@ -33,6 +33,7 @@ import falcon.asgi
 
 from .. import paths, values
 from ..errors import InvalidPathError
+from ..protocol import ANY_NAME
 from . import allocator, collector, jsontext, metrics
 from .bodies import BodyCutError, BodyLimits, BodyTimeoutError, Receive, guarded
 from .commits import committed_body, conditions, failed_body, parse_commit, path_operation
@@ -86,6 +87,10 @@ JSON_TYPE: Final = "application/json"
 REVISION: Final = "Kvpio-Revision"
 COUNT: Final = "Kvpio-Count"
 MISSING: Final = "Kvpio-Missing"
+NAMES: Final = "Kvpio-Names"
+NAMES_LIMIT: Final = 4096
+"""Longest ``Kvpio-Names`` listed: a longer one is ``*`` (clients and proxies cap a header
+line, ``http.client`` at 64 KiB, nginx's buffer at 4 or 8 KiB for a whole head)."""
 TEXT_TYPE: Final = "text/plain; charset=utf-8"
 _TRUE: Final = frozenset({"True", "true", "1"})
 _FALSE: Final = frozenset({"False", "false", "0"})
@@ -995,7 +1000,8 @@ class TemplatesResource(_Resource):
             raise ClientError(503, str(exc), {"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
         except RenderError as exc:
             raise ClientError(422, str(exc)) from None
-        resp.set_header("Kvpio-Names", ",".join(quote(n, safe="") for n in sorted(names)))
+        listed = ",".join(quote(n, safe="") for n in sorted(names))
+        resp.set_header(NAMES, listed if len(listed) <= NAMES_LIMIT else ANY_NAME)
         if _send(req, resp, text.encode(), TEXT_TYPE):
             self.server.count_read(account)
 

@@ -597,6 +597,14 @@ def test_kvpio_names_lists_referenced_names_percent_encoded(api: Api) -> None:
     assert sorted(response.headers["Kvpio-Names"].split(",")) == ["%C3%BCn%C3%AF", "a", "b"]
 
 
+def test_kvpio_names_too_long_to_list_is_a_star(api: Api) -> None:
+    # 90 names of 300 "é" each: a 54 KB source, whose names would take a 163 KB header.
+    api.post("/v1/templates/t", json="".join(f"{{{{ {'é' * 300}{n} }}}}" for n in range(90)))
+    response = api.get("/v1/templates/t")
+    assert response.status_code == 200
+    assert response.headers["Kvpio-Names"] == "*"
+
+
 @pytest.mark.parametrize(
     "url",
     ["/v1/bucket/foo", "/v1/bucket/", "/v1/templates/t", "/v1/templates/t?raw=1", "/v1/account/"],
