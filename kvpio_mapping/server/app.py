@@ -884,13 +884,7 @@ class BucketResource(_Resource):
         if not path:
             if not _flag(req, "all"):
                 raise ClientError(400, "deleting the whole bucket needs ?all=true")
-            if (
-                req.get_header("If-Match") is not None
-                or req.get_header("If-None-Match") is not None
-            ):
-                raise ClientError(
-                    400, "deleting the whole bucket takes no If-Match or If-None-Match condition"
-                )
+            _unconditional(req, "deleting the whole bucket")
             await self.server.confirm(req)
             _revision(resp, await self.server.write(self.storage.clear, account))
             self.server.feed.poke(account)
@@ -909,6 +903,13 @@ class BucketResource(_Resource):
         else:
             resp.content_type = JSON_TYPE
             resp.data = removed.encode()
+
+
+def _unconditional(req: falcon.asgi.Request, what: str) -> None:
+    """400 for ``If-Match`` or ``If-None-Match`` on a write that cannot check it: ignored,
+    the condition would leave the write unconditional."""
+    if req.get_header("If-Match") is not None or req.get_header("If-None-Match") is not None:
+        raise ClientError(400, f"{what} takes no If-Match or If-None-Match condition")
 
 
 def _refuse_misplaced(req: falcon.asgi.Request, path: paths.Path) -> None:
@@ -1020,6 +1021,7 @@ class TemplatesResource(_Resource):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         account: str = req.context.account
         name = self.name(req)
+        _unconditional(req, "a template write")
         async with self.server.body(req) as body:
             source = await self.server.decode(body)
         if type(source) is not str:
@@ -1037,6 +1039,7 @@ class TemplatesResource(_Resource):
     async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         account: str = req.context.account
         name = self.name(req)
+        _unconditional(req, "a template write")
         await self.server.confirm(req)
         if _flag(req, "pop"):
             source = await self.server.write(self._pop, account, name)

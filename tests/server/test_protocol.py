@@ -455,6 +455,17 @@ def test_delete_all_with_a_condition_is_400_and_deletes_nothing(
     assert_json(api.get("/v1/bucket/a"), b"1")
 
 
+@pytest.mark.parametrize("header", [{"If-Match": '"nothing-has-this-tag"'}, {"If-None-Match": "*"}])
+def test_a_template_write_with_a_condition_is_400_and_changes_nothing(
+    api: Api, header: dict[str, str]
+) -> None:
+    api.post("/v1/templates/t", json="before")
+    assert_error(api.post("/v1/templates/t", json="after", headers=header), 400)
+    assert_error(api.delete("/v1/templates/t", headers=header), 400)
+    assert_error(api.delete("/v1/templates/t?pop=true", headers=header), 400)
+    assert api.get("/v1/templates/t?raw=true").text == "before"
+
+
 def test_a_flag_of_another_write_is_400_not_a_write_of_another_meaning(api: Api) -> None:
     api.post("/v1/bucket/a", json=5)
     commit = {"operations": [{"op": "increment", "path": "a", "value": 1}]}
