@@ -201,6 +201,17 @@ def test_set_and_import_from_stdin(run: Any, monkeypatch: pytest.MonkeyPatch) ->
     assert run("bucket", "export") == (0, '{"k": {"a": ["ü"]}, "b": 2}\n', "")
 
 
+def test_a_file_with_a_number_beyond_a_float_is_not_valid_json(run: Any, tmp_path: Path) -> None:
+    (tmp_path / "big.json").write_text('{"a": 1e999}')
+    for command in (["set", "user", "--file"], ["import"]):
+        code, out, err = run("bucket", *command, "big.json")
+        assert (code, out) == (1, "")
+        assert err == (
+            "kvpio: big.json is not valid JSON: the number 1e999 is beyond the range of a float\n"
+        )
+    assert run("bucket", "list") == (0, "[]\n", "")  # nothing was sent
+
+
 def test_set_from_file_with_invalid_json(run: Any, tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('{"name": ')
     code, out, err = run("bucket", "set", "user", "--file", "bad.json")
