@@ -30,9 +30,9 @@ HEADER_TIMEOUT: Final = 10.0
 LINGER: Final = 2.0
 """Seconds a refused connection is read and discarded, so the client can read the answer."""
 NOTICE_EVERY: Final = 10.0
+"""Seconds between two log lines about refused connections of one kind."""
 HTTP_VERSIONS: Final = frozenset({"1.0", "1.1"})
 """The HTTP versions a request head may name; httptools also reads 0.9 and 2.0."""
-"""Seconds between two log lines about refused connections of one kind."""
 
 
 @dataclass(frozen=True)
