@@ -28,6 +28,7 @@ import io
 import re
 import socket
 import ssl
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, cast
 
@@ -83,7 +84,17 @@ class Answer:
     """An answer whose head was read here; :meth:`read` reads its body and gives the
     connection back to the pool (closed if the answer asked for it or went wrong)."""
 
-    __slots__ = ("_close", "_conn", "_framing", "_pool", "_rest", "headers", "reason", "status")
+    __slots__ = (
+        "_close",
+        "_conn",
+        "_deadline",
+        "_framing",
+        "_pool",
+        "_rest",
+        "headers",
+        "reason",
+        "status",
+    )
 
     def __init__(
         self,
@@ -95,6 +106,7 @@ class Answer:
         rest: bytes,
         conn: Any,
         pool: HTTPConnectionPool,
+        deadline: float,
     ) -> None:
         self.status = status
         self.reason = reason
@@ -105,6 +117,7 @@ class Answer:
         self._rest = rest
         self._conn = conn
         self._pool = pool
+        self._deadline = deadline
 
     def read(self) -> bytes:
         """The whole body; raises what ``HTTPResponse.read`` raises when it cannot be read."""
@@ -112,7 +125,7 @@ class Answer:
         read = False
         extra = b""
         try:
-            body, extra = _body(conn.sock, self._rest, self._framing)
+            body, extra = _body(conn.sock, self._rest, self._framing, self._deadline)
             read = True
         except TimeoutError as exc:
             raise u3.ReadTimeoutError(self._pool, None, "Read timed out.") from exc
@@ -274,9 +287,10 @@ class Wire:
             except OSError as exc:
                 if exc.errno not in (errno.EPROTOTYPE, errno.ECONNRESET):
                     raise _aborted(exc, pool, self.prefix + target, None) from exc
-            sock.settimeout(read)
             try:
-                received = self._receive(conn, sock, method, self.prefix + target)
+                received = self._receive(
+                    conn, sock, method, self.prefix + target, time.monotonic() + read
+                )
             except TimeoutError as exc:
                 raise _aborted(exc, pool, self.prefix + target, read) from exc
             except (ssl.SSLError, ssl.CertificateError, http.client.HTTPException, OSError) as exc:
@@ -291,9 +305,12 @@ class Wire:
                 conn.close()
                 pool._put_conn(None)
 
-    def _receive(self, conn: Any, sock: socket.socket, method: str, url: str) -> Any:
-        """Read the answer's head: an :class:`Answer`, or urllib3's answer when it is unusual."""
-        data = sock.recv(RECEIVE)
+    def _receive(
+        self, conn: Any, sock: socket.socket, method: str, url: str, deadline: float
+    ) -> Any:
+        """Read the answer's head by ``deadline``: an :class:`Answer` (whose body is read by
+        the same deadline), or urllib3's answer when it is unusual."""
+        data = _recv(sock, deadline)
         if not data:
             raise http.client.RemoteDisconnected("Remote end closed connection without response")
         end = data.find(b"\r\n\r\n")
@@ -308,7 +325,7 @@ class Wire:
                 or b"\n\r\n" in data
             ):
                 return _handed_over(data, conn, sock, self.pool, method, url)
-            more = sock.recv(RECEIVE)
+            more = _recv(sock, deadline)
             if not more:
                 return _handed_over(data, conn, sock, self.pool, method, url)
             data += more
@@ -357,36 +374,51 @@ class Wire:
             connection is not None and "close" in headers[connection].lower()
         )
         reason = (found[2] or "").strip()
-        return Answer(status, reason, headers, framing, close, data[end + 4 :], conn, self.pool)
+        rest = data[end + 4 :]
+        return Answer(status, reason, headers, framing, close, rest, conn, self.pool, deadline)
 
 
 _CHUNKED: Final = -1
 """The framing of a chunked body (a length is 0 or more; None: up to the close)."""
 
 
-def _body(sock: socket.socket, rest: bytes, framing: int | None) -> tuple[bytes, bytes]:
-    """The body framed by ``framing`` (its start already in ``rest``) and any bytes after it."""
+def _recv(sock: socket.socket, deadline: float, into: memoryview | None = None) -> Any:
+    """What ``sock.recv`` (or ``recv_into`` of ``into``) gives, by ``deadline`` (of
+    ``time.monotonic()``): ``TimeoutError`` once it passed, so a server that drips its
+    answer a byte at a time cannot hold a call past its timeout."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the answer did not arrive within the timeout")
+    sock.settimeout(left)
+    return sock.recv(RECEIVE) if into is None else sock.recv_into(into)
+
+
+def _body(
+    sock: socket.socket, rest: bytes, framing: int | None, deadline: float
+) -> tuple[bytes, bytes]:
+    """The body framed by ``framing`` (its start already in ``rest``) and any bytes after it,
+    by ``deadline``."""
     if framing is None:
         parts = [rest]
-        while more := sock.recv(RECEIVE):
+        while more := _recv(sock, deadline):
             parts.append(more)
         return b"".join(parts), b""
     if framing == _CHUNKED:
-        return _Chunks(sock, rest).read()
+        return _Chunks(sock, rest, deadline).read()
     if len(rest) >= framing:
         return rest[:framing], rest[framing:]
-    return _exactly(sock, rest, framing), b""
+    return _exactly(sock, rest, framing, deadline), b""
 
 
-def _exactly(sock: socket.socket, start: bytes, count: int) -> bytes:
+def _exactly(sock: socket.socket, start: bytes, count: int, deadline: float) -> bytes:
     """``count`` bytes: ``start`` and the rest from the socket (``IncompleteRead`` if the
-    connection closes first), received straight into one buffer."""
+    connection closes first), received straight into one buffer by ``deadline``."""
     buffer = bytearray(count)
     view = memoryview(buffer)
     got = len(start)
     view[:got] = start
     while got < count:
-        received = sock.recv_into(view[got:])
+        received = _recv(sock, deadline, view[got:])
         if not received:
             raise http.client.IncompleteRead(bytes(view[:got]), count - got)
         got += received
@@ -396,13 +428,14 @@ def _exactly(sock: socket.socket, start: bytes, count: int) -> bytes:
 class _Chunks:
     """Reads a chunked body as ``http.client`` does, from bytes already received and the socket."""
 
-    def __init__(self, sock: socket.socket, rest: bytes) -> None:
+    def __init__(self, sock: socket.socket, rest: bytes, deadline: float) -> None:
         self.sock = sock
         self.data = rest
         self.at = 0
+        self.deadline = deadline
 
     def _more(self) -> bool:
-        more = self.sock.recv(RECEIVE)
+        more = _recv(self.sock, self.deadline)
         self.data = self.data[self.at :] + more
         self.at = 0
         return bool(more)
@@ -428,7 +461,7 @@ class _Chunks:
         if len(self.data) - start >= count:
             self.at = start + count
             return self.data[start : self.at]
-        taken = _exactly(self.sock, self.data[start:], count)
+        taken = _exactly(self.sock, self.data[start:], count, self.deadline)
         self.data, self.at = b"", 0
         return taken
 
