@@ -1422,8 +1422,8 @@ class TreeStorage(Storage):
     def _store_new_top(self, conn: Connection, account: str, sets: TopLevelSets) -> bool:
         """Store a large batch of new top-level keys with one statement; False if it cannot.
 
-        A bulk import spends its time on rows, not on Python: SQLite reads
-        the members from the batch's text itself (:attr:`new_top_rows`).
+        A bulk import spends its time on rows, not on Python: the database
+        reads the members from the batch's text itself (:attr:`new_top_rows`).
         That is exact only for plain texts (UTF-8 without escapes, integers
         of at most 18 digits, no floats, no containers), and only when every
         key is new and appears once: anything else is stored as usual.
@@ -1439,12 +1439,9 @@ class TreeStorage(Storage):
             or jsontext.has_long_digits(text)
         ):
             return False
-        last = conn.execute(
-            "SELECT max(pos) FROM nodes WHERE account = ? AND parent = x''", (account,)
-        ).fetchone()[0]
         conn.execute("SAVEPOINT new_top")  # a failed statement ends a PostgreSQL transaction
         try:
-            conn.execute(statement, (account, 0 if last is None else int(last) + 1, text.decode()))
+            conn.execute(statement, (account, self._next_top_pos(conn, account), text.decode()))
         except self.duplicate_errors:
             conn.execute("ROLLBACK TO new_top")
             conn.execute("RELEASE new_top")
@@ -1452,6 +1449,14 @@ class TreeStorage(Storage):
         conn.execute("RELEASE new_top")
         self._counted(conn, account, None, len(sets))
         return True
+
+    @staticmethod
+    def _next_top_pos(conn: Connection, account: str) -> int:
+        """The ``pos`` of a new top-level key: after the bucket's last."""
+        last = conn.execute(
+            "SELECT max(pos) FROM nodes WHERE account = ? AND parent = x''", (account,)
+        ).fetchone()[0]
+        return 0 if last is None else int(last) + 1
 
     def _set_top(self, conn: Connection, account: str, pairs: dict[str, Any]) -> None:
         """Store top-level ``key: value`` pairs, as :meth:`_set` would one by one.
@@ -1468,10 +1473,7 @@ class TreeStorage(Storage):
                 found[path] = (kind, pos)
         pos = 0
         if len(found) < len(keys):  # a new key goes last
-            last = conn.execute(
-                "SELECT max(pos) FROM nodes WHERE account = ? AND parent = x''", (account,)
-            ).fetchone()[0]
-            pos = 0 if last is None else int(last) + 1
+            pos = self._next_top_pos(conn, account)
         scalars: list[tuple[Any, ...]] = []
         rows: list[_NewRow] = []
         members: list[_Member] = []
@@ -1543,10 +1545,7 @@ class TreeStorage(Storage):
         # A new child of a split container (or of the bucket itself).
         child = _nest(segments[depth + 1 :], value)
         if container is None:
-            last = conn.execute(
-                "SELECT max(pos) FROM nodes WHERE account = ? AND parent = x''", (account,)
-            ).fetchone()[0]
-            pos = 0 if last is None else int(last) + 1
+            pos = self._next_top_pos(conn, account)
             self._store(conn, account, _child(b"", segment), pos, _label(segment), child, 1, None)
             self._counted(conn, account, None, 1)
             return True
