@@ -931,11 +931,12 @@ def _batch(value: Any, body: bytes) -> Sequence[Operation]:
     pairs: Iterable[Any]
     if type(value) is dict:
         if paths.one_segment_each(value):
-            if not _CONTAINERS_SET.isdisjoint(map(type, value.values())):
+            sets = TopLevelSets(value, body)
+            if not _CONTAINERS_SET.isdisjoint(sets.kinds):
                 for item in value.values():
                     if type(item) in _CONTAINERS:
                         values.check(item)  # the batch was decoded allowing for its own levels
-            return TopLevelSets(value, body)
+            return sets
         pairs = value.items()
     elif type(value) is list and all(
         type(pair) is list and len(pair) == 2 and type(pair[0]) is str for pair in value

@@ -161,15 +161,17 @@ class TopLevelSets(Sequence[Operation]):
     JSON object they were decoded from; any other reads the operations.
     Whoever makes one has checked that each key is a path of one segment
     (:func:`kvpio_mapping.paths.one_segment_each`) and each value a JSON
-    value, so :func:`check_operations` passes it without a look. Indexing
-    walks the members: it is for the odd look, not for loops.
+    value, so :func:`check_operations` passes it without a look. ``kinds``
+    are the types of the values, found once for the maker's checks and the
+    backend's. Indexing walks the members: it is for the odd look, not for loops.
     """
 
-    __slots__ = ("members", "text")
+    __slots__ = ("kinds", "members", "text")
 
     def __init__(self, members: dict[str, Any], text: bytes) -> None:
         self.members = members
         self.text = text
+        self.kinds = frozenset(map(type, members.values()))
 
     def __len__(self) -> int:
         return len(self.members)

@@ -1435,7 +1435,7 @@ class TreeStorage(Storage):
             or b"\\" in text
             or b"\x00" in text
             or text.startswith(_BOM)
-            or not _PLAIN_SCALARS.issuperset(map(type, sets.members.values()))
+            or not sets.kinds <= _PLAIN_SCALARS
             or jsontext.has_long_digits(text)
         ):
             return False
