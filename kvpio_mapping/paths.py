@@ -75,8 +75,8 @@ def one_segment_each(keys: Collection[str]) -> bool:
     """Whether each key is a valid path of one segment (:func:`parse` would give ``(key,)``).
 
     The rules of :func:`check_segment`, tested over all the keys at once (a
-    batch of a million top-level keys): False says only that some key is not
-    plainly one segment, and :func:`parse` of each must tell which and why.
+    batch of a million top-level keys); when False, :func:`parse` of each
+    tells which and why.
     """
     if "" in keys or "." in keys or ".." in keys:
         return False
@@ -88,7 +88,9 @@ def one_segment_each(keys: Collection[str]) -> bool:
             joined.encode()
         except UnicodeEncodeError:
             return False
-    return max(map(len, keys), default=0) * 4 <= MAX_SEGMENT_BYTES
+    if max(map(len, keys), default=0) * 4 <= MAX_SEGMENT_BYTES:
+        return True
+    return all(len(key.encode()) <= MAX_SEGMENT_BYTES for key in keys)
 
 
 def _shown(segments: Path, key: str | None) -> str:

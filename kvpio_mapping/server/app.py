@@ -18,6 +18,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import sqlite3
 import time
 from collections import Counter, deque
@@ -100,6 +101,8 @@ _READY_ANSWERS: Final = 1024
 """Answers a bucket resource keeps made (see :meth:`BucketResource.ready`)."""
 _READY_TEXT: Final = 1024
 """Longest text, in characters, whose answer is kept (so they take at most a few MiB)."""
+_BULK_TEXT: Final = re.compile(rb"[ \t\n\r]*\{")
+"""The start of a JSON object (a text that starts so and decodes is one)."""
 _CONTAINERS: Final = (dict, list)
 _CONTAINERS_SET: Final = frozenset(_CONTAINERS)
 
@@ -304,6 +307,11 @@ class Server:
         transaction, one sync. Each still returns only after its own commit,
         with its own outcome.
         """
+        if type(write.operations) is TopLevelSets and not write.operations.decoded:
+            # Stored while it is decoded: alone, as its length is not known until then.
+            self.commits += 1
+            self.commit_groups += 1
+            return await self.write(self.storage.commit, *write)
         future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
         self._queued.append((write, future))
         if self._committing < self.storage.write_threads:
@@ -513,16 +521,9 @@ class Server:
         ``wrapper`` is how many levels of the body hold values rather than being one
         (a batch's object or list of pairs): they do not count towards the nesting limit.
         """
-        if not body:
-            raise ClientError(400, "a request body with a JSON value is required")
-        limit = values.MAX_NESTING + wrapper
-        try:
-            if len(body) <= LARGE_BODY:
-                return jsontext.decode(body, limit)
-            return await asyncio.to_thread(jsontext.decode, body, limit)
-        except ValueError as exc:
-            message = str(exc).replace(f"than {limit} levels", f"than {values.MAX_NESTING} levels")
-            raise ClientError(400, f"invalid JSON: {message}") from None
+        if len(body) <= LARGE_BODY:
+            return _decoded(body, wrapper)
+        return await asyncio.to_thread(_decoded, body, wrapper)
 
     async def read(self, func: Callable[..., T], *args: Any) -> T:
         """Run a read that may be large (a whole bucket, a listing) in a read thread.
@@ -538,6 +539,18 @@ class Server:
         if not self.storage.reads_block:
             return func(*args)
         return await self.read(func, *args)
+
+
+def _decoded(body: bytes, wrapper: int = 0) -> Any:
+    """:meth:`Server.decode`, in the calling thread."""
+    if not body:
+        raise ClientError(400, "a request body with a JSON value is required")
+    limit = values.MAX_NESTING + wrapper
+    try:
+        return jsontext.decode(body, limit)
+    except ValueError as exc:
+        message = str(exc).replace(f"than {limit} levels", f"than {values.MAX_NESTING} levels")
+        raise ClientError(400, f"invalid JSON: {message}") from None
 
 
 class _Middleware:
@@ -872,9 +885,14 @@ class BucketResource(_Resource):
     async def _post_batch(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, body: bytes
     ) -> None:
-        # A batch wraps its values in an object or a list of pairs: one or two levels.
-        value = await self.server.decode(body, wrapper=2)
-        operations = await asyncio.to_thread(_batch, value, body)  # a large one takes a while
+        operations: Sequence[Operation]
+        if len(body) > LARGE_BODY and _BULK_TEXT.match(body) and b"/" not in body:
+            # An object whose keys have no slash: its sets, or a 400 once decoded.
+            operations = TopLevelSets.decoded_later(body, lambda: _bulk_sets(body))
+        else:
+            # A batch wraps its values in an object or a list of pairs: one or two levels.
+            value = await self.server.decode(body, wrapper=2)
+            operations = await asyncio.to_thread(_batch, value, body)  # a large one takes a while
         if await self.commit(req, resp, operations, []) is not None:
             _empty(resp)
 
@@ -953,6 +971,18 @@ def _batch(value: Any, body: bytes) -> Sequence[Operation]:
             values.check(item)  # the batch was decoded allowing for its own levels
         batch.append(Operation("set", paths.parse(key), item))
     return batch
+
+
+def _bulk_sets(body: bytes) -> TopLevelSets:
+    """The sets of a large batch object whose keys have no slash (a bulk import).
+
+    Each key is a path of one segment or an invalid one, so :func:`_batch`
+    makes the sets or raises.
+    """
+    sets = _batch(_decoded(body, wrapper=2), body)
+    if type(sets) is not TopLevelSets:
+        raise AssertionError("a batch of keys without a slash made other operations")
+    return sets
 
 
 class TemplateListResource(_Resource):

@@ -352,7 +352,15 @@ def test_set_many_applies_pairs_in_order(storage: Storage, acct: str) -> None:
     assert storage.get_all(acct) == j({"a": [0, 2], "b": {"c": 3}})
 
 
-def _top_level_sets(text: str) -> TopLevelSets:
+@pytest.fixture(params=[False, True], ids=["decoded", "decoded later"])
+def later(request: pytest.FixtureRequest) -> bool:
+    """Whether a test's :class:`TopLevelSets` are made decoded, or decoded as the storage reads."""
+    return bool(request.param)
+
+
+def _top_level_sets(text: str, later: bool = False) -> TopLevelSets:
+    if later:
+        return TopLevelSets.decoded_later(text.encode(), lambda: _top_level_sets(text))
     return TopLevelSets(json.loads(text), text.encode())
 
 
@@ -362,7 +370,9 @@ def _plain_members(count: int, prefix: str) -> dict[str, Any]:
     return {f"{prefix}{n}-ключ": kinds[n % len(kinds)] for n in range(count)}
 
 
-def test_top_level_sets_store_what_their_operations_would(storage: Storage, acct: str) -> None:
+def test_top_level_sets_store_what_their_operations_would(
+    storage: Storage, acct: str, later: bool
+) -> None:
     storage.set(acct, p("first"), 1)
     storage.set(acct, p("split"), big_doc(3 * BLOB_THRESHOLD))
     bucket: dict[str, Any] = {"first": 1, "split": big_doc(3 * BLOB_THRESHOLD)}
@@ -373,15 +383,15 @@ def test_top_level_sets_store_what_their_operations_would(storage: Storage, acct
         {**_plain_members(LOGGED_ENTRIES + 1, "f"), "float": 1.5, "big": 2**70},
     ):
         text = json.dumps(members, ensure_ascii=False)
-        committed = storage.commit(acct, _top_level_sets(text))
+        committed = storage.commit(acct, _top_level_sets(text, later))
         assert committed.results == [None] * len(members)
         bucket.update(members)
         assert storage.get_all(acct) == j(bucket)
         assert storage.count(acct)[0] == len(bucket)
     escaped = json.dumps(_plain_members(LOGGED_ENTRIES + 1, 'q"\\'))  # escapes, \u in keys
-    storage.commit(acct, _top_level_sets(escaped))
+    storage.commit(acct, _top_level_sets(escaped, later))
     bucket.update(json.loads(escaped))
-    storage.commit(acct, _top_level_sets(json.dumps({"split": 5, **new})))  # a split one stored
+    storage.commit(acct, _top_level_sets(json.dumps({"split": 5, **new}), later))  # was split
     bucket.update({"split": 5, **new})
     storage.set(acct, p("last"), [1])
     bucket["last"] = [1]
@@ -394,21 +404,47 @@ def test_top_level_sets_store_what_their_operations_would(storage: Storage, acct
 
 
 def test_top_level_sets_with_a_key_twice_keep_its_first_place_and_last_value(
-    storage: Storage, acct: str
+    storage: Storage, acct: str, later: bool
 ) -> None:
     members = _plain_members(LOGGED_ENTRIES + 1, "d")
     text = json.dumps(members, ensure_ascii=False)[:-1] + ', "d0-ключ": "last", "d1-ключ": 1}'
-    storage.commit(acct, _top_level_sets(text))
+    storage.commit(acct, _top_level_sets(text, later))
     assert storage.get_all(acct) == j(json.loads(text))
     assert storage.count(acct)[0] == len(members)
     assert storage.changes(acct, 0).changes == [Change(1, "reread", (), None)]
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps(_plain_members(LOGGED_ENTRIES + 5, "x")),  # JSON, refused by the maker
+        json.dumps(_plain_members(LOGGED_ENTRIES + 5, "x"))[:-1] + ', "x": 1 oops}',
+        json.dumps(_plain_members(LOGGED_ENTRIES + 5, "x"))[:-1] + ', "c": [1, }',
+        '{"a": 1, "a": 2',
+    ],
+    ids=["refused", "garbage at the end", "broken container", "cut short"],
+)
+def test_top_level_sets_that_fail_to_decode_raise_their_error_and_store_nothing(
+    storage: Storage, acct: str, text: str
+) -> None:
+    storage.set(acct, p("kept"), 1)
+    before = (storage.get_all(acct), storage.revision(acct), storage.count(acct))
+
+    def refuse() -> TopLevelSets:
+        raise ValueError("refused by the maker")
+
+    with pytest.raises(ValueError, match="refused by the maker"):
+        storage.commit(acct, TopLevelSets.decoded_later(text.encode(), refuse))
+    assert (storage.get_all(acct), storage.revision(acct), storage.count(acct)) == before
+    storage.commit(acct, _top_level_sets(json.dumps(_plain_members(LOGGED_ENTRIES + 5, "x")), True))
+    assert storage.count(acct)[0] == LOGGED_ENTRIES + 6  # and the same keys store afterwards
+
+
 def test_a_bulk_import_then_writes_reads_and_deletes_of_its_keys(
-    storage: Storage, acct: str
+    storage: Storage, acct: str, later: bool
 ) -> None:
     members = _plain_members(LOGGED_ENTRIES + 1, "b")
-    storage.commit(acct, _top_level_sets(json.dumps(members, ensure_ascii=False)))
+    storage.commit(acct, _top_level_sets(json.dumps(members, ensure_ascii=False), later))
     bucket = dict(members)
     storage.delete(acct, p("b3-ключ"))
     storage.set(acct, p("b4-ключ/below"), 1)

@@ -728,6 +728,63 @@ def test_a_bulk_batch_with_one_bad_pair_is_refused_whole(api: Api, bad: dict[str
     assert_json(api.get("/v1/bucket/?values=true"), b'{"l":[0]}')
 
 
+_LARGE_BULK = {f"bulk{n}": f"value {n}" for n in range(LARGE_BODY // 16)}
+_LARGE_TEXT = json.dumps(_LARGE_BULK, ensure_ascii=False)[:-1]
+assert len(_LARGE_TEXT) > LARGE_BODY
+
+
+@pytest.mark.parametrize(
+    ("tail", "stored"),
+    [
+        ("}", {}),
+        (
+            ', "f": 1.5, "c": {"d": [1, {}]}, "e": "\\u00e9\\n"}',
+            {"f": 1.5, "c": {"d": [1, {}]}, "e": "é\n"},
+        ),
+        (', "bulk1": "again", "x": 1}', {"bulk1": "again", "x": 1}),
+        (', "kept": 2}', {"kept": 2}),
+        (', "%s": 1}' % ("k" * 700), {"k" * 700: 1}),
+    ],
+    ids=["plain", "floats, containers, escapes", "a key twice", "a stored key", "a long key"],
+)
+def test_a_large_bulk_batch_is_stored_whole_as_a_dict_update(
+    api: Api, tail: str, stored: dict[str, Any]
+) -> None:
+    api.post("/v1/bucket/kept", json=1)
+    body = (_LARGE_TEXT + tail).encode()
+    assert_empty(api.post("/v1/bucket/", data=body))
+    expected = {"kept": 1, **_LARGE_BULK}
+    expected.update(stored)
+    assert api.get("/v1/bucket/?values=true").json() == expected
+    assert api.get("/v1/bucket/").json() == list(expected)
+    assert int(api.get("/v1/bucket/?count=true").headers["Kvpio-Count"]) == len(expected)
+
+
+@pytest.mark.parametrize(
+    ("tail", "error"),
+    [
+        (', "": 1}', "empty"),
+        (', "..": 1}', ".."),
+        (', "%s": 1}' % ("k" * 769), "768"),
+        (', "x": 1} trailing', "invalid JSON"),
+        (', "x": [1, }', "invalid JSON"),
+        (', "x": "\xff"}', "invalid JSON"),
+        (', "x": 1e999}', "invalid JSON"),
+        (', "x": %s}' % ("[" * 101 + "]" * 101), "nests deeper"),
+    ],
+    ids=["empty key", "dot-dot key", "long key", "trailing", "cut", "not UTF-8", "inf", "deep"],
+)
+def test_a_large_bulk_batch_with_one_bad_part_is_refused_whole(
+    api: Api, tail: str, error: str
+) -> None:
+    api.post("/v1/bucket/kept", json=1)
+    body = _LARGE_TEXT.encode() + tail.encode("latin-1")
+    refused = api.post("/v1/bucket/", data=body)
+    assert_error(refused, 400)
+    assert error in refused.json()["error"]
+    assert_json(api.get("/v1/bucket/?values=true"), b'{"kept":1}')
+
+
 _TOO_DEEP = f"value nests deeper than {values.MAX_NESTING} levels"
 _PADS = {
     "small": "",

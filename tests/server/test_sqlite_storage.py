@@ -412,7 +412,16 @@ def test_sqlite_cached_read_asks_the_database_nothing_until_a_commit(
     other.close()
 
 
-def _bulk(text: str) -> TopLevelSets:
+def _bulk(text: str, later: bool = False, threads: list[str] | None = None) -> TopLevelSets:
+    """The sets of ``text``; ``later``: decoded as the storage reads them (in ``threads``)."""
+
+    def decode() -> TopLevelSets:
+        if threads is not None:
+            threads.append(threading.current_thread().name)
+        return _bulk(text)
+
+    if later:
+        return TopLevelSets.decoded_later(text.encode(), decode)
     return TopLevelSets(json.loads(text), text.encode())
 
 
@@ -427,7 +436,10 @@ def test_top_level_sets_read_as_the_list_of_their_operations() -> None:
             sets[outside]
 
 
-def test_sqlite_stores_a_plain_bulk_import_with_one_statement(tmp_path: FilePath) -> None:
+@pytest.mark.parametrize("later", [False, True], ids=["decoded", "decoded meanwhile"])
+def test_sqlite_stores_a_plain_bulk_import_with_one_statement(
+    tmp_path: FilePath, later: bool
+) -> None:
     storage, reference = SQLiteStorage(str(tmp_path / "db.sqlite3")), MemoryStorage()
     members = {
         f"key {n}: {{[ü": ["a:{[b", n, -n, True, False, None, "日本"][n % 7] for n in range(1500)
@@ -441,8 +453,10 @@ def test_sqlite_stores_a_plain_bulk_import_with_one_statement(tmp_path: FilePath
         made.set("a", p("before"), {"x": 1})
     statements: list[str] = []
     storage._conn().set_trace_callback(statements.append)
-    for made in (storage, reference):
-        made.commit("a", _bulk(text))
+    threads: list[str] = []
+    storage.commit("a", _bulk(text, later, threads))
+    reference.commit("a", _bulk(text))
+    assert threads == (["kvpio-decode"] if later else [])
     inserts = [s for s in statements if s.startswith(("INSERT INTO nodes", "INSERT OR REPLACE"))]
     assert len(inserts) == 1 and "json_each" in inserts[0]
     assert storage.get_all("a") == reference.get_all("a")
@@ -451,8 +465,8 @@ def test_sqlite_stores_a_plain_bulk_import_with_one_statement(tmp_path: FilePath
     assert storage.count("a") == reference.count("a")
     statements.clear()
     again = json.dumps({**{f"new{n}": n for n in range(1500)}, "key 3: {[ü": "again"})
-    for made in (storage, reference):  # a key stored already: the usual way, same outcome
-        made.commit("a", _bulk(again))
+    storage.commit("a", _bulk(again, later))  # a key stored already: the usual way
+    reference.commit("a", _bulk(again))
     assert any(s.startswith("INSERT OR REPLACE INTO nodes") for s in statements)
     assert storage.get_all("a") == reference.get_all("a")
     assert storage.count("a") == reference.count("a")
@@ -475,12 +489,14 @@ _SCALARS = st.one_of(
     before=st.dictionaries(st.text(min_size=1, max_size=8), _SCALARS, max_size=4),
     members=st.dictionaries(st.text(min_size=1, max_size=12), _SCALARS, max_size=12),
     ascii_only=st.booleans(),
+    later=st.booleans(),
 )
 def test_random_bulk_imports_store_what_the_reference_stores(
     random_backends: list[Storage],
     before: dict[str, Any],
     members: dict[str, Any],
     ascii_only: bool,
+    later: bool,
 ) -> None:
     assume(paths.one_segment_each(before) and paths.one_segment_each(members))
     again = dict.fromkeys(list(members)[::2], "again")  # keys written twice in the text
@@ -490,7 +506,7 @@ def test_random_bulk_imports_store_what_the_reference_stores(
     for storage in random_backends:
         storage.create_account(account, "")
         storage.set_many(account, [((key,), value) for key, value in before.items()])
-        storage.commit(account, _bulk(text))
+        storage.commit(account, _bulk(text, later))
     reference, *others = random_backends
     for storage in others:
         assert storage.get_all(account) == reference.get_all(account)

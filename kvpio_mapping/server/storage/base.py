@@ -23,8 +23,10 @@ import hashlib
 import hmac
 import itertools
 import secrets
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal, NamedTuple, overload
 
@@ -164,14 +166,67 @@ class TopLevelSets(Sequence[Operation]):
     value, so :func:`check_operations` passes it without a look. ``kinds``
     are the types of the values, found once for the maker's checks and the
     backend's. Indexing walks the members: it is for the odd look, not for loops.
+
+    One made by :meth:`decoded_later` holds only the text at first: its
+    members are decoded when first read, or meanwhile in a thread of their
+    own once :meth:`decode_meanwhile` is called, so a backend can store rows
+    from the text while they are decoded.
     """
 
-    __slots__ = ("kinds", "members", "text")
+    __slots__ = ("_decode", "_decoding", "_kinds", "_members", "text")
 
     def __init__(self, members: dict[str, Any], text: bytes) -> None:
-        self.members = members
+        self._members: dict[str, Any] | None = members
+        self._kinds: frozenset[type] | None = None
+        self._decode: Callable[[], TopLevelSets] | None = None
+        self._decoding: Future[TopLevelSets] | None = None
         self.text = text
-        self.kinds = frozenset(map(type, members.values()))
+
+    @classmethod
+    def decoded_later(cls, text: bytes, decode: Callable[[], TopLevelSets]) -> TopLevelSets:
+        """The sets ``decode()`` makes of ``text`` (or the error it raises), made when needed."""
+        sets = cls({}, text)
+        sets._members = None
+        sets._decode = decode
+        return sets
+
+    @property
+    def decoded(self) -> bool:
+        """Whether the members are known: reading them does not wait."""
+        return self._members is not None
+
+    def decode_meanwhile(self) -> None:
+        """Start decoding the members in a thread of their own, unless known or begun.
+
+        Decoding holds the GIL throughout: call this just before a long call
+        that lets go of it (a database statement), which then starts first.
+        """
+        if self._members is None and self._decoding is None:
+            self._decoding = Future()
+            threading.Thread(target=self._decode_into, name="kvpio-decode", daemon=True).start()
+
+    def _decode_into(self) -> None:
+        assert self._decoding is not None and self._decode is not None
+        try:
+            self._decoding.set_result(self._decode())
+        except BaseException as exc:
+            self._decoding.set_exception(exc)
+
+    @property
+    def members(self) -> dict[str, Any]:
+        """The members, decoded first if need be; raises what decoding raised."""
+        if self._members is None:
+            assert self._decode is not None
+            made = self._decode() if self._decoding is None else self._decoding.result()
+            self._members, self._kinds = made.members, made._kinds
+        return self._members
+
+    @property
+    def kinds(self) -> frozenset[type]:
+        """The types of the values."""
+        if self._kinds is None:
+            self._kinds = frozenset(map(type, self.members.values()))
+        return self._kinds
 
     def __len__(self) -> int:
         return len(self.members)

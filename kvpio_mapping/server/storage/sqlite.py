@@ -187,11 +187,13 @@ _NEW_TOP_ROWS: Final = (
     f" SELECT ?, CAST(key AS BLOB), x'', ? + id, {BLOB}, '\"' || key || '\":', body,"
     " length(CAST(body AS BLOB)), 0 FROM (SELECT key, id, CASE type"
     " WHEN 'text' THEN '\"' || value || '\"' WHEN 'integer' THEN CAST(value AS TEXT)"
-    " ELSE type END AS body FROM json_each(?))"
+    " WHEN 'true' THEN type WHEN 'false' THEN type WHEN 'null' THEN type END AS body"
+    " FROM json_each(?))"
 )
 """:attr:`.tree.TreeStorage.new_top_rows` (JSON is built in from SQLite 3.38): ``json_each``'s
 ``id`` grows in the text's order, and the ``type`` of ``true``, ``false`` and ``null`` is
-their text."""
+their text. Any other value (a float, a container) has no body, nor a ``size``: the
+statement fails at once on the ``NOT NULL`` of ``size``."""
 
 
 def _create_tables(conn: sqlite3.Connection) -> None:

@@ -370,11 +370,14 @@ class TreeStorage(Storage):
 
     Parameters: the account, the first ``pos`` (a member's is that plus its place in the
     text: ``pos`` may have gaps), the text. It need be right only for the texts
-    :meth:`_store_new_top` lets through: no escapes, scalars that are strings, integers
-    of at most 18 digits, ``true``, ``false`` or ``null``. A key stored already, or twice
-    in the text, must fail it with one of :attr:`duplicate_errors`."""
+    :meth:`_store_new_top` keeps: no escapes, scalars that are strings, integers of at
+    most 18 digits, ``true``, ``false`` or ``null``; it may be given others (their
+    members not yet decoded), whose rows are rolled back, and text that is not JSON. A
+    key stored already, or twice in the text, must fail it with one of
+    :attr:`duplicate_errors`."""
     duplicate_errors: ClassVar[tuple[type[Exception], ...]] = ()
-    """What :attr:`new_top_rows` raises for a key stored already or twice."""
+    """What :attr:`new_top_rows` raises for a key stored already or twice, or a value it cannot
+    store: the batch is then stored as usual."""
 
     def __init__(self, *, blob_threshold: int = BLOB_THRESHOLD) -> None:
         self._threshold = blob_threshold
@@ -1399,9 +1402,9 @@ class TreeStorage(Storage):
         them a chunk at a time (one lookup, one insert) keeps the transaction,
         which holds the write lock, short.
         """
-        results: list[str | None] = [None] * len(operations)
         if type(operations) is TopLevelSets and self._store_new_top(conn, account, operations):
-            return results
+            return [None] * len(operations)
+        results: list[str | None] = [None] * len(operations)
         top: dict[str, Any] = {}
         for index, operation in enumerate(operations):
             kind, path, value = operation
@@ -1423,32 +1426,53 @@ class TreeStorage(Storage):
         """Store a large batch of new top-level keys with one statement; False if it cannot.
 
         A bulk import spends its time on rows, not on Python: the database
-        reads the members from the batch's text itself (:attr:`new_top_rows`).
-        That is exact only for plain texts (UTF-8 without escapes, integers
-        of at most 18 digits, no floats, no containers), and only when every
-        key is new and appears once: anything else is stored as usual.
+        reads the members from the batch's text itself (:attr:`new_top_rows`),
+        while members not decoded yet are decoded beside it
+        (:meth:`~.base.TopLevelSets.decode_meanwhile`). That is exact only for
+        plain texts (UTF-8 without escapes, integers of at most 18 digits, no
+        floats, no containers), and only when every key is new and appears
+        once: anything else is stored as usual, and a text that does not decode
+        raises its error, having stored nothing.
         """
         text, statement = sets.text, self.new_top_rows
         if (
             statement is None
-            or len(sets) <= LOGGED_ENTRIES
             or b"\\" in text
             or b"\x00" in text
             or text.startswith(_BOM)
-            or not sets.kinds <= _PLAIN_SCALARS
             or jsontext.has_long_digits(text)
+            or (sets.decoded and not self._plain_and_many(sets))
         ):
             return False
-        conn.execute("SAVEPOINT new_top")  # a failed statement ends a PostgreSQL transaction
         try:
-            conn.execute(statement, (account, self._next_top_pos(conn, account), text.decode()))
-        except self.duplicate_errors:
+            decoded = text.decode()
+        except UnicodeDecodeError:
+            sets.members  # noqa: B018 - raises, unless the decoder read another encoding
+            return False
+        parameters = (account, self._next_top_pos(conn, account), decoded)
+        conn.execute("SAVEPOINT new_top")  # a failed statement ends a PostgreSQL transaction
+        sets.decode_meanwhile()
+        try:
+            conn.execute(statement, parameters)
+        except Exception as exc:
+            conn.execute("ROLLBACK TO new_top")
+            conn.execute("RELEASE new_top")
+            sets.members  # noqa: B018 - a text that does not decode raises its own error here
+            if isinstance(exc, self.duplicate_errors):
+                return False
+            raise
+        if not self._plain_and_many(sets):
             conn.execute("ROLLBACK TO new_top")
             conn.execute("RELEASE new_top")
             return False
         conn.execute("RELEASE new_top")
         self._counted(conn, account, None, len(sets))
         return True
+
+    @staticmethod
+    def _plain_and_many(sets: TopLevelSets) -> bool:
+        """Whether ``sets`` suits :meth:`_store_new_top`: plain scalars, too many to log each."""
+        return len(sets) > LOGGED_ENTRIES and sets.kinds <= _PLAIN_SCALARS
 
     @staticmethod
     def _next_top_pos(conn: Connection, account: str) -> int:
