@@ -81,6 +81,10 @@ LARGE_WAIT: Final = 20.0  # below the clients' 30 s read timeout, so they see th
 READ_THREADS: Final = 1
 GROUP_OPERATIONS: Final = 1000
 """Most operations one group commit holds (see :meth:`Server.commit`); a larger write goes alone."""
+LOOP_OPERATIONS: Final = 64
+LOOP_BODIES: Final = 64 * 1024
+"""Most operations, and bytes of request bodies, of a group committed on the event loop
+(see :meth:`Server.commit`): about a millisecond at most that other requests wait."""
 NETWORK_READ_THREADS: Final = 8
 """Read threads of a worker whose storage's reads wait on the network, small ones included."""
 
@@ -268,7 +272,7 @@ class Server:
         self._inflight: list[Counter[str]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._disk_full = False
-        self._queued: deque[tuple[Write, asyncio.Future[Committed]]] = deque()
+        self._queued: deque[tuple[Write, int, asyncio.Future[Committed]]] = deque()
         self._committing = 0  # committers running (their tasks, kept from the collector, below)
         self._committers: set[asyncio.Task[None]] = set()
         self.commits = 0
@@ -298,14 +302,16 @@ class Server:
             log.warning("the database accepts writes again")
         self._disk_full = full
 
-    async def commit(self, write: Write) -> Committed:
-        """Commit ``write`` in a write thread, together with the commits waiting beside it.
+    async def commit(self, write: Write, body: int = 0) -> Committed:
+        """Commit ``write`` (from a body of ``body`` bytes) with the commits waiting beside it.
 
-        Commits that arrive while the write threads are busy queue; a thread's
-        next turn commits all that wait (up to :data:`GROUP_OPERATIONS`
-        operations) with :meth:`~.storage.Storage.commit_group`: one
-        transaction, one sync. Each still returns only after its own commit,
-        with its own outcome.
+        Commits queue; a committer's next turn commits all that wait (up to
+        :data:`GROUP_OPERATIONS` operations) with
+        :meth:`~.storage.Storage.commit_group`: one transaction, one sync. Each
+        still returns only after its own commit, with its own outcome. A small
+        group is committed on the event loop when the storage can do it at once
+        (:meth:`~.storage.Storage.commit_group_now`): handing it to a write
+        thread and back costs more than the commit. Else a write thread does it.
         """
         if type(write.operations) is TopLevelSets and not write.operations.decoded:
             # Stored while it is decoded: alone, as its length is not known until then.
@@ -313,7 +319,7 @@ class Server:
             self.commit_groups += 1
             return await self.write(self.storage.commit, *write)
         future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
-        self._queued.append((write, future))
+        self._queued.append((write, body, future))
         if self._committing < self.storage.write_threads:
             self._committing += 1
             committer = asyncio.create_task(self._commit_queued())
@@ -329,21 +335,26 @@ class Server:
                 # The waiting writes, shared among the committers running (several write threads).
                 share = -(-len(self._queued) // self._committing)
                 group = [self._queued.popleft()]
-                size = len(group[0][0].operations)
+                size, body = len(group[0][0].operations), group[0][1]
                 while (
                     self._queued
                     and len(group) < share
                     and size + len(self._queued[0][0].operations) <= GROUP_OPERATIONS
                 ):
                     size += len(self._queued[0][0].operations)
+                    body += self._queued[0][1]
                     group.append(self._queued.popleft())
-                writes = [write for write, _ in group]
+                writes = [write for write, _, _ in group]
                 self.commits += len(writes)
                 self.commit_groups += 1
+                outcomes: list[Committed | Exception] | None = None
                 try:
-                    outcomes = await loop.run_in_executor(
-                        self._writer, self.storage.commit_group, writes
-                    )
+                    if size <= LOOP_OPERATIONS and body <= LOOP_BODIES:
+                        outcomes = self.storage.commit_group_now(writes)
+                    if outcomes is None:
+                        outcomes = await loop.run_in_executor(
+                            self._writer, self.storage.commit_group, writes
+                        )
                 except Exception as exc:
                     outcomes = [exc] * len(group)
                 self._note_disk(full=any(isinstance(o, StorageFullError) for o in outcomes))
@@ -356,7 +367,7 @@ class Server:
                     while self._queued:
                         group.append(self._queued.popleft())
                         outcomes.append(unreachable)
-                for (_, future), outcome in zip(group, outcomes, strict=True):
+                for (_, _, future), outcome in zip(group, outcomes, strict=True):
                     if future.done():  # the request was given up
                         continue
                     if isinstance(outcome, Exception):
@@ -810,8 +821,10 @@ class BucketResource(_Resource):
         resp: falcon.asgi.Response,
         operations: Sequence[Operation],
         checks: list[Check],
+        body: int = 0,
     ) -> Committed | None:
-        """Commit in the write thread; on a failed check or a conflict, answer it and return None.
+        """Commit (from a body of ``body`` bytes); on a failed check or a conflict, answer it
+        and return None.
 
         A write to one path that fails its check answers 412 with that path's
         value and ETag, as a read would (Firebase's semantics); a commit of
@@ -820,7 +833,7 @@ class BucketResource(_Resource):
         account: str = req.context.account
         try:
             committed = await self.server.commit(
-                Write(account, operations, checks, req.context.key_digest)
+                Write(account, operations, checks, req.context.key_digest), body
             )
         except ConflictError as exc:
             raise ClientError(409, str(exc)) from None
@@ -866,7 +879,7 @@ class BucketResource(_Resource):
         value = await self.server.decode(body)
         kind = path_operation(req.get_param("op") if req.query_string else None)
         operation = Operation(kind, path, value)
-        committed = await self.commit(req, resp, [operation], self.conditions(req, path))
+        committed = await self.commit(req, resp, [operation], self.conditions(req, path), len(body))
         if committed is not None:
             _empty(resp)
             result = committed.results[0]
@@ -877,7 +890,7 @@ class BucketResource(_Resource):
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, body: bytes
     ) -> None:
         commit = parse_commit(await self.server.decode(body))
-        committed = await self.commit(req, resp, *commit)
+        committed = await self.commit(req, resp, *commit, len(body))
         if committed is not None:
             resp.content_type = JSON_TYPE
             resp.data = committed_body(committed)
@@ -893,7 +906,7 @@ class BucketResource(_Resource):
             # A batch wraps its values in an object or a list of pairs: one or two levels.
             value = await self.server.decode(body, wrapper=2)
             operations = await asyncio.to_thread(_batch, value, body)  # a large one takes a while
-        if await self.commit(req, resp, operations, []) is not None:
+        if await self.commit(req, resp, operations, [], len(body)) is not None:
             _empty(resp)
 
     async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:

@@ -120,6 +120,36 @@ def test_write_waiting_on_the_lock_answers_503_and_the_client_retries(
     assert api.get("/v1/bucket/retried").json() == 2
 
 
+def test_a_write_waiting_on_the_lock_leaves_the_event_loop_to_other_requests(
+    server: RunningServer,
+) -> None:
+    """Small writes commit on the event loop when the lock is free; one that finds it held
+    waits in a write thread, and the worker answers reads meanwhile."""
+    api = _api(server)
+    api.post("/v1/bucket/read", json=1)
+    holder = sqlite3.connect(server.db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    answers: list[int] = []
+    writer = threading.Thread(
+        target=lambda: answers.append(api.post("/v1/bucket/waited", json=2).status_code)
+    )
+    try:
+        writer.start()
+        time.sleep(0.3)  # the write is waiting for the lock by now
+        waits = []
+        for _ in range(20):
+            started = time.monotonic()
+            assert api.get("/v1/bucket/read").json() == 1
+            waits.append(time.monotonic() - started)
+        assert answers == [] and max(waits) < 0.5
+    finally:
+        holder.execute("ROLLBACK")
+        writer.join(30)
+        holder.close()
+    assert answers == [200]
+    assert api.get("/v1/bucket/waited").json() == 2
+
+
 def test_a_large_batch_does_not_fail_other_accounts_writes(server: RunningServer) -> None:
     big, other = _api(server), _api(server)
     body = json.dumps({f"key{i:07d}": i for i in range(300_000)}).encode()

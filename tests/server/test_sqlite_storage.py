@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path as FilePath
@@ -31,8 +32,11 @@ from kvpio_mapping.server.storage.base import (
     LOGGED_ENTRIES,
     Change,
     Changes,
+    Committed,
     Operation,
     TopLevelSets,
+    Write,
+    hash_key,
 )
 from kvpio_mapping.server.storage.sqlite import BLOB_THRESHOLD, CHECKPOINT_ROWS, SQLiteStorage
 from kvpio_mapping.testing.storage import (
@@ -511,6 +515,84 @@ def test_random_bulk_imports_store_what_the_reference_stores(
     for storage in others:
         assert storage.get_all(account) == reference.get_all(account)
         assert storage.count(account) == reference.count(account)
+
+
+_GROUPED = st.lists(
+    st.tuples(
+        st.sampled_from(["set", "set", "set", "below", "increment", "delete", "gone", "wrong key"]),
+        st.sampled_from(["k0", "k1", "k2"]),
+        st.one_of(_SCALARS, st.lists(st.integers(), max_size=3)),
+    ),
+    min_size=2,
+    max_size=12,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(writes=_GROUPED, digest=st.booleans())
+def test_a_group_commits_what_its_writes_commit_one_by_one(
+    random_backends: list[Storage], writes: list[tuple[str, str, Any]], digest: bool
+) -> None:
+    """SQLite commits a group in one transaction, runs of top-level sets in one batch; the
+    reference commits each write alone: outcomes, values, counts and the log agree."""
+    account, gone = uuid.uuid4().hex, uuid.uuid4().hex
+    key = hash_key(account) if digest else None
+    group = []
+    for kind, name, value in writes:
+        operation = {
+            "below": Operation("set", (name, "x"), value),
+            "increment": Operation("increment", (name,), 1),
+            "delete": Operation("delete", (name,)),
+        }.get(kind, Operation("set", (name,), value))
+        owner = gone if kind == "gone" else account
+        wrong = hash_key("wrong") if kind == "wrong key" else key
+        group.append(Write(owner, [operation], (), wrong))
+    found = []
+    for storage in random_backends:
+        storage.create_account(account, "", account)
+        storage.create_account(gone, "", gone)
+        storage.delete_account(gone)
+        outcomes = storage.commit_group(group)
+        found.append(
+            (
+                [o if isinstance(o, Committed) else type(o) for o in outcomes],
+                storage.get_all(account),
+                storage.keys(account),
+                storage.count(account),
+                storage.changes(account, 0),
+            )
+        )
+    assert found[1:] == found[:1] * (len(found) - 1)
+
+
+def test_commit_group_now_commits_at_once_or_does_nothing(tmp_path: FilePath) -> None:
+    """It never waits: on a lock held elsewhere, or a sync to disk, it is None and writes
+    nothing; else it commits as commit_group would."""
+    path = str(tmp_path / "db.sqlite3")
+    storage = SQLiteStorage(path)
+    storage.create_account("a", "", "k")
+    group = [Write("a", [Operation("set", (f"k{n}",), n)], (), hash_key("k")) for n in range(3)]
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    assert storage.commit_group_now(group) is None
+    assert time.monotonic() - started < 1
+    holder.execute("ROLLBACK")
+    with storage._turn.held(1):  # another thread's turn at the lock
+        found: list[object] = []
+        other = threading.Thread(target=lambda: found.append(storage.commit_group_now(group)))
+        other.start()
+        other.join(5)
+        assert found == [None]
+    assert storage.get_all("a") == "{}" and storage.revision("a") == 0
+    assert storage.commit_group_now(group) == [Committed(n, [None]) for n in (1, 2, 3)]
+    assert storage.get_all("a") == '{"k0":0,"k1":1,"k2":2}'
+    full = SQLiteStorage(str(tmp_path / "full.sqlite3"), sync="full")
+    full.create_account("a", "", "k")
+    assert full.commit_group_now(group) is None and full.revision("a") == 0
+    for made in (storage, full):
+        made.close()
+    holder.close()
 
 
 _WRITE_ON_REQUEST = """

@@ -669,6 +669,14 @@ class Storage(ABC):
                 outcomes.append(exc)
         return outcomes
 
+    def commit_group_now(self, writes: Sequence[Write]) -> list[Committed | Exception] | None:
+        """:meth:`commit_group`, done only if it can be at once: None, doing nothing, if it
+        would wait (on a lock, on the disk's sync), so the caller can do it in a thread.
+
+        For a caller that must not wait, such as an event loop; this one never can.
+        """
+        return None
+
     def set(self, account: str, path: Path, value: Any, *, only_if_missing: bool = False) -> bool:
         """Store ``value`` at ``path``, creating missing or scalar parents as objects.
 

@@ -58,7 +58,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as WaitedTooLong
 from contextlib import contextmanager, suppress
@@ -66,7 +66,14 @@ from typing import Final
 
 from ...forks import reset_after_fork
 from ...paths import Path
-from .base import StorageBusyError, StorageFullError
+from .base import (
+    Committed,
+    StorageBusyError,
+    StorageError,
+    StorageFullError,
+    StorageUnavailableError,
+    Write,
+)
 from .schema import Migration, migrate
 from .tree import BLOB, BLOB_THRESHOLD, TreeStorage, count_children
 
@@ -331,7 +338,8 @@ class _WriterTurn:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except OSError:
-            pass
+            if timeout <= 0:
+                raise _busy() from None
         assert self._waiter is not None
         taking: Future[None] = self._waiter.submit(fcntl.lockf, fd, fcntl.LOCK_EX)
         try:
@@ -422,17 +430,44 @@ class SQLiteStorage(TreeStorage):
                 self._connections.append(conn)
         return conn
 
+    def commit_group_now(self, writes: Sequence[Write]) -> list[Committed | Exception] | None:
+        """:meth:`commit_group` if the write lock is free this moment and a commit does not
+        wait on the disk (``synchronous=NORMAL``); else None, having done nothing.
+
+        A group whose commit fails otherwise than by refusing a write is None too:
+        :meth:`commit_group` then commits each write on its own.
+        """
+        if self._sync != "normal":
+            return None
+        try:
+            with self._write(wait=False) as conn:
+                return self._commit_each(conn, writes)
+        except StorageBusyError:
+            return None
+        except (StorageError, StorageUnavailableError):
+            raise
+        except Exception:
+            return None
+
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, wait: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken up front so concurrent writers queue on the lock.
 
         Writers of this database in other processes queue first for the
         writer's turn (:class:`_WriterTurn`), so the lock passes between them
-        without SQLite's sleeps.
+        without SQLite's sleeps. Without ``wait``, :class:`StorageBusyError` at
+        once if the turn or the lock is taken.
         """
-        with _translated(), self._turn.held(BUSY_TIMEOUT_MS / 1000):
+        with _translated(), self._turn.held(BUSY_TIMEOUT_MS / 1000 if wait else 0):
             conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
+            if wait:
+                conn.execute("BEGIN IMMEDIATE")
+            else:
+                conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             changes = conn.total_changes
             try:
                 yield conn

@@ -356,6 +356,33 @@ def count_children(conn: Connection) -> None:
     )
 
 
+def _runs_of_top_sets(writes: Sequence[Write]) -> Iterator[Sequence[Write]]:
+    """``writes`` in runs: the longest of consecutive writes of one account and key that each
+    set one valid top-level key without checks, and each other write alone."""
+    run: list[Write] = []
+    for write in writes:
+        operations = write.operations
+        plain = (
+            not write.checks
+            and type(operations) is not TopLevelSets
+            and len(operations) == 1
+            and operations[0].kind == "set"
+            and len(operations[0].path) == 1
+            and paths.one_segment_each(operations[0].path)
+        )
+        if run and not (
+            plain and write.account == run[0].account and write.key_digest == run[0].key_digest
+        ):
+            yield run
+            run = []
+        if plain:
+            run.append(write)
+        else:
+            yield [write]
+    if run:
+        yield run
+
+
 class TreeStorage(Storage):
     """Accounts, values and templates in the tree layout; the backend supplies transactions.
 
@@ -419,48 +446,63 @@ class TreeStorage(Storage):
             yield conn, self._next_revision(conn, account)
 
     @staticmethod
-    def _next_revision(conn: Connection, account: str, key_digest: str | None = None) -> int:
-        """Raise the account's revision inside a write transaction; the revision it makes.
+    def _next_revision(
+        conn: Connection, account: str, key_digest: str | None = None, count: int = 1
+    ) -> int:
+        """Raise the account's revision by ``count`` inside a write transaction; the last
+        revision it makes.
 
         With ``key_digest``, only while the account still has that key.
         """
         if key_digest is None:
             row = conn.execute(
-                "UPDATE accounts SET revision = revision + 1 WHERE id = ? RETURNING revision",
-                (account,),
+                "UPDATE accounts SET revision = revision + ? WHERE id = ? RETURNING revision",
+                (count, account),
             ).fetchone()
         else:
             row = conn.execute(
-                "UPDATE accounts SET revision = revision + 1 WHERE id = ? AND key_digest = ?"
+                "UPDATE accounts SET revision = revision + ? WHERE id = ? AND key_digest = ?"
                 " RETURNING revision",
-                (account, key_digest),
+                (count, account, key_digest),
             ).fetchone()
         if row is None:
             raise UnknownAccountError(account)
         return int(row[0])
 
-    @staticmethod
+    @classmethod
     def _log(
+        cls,
         conn: Connection,
         account: str,
         revision: int,
         entries: Sequence[tuple[ChangeKind, Path, str | None]],
     ) -> None:
-        """Log a revision's changes; every :data:`_LOG_TRIM` revisions, drop those the log
+        """Log a revision's changes (see :meth:`_log_revisions`)."""
+        cls._log_revisions(conn, account, [(revision, entries)])
+
+    @staticmethod
+    def _log_revisions(
+        conn: Connection,
+        account: str,
+        logged: Sequence[tuple[int, Sequence[tuple[ChangeKind, Path, str | None]]]],
+    ) -> None:
+        """Log revisions' changes; every :data:`_LOG_TRIM` revisions, drop those the log
         stopped keeping (:meth:`changes` never reads them, so they may wait)."""
         conn.executemany(
             "INSERT INTO changes (account, revision, seq, kind, path, body)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             [
                 (account, revision, seq, kind, _key(path), text)
+                for revision, entries in logged
                 for seq, (kind, path, text) in enumerate(entries)
             ],
         )
-        if revision % _LOG_TRIM == 0:
-            conn.execute(
-                "DELETE FROM changes WHERE account = ? AND revision <= ?",
-                (account, revision - CHANGE_LOG_REVISIONS),
-            )
+        for revision, _ in logged:
+            if revision % _LOG_TRIM == 0:
+                conn.execute(
+                    "DELETE FROM changes WHERE account = ? AND revision <= ?",
+                    (account, revision - CHANGE_LOG_REVISIONS),
+                )
 
     # accounts
 
@@ -1297,18 +1339,54 @@ class TreeStorage(Storage):
             return super().commit_group(writes)
 
     def _commit_together(self, writes: Sequence[Write]) -> list[Committed | Exception]:
-        outcomes: list[Committed | Exception] = []
         with self._write() as conn:
-            for account, operations, checks, key_digest in writes:
-                conn.execute("SAVEPOINT one_write")
-                try:
-                    check_operations(operations)
-                    outcomes.append(self._commit_in(conn, account, operations, checks, key_digest))
-                except REFUSALS as exc:
-                    conn.execute("ROLLBACK TO one_write")
-                    outcomes.append(exc)
-                conn.execute("RELEASE one_write")
+            return self._commit_each(conn, writes)
+
+    def _commit_each(
+        self, conn: Connection, writes: Sequence[Write]
+    ) -> list[Committed | Exception]:
+        """Commit each write inside one write transaction, a refused one rolled back alone."""
+        outcomes: list[Committed | Exception] = []
+        for run in _runs_of_top_sets(writes):
+            if len(run) > 1:
+                outcomes.extend(self._commit_top_sets(conn, run))
+                continue
+            account, operations, checks, key_digest = run[0]
+            conn.execute("SAVEPOINT one_write")
+            try:
+                check_operations(operations)
+                outcomes.append(self._commit_in(conn, account, operations, checks, key_digest))
+            except REFUSALS as exc:
+                conn.execute("ROLLBACK TO one_write")
+                outcomes.append(exc)
+            conn.execute("RELEASE one_write")
         return outcomes
+
+    def _commit_top_sets(
+        self, conn: Connection, writes: Sequence[Write]
+    ) -> list[Committed | Exception]:
+        """Commit writes of one account and key that each set one top-level key, as
+        :meth:`_commit_in` would one after another, with a statement or two for them all.
+
+        Nothing in such a write can be refused but the account: its revisions
+        are taken at once, and the keys are stored as one batch (a key set
+        twice keeps its first place and its last value, as it would).
+        """
+        account, key_digest = writes[0].account, writes[0].key_digest
+        try:
+            last = self._next_revision(conn, account, key_digest, len(writes))
+        except UnknownAccountError as exc:
+            return [exc] * len(writes)
+        first = last - len(writes) + 1
+        pairs: dict[str, Any] = {}
+        logged = []
+        for revision, write in enumerate(writes, first):
+            operation = write.operations[0]
+            pairs[operation.path[0]] = operation.value
+            logged.append((revision, logged_commit(write.operations, [None])))
+        self._set_top(conn, account, pairs)
+        self._log_revisions(conn, account, logged)
+        return [Committed(revision, [None]) for revision in range(first, last + 1)]
 
     def _commit_in(
         self,
