@@ -267,24 +267,11 @@ def _shown(url: str) -> str:
 def _translated(sql: str) -> str:
     """The tree code's SQLite statement ``sql`` as PostgreSQL reads it.
 
-    Placeholders become ``%s``, the empty blob a ``bytea``, the byte length
-    of a text ``octet_length``, and ``INSERT OR REPLACE`` an upsert on the
-    primary key; nothing else in that SQL differs between the two.
+    Placeholders become ``%s``, the empty blob a ``bytea``, and the byte length
+    of a text ``octet_length``; nothing else in that SQL differs between the two.
     """
-    for table, columns in _UPSERTS.items():
-        prefix = f"INSERT OR REPLACE INTO {table} "
-        if sql.startswith(prefix):
-            updates = ", ".join(f"{column} = excluded.{column}" for column in columns)
-            sql = f"INSERT INTO {table} {sql[len(prefix) :]}"
-            sql += f" ON CONFLICT (account, path) DO UPDATE SET {updates}"
     sql = sql.replace("length(CAST(label AS BLOB))", "octet_length(label)")
     return sql.replace("x''", "'\\x'::bytea").replace("?", "%s")
-
-
-_UPSERTS: Final = {
-    "nodes": ("parent", "pos", "kind", "label", "body", "size", "children"),
-    "members": ("run",),
-}
 
 
 _NEW_TOP_ROWS: Final = (

@@ -67,12 +67,14 @@ from typing import Final
 from ...forks import reset_after_fork
 from ...paths import Path
 from .base import (
+    REFUSALS,
     Committed,
     StorageBusyError,
     StorageError,
     StorageFullError,
     StorageUnavailableError,
     Write,
+    check_operations,
 )
 from .schema import Migration, migrate
 from .tree import BLOB, BLOB_THRESHOLD, TreeStorage, count_children
@@ -409,16 +411,7 @@ class SQLiteStorage(TreeStorage):
         """
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(
-                self._path,
-                timeout=BUSY_TIMEOUT_MS / 1000,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            _use_wal(conn)
-            conn.execute(f"PRAGMA synchronous = {self._sync.upper()}")
-            conn.execute("PRAGMA wal_autocheckpoint = 0")  # see the module's notes
+            conn = self._connect(BUSY_TIMEOUT_MS)
             self._local.conn = conn
             self._local.cache = OrderedDict()
             self._local.versions = conn.cursor()
@@ -426,8 +419,27 @@ class SQLiteStorage(TreeStorage):
             self._local.wal = None
             self._local.mapped = False  # tried at the first read (the -shm file exists by then)
             self._local.header = None
-            with self._connections_lock:
-                self._connections.append(conn)
+        return conn
+
+    def _conn_now(self) -> sqlite3.Connection:
+        """This thread's connection for writes that must not wait: busy at once, not after
+        :data:`BUSY_TIMEOUT_MS` (see :meth:`commit_group_now`)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "now", None)
+        if conn is None:
+            conn = self._local.now = self._connect(0)
+        return conn
+
+    def _connect(self, busy_ms: int) -> sqlite3.Connection:
+        """A new connection, waiting up to ``busy_ms`` for a lock; closed by :meth:`close`."""
+        conn = sqlite3.connect(
+            self._path, timeout=busy_ms / 1000, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        _use_wal(conn)
+        conn.execute(f"PRAGMA synchronous = {self._sync.upper()}")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")  # see the module's notes
+        with self._connections_lock:
+            self._connections.append(conn)
         return conn
 
     def commit_group_now(self, writes: Sequence[Write]) -> list[Committed | Exception] | None:
@@ -441,7 +453,13 @@ class SQLiteStorage(TreeStorage):
             return None
         try:
             with self._write(wait=False) as conn:
-                return self._commit_each(conn, writes)
+                if len(writes) > 1:
+                    return self._commit_each(conn, writes)
+                account, operations, checks, key_digest = writes[0]
+                check_operations(operations)
+                return [self._commit_in(conn, account, operations, checks, key_digest)]
+        except REFUSALS as exc:  # rolled back with the transaction
+            return [exc]
         except StorageBusyError:
             return None
         except (StorageError, StorageUnavailableError):
@@ -459,15 +477,8 @@ class SQLiteStorage(TreeStorage):
         once if the turn or the lock is taken.
         """
         with _translated(), self._turn.held(BUSY_TIMEOUT_MS / 1000 if wait else 0):
-            conn = self._conn()
-            if wait:
-                conn.execute("BEGIN IMMEDIATE")
-            else:
-                conn.execute("PRAGMA busy_timeout = 0")
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                finally:
-                    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn = self._conn() if wait else self._conn_now()
+            conn.execute("BEGIN IMMEDIATE")
             changes = conn.total_changes
             try:
                 yield conn

@@ -170,11 +170,18 @@ _RENDER_ROWS: Final = (
 """A row's parent, its path if it is a split container, its kind and its text (label and body,
 joined by the database: a whole read makes two objects a row, not five)."""
 _RANGE: Final = " AND path > ? AND path < ?"
+# Upserts rather than INSERT OR REPLACE: a row updated in place keeps its index entry.
 _INSERT: Final = (
-    "INSERT OR REPLACE INTO nodes (account, path, parent, pos, kind, label, body, size, children)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO nodes (account, path, parent, pos, kind, label, body, size, children)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (account, path) DO UPDATE SET"
+    " parent = excluded.parent, pos = excluded.pos, kind = excluded.kind,"
+    " label = excluded.label, body = excluded.body, size = excluded.size,"
+    " children = excluded.children"
 )
-_INSERT_MEMBER: Final = "INSERT OR REPLACE INTO members (account, path, run) VALUES (?, ?, ?)"
+_INSERT_MEMBER: Final = (
+    "INSERT INTO members (account, path, run) VALUES (?, ?, ?)"
+    " ON CONFLICT (account, path) DO UPDATE SET run = excluded.run"
+)
 _PLAIN_SCALARS: Final = frozenset((str, int, bool, type(None)))
 """The value types whose text a backend's :attr:`TreeStorage.new_top_rows` writes as
 :func:`_scalar` would (see there)."""
