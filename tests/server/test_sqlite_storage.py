@@ -595,6 +595,26 @@ def test_commit_group_now_commits_at_once_or_does_nothing(tmp_path: FilePath) ->
     holder.close()
 
 
+def test_commit_group_now_gives_up_a_group_still_at_work_past_its_deadline(
+    tmp_path: FilePath, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small write can do much work (delete a large value): past NOW_SECONDS the group is
+    interrupted and rolled back, and commit_group does it."""
+    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
+    storage.create_account("a", "", "k")
+    storage.set("a", p("big"), big_doc(2_000_000))
+    before = (storage.get_all("a"), storage.revision("a"))
+    group = [Write("a", [Operation("delete", ("big",))], (), hash_key("k"))]
+    monkeypatch.setattr(sqlite_storage, "NOW_SECONDS", 0.0)
+    assert storage.commit_group_now(group) is None
+    assert (storage.get_all("a"), storage.revision("a")) == before
+    assert storage.commit_group(group) == [Committed(2, [None])]
+    assert storage.get_all("a") == "{}"
+    monkeypatch.undo()
+    assert storage.commit_group_now([group[0]._replace(operations=[Operation("set", ("x",), 1)])])
+    storage.close()
+
+
 _WRITE_ON_REQUEST = """
 import sys
 from kvpio_mapping.server.storage.sqlite import SQLiteStorage

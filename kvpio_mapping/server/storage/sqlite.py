@@ -51,6 +51,7 @@ a database made before the log was opened).
 from __future__ import annotations
 
 import fcntl
+import math
 import mmap
 import os
 import sqlite3
@@ -84,6 +85,11 @@ BUSY_TIMEOUT_MS: Final = 10_000
 CHECKPOINT_ROWS: Final = 1000
 """Rows a process's commits change before it checkpoints the WAL: a small write changes
 a row or two per page it writes, so about the 1,000 pages after which SQLite's would."""
+
+NOW_SECONDS: Final = 0.005
+"""Longest :meth:`SQLiteStorage.commit_group_now` works before giving the group up."""
+_DEADLINE_STEPS: Final = 1000
+"""SQLite's virtual machine steps between looks at a :class:`_Deadline`."""
 
 READ_CACHE_ENTRIES: Final = 1024
 """Answers of :meth:`SQLiteStorage.read` each connection keeps (see the module's notes)."""
@@ -270,6 +276,18 @@ def _use_wal(conn: sqlite3.Connection) -> None:
             time.sleep(0.01)
 
 
+class _Deadline:
+    """A connection's progress handler: true, interrupting the statement, once past ``at``."""
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at = math.inf
+
+    def __call__(self) -> bool:
+        return time.monotonic() > self.at
+
+
 class _WriterTurn:
     """The processes' turns at SQLite's write lock, handed over as soon as it is free.
 
@@ -421,13 +439,17 @@ class SQLiteStorage(TreeStorage):
             self._local.header = None
         return conn
 
-    def _conn_now(self) -> sqlite3.Connection:
-        """This thread's connection for writes that must not wait: busy at once, not after
-        :data:`BUSY_TIMEOUT_MS` (see :meth:`commit_group_now`)."""
-        conn: sqlite3.Connection | None = getattr(self._local, "now", None)
-        if conn is None:
-            conn = self._local.now = self._connect(0)
-        return conn
+    def _conn_now(self) -> tuple[sqlite3.Connection, _Deadline]:
+        """This thread's connection for writes that must not wait, and its deadline: busy at
+        once, not after :data:`BUSY_TIMEOUT_MS`, and interrupted once past the deadline
+        (see :meth:`commit_group_now`)."""
+        found: tuple[sqlite3.Connection, _Deadline] | None = getattr(self._local, "now", None)
+        if found is None:
+            deadline = _Deadline()
+            conn = self._connect(0)
+            conn.set_progress_handler(deadline, _DEADLINE_STEPS)
+            found = self._local.now = (conn, deadline)
+        return found
 
     def _connect(self, busy_ms: int) -> sqlite3.Connection:
         """A new connection, waiting up to ``busy_ms`` for a lock; closed by :meth:`close`."""
@@ -446,18 +468,25 @@ class SQLiteStorage(TreeStorage):
         """:meth:`commit_group` if the write lock is free this moment and a commit does not
         wait on the disk (``synchronous=NORMAL``); else None, having done nothing.
 
-        A group whose commit fails otherwise than by refusing a write is None too:
-        :meth:`commit_group` then commits each write on its own.
+        A group still at work after :data:`NOW_SECONDS` (a small request that
+        deletes a large value, say) is interrupted and rolled back: None, and
+        :meth:`commit_group` does it in a thread. So is a group whose commit
+        fails otherwise than by refusing a write, each write then committed alone.
         """
         if self._sync != "normal":
             return None
         try:
             with self._write(wait=False) as conn:
-                if len(writes) > 1:
-                    return self._commit_each(conn, writes)
-                account, operations, checks, key_digest = writes[0]
-                check_operations(operations)
-                return [self._commit_in(conn, account, operations, checks, key_digest)]
+                deadline = self._local.now[1]
+                deadline.at = time.monotonic() + NOW_SECONDS
+                try:
+                    if len(writes) > 1:
+                        return self._commit_each(conn, writes)
+                    account, operations, checks, key_digest = writes[0]
+                    check_operations(operations)
+                    return [self._commit_in(conn, account, operations, checks, key_digest)]
+                finally:
+                    deadline.at = math.inf  # COMMIT and ROLLBACK run to their end
         except REFUSALS as exc:  # rolled back with the transaction
             return [exc]
         except StorageBusyError:
@@ -477,7 +506,7 @@ class SQLiteStorage(TreeStorage):
         once if the turn or the lock is taken.
         """
         with _translated(), self._turn.held(BUSY_TIMEOUT_MS / 1000 if wait else 0):
-            conn = self._conn() if wait else self._conn_now()
+            conn = self._conn() if wait else self._conn_now()[0]
             conn.execute("BEGIN IMMEDIATE")
             changes = conn.total_changes
             try:
