@@ -7,7 +7,8 @@ encoded ``%2F`` can never become a separator. Small reads of a local
 database run on the event loop; reads that may be large (a whole bucket, a
 key listing) run in a read thread, and writes, which may wait on a lock, in
 the worker's write threads (one for SQLite's single write lock), so neither
-holds up other accounts' requests. A storage whose calls wait on the network
+holds up other accounts' requests; only a small group of writes the storage
+can commit at once, briefly, commits on the loop (:meth:`Server.commit`). A storage whose calls wait on the network
 (:attr:`~.storage.Storage.reads_block`) has every read run in read threads.
 Storage errors of the storage's own (busy, disk full) become 503 and 507.
 """
