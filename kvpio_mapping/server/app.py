@@ -8,8 +8,9 @@ database run on the event loop; reads that may be large (a whole bucket, a
 key listing) run in a read thread, and writes, which may wait on a lock, in
 the worker's write threads (one for SQLite's single write lock), so neither
 holds up other accounts' requests; only a small group of writes the storage
-can commit at once, briefly, commits on the loop (:meth:`Server.commit`). A storage whose calls wait on the network
-(:attr:`~.storage.Storage.reads_block`) has every read run in read threads.
+can commit at once, briefly, commits on the loop (:meth:`Server.commit`). A
+storage whose calls wait on the network (:attr:`~.storage.Storage.reads_block`)
+has every read run in read threads.
 Storage errors of the storage's own (busy, disk full) become 503 and 507.
 """
 
@@ -85,7 +86,7 @@ GROUP_OPERATIONS: Final = 1000
 LOOP_OPERATIONS: Final = 64
 LOOP_BODIES: Final = 64 * 1024
 """Most operations, and bytes of request bodies, of a group committed on the event loop
-(see :meth:`Server.commit`): about a millisecond at most that other requests wait."""
+(see :meth:`Server.commit`); the storage gives up a group still at work after a few ms."""
 NETWORK_READ_THREADS: Final = 8
 """Read threads of a worker whose storage's reads wait on the network, small ones included."""
 

@@ -615,6 +615,18 @@ def test_commit_group_now_gives_up_a_group_still_at_work_past_its_deadline(
     storage.close()
 
 
+def test_commit_group_now_from_a_thread_that_never_read_commits_once(tmp_path: FilePath) -> None:
+    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
+    storage.create_account("a", "", "k")
+    found: list[object] = []
+    write = Write("a", [Operation("set", ("x",), 1)], (), hash_key("k"))
+    fresh = threading.Thread(target=lambda: found.append(storage.commit_group_now([write])))
+    fresh.start()
+    fresh.join(10)
+    assert found == [[Committed(1, [None])]] and storage.revision("a") == 1
+    storage.close()
+
+
 _WRITE_ON_REQUEST = """
 import sys
 from kvpio_mapping.server.storage.sqlite import SQLiteStorage

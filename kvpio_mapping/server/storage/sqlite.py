@@ -276,6 +276,10 @@ def _use_wal(conn: sqlite3.Connection) -> None:
             time.sleep(0.01)
 
 
+class _GaveUp(Exception):
+    """:meth:`SQLiteStorage.commit_group_now` rolled its group back: a thread is to do it."""
+
+
 class _Deadline:
     """A connection's progress handler: true, interrupting the statement, once past ``at``."""
 
@@ -445,6 +449,7 @@ class SQLiteStorage(TreeStorage):
         (see :meth:`commit_group_now`)."""
         found: tuple[sqlite3.Connection, _Deadline] | None = getattr(self._local, "now", None)
         if found is None:
+            self._conn()  # the thread's state, which every commit updates
             deadline = _Deadline()
             conn = self._connect(0)
             conn.set_progress_handler(deadline, _DEADLINE_STEPS)
@@ -477,24 +482,31 @@ class SQLiteStorage(TreeStorage):
             return None
         try:
             with self._write(wait=False) as conn:
-                deadline = self._local.now[1]
-                deadline.at = time.monotonic() + NOW_SECONDS
-                try:
-                    if len(writes) > 1:
-                        return self._commit_each(conn, writes)
-                    account, operations, checks, key_digest = writes[0]
-                    check_operations(operations)
-                    return [self._commit_in(conn, account, operations, checks, key_digest)]
-                finally:
-                    deadline.at = math.inf  # COMMIT and ROLLBACK run to their end
-        except REFUSALS as exc:  # rolled back with the transaction
+                return self._commit_now(conn, writes)
+        except REFUSALS as exc:  # one write, refused: rolled back with the transaction
             return [exc]
-        except StorageBusyError:
+        except (StorageBusyError, _GaveUp):  # rolled back, or never begun
             return None
-        except (StorageError, StorageUnavailableError):
+
+    def _commit_now(
+        self, conn: sqlite3.Connection, writes: Sequence[Write]
+    ) -> list[Committed | Exception]:
+        """The group's work in :meth:`commit_group_now`'s transaction, before its ``COMMIT``:
+        :class:`_GaveUp` for anything but a refusal or the database's own failure."""
+        deadline = self._local.now[1]
+        deadline.at = time.monotonic() + NOW_SECONDS
+        try:
+            if len(writes) > 1:
+                return self._commit_each(conn, writes)
+            account, operations, checks, key_digest = writes[0]
+            check_operations(operations)
+            return [self._commit_in(conn, account, operations, checks, key_digest)]
+        except (*REFUSALS, StorageError, StorageUnavailableError):
             raise
-        except Exception:
-            return None
+        except Exception as exc:  # interrupted past the deadline, say
+            raise _GaveUp from exc
+        finally:
+            deadline.at = math.inf  # COMMIT and ROLLBACK run to their end
 
     @contextmanager
     def _write(self, *, wait: bool = True) -> Iterator[sqlite3.Connection]:
