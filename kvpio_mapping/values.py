@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+import sys
 from typing import Any, Final
 
 from .errors import InvalidPathError
@@ -132,9 +134,31 @@ def _decode(data: bytes | str, max_nesting: int, decoder: json.JSONDecoder) -> A
         raise ValueError(f"value nests deeper than {MAX_NESTING} levels") from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"body is not UTF-8: {exc}") from None
+    except ValueError as exc:
+        if "integer string conversion" not in str(exc):
+            raise
+        raise ValueError(
+            f"an integer has more than {sys.get_int_max_str_digits()} digits"
+        ) from None
     if isinstance(value, dict | list):
         check_nesting(value, max_nesting)
+    if _SURROGATE_ESCAPE.search(data):
+        _check_characters(value)
     return value
+
+
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
+"""An escape that may be half of a surrogate pair (or, after a backslash, no escape at all)."""
+
+
+def _check_characters(value: Any) -> None:
+    """``ValueError`` if a string of ``value`` holds a lone surrogate, a code point that is no
+    character: UTF-8 cannot hold it, so no stored text or answer could."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        point = ord(exc.object[exc.start])
+        raise ValueError(f"\\u{point:04x} is a lone surrogate, not a character") from None
 
 
 def check_nesting(value: dict[str, Any] | list[Any], limit: int) -> None:

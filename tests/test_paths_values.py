@@ -387,6 +387,23 @@ def test_decode_refuses_invalid_json_with_value_error(text):
         values.decode(text)
 
 
+@pytest.mark.parametrize(
+    "text", ['"\\ud800"', '["x\\uDBFF"]', '{"\\udc00": 1}', '"\\ude00\\ud83d"']
+)
+def test_decode_refuses_lone_surrogates_no_utf8_can_hold(text):
+    with pytest.raises(ValueError, match=r"^\\u[0-9a-f]{4} is a lone surrogate, not a character$"):
+        values.decode(text)
+
+
+def test_decode_keeps_surrogate_pairs_and_escaped_backslashes():
+    assert values.decode('["\\ud83d\\ude00", "\\\\ud800"]') == ["\U0001f600", "\\ud800"]
+
+
+def test_decode_refuses_a_long_integer_in_its_own_words():
+    with pytest.raises(ValueError, match=r"^an integer has more than \d+ digits$"):
+        values.decode("9" * 5000)
+
+
 def test_decode_refuses_invalid_utf8_with_value_error():
     with pytest.raises(ValueError):
         values.decode(b'"\xff"')

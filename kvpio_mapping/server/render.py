@@ -479,6 +479,8 @@ def _render_in_worker(
         return {"error": _clip(f"template not allowed: {exc}")}
     except jinja2.TemplateError as exc:
         return {"error": _clip(f"template error: {exc}")}
+    except OverflowError:  # its text is the C library's, such as "(34, 'Numerical result...')"
+        return {"error": "template failed: a number is out of range"}
     except Exception as exc:
         return {"error": _clip(f"template failed: {exc}")}
 

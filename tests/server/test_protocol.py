@@ -197,6 +197,28 @@ def test_invalid_json_is_400_and_stores_nothing(api: Api, body: bytes) -> None:
     assert_missing(api.get("/v1/bucket/foo"))
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "error"),
+    [
+        ("foo", b'"a\\ud800b"', "\\ud800 is a lone surrogate, not a character"),
+        ("foo", b'{"x": ["\\uDC00"]}', "\\udc00 is a lone surrogate, not a character"),
+        ("", b'{"k\\ud83d": 1}', "\\ud83d is a lone surrogate, not a character"),
+        ("foo", b"7" * 5000, "an integer has more than 4300 digits"),
+        ("", b'{"foo": -' + b"7" * 5000 + b"}", "an integer has more than 4300 digits"),
+    ],
+    ids=["lone high", "lone low, nested", "in a batch's key", "long integer", "in a batch"],
+)
+def test_json_no_server_could_store_is_400_saying_why_in_its_own_words(
+    api: Api, path: str, body: bytes, error: str
+) -> None:
+    response = api.post(f"/v1/bucket/{path}", data=body)
+    assert_error(response, 400)
+    assert response.json()["error"] == f"invalid JSON: {error}"
+    assert_missing(api.get("/v1/bucket/foo"))
+    assert_empty(api.post("/v1/bucket/foo", data=b'"\\ud83d\\ude00 \\\\ud800"'))
+    assert api.get("/v1/bucket/foo").json() == "\U0001f600 \\ud800"  # a pair; no escape
+
+
 def test_too_deep_json_is_400(api: Api) -> None:
     assert_error(api.post("/v1/bucket/foo", data=b"[" * 101 + b"]" * 101), 400)
     assert_error(api.post("/v1/bucket/foo", data=b"[" * 100_000), 400)

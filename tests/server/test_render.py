@@ -303,6 +303,12 @@ def test_error_messages_name_no_python_class_or_object(renderer: Renderer, sourc
     assert not re.search(r"\b[A-Z]\w*(Error|Exception)\b|0x[0-9a-f]{4}|<class ", message), message
 
 
+@pytest.mark.parametrize("source", ["{{ 2.0 ** 10000 }}", "{{ (10 ** 400) * 1.5 }}"])
+def test_a_number_out_of_range_says_so(renderer: Renderer, source: str) -> None:
+    with pytest.raises(RenderError, match=r"^template failed: a number is out of range$"):
+        render(renderer, source, {})
+
+
 def test_limit_messages_name_the_limit(renderer: Renderer) -> None:
     cases = {
         "{{ 7 ** (10 ** 7) }}": "max_power",
