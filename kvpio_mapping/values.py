@@ -108,22 +108,23 @@ _reader = json.JSONDecoder(parse_constant=_reject_constant)
 
 def decode(data: bytes | str, max_nesting: int = MAX_NESTING) -> Any:
     """Parse JSON text strictly (no ``NaN``/``Infinity``, no number beyond the range of a
-    float, such as ``1e400``, which ``json`` reads as infinity); ``ValueError`` if it is
-    not valid.
+    float, such as ``1e400``, which ``json`` reads as infinity, no lone surrogate);
+    ``ValueError`` if it is not valid.
 
     Nesting deeper than ``max_nesting`` is refused too, so a hostile body
     cannot exhaust the recursion limit of code that walks the value.
     """
-    return _decode(data, max_nesting, _decoder)
+    return _decode(data, max_nesting, _decoder, strict=True)
 
 
 def load(data: bytes | str, max_nesting: int = READ_NESTING) -> Any:
     """:func:`decode` for text a kvpio server wrote, which never holds a number beyond the
-    range of a float: the same value, without checking each float's range again."""
-    return _decode(data, max_nesting, _reader)
+    range of a float: the same value, without checking each float's range, or its
+    strings for lone surrogates, again."""
+    return _decode(data, max_nesting, _reader, strict=False)
 
 
-def _decode(data: bytes | str, max_nesting: int, decoder: json.JSONDecoder) -> Any:
+def _decode(data: bytes | str, max_nesting: int, decoder: json.JSONDecoder, *, strict: bool) -> Any:
     try:
         if not isinstance(data, str):
             data = data.decode(json.detect_encoding(data), "surrogatepass")
@@ -142,7 +143,7 @@ def _decode(data: bytes | str, max_nesting: int, decoder: json.JSONDecoder) -> A
         ) from None
     if isinstance(value, dict | list):
         check_nesting(value, max_nesting)
-    if _SURROGATE_ESCAPE.search(data):
+    if strict and _SURROGATE_ESCAPE.search(data):
         _check_characters(value)
     return value
 
