@@ -263,6 +263,16 @@ class TemplateStore(MutableMapping[str, str]):
         """Delete every template, without rendering them (one may not render)."""
         self._run(clear(self._cache))
 
+    def popitem(self) -> tuple[str, str]:
+        """Remove the last-stored template, returning its name and rendering, as
+        ``dict.popitem`` does its last pair; ``KeyError`` if there is none."""
+        for name in reversed(list(self)):
+            try:
+                return name, self.pop(name)
+            except KeyError:  # deleted meanwhile by another client
+                continue
+        raise KeyError("popitem(): no templates")
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._run(operations.keys_of(protocol.list_templates())))
 

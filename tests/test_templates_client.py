@@ -134,6 +134,19 @@ def test_iter_len_and_in(store):
     assert dict(store) == {"one": "1", "two": "2"}
 
 
+def test_popitem_removes_the_last_stored_template_as_dict_does_its_last_pair(store):
+    reference = {}
+    for name in ("first", "second", "third"):
+        store[name] = reference[name] = f"text of {name}"
+    store["first"] = reference["first"] = "again"  # keeps its place, in both
+    assert store.popitem() == reference.popitem() == ("third", "text of third")
+    assert store.popitem() == reference.popitem()
+    assert list(store) == list(reference) == ["first"]
+    assert store.popitem() == reference.popitem() == ("first", "again")
+    with pytest.raises(KeyError):
+        store.popitem()
+
+
 def test_clear_removes_every_template_even_one_that_fails_to_render(store, bucket):
     store["ok"] = "fine"
     store["broken"] = "{{ 1 / 0 }}"
