@@ -67,7 +67,11 @@ def _check_key(key: str) -> None:
 def encode(value: Any, addressable: bool = False) -> bytes:
     """Check ``value`` (see :func:`check`) and return its compact UTF-8 JSON text."""
     check(value, addressable)
-    return _encoder.encode(value).encode()
+    text = _encoder.encode(value)
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:
+        raise _lone_surrogate(exc) from None
 
 
 def dump(value: Any) -> str:
@@ -158,8 +162,12 @@ def _check_characters(value: Any) -> None:
     try:
         json.dumps(value, ensure_ascii=False).encode()
     except UnicodeEncodeError as exc:
-        point = ord(exc.object[exc.start])
-        raise ValueError(f"\\u{point:04x} is a lone surrogate, not a character") from None
+        raise _lone_surrogate(exc) from None
+
+
+def _lone_surrogate(exc: UnicodeEncodeError) -> ValueError:
+    """The ``ValueError`` of a text UTF-8 cannot hold: it has a lone surrogate."""
+    return ValueError(f"\\u{ord(exc.object[exc.start]):04x} is a lone surrogate, not a character")
 
 
 def check_nesting(value: dict[str, Any] | list[Any], limit: int) -> None:

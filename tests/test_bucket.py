@@ -870,6 +870,8 @@ NON_JSON = [
     [1, {2}],
     {"a": {"b": float("nan")}},
     1j,
+    "lone \ud800 surrogate",
+    {"a": ["x\udfff"]},
 ]
 
 

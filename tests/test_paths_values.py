@@ -395,6 +395,12 @@ def test_decode_refuses_lone_surrogates_no_utf8_can_hold(text):
         values.decode(text)
 
 
+@pytest.mark.parametrize("value", ["\ud800", ["a", {"k": "x\udfff"}]])
+def test_encode_refuses_lone_surrogates_in_its_own_words(value):
+    with pytest.raises(ValueError, match=r"^\\u[0-9a-f]{4} is a lone surrogate, not a character$"):
+        values.encode(value)
+
+
 def test_decode_keeps_surrogate_pairs_and_escaped_backslashes():
     assert values.decode('["\\ud83d\\ude00", "\\\\ud800"]') == ["\U0001f600", "\\ud800"]
 
