@@ -38,6 +38,8 @@ def check(value: Any, addressable: bool = False, _depth: int = 0) -> None:
     if isinstance(value, _SCALARS):
         if isinstance(value, float) and (value != value or value in (float("inf"), -float("inf"))):
             raise ValueError(f"{value!r} is not a JSON value")
+        if isinstance(value, str) and not value.isascii():
+            _check_text(value)
         return
     if _depth >= MAX_NESTING:
         raise ValueError(f"value nests deeper than {MAX_NESTING} levels")
@@ -45,6 +47,8 @@ def check(value: Any, addressable: bool = False, _depth: int = 0) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"object keys must be str, not {type(key).__name__} ({key!r})")
+            if not key.isascii():
+                _check_text(key)
             if addressable:
                 _check_key(key)
             check(item, addressable, _depth + 1)
@@ -67,11 +71,7 @@ def _check_key(key: str) -> None:
 def encode(value: Any, addressable: bool = False) -> bytes:
     """Check ``value`` (see :func:`check`) and return its compact UTF-8 JSON text."""
     check(value, addressable)
-    text = _encoder.encode(value)
-    try:
-        return text.encode()
-    except UnicodeEncodeError as exc:
-        raise _lone_surrogate(exc) from None
+    return _encoder.encode(value).encode()
 
 
 def dump(value: Any) -> str:
@@ -161,6 +161,14 @@ def _check_characters(value: Any) -> None:
     character: UTF-8 cannot hold it, so no stored text or answer could."""
     try:
         json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        raise _lone_surrogate(exc) from None
+
+
+def _check_text(text: str) -> None:
+    """``ValueError`` if ``text`` holds a lone surrogate (see :func:`_check_characters`)."""
+    try:
+        text.encode()
     except UnicodeEncodeError as exc:
         raise _lone_surrogate(exc) from None
 

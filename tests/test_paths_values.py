@@ -395,10 +395,11 @@ def test_decode_refuses_lone_surrogates_no_utf8_can_hold(text):
         values.decode(text)
 
 
-@pytest.mark.parametrize("value", ["\ud800", ["a", {"k": "x\udfff"}]])
-def test_encode_refuses_lone_surrogates_in_its_own_words(value):
-    with pytest.raises(ValueError, match=r"^\\u[0-9a-f]{4} is a lone surrogate, not a character$"):
-        values.encode(value)
+@pytest.mark.parametrize("value", ["\ud800", ["a", {"k": "x\udfff"}], {"k\udc00": 1}])
+def test_check_and_encode_refuse_lone_surrogates_in_their_own_words(value):
+    for refuse in (values.check, values.encode):
+        with pytest.raises(ValueError, match=r"^\\u[0-9a-f]{4} is a lone surrogate, not a char"):
+            refuse(value)
 
 
 def test_decode_keeps_surrogate_pairs_and_escaped_backslashes():
