@@ -247,13 +247,17 @@ class Wire:
         read: float,
     ) -> Answer | HTTPResponse | None:
         """Send the request of :meth:`head` on an open connection and read the answer's head;
-        None if the pool has no open connection to spare (``urlopen`` opens one).
+        None if the pool has no open connection to spare (``urlopen`` opens one). A plain
+        HTTP connection without a proxy is opened here.
 
         Raises what ``urlopen`` raises for a failure on an open connection.
         """
         pool = self.pool
         conn: Any = pool._get_conn()
         sock = conn.sock
+        if sock is None and pool.scheme == "http" and conn.proxy is None:
+            # Opened here, so that this call's answer too is read by its deadline.
+            sock = _opened(conn, pool, connect, self.prefix + target)
         fixed = self._fixed
         if fixed is None and sock is not None:
             fixed = self._fixed = self._fixed_lines(conn)
@@ -485,6 +489,22 @@ class _Chunks:
         except http.client.IncompleteRead as exc:
             raise http.client.IncompleteRead(b"".join(parts)) from exc
         return b"".join(parts), self.data[self.at :]
+
+
+def _opened(conn: Any, pool: HTTPConnectionPool, connect: float, url: str) -> socket.socket:
+    """Connect the pool's connection ``conn`` within ``connect`` seconds; its socket.
+
+    Raises what ``urlopen`` (with ``requests``' ``Retry(0, read=False)``)
+    raises when it cannot connect, the connection given back to the pool.
+    """
+    conn.timeout = connect
+    try:
+        conn.connect()
+    except (u3.NewConnectionError, u3.ConnectTimeoutError) as exc:
+        conn.close()
+        pool._put_conn(None)
+        raise u3.MaxRetryError(pool, url, exc) from exc
+    return cast(socket.socket, conn.sock)
 
 
 def _aborted(
