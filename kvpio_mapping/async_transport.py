@@ -10,8 +10,10 @@ pooled connections; pauses are ``asyncio.sleep``, so the event loop runs on.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
-from typing import Any, Final
+from collections.abc import Awaitable
+from typing import Any, Final, TypeVar
 
 import httpx
 
@@ -172,9 +174,15 @@ class AsyncTransport:
         timeout = self._first
         while True:
             try:
-                response = await self.client.request(
+                sent = self.client.request(
                     method, url, content=body, headers=headers, timeout=timeout
                 )
+                response = await _by(deadline, sent)
+            except TimeoutError as exc:  # httpx bounds each read; this, the whole answer
+                raise KvpioTimeoutError(
+                    f"{self.url} did not answer {method} {target!r} within the timeout"
+                    f" of {self.timeout:g} s"
+                ) from exc
             except httpx.TransportError as exc:
                 safe = idempotent or isinstance(exc, _NOTHING_SENT)
                 if await self._may_retry(attempt, deadline, safe):
@@ -204,6 +212,25 @@ class AsyncTransport:
             return False
         await asyncio.sleep(pause)
         return True
+
+
+T = TypeVar("T")
+
+if sys.version_info >= (3, 11):
+
+    async def _by(deadline: float, answer: Awaitable[T]) -> T:
+        """``await answer``, or ``TimeoutError`` at ``deadline`` (``time.monotonic``)."""
+        async with asyncio.timeout(deadline - time.monotonic()):
+            return await answer
+
+else:
+
+    async def _by(deadline: float, answer: Awaitable[T]) -> T:
+        """``await answer``, or ``TimeoutError`` at ``deadline`` (``time.monotonic``)."""
+        try:
+            return await asyncio.wait_for(answer, deadline - time.monotonic())
+        except asyncio.TimeoutError:
+            raise TimeoutError from None
 
 
 def _left(deadline: float) -> httpx.Timeout:

@@ -13,7 +13,7 @@ import pytest
 from faults import fault_server
 from feeds import writers
 
-from kvpio_mapping import AsyncKVBucket, KVBucket, connect_async
+from kvpio_mapping import AsyncKVBucket, KVBucket, KvpioTimeoutError, connect_async
 
 
 def test_async_iteration_lists_the_keys_in_one_request(kvpio_account: Any) -> None:
@@ -166,6 +166,28 @@ def test_100_concurrent_misses_take_far_less_than_100_sequential() -> None:
     assert fault.most_waiting >= 10
     assert sequential > 2.0
     assert concurrent < sequential / 2
+
+
+@pytest.mark.parametrize("part", ["head", "body"])
+def test_a_server_dripping_its_answer_is_given_up_on_at_the_timeout(part: str) -> None:
+    body = b'"' + b"x" * 200 + b'"'
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+    head += b"Content-Length: %d\r\n\r\n" % len(body)
+    answer = head + body
+    cut = len(head) if part == "body" else 10
+    pieces = [answer[:cut]] + [answer[at : at + 1] for at in range(cut, len(answer))]
+
+    async def read(url: str) -> float:
+        async with AsyncKVBucket(url, "key", timeout=0.5, ttl=0) as bucket:
+            started = time.monotonic()
+            with pytest.raises(KvpioTimeoutError, match=r"within the timeout of 0\.5 s"):
+                await bucket.get("k")
+            return time.monotonic() - started
+
+    with fault_server() as fault:
+        fault.answer_raw(*pieces)  # a byte every 20 ms: each read is quick, the whole is not
+        assert asyncio.run(read(fault.url)) < 2.0  # the drip takes over 4 s
+        assert len(fault.requests) == 1
 
 
 def test_without_httpx_the_blocking_client_works_and_the_async_one_names_its_extra() -> None:
