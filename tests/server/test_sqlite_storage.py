@@ -615,6 +615,24 @@ def test_commit_group_now_gives_up_a_group_still_at_work_past_its_deadline(
     storage.close()
 
 
+def test_a_write_of_a_run_refused_leaves_its_neighbours_committed(tmp_path: FilePath) -> None:
+    """A run of top-level sets is stored together: one that fails (a text UTF-8 cannot
+    hold, which the server never sends) makes the group commit each write alone."""
+    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
+    storage.create_account("a", "", "k")
+    group = [
+        Write("a", [Operation("set", (key,), value)], (), hash_key("k"))
+        for key, value in (("x", 1), ("lone", "\ud800"), ("y", 2))
+    ]
+    assert storage.commit_group_now(group) is None
+    assert storage.revision("a") == 0
+    first, refused, last = storage.commit_group(group)
+    assert isinstance(refused, ValueError)
+    assert (first, last) == (Committed(1, [None]), Committed(2, [None]))
+    assert storage.get_all("a") == '{"x":1,"y":2}'
+    storage.close()
+
+
 def test_commit_group_now_from_a_thread_that_never_read_commits_once(tmp_path: FilePath) -> None:
     storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
     storage.create_account("a", "", "k")

@@ -501,9 +501,13 @@ class SQLiteStorage(TreeStorage):
             account, operations, checks, key_digest = writes[0]
             check_operations(operations)
             return [self._commit_in(conn, account, operations, checks, key_digest)]
-        except (*REFUSALS, StorageError, StorageUnavailableError):
+        except (StorageError, StorageUnavailableError):
             raise
-        except Exception as exc:  # interrupted past the deadline, say
+        except Exception as exc:
+            if len(writes) == 1 and isinstance(exc, REFUSALS):
+                raise  # the one write's own outcome
+            # Interrupted past the deadline, or a write of a run refused (commit_group
+            # then commits each write alone).
             raise _GaveUp from exc
         finally:
             deadline.at = math.inf  # COMMIT and ROLLBACK run to their end
