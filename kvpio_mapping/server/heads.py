@@ -109,6 +109,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
         self._bad_head = ""
+        self._last_answer: bytes | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -169,15 +170,29 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.cycle.response_complete and not self.transport.is_closing():
+        if self._last_answer is not None and self._answered_all():
+            self._send_last_answer()
+        elif self.cycle.response_complete and not self.transport.is_closing():
             self.waiting[self] = None
 
     def send_400_response(self, msg: str) -> None:
-        """Answer a request that is not HTTP/1.x with a JSON error, as every other 4xx is."""
+        """Answer a request that does not parse, or is not HTTP/1.x, with a JSON error (as
+        every other 4xx is) and close, once the requests pipelined before it are answered."""
         self.waiting.pop(self, None)
         self._stop_head_timer()
-        self._gathered.flush()
-        self.transport.write(_error_answer(400, self._bad_head or "invalid HTTP request"))
+        self._refused = True  # nothing after it is read
+        self._last_answer = _error_answer(400, self._bad_head or "invalid HTTP request")
+        if self._answered_all():
+            self._send_last_answer()
+
+    def _answered_all(self) -> bool:
+        """Whether every request read on this connection has its whole answer."""
+        return not self.pipeline and (self.cycle is None or self.cycle.response_complete)
+
+    def _send_last_answer(self) -> None:
+        assert self._last_answer is not None
+        self._gathered.flush()  # the answers before it go first
+        self.transport.write(self._last_answer)
         self.transport.close()
 
     def _start_head_timer(self) -> None:
