@@ -27,6 +27,10 @@ MAX_HEAD_BYTES: Final = 64 * 1024
 """Largest request head (request line and headers) a worker reads."""
 HEADER_TIMEOUT: Final = 10.0
 """Seconds a connection may take to send a request head, from its first byte or its opening."""
+HEAD_PIECE: Final = 16384
+"""Most bytes of a request head fed to the parser at once. A piece that ends one request
+and starts the next counts, as the next one's, only what follows it: so a head is refused
+by the time it is :attr:`HeadLimits.max_head_bytes` plus this long, pipelined or not."""
 LINGER: Final = 2.0
 """Seconds a refused connection is read and discarded, so the client can read the answer."""
 NOTICE_EVERY: Final = 10.0
@@ -136,7 +140,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         while self._in_head and data:
             if self._head_timer is None:
                 self._start_head_timer()
-            room = limit - self._head_bytes
+            room = min(limit - self._head_bytes, HEAD_PIECE)
             piece, data = data[:room], data[room:]
             self._head_bytes += len(piece)
             super().data_received(piece)
@@ -176,14 +180,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.waiting[self] = None
 
     def send_400_response(self, msg: str) -> None:
-        """Answer a request that does not parse, or is not HTTP/1.x, with a JSON error (as
-        every other 4xx is) and close, once the requests pipelined before it are answered."""
-        self.waiting.pop(self, None)
-        self._stop_head_timer()
-        self._refused = True  # nothing after it is read
-        self._last_answer = _error_answer(400, self._bad_head or "invalid HTTP request")
-        if self._answered_all():
-            self._send_last_answer()
+        """Answer a request that does not parse, or is not HTTP/1.x, with a JSON error, as
+        every other 4xx is (see :meth:`_refuse`)."""
+        self._refuse(400, self._bad_head or "invalid HTTP request", told=False)
 
     def _answered_all(self) -> bool:
         """Whether every request read on this connection has its whole answer."""
@@ -193,7 +192,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         assert self._last_answer is not None
         self._gathered.flush()  # the answers before it go first
         self.transport.write(self._last_answer)
-        self.transport.close()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER, self.transport.close)
 
     def _start_head_timer(self) -> None:
         self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
@@ -218,18 +219,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._stop_head_timer()
         self.transport.close()
 
-    def _refuse(self, status: int, message: str) -> None:
-        """Answer ``status`` and close, discarding what the client still sends for a moment."""
+    def _refuse(self, status: int, message: str, *, told: bool = True) -> None:
+        """Answer ``status`` and close, once the requests pipelined before it are answered,
+        discarding what the client still sends for a moment; ``told``: log it (at most
+        once in :data:`NOTICE_EVERY` seconds per status)."""
         self.waiting.pop(self, None)
         self._stop_head_timer()
-        self._refused = True
-        self._gathered.flush()  # an answer still held goes first
-        self.transport.write(_error_answer(status, message))
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        self.loop.call_later(LINGER, self.transport.close)
-        peer = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
-        self.notices.tell(str(status), f"{status} to {peer}: {message}")
+        self._refused = True  # nothing after it is read
+        self._last_answer = _error_answer(status, message)
+        if self._answered_all():
+            self._send_last_answer()
+        if told:
+            peer = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+            self.notices.tell(str(status), f"{status} to {peer}: {message}")
 
 
 def _error_answer(status: int, message: str) -> bytes:

@@ -90,21 +90,28 @@ def test_heads_of_other_http_versions_and_garbage_get_a_json_400() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [b"NOT A REQUEST LINE\r\n\r\n", b"GET /v1/bucket/ HTTP/2.0\r\nHost: kvpio\r\n\r\n"]
+    ("bad", "refusal"),
+    [
+        (b"NOT A REQUEST LINE\r\n\r\n", b"400 Bad Request"),
+        (b"GET /v1/bucket/ HTTP/2.0\r\nHost: kvpio\r\n\r\n", b"400 Bad Request"),
+        (HEAD + b"X-Big: " + b"a" * 100_000, b"431 Request Header Fields Too Large"),
+    ],
+    ids=["garbage", "HTTP/2.0", "head too large"],
 )
-def test_requests_pipelined_before_a_bad_one_are_answered_first(bad: bytes) -> None:
+def test_requests_pipelined_before_a_refused_one_are_answered_first(
+    bad: bytes, refusal: bytes
+) -> None:
     with run_server() as server, socket.create_connection(address(server), timeout=5) as sock:
         good = b"GET /healthz HTTP/1.1\r\nHost: kvpio\r\n\r\n"
+        key = base64.b64encode(f"{server.api_key}:".encode())
         write = (
             b"POST /v1/bucket/piped HTTP/1.1\r\nHost: kvpio\r\nContent-Length: 1\r\n"
-            b"Authorization: Basic "
-            + base64.b64encode(f"{server.api_key}:".encode())
-            + b"\r\n\r\n7"
+            b"Authorization: Basic " + key + b"\r\n\r\n7"
         )
         sock.sendall(good + write + good + bad)
         answer = answer_of(sock, 5)
         statuses = re.findall(rb"HTTP/1\.1 \d{3} [A-Za-z ]+", answer)
-        assert statuses == [b"HTTP/1.1 200 OK"] * 3 + [b"HTTP/1.1 400 Bad Request"], answer
+        assert statuses == [b"HTTP/1.1 200 OK"] * 3 + [b"HTTP/1.1 " + refusal], answer
         assert answer.endswith(b"}") and b'"error"' in answer.rpartition(b"\r\n\r\n")[2]
         stored = requests.get(server.url + "/v1/bucket/piped", auth=(server.api_key, ""), timeout=5)
         assert stored.json() == 7
