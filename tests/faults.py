@@ -122,6 +122,16 @@ class Fault:
         self.raw = list(pieces)
         self.raw_close = close
 
+    def drip(self, part: str) -> None:
+        """Answer every request a byte at a time from its ``head`` or its ``body`` on: each
+        read is quick, the whole answer (a byte every 20 ms) takes over 4 s."""
+        body = b'"' + b"x" * 200 + b'"'
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        head += b"Content-Length: %d\r\n\r\n" % len(body)
+        answer = head + body
+        cut = len(head) if part == "body" else 10
+        self.answer_raw(answer[:cut], *(answer[at : at + 1] for at in range(cut, len(answer))))
+
     def answer(self, status: int, body: bytes = b"", **headers: str) -> None:
         """Answer every request with ``status``, ``headers`` (``_`` for ``-``) and ``body``."""
         self.status = status

@@ -619,17 +619,11 @@ def test_a_hung_server_is_given_up_on_at_the_timeout_retries_included():
 @pytest.mark.parametrize("connection", ["open", "new"])
 @pytest.mark.parametrize("part", ["head", "body"])
 def test_a_server_dripping_its_answer_is_given_up_on_at_the_timeout(part, connection):
-    body = b'"' + b"x" * 200 + b'"'
-    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-    head += b"Content-Length: %d\r\n\r\n" % len(body)
-    answer = head + body
-    cut = len(head) if part == "body" else 10
-    pieces = [answer[:cut]] + [answer[at : at + 1] for at in range(cut, len(answer))]
     with fault_server() as fault:
         bucket = KVBucket(fault.url, "key", timeout=0.5, ttl=0)
         if connection == "open":
             assert bucket["warm"] == "value"  # the next request goes on this open connection
-        fault.answer_raw(*pieces)  # a byte every 20 ms: each read is quick, the whole is not
+        fault.drip(part)
         started = time.monotonic()
         with pytest.raises(KvpioTimeoutError, match=r"within the timeout of 0\.5 s"):
             bucket["k"]
