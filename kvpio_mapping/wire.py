@@ -10,11 +10,13 @@ call's own headers and the body, sends them with one ``sendall`` and reads
 the status line, the headers and the body (Content-Length, chunked, or up
 to the close) straight from the socket.
 
-What is unusual goes the old way: without an open connection at hand, or
-for a target, method or header that needs encoding or checking, the caller
-uses ``urlopen``; an answer with an interim 1xx, another HTTP version,
-folded or odd header lines, a content coding or cookies is handed, with the
-bytes already received, to ``http.client`` and urllib3's ``HTTPResponse``.
+A plain HTTP connection without a proxy is opened here too, so that even a
+first call's answer is read by its deadline. What is unusual goes the old
+way: for an HTTPS or proxied connection not yet open, or a target, method or
+header that needs encoding or checking, the caller uses ``urlopen``; an
+answer with an interim 1xx, another HTTP version, folded or odd header
+lines, a content coding or cookies is handed, with the bytes already
+received, to ``http.client`` and urllib3's ``HTTPResponse``.
 Failures raise what ``urlopen`` (with ``requests``' ``Retry(0, read=False)``)
 and ``HTTPResponse.read`` raise for them, and the connection goes back to
 the pool as urllib3 gives it back.
