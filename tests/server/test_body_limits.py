@@ -82,8 +82,11 @@ def test_a_trickled_body_gets_408_and_changes_nothing() -> None:
                 except TimeoutError:
                     continue
             sock.settimeout(5)
-            while chunk := sock.recv(65536):  # then the server closes the connection
-                answer += chunk
+            try:
+                while chunk := sock.recv(65536):  # then the server closes the connection
+                    answer += chunk
+            except ConnectionResetError:
+                pass  # closed with a trickled byte unread, which makes the kernel reset
         assert answer.startswith(b"HTTP/1.1 408 "), answer
         assert b"connection: close" in answer.lower()
         assert b"did not arrive within 1 s" in answer
