@@ -492,6 +492,7 @@ class Transport:
             idempotent = protocol.idempotent(method, target)
         route = self._current_route()
         attempt = 0
+        reached: requests.RequestException | None = None  # an attempt that may have been sent
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -515,6 +516,8 @@ class Transport:
                     f" of {self.timeout:g} s: {exc}"
                 ) from exc
             except requests.RequestException as exc:
+                if not _nothing_sent(exc):
+                    reached = exc
                 if self._may_retry(attempt, deadline, idempotent or _nothing_sent(exc)):
                     attempt += 1
                     continue
@@ -523,7 +526,11 @@ class Transport:
                         f"{self.url} did not answer {method} {target!r} within the timeout"
                         f" of {self.timeout:g} s: {exc}"
                     ) from exc
-                raise TransportError(f"cannot reach the server at {self.url}: {exc}") from exc
+                # Caused by an attempt that may have reached the server, if one did: a retry
+                # that could not connect does not mean that nothing was done.
+                raise TransportError(f"cannot reach the server at {self.url}: {exc}") from (
+                    reached or exc
+                )
             if response.status_code in RETRY_STATUSES and self._may_retry(
                 attempt, deadline, idempotent, retry_after(response)
             ):

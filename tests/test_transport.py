@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import responses
+import urllib3.exceptions as u3
 from certs import self_signed
 from faults import fault_server
 from proxy import recording_proxy
@@ -36,7 +37,7 @@ from kvpio_mapping import (
     connect,
     protocol,
 )
-from kvpio_mapping.cli import main
+from kvpio_mapping.cli import _maybe_sent, main
 from kvpio_mapping.testing import new_account, run_server, start_server
 from kvpio_mapping.transport import DEFAULT_URL, IDLE_LIMIT, Transport, authorization
 
@@ -150,6 +151,26 @@ def test_a_connection_reset_forever_raises_transport_error(mocked, bucket):
         bucket.get("k")
     assert not isinstance(raised.value, KeyError)
     assert len(mocked.calls) == 4
+
+
+def test_a_failure_names_an_attempt_that_may_have_reached_the_server_if_one_did(mocked, bucket):
+    """A write answered by a reset and retried into a server gone: the last attempt never
+    connected, but the first may have been done; the error's cause says so (the CLI's
+    report of an import that failed rests on it)."""
+    reset = requests.ConnectionError("connection reset by peer")
+    refused = requests.ConnectionError(
+        u3.MaxRetryError(None, "/", u3.NewConnectionError(None, "connection refused"))
+    )
+    mocked.post(URL + "/v1/bucket/", body=reset)
+    mocked.post(URL + "/v1/bucket/", body=refused)
+    with pytest.raises(TransportError) as raised:
+        bucket.update({"a": 1})
+    assert raised.value.__cause__ is reset
+    assert _maybe_sent(raised.value)
+    mocked.replace(responses.POST, URL + "/v1/bucket/", body=refused)
+    with pytest.raises(TransportError) as raised:
+        bucket.update({"a": 1})
+    assert not _maybe_sent(raised.value)  # no attempt got through
 
 
 def test_a_pop_is_not_retried_after_a_503(mocked, bucket):

@@ -184,6 +184,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         every other 4xx is (see :meth:`_refuse`)."""
         self._refuse(400, self._bad_head or "invalid HTTP request", told=False)
 
+    def shutdown(self) -> None:
+        """The server is stopping: answers already made leave before the connection closes
+        (uvicorn closes the transport beneath :class:`_Gathered`)."""
+        self._gathered.flush()
+        super().shutdown()
+
     def _answered_all(self) -> bool:
         """Whether every request read on this connection has its whole answer."""
         return not self.pipeline and (self.cycle is None or self.cycle.response_complete)
@@ -213,10 +219,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(408, f"the request head did not arrive within {timeout:g} s")
 
     def _drop(self) -> None:
-        """Close the connection now, without an answer."""
+        """Close the connection now, without an answer (one already made still leaves)."""
         self.waiting.pop(self, None)
         self.connections.discard(self)
         self._stop_head_timer()
+        self._gathered.flush()
         self.transport.close()
 
     def _refuse(self, status: int, message: str, *, told: bool = True) -> None:
