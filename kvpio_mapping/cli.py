@@ -32,7 +32,7 @@ from .errors import (
 from .paths import MISSING
 from .server.commands import add_commands
 from .terminal import NotConfirmed, confirm, is_terminal
-from .transport import DEFAULT_TIMEOUT, DEFAULT_URL, Transport
+from .transport import DEFAULT_TIMEOUT, DEFAULT_URL, Transport, nothing_sent
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -189,10 +189,7 @@ def _command_error(exc: KvpioError, url: str) -> CommandError:
 def _maybe_sent(exc: TransportError) -> bool:
     """Whether the failed request may have reached the server (not so if it never connected)."""
     cause = exc.__cause__
-    if isinstance(cause, requests.ConnectTimeout):
-        return False
-    reason = getattr(cause.args[0], "reason", None) if cause and cause.args else None
-    return type(reason).__name__ not in ("NewConnectionError", "NameResolutionError")
+    return not (isinstance(cause, requests.RequestException) and nothing_sent(cause))
 
 
 def _path(key: str) -> str:

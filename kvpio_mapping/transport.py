@@ -508,7 +508,7 @@ class Transport:
                     sent = route.merged(method, body, headers)
                     response = self._send_in_full(route, method, target, body, sent, left)
             except requests.Timeout as exc:
-                if self._may_retry(attempt, deadline, idempotent or _nothing_sent(exc)):
+                if self._may_retry(attempt, deadline, idempotent or nothing_sent(exc)):
                     attempt += 1
                     continue
                 raise KvpioTimeoutError(
@@ -516,9 +516,10 @@ class Transport:
                     f" of {self.timeout:g} s: {exc}"
                 ) from exc
             except requests.RequestException as exc:
-                if not _nothing_sent(exc):
+                unsent = nothing_sent(exc)
+                if not unsent:
                     reached = exc
-                if self._may_retry(attempt, deadline, idempotent or _nothing_sent(exc)):
+                if self._may_retry(attempt, deadline, idempotent or unsent):
                     attempt += 1
                     continue
                 if time.monotonic() >= deadline:
@@ -699,7 +700,7 @@ def _as_body_error(exc: Exception) -> Exception:
     return exc
 
 
-def _nothing_sent(exc: requests.RequestException) -> bool:
+def nothing_sent(exc: requests.RequestException) -> bool:
     """Whether the request failed before any byte reached the server (safe to resend)."""
     if isinstance(exc, requests.ConnectTimeout):
         return True

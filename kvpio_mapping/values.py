@@ -159,10 +159,7 @@ _SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
 def _check_characters(value: Any) -> None:
     """``ValueError`` if a string of ``value`` holds a lone surrogate, a code point that is no
     character: UTF-8 cannot hold it, so no stored text or answer could."""
-    try:
-        json.dumps(value, ensure_ascii=False).encode()
-    except UnicodeEncodeError as exc:
-        raise _lone_surrogate(exc) from None
+    _check_text(_encoder.encode(value))
 
 
 def _check_text(text: str) -> None:

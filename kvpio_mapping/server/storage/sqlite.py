@@ -493,7 +493,7 @@ class SQLiteStorage(TreeStorage):
     ) -> list[Committed | Exception]:
         """The group's work in :meth:`commit_group_now`'s transaction, before its ``COMMIT``:
         :class:`_GaveUp` for anything but a refusal or the database's own failure."""
-        deadline = self._local.now[1]
+        deadline = self._conn_now()[1]
         deadline.at = time.monotonic() + NOW_SECONDS
         try:
             if len(writes) > 1:
