@@ -1293,15 +1293,22 @@ def create_app(
     limits: RenderLimits | None = None,
     streams: StreamLimits | None = None,
     bodies: BodyLimits | None = None,
+    access_log: bool = True,
 ) -> App:
-    """The ASGI app serving ``storage``; one per worker process."""
+    """The ASGI app serving ``storage``; one per worker process.
+
+    ``access_log``: write ``kvpio.access`` lines (when that logger is enabled);
+    without it no request pays for looking.
+    """
     server = Server(
         storage,
         max_body,
         limits if limits is not None else RenderLimits(),
         streams if streams is not None else StreamLimits(),
     )
-    middleware: list[Any] = [AccessLog(), metrics.Metrics(server), _Middleware(server)]
+    middleware: list[Any] = [metrics.Metrics(server), _Middleware(server)]
+    if access_log:
+        middleware.insert(0, AccessLog())
     app: App = _App(
         bodies if bodies is not None else BodyLimits(),
         max_body,

@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
 Receive = Callable[[], Awaitable[Any]]
 """ASGI ``receive``: the next event of the request (a dict)."""
 
@@ -63,6 +65,13 @@ else:
         return await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
 
 
+def _at_hand(receive: Receive) -> bool:
+    """Whether ``receive`` is uvicorn's and its next event has come: it then returns without
+    waiting, and needs no timer (a small body has mostly come whole with its head)."""
+    cycle = getattr(receive, "__self__", None)
+    return type(cycle) is RequestResponseCycle and cycle.message_event.is_set()
+
+
 def guarded(receive: Receive, limits: BodyLimits, refused: bool = False) -> Receive:
     """``receive`` for one request, raising instead of handing on a late or cut body.
 
@@ -89,12 +98,15 @@ def guarded(receive: Receive, limits: BodyLimits, refused: bool = False) -> Rece
         if loop.time() >= deadline:
             raise BodyTimeoutError(limits)
         was_first, first = first, False
-        try:
-            event = await _by(deadline, receive)
-        except asyncio.TimeoutError:
-            if was_first:  # an empty piece of a body still to come
-                return {"type": "http.request", "body": b"", "more_body": True}
-            raise BodyTimeoutError(limits) from None
+        if _at_hand(receive):
+            event = await receive()
+        else:
+            try:
+                event = await _by(deadline, receive)
+            except asyncio.TimeoutError:
+                if was_first:  # an empty piece of a body still to come
+                    return {"type": "http.request", "body": b"", "more_body": True}
+                raise BodyTimeoutError(limits) from None
         if event["type"] == "http.disconnect":
             if was_first:
                 return event

@@ -91,7 +91,14 @@ def app_from_env() -> App:
     bodies = BodyLimits()
     if os.environ.get(BODY_TIMEOUT_ENV):
         bodies = dataclasses.replace(bodies, timeout=float(os.environ[BODY_TIMEOUT_ENV]))
-    return create_app(storage, max_body=max_body, limits=limits, streams=streams, bodies=bodies)
+    return create_app(
+        storage,
+        max_body=max_body,
+        limits=limits,
+        streams=streams,
+        bodies=bodies,
+        access_log=bool(os.environ.get(ACCESS_LOG_ENV)),
+    )
 
 
 def _bind(host: str, port: int, *, listen: bool = True, reuse_port: bool = False) -> socket.socket:
