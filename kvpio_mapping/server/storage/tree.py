@@ -158,7 +158,7 @@ _CONTAINERS: Final = (dict, list)
 _encode = jsontext.dump
 
 _SELECT_NODE: Final = (
-    "SELECT path, kind, label, body, pos, size FROM nodes WHERE account = ? AND path IN "
+    "SELECT path, kind, label, body, pos, size, children FROM nodes WHERE account = ? AND path IN "
 )
 _ROWS: Final = (
     "SELECT path, parent, pos, kind, label, body, size, children FROM nodes WHERE account = ?"
@@ -187,15 +187,15 @@ _PLAIN_SCALARS: Final = frozenset((str, int, bool, type(None)))
 :func:`_scalar` would (see there)."""
 _BOM: Final = b"\xef\xbb\xbf"
 _LAST_CHILD: Final = (
-    "SELECT path, kind, label, body, pos, size FROM nodes WHERE account = ? AND parent = ?"
-    " ORDER BY pos DESC LIMIT 1"
+    "SELECT path, kind, label, body, pos, size, children FROM nodes"
+    " WHERE account = ? AND parent = ? ORDER BY pos DESC LIMIT 1"
 )
 _ITEM_ROW: Final = (
-    "SELECT path, kind, label, body, pos, size FROM nodes WHERE account = ? AND parent = ?"
-    " AND pos <= ? ORDER BY pos DESC LIMIT 1"
+    "SELECT path, kind, label, body, pos, size, children FROM nodes"
+    " WHERE account = ? AND parent = ? AND pos <= ? ORDER BY pos DESC LIMIT 1"
 )
 _MEMBER_RUN: Final = (
-    "SELECT n.path, n.kind, n.label, n.body, n.pos, n.size FROM members AS m"
+    "SELECT n.path, n.kind, n.label, n.body, n.pos, n.size, n.children FROM members AS m"
     " JOIN nodes AS n ON n.account = m.account AND n.path = m.run"
     " WHERE m.account = ? AND m.path = ?"
 )
@@ -210,6 +210,7 @@ class _Node(NamedTuple):
     body: str | None
     pos: int
     size: int
+    children: int
 
 
 _NewRow = tuple[bytes, bytes, int, int, str, str | None, int, int]
@@ -1241,11 +1242,7 @@ class TreeStorage(Storage):
         node, depth = chain[-1], len(chain)
         if node.kind != BLOB:
             if depth == len(segments):
-                row = conn.execute(
-                    "SELECT children FROM nodes WHERE account = ? AND path = ?",
-                    (account, node.path),
-                ).fetchone()
-                return int(row[0])
+                return node.children
             run = self._find_run(conn, account, node, segments[depth])
             if run is None:
                 return None
