@@ -41,6 +41,7 @@ from . import allocator, collector, jsontext, metrics
 from .bodies import BodyCutError, BodyLimits, BodyTimeoutError, Receive, guarded
 from .commits import committed_body, conditions, failed_body, parse_commit, path_operation
 from .feed import Feed, StreamLimits
+from .heads import ALONE
 from .health import HealthResource, ReadyResource
 from .logs import AccessLog
 from .render import (
@@ -304,7 +305,7 @@ class Server:
             log.warning("the database accepts writes again")
         self._disk_full = full
 
-    async def commit(self, write: Write, body: int = 0) -> Committed:
+    async def commit(self, write: Write, body: int = 0, alone: bool = False) -> Committed:
         """Commit ``write`` (from a body of ``body`` bytes) with the commits waiting beside it.
 
         Commits queue; a committer's next turn commits all that wait (up to
@@ -314,12 +315,29 @@ class Server:
         group is committed on the event loop when the storage can do it at once
         (:meth:`~.storage.Storage.commit_group_now`): handing it to a write
         thread and back costs more than the commit. Else a write thread does it.
+
+        A small write ``alone`` (its request came when the worker had no other
+        in progress: :data:`~.heads.ALONE`) and with no commit waiting is
+        committed at once, without a committer's turn: no other write is on
+        its way to share its commit.
         """
         if type(write.operations) is TopLevelSets and not write.operations.decoded:
             # Stored while it is decoded: alone, as its length is not known until then.
             self.commits += 1
             self.commit_groups += 1
             return await self.write(self.storage.commit, *write)
+        if (
+            alone
+            and not self._queued
+            and not self._committing
+            and len(write.operations) <= LOOP_OPERATIONS
+            and body <= LOOP_BODIES
+        ):
+            outcomes = self._commit_now([write])
+            if outcomes is not None:
+                if isinstance(outcomes[0], Exception):
+                    raise outcomes[0]
+                return outcomes[0]
         future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
         self._queued.append((write, body, future))
         if self._committing < self.storage.write_threads:
@@ -347,19 +365,19 @@ class Server:
                     body += self._queued[0][1]
                     group.append(self._queued.popleft())
                 writes = [write for write, _, _ in group]
-                self.commits += len(writes)
-                self.commit_groups += 1
                 outcomes: list[Committed | Exception] | None = None
-                try:
-                    if size <= LOOP_OPERATIONS and body <= LOOP_BODIES:
-                        outcomes = self.storage.commit_group_now(writes)
-                    if outcomes is None:
+                if size <= LOOP_OPERATIONS and body <= LOOP_BODIES:
+                    outcomes = self._commit_now(writes)
+                if outcomes is None:
+                    self.commits += len(writes)
+                    self.commit_groups += 1
+                    try:
                         outcomes = await loop.run_in_executor(
                             self._writer, self.storage.commit_group, writes
                         )
-                except Exception as exc:
-                    outcomes = [exc] * len(group)
-                self._note_disk(full=any(isinstance(o, StorageFullError) for o in outcomes))
+                    except Exception as exc:
+                        outcomes = [exc] * len(group)
+                    self._note_disk(full=any(isinstance(o, StorageFullError) for o in outcomes))
                 unreachable = next(
                     (o for o in outcomes if isinstance(o, StorageUnavailableError)), None
                 )
@@ -379,6 +397,19 @@ class Server:
         finally:
             # In the step that found the queue empty, so a write queued later starts another.
             self._committing -= 1
+
+    def _commit_now(self, writes: list[Write]) -> list[Committed | Exception] | None:
+        """The outcomes of committing ``writes`` on the event loop, counted; None if the
+        storage cannot do it at once (:meth:`~.storage.Storage.commit_group_now`)."""
+        try:
+            outcomes = self.storage.commit_group_now(writes)
+        except Exception as exc:
+            outcomes = [exc] * len(writes)
+        if outcomes is not None:
+            self.commits += len(writes)
+            self.commit_groups += 1
+            self._note_disk(full=any(isinstance(o, StorageFullError) for o in outcomes))
+        return outcomes
 
     async def authenticate(self, req: falcon.asgi.Request) -> str:
         """The account id named by the Basic auth user name; 404 for anything else.
@@ -835,7 +866,9 @@ class BucketResource(_Resource):
         account: str = req.context.account
         try:
             committed = await self.server.commit(
-                Write(account, operations, checks, req.context.key_digest), body
+                Write(account, operations, checks, req.context.key_digest),
+                body,
+                req.scope.get(ALONE, False),
             )
         except ConflictError as exc:
             raise ClientError(409, str(exc)) from None

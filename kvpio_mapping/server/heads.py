@@ -37,6 +37,9 @@ NOTICE_EVERY: Final = 10.0
 """Seconds between two log lines about refused connections of one kind."""
 HTTP_VERSIONS: Final = frozenset({"1.0", "1.1"})
 """The HTTP versions a request head may name; httptools also reads 0.9 and 2.0."""
+ALONE: Final = "kvpio.alone"
+"""The scope key that is true for a request that came when the worker had no other in
+progress: a write of it has nothing to wait for to share a commit with."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # send_400_response.
             self._bad_head = f"HTTP/{version} is not served, only HTTP/1.1 and HTTP/1.0"
             raise ValueError(self._bad_head)
+        self.scope[ALONE] = not self.tasks  # type: ignore[typeddict-unknown-key]
         super().on_headers_complete()
         if self.cycle is not None:
             self.cycle.transport = self._gathered  # type: ignore[assignment]
