@@ -3,6 +3,7 @@ conflicts run again a bounded number of times, an outage is a clear retryable er
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -203,4 +204,38 @@ def test_version_1_database_gains_exact_counts(kvpio_postgres_db: str) -> None:
             assert storage.count("a", path) == (count, 1), path
     finally:
         storage.close()
+    assert _version(kvpio_postgres_db) == [(1, len(MIGRATIONS))]
+
+
+def _compression(url: str) -> str:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT attcompression FROM pg_attribute"
+            " WHERE attrelid = 'nodes'::regclass AND attname = 'body'"
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_values_compress_with_lz4_from_version_3_on(kvpio_postgres_db: str) -> None:
+    storage = PostgresStorage(kvpio_postgres_db)
+    storage.create_account("a", "", "key")
+    document = {"text": "lorem ipsum " * 100_000}
+    storage.set("a", ("doc",), document)
+    storage.close()
+    assert _compression(kvpio_postgres_db) == "l"
+    with psycopg.connect(kvpio_postgres_db) as conn:
+        stored = conn.execute(
+            "SELECT pg_column_compression(body) FROM nodes WHERE octet_length(body) > 100000"
+        ).fetchall()
+        assert stored == [("lz4",)]
+        # A version 2 database (pglz) is upgraded in place, its stored values kept.
+        conn.execute("ALTER TABLE nodes ALTER COLUMN body SET COMPRESSION pglz")
+        conn.execute("UPDATE kvpio_schema SET version = 2")
+    storage = PostgresStorage(kvpio_postgres_db)
+    try:
+        assert json.loads(storage.get("a", ("doc",)) or "null") == document
+    finally:
+        storage.close()
+    assert _compression(kvpio_postgres_db) == "l"
     assert _version(kvpio_postgres_db) == [(1, len(MIGRATIONS))]
