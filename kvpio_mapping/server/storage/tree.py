@@ -178,6 +178,12 @@ _INSERT: Final = (
     " label = excluded.label, body = excluded.body, size = excluded.size,"
     " children = excluded.children"
 )
+_REPLACE_SCALAR: Final = (
+    f"UPDATE nodes SET kind = {BLOB}, body = ?, size = ?, children = 0"
+    " WHERE account = ? AND path = ?"
+)
+"""A stored top-level key's new scalar: its parent, position and label stay (and so does
+its entry in the ``nodes_children`` index, which an upsert rewrites)."""
 _INSERT_MEMBER: Final = (
     "INSERT INTO members (account, path, run) VALUES (?, ?, ?)"
     " ON CONFLICT (account, path) DO UPDATE SET run = excluded.run"
@@ -1581,6 +1587,7 @@ class TreeStorage(Storage):
         if len(found) < len(keys):  # a new key goes last
             pos = self._next_top_pos(conn, account)
         scalars: list[tuple[Any, ...]] = []
+        replaced: list[tuple[Any, ...]] = []
         rows: list[_NewRow] = []
         members: list[_Member] = []
         added = 0
@@ -1596,12 +1603,17 @@ class TreeStorage(Storage):
                     self._delete_below(conn, account, path)
             if type(value) in _CONTAINERS:
                 self._plan(rows, members, path, at, _label(key), value, 1)
+            elif old is not None:
+                text = _scalar(value)
+                replaced.append((text, _size(text), account, path))
             else:
                 text = _scalar(value)
                 label = encode_basestring(key) + ":"
                 scalars.append((account, path, b"", at, BLOB, label, text, _size(text), 0))
         if scalars:
             conn.executemany(_INSERT, scalars)
+        if replaced:
+            conn.executemany(_REPLACE_SCALAR, replaced)
         self._insert(conn, account, rows, members)
         if added:
             self._counted(conn, account, None, added)
