@@ -20,7 +20,7 @@ With ``--postgres``, the same on 2 workers sharing a PostgreSQL database
 (the server ``$KVPIO_TEST_POSTGRES`` names, else a temporary one, as the
 tests start it), measured in the same run.
 
-Run: ``.venv/bin/python benchmarks/server_bench.py [--postgres]`` (about 70 s).
+Run: ``.venv/bin/python benchmarks/server_bench.py [--postgres]`` (about 100 s).
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def main() -> None:
         postgres = stack.enter_context(run_postgres()) if args.postgres else None
         configurations: list[tuple[str, dict[str, Any], int]] = [
             ("2 workers, SQLite", {"workers": 2}, ROUNDS),
-            ("1 worker, SQLite", {"workers": 1}, 1),
+            ("1 worker, SQLite", {"workers": 1}, ROUNDS),
             ("1 worker, memory: storage", {"workers": 1, "db": "memory:"}, 1),
         ]
         if postgres is not None:
