@@ -1,11 +1,13 @@
-"""Request heads are bounded: 431 over 64 KiB, 408 when too slow, connections capped.
+"""Request heads are bounded: 431 over 64 KiB, 408 when too slow, connections capped;
+and the protocol marks a request that arrives with nothing else in progress.
 
-Raw sockets against a real ``kvpio serve`` on loopback; every loop is bounded
-in count and time.
+Raw sockets against a real ``kvpio serve`` on loopback (the marking: the
+protocol under uvicorn in-process); every loop is bounded in count and time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import resource
@@ -15,11 +17,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import requests
+import uvicorn
 
+from kvpio_mapping.server.heads import ALONE, HeadLimits, protocol_class
 from kvpio_mapping.testing import RunningServer, run_server, start_server
 
 pytestmark = pytest.mark.slow
@@ -238,3 +243,52 @@ def test_connections_over_the_cap_close_those_waiting_longest() -> None:
             with pytest.raises(TimeoutError):
                 sockets[-1].recv(1)  # still open
         assert "over 100 connections: closed the longest idle" in server.stderr()
+
+
+# a write of a request with nothing else in progress commits at once (Server.commit)
+
+
+def test_a_request_is_alone_only_while_its_worker_has_no_other_in_progress() -> None:
+    seen: dict[str, object] = {}
+    release = threading.Event()
+
+    async def app(scope: dict[str, object], receive: object, send: Any) -> None:
+        path = str(scope["path"])
+        seen[path] = scope.get(ALONE)
+        if path == "/hold":
+            while not release.is_set():
+                await asyncio.sleep(0.01)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    config = uvicorn.Config(app, lifespan="off", http=protocol_class(HeadLimits()), log_config=None)
+    server = uvicorn.Server(config)
+    serving = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    serving.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "the server never started"
+            time.sleep(0.01)
+        assert requests.get(url + "/first", timeout=5).status_code == 204
+        holding = threading.Thread(target=requests.get, args=(url + "/hold",), daemon=True)
+        holding.start()
+        while "/hold" not in seen:
+            assert time.monotonic() < deadline, "the held request never arrived"
+            time.sleep(0.01)
+        assert requests.get(url + "/during", timeout=5).status_code == 204
+        release.set()
+        holding.join(5)
+        # The held request's task is let go in a later turn of the loop.
+        while requests.get(url + "/after", timeout=5).status_code == 204 and not seen["/after"]:
+            assert time.monotonic() < deadline, "the held request stayed in progress"
+            time.sleep(0.01)
+    finally:
+        release.set()
+        server.should_exit = True
+        serving.join(10)
+        sock.close()
+    assert seen == {"/first": True, "/hold": True, "/during": False, "/after": True}
