@@ -326,14 +326,8 @@ class Server:
             self.commits += 1
             self.commit_groups += 1
             return await self.write(self.storage.commit, *write)
-        if (
-            alone
-            and not self._queued
-            and not self._committing
-            and len(write.operations) <= LOOP_OPERATIONS
-            and body <= LOOP_BODIES
-        ):
-            outcomes = self._commit_now([write])
+        if alone and not self._queued and not self._committing:
+            outcomes = self._commit_now([write], len(write.operations), body)
             if outcomes is not None:
                 if isinstance(outcomes[0], Exception):
                     raise outcomes[0]
@@ -369,9 +363,7 @@ class Server:
                     body += self._queued[0][1]
                     group.append(self._queued.popleft())
                 writes = [write for write, _, _ in group]
-                outcomes: list[Committed | Exception] | None = None
-                if size <= LOOP_OPERATIONS and body <= LOOP_BODIES:
-                    outcomes = self._commit_now(writes)
+                outcomes = self._commit_now(writes, size, body)
                 if outcomes is None:
                     self.commits += len(writes)
                     self.commit_groups += 1
@@ -402,9 +394,15 @@ class Server:
             # In the step that found the queue empty, so a write queued later starts another.
             self._committing -= 1
 
-    def _commit_now(self, writes: list[Write]) -> list[Committed | Exception] | None:
-        """The outcomes of committing ``writes`` on the event loop, counted; None if the
-        storage cannot do it at once (:meth:`~.storage.Storage.commit_group_now`)."""
+    def _commit_now(
+        self, writes: list[Write], size: int, body: int
+    ) -> list[Committed | Exception] | None:
+        """The outcomes of committing ``writes`` (``size`` operations from ``body`` bytes) on
+        the event loop, counted; None if the group is over :data:`LOOP_OPERATIONS` or
+        :data:`LOOP_BODIES`, or the storage cannot commit it at once
+        (:meth:`~.storage.Storage.commit_group_now`)."""
+        if size > LOOP_OPERATIONS or body > LOOP_BODIES:
+            return None
         try:
             outcomes = self.storage.commit_group_now(writes)
         except Exception as exc:

@@ -1603,11 +1603,11 @@ class TreeStorage(Storage):
                     self._delete_below(conn, account, path)
             if type(value) in _CONTAINERS:
                 self._plan(rows, members, path, at, _label(key), value, 1)
-            elif old is not None:
-                text = _scalar(value)
+                continue
+            text = _scalar(value)
+            if old is not None:
                 replaced.append((text, _size(text), account, path))
             else:
-                text = _scalar(value)
                 label = encode_basestring(key) + ":"
                 scalars.append((account, path, b"", at, BLOB, label, text, _size(text), 0))
         if scalars:
