@@ -178,6 +178,18 @@ _INSERT: Final = (
     " label = excluded.label, body = excluded.body, size = excluded.size,"
     " children = excluded.children"
 )
+_NODE_COLUMNS: Final = (
+    "account",
+    "path",
+    "parent",
+    "pos",
+    "kind",
+    "label",
+    "body",
+    "size",
+    "children",
+)
+_MEMBER_COLUMNS: Final = ("account", "path", "run")
 _REPLACE_SCALAR: Final = (
     f"UPDATE nodes SET kind = {BLOB}, body = ?, size = ?, children = 0"
     " WHERE account = ? AND path = ?"
@@ -947,14 +959,42 @@ class TreeStorage(Storage):
         rows.append((path, where, pos, BLOB, label, text, size, 0))
         return None, piece
 
-    @staticmethod
     def _insert(
-        conn: Connection, account: str, rows: list[_NewRow], members: list[_Member]
+        self,
+        conn: Connection,
+        account: str,
+        rows: list[_NewRow],
+        members: list[_Member],
+        *,
+        new: bool = False,
     ) -> None:
+        """Store ``rows`` and ``members``, each replacing any stored at its path.
+
+        ``new``: none is stored yet, so the backend may load them in bulk (:meth:`_insert_new`).
+        """
         if rows:
-            conn.executemany(_INSERT, [(account, *row) for row in rows])
+            node_rows = [(account, *row) for row in rows]
+            if new:
+                self._insert_new(conn, "nodes", _NODE_COLUMNS, node_rows)
+            else:
+                conn.executemany(_INSERT, node_rows)
         if members:
-            conn.executemany(_INSERT_MEMBER, [(account, *member) for member in members])
+            member_rows = [(account, *member) for member in members]
+            if new:
+                self._insert_new(conn, "members", _MEMBER_COLUMNS, member_rows)
+            else:
+                conn.executemany(_INSERT_MEMBER, member_rows)
+
+    def _insert_new(
+        self, conn: Connection, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]
+    ) -> None:
+        """Insert ``rows`` of ``columns`` into ``table``; none of their keys is stored yet.
+
+        A plain ``INSERT``, so a row that does exist fails the write rather than
+        replacing it; a backend may load many rows faster (PostgreSQL's ``COPY``).
+        """
+        marks = ", ".join("?" * len(columns))
+        conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
 
     def _store(
         self,
@@ -973,7 +1013,11 @@ class TreeStorage(Storage):
         rows: list[_NewRow] = []
         members: list[_Member] = []
         size = self._plan(rows, members, path, pos, label, value, depth)
-        self._insert(conn, account, rows, members)
+        if replaces is not None:  # its own row, planned first, replaces the stored one
+            self._insert(conn, account, rows[:1], [])
+            del rows[0]
+        # Nothing is stored below it: it had no rows below, or they were deleted.
+        self._insert(conn, account, rows, members, new=True)
         return size
 
     @staticmethod
@@ -1588,7 +1632,8 @@ class TreeStorage(Storage):
             pos = self._next_top_pos(conn, account)
         scalars: list[tuple[Any, ...]] = []
         replaced: list[tuple[Any, ...]] = []
-        rows: list[_NewRow] = []
+        rows: list[_NewRow] = []  # new rows: below the keys, and of new keys
+        kept: list[_NewRow] = []  # the new rows of stored keys, replacing theirs
         members: list[_Member] = []
         added = 0
         for path, (key, value) in zip(keys, pairs.items(), strict=True):
@@ -1602,7 +1647,13 @@ class TreeStorage(Storage):
                 if old[0] != BLOB:
                     self._delete_below(conn, account, path)
             if type(value) in _CONTAINERS:
-                self._plan(rows, members, path, at, _label(key), value, 1)
+                if old is None:
+                    self._plan(rows, members, path, at, _label(key), value, 1)
+                else:
+                    planned: list[_NewRow] = []
+                    self._plan(planned, members, path, at, _label(key), value, 1)
+                    kept.append(planned[0])
+                    rows += planned[1:]
                 continue
             text = _scalar(value)
             if old is not None:
@@ -1611,10 +1662,11 @@ class TreeStorage(Storage):
                 label = encode_basestring(key) + ":"
                 scalars.append((account, path, b"", at, BLOB, label, text, _size(text), 0))
         if scalars:
-            conn.executemany(_INSERT, scalars)
+            self._insert_new(conn, "nodes", _NODE_COLUMNS, scalars)
         if replaced:
             conn.executemany(_REPLACE_SCALAR, replaced)
-        self._insert(conn, account, rows, members)
+        self._insert(conn, account, kept, [])
+        self._insert(conn, account, rows, members, new=True)
         if added:
             self._counted(conn, account, None, added)
 
