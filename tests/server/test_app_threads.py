@@ -153,3 +153,27 @@ def test_a_large_body_is_stored_with_the_collector_held_off_and_it_comes_back() 
     assert asyncio.run(writes()) == [200, 200, 200, 200]
     assert storage.collecting == [False, False, False, True]
     assert gc.isenabled()
+
+
+def test_a_refused_large_body_lets_go_of_its_slot_and_the_collector() -> None:
+    storage = _NotingCollector()
+    storage.create_account("a", "", "a-key")
+    large = json.dumps({"items": [{"n": i} for i in range(LARGE_BODY // 8)]})
+
+    async def writes() -> list[int]:
+        async with falcon.testing.ASGIConductor(create_app(storage)) as conductor:
+            return [
+                (
+                    await conductor.simulate_post(
+                        "/v1/bucket/big", body=body, headers={**_auth("a-key"), **headers}
+                    )
+                ).status_code
+                for body, headers in [
+                    (large[:-1], {}),  # not JSON
+                    (large, {"If-Match": '"no-such-etag"'}),  # a failed condition
+                    (large, {}),
+                ]
+            ]
+
+    assert asyncio.run(writes()) == [400, 412, 200]
+    assert gc.isenabled()
