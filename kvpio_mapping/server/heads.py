@@ -141,8 +141,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         limit = self.limits.max_head_bytes
         while self._in_head and data:
-            if self._head_timer is None:
-                self._start_head_timer()
             room = min(limit - self._head_bytes, HEAD_PIECE)
             piece, data = data[:room], data[room:]
             self._head_bytes += len(piece)
@@ -152,6 +150,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if self._in_head and self._head_bytes >= limit:
                 self._refuse(431, f"the request head is over {limit} bytes")
                 return
+            if self._in_head and self._head_timer is None and self._head_bytes:
+                # A head not whole in its first read: timed from now (one that is whole
+                # in it, as most are, costs no timer).
+                self._start_head_timer()
         if data:
             super().data_received(data)
 
