@@ -50,7 +50,15 @@ from .base import (
     new_key,
 )
 from .schema import Migration, migrate
-from .tree import ARRAY, BLOB, BLOB_THRESHOLD, OBJECT, TreeStorage, count_children
+from .tree import (
+    ARRAY,
+    BLOB,
+    BLOB_THRESHOLD,
+    OBJECT,
+    TABLE_COLUMNS,
+    TreeStorage,
+    count_children,
+)
 
 MAX_ATTEMPTS: Final = 5
 """Runs of one transaction, the first included, before a conflict is raised."""
@@ -341,8 +349,10 @@ class _Connection:
         cursor.executemany(_translated(sql), rows)
         return cursor
 
-    def copy(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-        """Insert ``rows`` of ``columns`` into ``table`` with one binary ``COPY``."""
+    def copy(self, table: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Insert ``rows`` (of :data:`~.tree.TABLE_COLUMNS`) into ``table`` with one binary
+        ``COPY``."""
+        columns = TABLE_COLUMNS[table]
         statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
         with self._conn.cursor().copy(statement) as copy:
             copy.set_types([_COLUMN_TYPES[column] for column in columns])
@@ -390,13 +400,11 @@ class PostgresStorage(TreeStorage):
         with self._db.session(write=False) as conn:
             yield _Connection(conn)
 
-    def _insert_new(
-        self, conn: Any, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]
-    ) -> None:
+    def _insert_new(self, conn: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
         if len(rows) < COPY_FROM:
-            super()._insert_new(conn, table, columns, rows)
+            super()._insert_new(conn, table, rows)
         else:
-            conn.copy(table, columns, rows)
+            conn.copy(table, rows)
 
     def check(self, *, full: bool = True, seconds: float | None = None) -> list[str]:
         """Problems the tree's rows show (PostgreSQL checks its own pages): ``[]`` if sound.

@@ -178,24 +178,23 @@ _INSERT: Final = (
     " label = excluded.label, body = excluded.body, size = excluded.size,"
     " children = excluded.children"
 )
-_NODE_COLUMNS: Final = (
-    "account",
-    "path",
-    "parent",
-    "pos",
-    "kind",
-    "label",
-    "body",
-    "size",
-    "children",
-)
-_MEMBER_COLUMNS: Final = ("account", "path", "run")
+TABLE_COLUMNS: Final = {
+    "nodes": ("account", "path", "parent", "pos", "kind", "label", "body", "size", "children"),
+    "members": ("account", "path", "run"),
+}
+"""The columns of a new row of each table (see :meth:`TreeStorage._insert_new`)."""
+_INSERT_NEW: Final = {
+    table: f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    for table, columns in TABLE_COLUMNS.items()
+}
 _REPLACE_SCALAR: Final = (
     f"UPDATE nodes SET kind = {BLOB}, body = ?, size = ?, children = 0"
     " WHERE account = ? AND path = ?"
 )
 """A stored top-level key's new scalar: its parent, position and label stay (and so does
 its entry in the ``nodes_children`` index, which an upsert rewrites)."""
+_REPLACE_BLOB: Final = _REPLACE_SCALAR + f" AND kind = {BLOB}"
+""":data:`_REPLACE_SCALAR` of a key stored as a blob (nothing below it to delete)."""
 _INSERT_MEMBER: Final = (
     "INSERT INTO members (account, path, run) VALUES (?, ?, ?)"
     " ON CONFLICT (account, path) DO UPDATE SET run = excluded.run"
@@ -975,26 +974,24 @@ class TreeStorage(Storage):
         if rows:
             node_rows = [(account, *row) for row in rows]
             if new:
-                self._insert_new(conn, "nodes", _NODE_COLUMNS, node_rows)
+                self._insert_new(conn, "nodes", node_rows)
             else:
                 conn.executemany(_INSERT, node_rows)
         if members:
             member_rows = [(account, *member) for member in members]
             if new:
-                self._insert_new(conn, "members", _MEMBER_COLUMNS, member_rows)
+                self._insert_new(conn, "members", member_rows)
             else:
                 conn.executemany(_INSERT_MEMBER, member_rows)
 
-    def _insert_new(
-        self, conn: Connection, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]
-    ) -> None:
-        """Insert ``rows`` of ``columns`` into ``table``; none of their keys is stored yet.
+    def _insert_new(self, conn: Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
+        """Insert ``rows`` (of :data:`TABLE_COLUMNS`) into ``table``; none of their keys is
+        stored yet.
 
         A plain ``INSERT``, so a row that does exist fails the write rather than
         replacing it; a backend may load many rows faster (PostgreSQL's ``COPY``).
         """
-        marks = ", ".join("?" * len(columns))
-        conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+        conn.executemany(_INSERT_NEW[table], rows)
 
     def _store(
         self,
@@ -1618,7 +1615,15 @@ class TreeStorage(Storage):
         """Store top-level ``key: value`` pairs, as :meth:`_set` would one by one.
 
         Scalars, most of what large batches hold, go straight to their insert's parameters.
+        One key stored as a blob and given a scalar, the commonest write, takes one statement.
         """
+        if len(pairs) == 1:
+            ((key, value),) = pairs.items()
+            if type(value) not in _CONTAINERS:
+                text = _scalar(value)
+                replace = (text, _size(text), account, key.encode())
+                if conn.execute(_REPLACE_BLOB, replace).rowcount:
+                    return
         keys = [key.encode() for key in pairs]
         found: dict[bytes, tuple[int, int]] = {}
         for start in range(0, len(keys), _LOOKUP_CHUNK):
@@ -1662,7 +1667,7 @@ class TreeStorage(Storage):
                 label = encode_basestring(key) + ":"
                 scalars.append((account, path, b"", at, BLOB, label, text, _size(text), 0))
         if scalars:
-            self._insert_new(conn, "nodes", _NODE_COLUMNS, scalars)
+            self._insert_new(conn, "nodes", scalars)
         if replaced:
             conn.executemany(_REPLACE_SCALAR, replaced)
         self._insert(conn, account, kept, [])
