@@ -1504,23 +1504,31 @@ class TreeStorage(Storage):
             found = [] if split.kind == ARRAY else {}
         if kind == "increment":
             total = incremented(path, found, value)
-            self._set(conn, account, path, total, False)
+            self._put(conn, account, path, total)
             return values.dump(total)
         if kind == "append":
             appendable(path, found)
             if found is MISSING:
-                self._set(conn, account, path, [value], False)
+                self._put(conn, account, path, [value])
                 return "1"
             length = len(found) if split is None else self._length(conn, account, split)
             self._set(conn, account, (*path, str(length + 1)), value, False)
             return str(length + 1)
         mergeable(path, found)
         if found is MISSING:
-            self._set(conn, account, path, value, False)
+            self._put(conn, account, path, value)
         else:
             for key, item in value.items():
                 self._set(conn, account, (*path, key), item, False)
         return None
+
+    def _put(self, conn: Connection, account: str, path: Path, value: Any) -> None:
+        """Set ``path`` to ``value``; a top-level key as :meth:`_apply_all` sets one (one
+        statement for a key stored as a blob, see :meth:`_set_top`)."""
+        if len(path) == 1:
+            self._set_top(conn, account, {path[0]: value})
+        else:
+            self._set(conn, account, path, value, False)
 
     def _apply_all(
         self, conn: Connection, account: str, operations: Sequence[Operation]
