@@ -242,6 +242,35 @@ def test_sqlite_leaf_write_in_large_document_changes_few_rows(tmp_path: FilePath
     storage.close()
 
 
+def test_sqlite_a_stored_top_level_key_given_a_scalar_is_one_update(tmp_path: FilePath) -> None:
+    storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
+    storage.create_account("a", "", "k")
+    for key, value in [("first", 1), ("small", {"x": [1, 2]}), ("split", big_doc(20_000))]:
+        storage.set("a", p(key), value)
+    statements: list[str] = []
+    storage._conn().set_trace_callback(statements.append)
+    storage.set("a", p("small"), "now a scalar")
+    assert [s for s in statements if "nodes" in s] == [s for s in statements if "UPDATE nodes" in s]
+    assert len([s for s in statements if "nodes" in s]) == 1  # no lookup first
+    statements.clear()
+    storage.commit("a", [Operation("increment", p("first"), 2)])
+    writes = [s for s in statements if "nodes" in s and not s.startswith("SELECT")]
+    assert len(writes) == 1 and writes[0].startswith("UPDATE nodes")
+    # A split container given a scalar, and a new key, take the usual way.
+    storage.set("a", p("split"), 0)
+    storage.commit("a", [Operation("increment", p("new"), 5)])
+    assert json.loads(storage.get_all("a")) == {
+        "first": 3,
+        "small": "now a scalar",
+        "split": 0,
+        "new": 5,
+    }
+    assert storage.keys("a") == ["first", "small", "split", "new"]
+    assert storage.count("a")[0] == 4
+    assert _rows(storage, "a") == 4
+    storage.close()
+
+
 def test_sqlite_large_value_is_split_and_merged_back_when_small(tmp_path: FilePath) -> None:
     storage = SQLiteStorage(str(tmp_path / "db.sqlite3"))
     storage.create_account("a", "", "k")
