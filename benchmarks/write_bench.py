@@ -156,23 +156,20 @@ def _batch_body() -> bytes:
     return ("{" + ",".join(f'"{n:x}":1' for n in range(BATCH_KEYS)) + "}").encode()
 
 
-def _batch(url: str, key: str, body: bytes | None) -> float:
-    """Seconds to store one batch POST of :data:`BATCH_KEYS` keys (``None``: to empty the
-    bucket)."""
+def _batch(url: str, key: str, method: str, target: str, body: bytes | None = None) -> float:
+    """Seconds one batch request takes (storing :data:`BATCH_KEYS` keys, or emptying the
+    bucket), answered 200."""
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=BATCH_TIMEOUT)
     headers = {"Authorization": _auth(key), "Content-Type": "application/json"}
     started = time.perf_counter()
-    if body is None:
-        connection.request("DELETE", "/v1/bucket/?all=true", headers=headers)
-    else:
-        connection.request("POST", "/v1/bucket/", body=body, headers=headers)
+    connection.request(method, target, body=body, headers=headers)
     response = connection.getresponse()
     response.read()
     elapsed = time.perf_counter() - started
     connection.close()
     if response.status != 200:
-        raise RuntimeError(f"the batch answered {response.status}")
+        raise RuntimeError(f"{method} {target} answered {response.status}")
     return elapsed
 
 
@@ -213,11 +210,11 @@ def measure(label: str, db: str | None) -> None:
             json.loads(body)
             decodes.append(time.perf_counter() - started)
             try:
-                stores.append(_batch(one.url, one.api_key, body))
+                stores.append(_batch(one.url, one.api_key, "POST", "/v1/bucket/", body))
             except TimeoutError:
                 print(f"{label:<12} {operation:<44} took over {BATCH_TIMEOUT} s")
                 return
-            _batch(one.url, one.api_key, None)
+            _batch(one.url, one.api_key, "DELETE", "/v1/bucket/?all=true")
     stored, decode = statistics.median(stores), statistics.median(decodes)
     _row(
         label, operation, BATCH_KEYS / stored, BATCH_KEYS / decode, "keys/s", f">= {BATCH_TARGET:,}"

@@ -1342,14 +1342,12 @@ class _App(App):
             announced = _announced(headers)
             if announced is not None:
                 receive = guarded(receive, self.body_limits, announced > self.max_body)
-            try:
-                await super().__call__(scope, receive, send)
-            finally:
-                later: ExitStack | None = scope.get(_AFTER_RESPONSE)
-                if later is not None:
-                    later.close()
-            return
-        await super().__call__(scope, receive, send)
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            later: ExitStack | None = scope.get(_AFTER_RESPONSE)
+            if later is not None:
+                later.close()
 
 
 def create_app(
